@@ -1,0 +1,27 @@
+"""janustls: a programmable mutual-TLS server framework on Twisted."""
+
+from janustls.config import ClientCertMode, Definitions, PortDefinition, PortType, load_definitions, parse_definitions
+from janustls.connection import Connection
+from janustls.errors import ConfigError, ConfigErrors, JanusError
+from janustls.reasons import Reason, Refusal
+from janustls.service import JanusService, build_ports, listen
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClientCertMode",
+    "ConfigError",
+    "ConfigErrors",
+    "Connection",
+    "Definitions",
+    "JanusError",
+    "JanusService",
+    "PortDefinition",
+    "PortType",
+    "Reason",
+    "Refusal",
+    "build_ports",
+    "listen",
+    "load_definitions",
+    "parse_definitions",
+]

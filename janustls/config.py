@@ -1,0 +1,497 @@
+"""The port-definition file, read into validated immutable definitions.
+
+Pure: this module reads the INI text and checks every value's form, but opens no
+certificate and touches no reactor.  File contents (PEM, keys, CRLs) are checked by
+`janustls.materials` when ports are built, with errors located the same way.
+"""
+
+from __future__ import annotations
+
+import configparser
+import enum
+import fnmatch
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from janustls.errors import ConfigError, ConfigErrors
+
+__all__ = [
+    "ClientCertMode",
+    "PortType",
+    "PortDefinition",
+    "StatusDefinition",
+    "Definitions",
+    "parse_definitions",
+    "load_definitions",
+    "port_from_options",
+    "listen_address",
+]
+
+
+class ClientCertMode(str, enum.Enum):
+    """Janus: `-`, `SSLCLCERT`, `SSLCLCERTR`."""
+
+    NONE = "none"
+    REQUEST = "request"
+    REQUIRE = "require"
+
+
+class PortType(str, enum.Enum):
+    SRVSOCK = "srvsock"
+    WEBSERV = "webserv"
+    PROXY = "proxy"
+
+
+class CRLCheck(str, enum.Enum):
+    """Which certificates of a chain need a CRL: the client's only, or every CA's too."""
+
+    LEAF = "leaf"
+    CHAIN = "chain"
+
+
+class ForwardIdentity(str, enum.Enum):
+    NONE = "none"
+    PROXY_V2 = "proxy-v2"
+
+
+TLS_VERSIONS = ("1.2", "1.3")
+PORT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+HANDLER_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_REQUEST_TIMEOUT = 5.0
+DEFAULT_MAX_CERT_SIZE = 16384
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class PortDefinition:
+    """One `[port:NAME]` section, every value checked and typed."""
+
+    name: str
+    type: PortType
+    listen: str
+    certificate: Path
+    private_key: Path
+    source: str = "<memory>"
+    private_key_password_env: str | None = None
+    client_cert: ClientCertMode = ClientCertMode.NONE
+    addca: tuple[Path, ...] = ()
+    crl: tuple[Path, ...] = ()
+    crl_check: CRLCheck = CRLCheck.LEAF
+    verify_depth: int | None = None
+    tls_min: str = "1.2"
+    tls_max: str = "1.3"
+    ciphers: str | None = None
+    max_connections: int | None = None
+    idle_timeout: float = 0.0
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT
+    max_cert_size: int = DEFAULT_MAX_CERT_SIZE
+    session_cache: bool = True
+    handler: str | None = None
+    allow: str | None = None
+    proxy_protocol: bool = False
+    connect: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    forward_identity: ForwardIdentity = ForwardIdentity.NONE
+    # Where each key was set, for errors raised later (file contents, start-up).
+    section: str = ""
+
+    @property
+    def asks_at_handshake(self) -> bool:
+        return self.client_cert is not ClientCertMode.NONE
+
+
+@dataclass(frozen=True)
+class StatusDefinition:
+    listen: str
+
+
+@dataclass(frozen=True)
+class WebRuleLine:
+    """One raw line of a `[web:PORT]` table; `janustls.rules` gives it meaning."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Definitions:
+    """A whole port-definition file."""
+
+    source: str
+    procs: Path
+    ports: tuple[PortDefinition, ...]
+    status: StatusDefinition | None = None
+    web: Mapping[str, tuple[WebRuleLine, ...]] = field(default_factory=dict)
+
+    def port(self, name: str) -> PortDefinition:
+        for p in self.ports:
+            if p.name == name.upper():
+                return p
+        raise KeyError(name)
+
+
+PORT_KEYS = frozenset(
+    {
+        "type", "listen", "certificate", "private_key", "private_key_password_env",
+        "client_cert", "addca", "crl", "crl_check", "verify_depth", "tls_min", "tls_max",
+        "ciphers", "max_connections", "idle_timeout", "handshake_timeout",
+        "request_timeout", "max_cert_size", "session_cache", "handler", "allow",
+        "proxy_protocol", "connect", "connect_timeout", "forward_identity",
+    }
+)  # fmt: skip
+TYPE_ONLY_KEYS = {
+    "handler": PortType.SRVSOCK,
+    "connect": PortType.PROXY,
+    "connect_timeout": PortType.PROXY,
+    "forward_identity": PortType.PROXY,
+}
+JANUS_KEYS = frozenset({"procs"})
+STATUS_KEYS = frozenset({"listen"})
+
+
+class _Collector:
+    """Collects errors so one run of `janustls check` reports all of them."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.errors: list[ConfigError] = []
+
+    def add(self, section: str | None, key: str | None, message: str) -> None:
+        self.errors.append(ConfigError(self.file, section, key, message))
+
+
+def listen_address(description: str) -> tuple[str, str, str] | None:
+    """(kind, interface, port) of a tcp-like endpoint description, to find clashes.
+
+    None for kinds that cannot clash (unix paths are compared as given, port 0 never clashes).
+    """
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].strip().lower()
+    args = [p for p in parts[1:] if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit():
+        kind, args = "tcp", [parts[0]] + args
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = kwargs.get("port") or (args[0] if args else "")
+        if port.strip() in ("", "0"):
+            return None
+        return ("tcp", kwargs.get("interface", "").strip(), port.strip())
+    if kind == "unix":
+        address = kwargs.get("address") or (args[0] if args else "")
+        return ("unix", "", address)
+    return None
+
+
+def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
+    if a[0] != b[0] or a[2] != b[2]:
+        return False
+    wildcard = ("", "0.0.0.0", "::")
+    return a[1] == b[1] or a[1] in wildcard or b[1] in wildcard
+
+
+def _split_paths(value: str) -> list[str]:
+    return [p for p in re.split(r"[\s,]+", value.strip()) if p]
+
+
+class _PortReader:
+    """Reads one port section's options into PortDefinition keyword arguments."""
+
+    def __init__(self, errors: _Collector, section: str, options: Mapping[str, str], procs: Path) -> None:
+        self.errors = errors
+        self.section = section
+        self.options = options
+        self.procs = procs
+
+    def error(self, key: str | None, message: str) -> None:
+        self.errors.add(self.section, key, message)
+
+    def get(self, key: str) -> str | None:
+        value = self.options.get(key)
+        if value is None:
+            return None
+        value = value.strip()
+        if value == "":
+            self.error(key, "is empty (remove the line or give a value)")
+            return None
+        return value
+
+    def path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else self.procs / p
+
+    def choice(self, key: str, enum_type: type[enum.Enum], default: enum.Enum) -> object:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            return enum_type(value.lower())
+        except ValueError:
+            allowed = " | ".join(str(m.value) for m in enum_type)  # type: ignore[attr-defined]
+            self.error(key, f"is {value!r}; expected one of {allowed}")
+            return default
+
+    def number(self, key: str, default: float | None, *, integer: bool, low: float, high: float | None = None) -> object:
+        value = self.get(key)
+        if value is None:
+            return default
+        try:
+            n: float = int(value) if integer else float(value)
+        except ValueError:
+            self.error(key, f"is {value!r}; expected a {'whole ' if integer else ''}number")
+            return default
+        if n != n or n < low or (high is not None and n > high):
+            bound = f"from {low:g} to {high:g}" if high is not None else f"at least {low:g}"
+            self.error(key, f"is {value}; expected a number {bound}")
+            return default
+        return n
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        truth = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+        if value.lower() not in truth:
+            self.error(key, f"is {value!r}; expected yes or no")
+            return default
+        return truth[value.lower()]
+
+    def read(self, name: str, extra_cas: Iterable[Path], file: str, *, embedded: bool = False) -> PortDefinition | None:
+        """`embedded`: the caller supplies the listening endpoint and the application (endpoint plugin)."""
+        o = self.options
+        for key in o:
+            if key not in PORT_KEYS:
+                self.error(key, "is not a port key (see the port-definition reference)")
+        ptype = self.get("type")
+        port_type: PortType | None = None
+        if ptype is None and embedded:
+            port_type = PortType.SRVSOCK
+        elif ptype is None:
+            if "type" not in o:
+                self.error("type", "is missing; expected srvsock | webserv | proxy")
+        else:
+            try:
+                port_type = PortType(ptype.lower())
+            except ValueError:
+                self.error("type", f"is {ptype!r}; expected srvsock | webserv | proxy")
+        listen = self.get("listen")
+        if listen is None and "listen" not in o and not embedded:
+            self.error("listen", "is missing; give a Twisted endpoint, e.g. tcp:8443:interface=127.0.0.1")
+        cert = self.get("certificate")
+        key = self.get("private_key")
+        mode = self.choice("client_cert", ClientCertMode, ClientCertMode.NONE)
+        if cert is None and "certificate" not in o:
+            if "client_cert" in o:
+                self.error("client_cert", "is set on a port without a certificate (a TLS port needs certificate =)")
+            else:
+                self.error("certificate", "is missing; every port is a TLS port and needs its certificate chain")
+        if key is None and cert is not None:
+            key = cert
+        addca = tuple(self.path(p) for p in _split_paths(o.get("addca", ""))) + tuple(extra_cas)
+        if mode is not ClientCertMode.NONE and not addca:
+            self.error("client_cert", f"is {mode.value} but no CA is added for this port (addca = or an [addca] pattern)")  # type: ignore[attr-defined]
+        crls = tuple(self.path(p) for p in _split_paths(o.get("crl", "")))
+        tls_min = self.get("tls_min") or "1.2"
+        tls_max = self.get("tls_max") or "1.3"
+        for k, v in (("tls_min", tls_min), ("tls_max", tls_max)):
+            if v not in TLS_VERSIONS:
+                self.error(k, f"is {v!r}; expected 1.2 or 1.3 (older versions are broken and not offered)")
+        if tls_min in TLS_VERSIONS and tls_max in TLS_VERSIONS and tls_min > tls_max:
+            self.error("tls_max", f"is {tls_max}, below tls_min = {tls_min}")
+        handler = self.get("handler")
+        if handler is not None and not HANDLER_REF.match(handler):
+            self.error("handler", f"is {handler!r}; expected MODULE:CALLABLE from the procedure library")
+        connect = self.get("connect")
+        if port_type is not None:
+            for k, wanted in TYPE_ONLY_KEYS.items():
+                if k in o and port_type is not wanted:
+                    self.error(k, f"applies to {wanted.value} ports, not {port_type.value}")
+            if port_type is PortType.SRVSOCK and handler is None and "handler" not in o and not embedded:
+                self.error("handler", "is missing; a srvsock port needs handler = MODULE:CALLABLE")
+            if port_type is PortType.PROXY and connect is None and "connect" not in o:
+                self.error("connect", "is missing; a proxy port needs connect = a Twisted client endpoint")
+        pw_env = self.get("private_key_password_env")
+        if pw_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", pw_env):
+            self.error("private_key_password_env", f"is {pw_env!r}; expected an environment variable name")
+        depth = self.number("verify_depth", None, integer=True, low=1, high=100)
+        values = dict(
+            name=name,
+            type=port_type or PortType.SRVSOCK,
+            listen=listen or "",
+            certificate=self.path(cert) if cert else Path(),
+            private_key=self.path(key) if key else Path(),
+            source=file,
+            section=self.section,
+            private_key_password_env=pw_env,
+            client_cert=mode,
+            addca=addca,
+            crl=crls,
+            crl_check=self.choice("crl_check", CRLCheck, CRLCheck.LEAF),
+            verify_depth=depth,
+            tls_min=tls_min,
+            tls_max=tls_max,
+            ciphers=self.get("ciphers"),
+            max_connections=self.number("max_connections", None, integer=True, low=1),
+            idle_timeout=float(self.number("idle_timeout", 0.0, integer=False, low=0)),  # type: ignore[arg-type]
+            handshake_timeout=float(self.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            request_timeout=float(self.number("request_timeout", DEFAULT_REQUEST_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            max_cert_size=self.number("max_cert_size", DEFAULT_MAX_CERT_SIZE, integer=True, low=256),
+            session_cache=self.boolean("session_cache", True),
+            handler=handler,
+            allow=self.get("allow"),
+            proxy_protocol=self.boolean("proxy_protocol", False),
+            connect=connect,
+            connect_timeout=float(self.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            forward_identity=self.choice("forward_identity", ForwardIdentity, ForwardIdentity.NONE),
+        )
+        return PortDefinition(**values)  # type: ignore[arg-type]
+
+
+def parse_definitions(text: str, source: str = "<string>", base: Path | None = None) -> Definitions:
+    """Parse port-definition text; raise ConfigErrors listing every mistake."""
+    errors = _Collector(source)
+    base = base if base is not None else Path.cwd()
+    parser = configparser.ConfigParser(
+        inline_comment_prefixes=(";", "#"), interpolation=None, strict=True, delimiters=("=",)
+    )
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        parser.read_string(text, source=source)
+    except configparser.DuplicateSectionError as e:
+        raise ConfigErrors([ConfigError(source, e.section, None, f"is defined twice (line {e.lineno})")])
+    except configparser.DuplicateOptionError as e:
+        raise ConfigErrors([ConfigError(source, e.section, e.option, f"is set twice in the section (line {e.lineno})")])
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigErrors([ConfigError(source, None, None, f"line {e.lineno}: a key before any [section] header")])
+    except configparser.ParsingError as e:
+        lines = ", ".join(f"line {n}: {line.strip()!r}" for n, line in e.errors)
+        raise ConfigErrors([ConfigError(source, None, None, f"cannot parse {lines} (expected key = value)")])
+
+    janus = {k.lower(): v for k, v in parser["janustls"].items()} if parser.has_section("janustls") else {}
+    for k in janus:
+        if k not in JANUS_KEYS:
+            errors.add("janustls", k, "is not a key of the [janustls] section (known: procs)")
+    procs_value = (janus.get("procs") or "procs").strip()
+    procs = Path(os.path.expanduser(procs_value))
+    if not procs.is_absolute():
+        procs = base / procs
+
+    port_sections: dict[str, str] = {}
+    web_sections: dict[str, str] = {}
+    status: StatusDefinition | None = None
+    addca_patterns: list[tuple[str, list[Path]]] = []
+    for section in parser.sections():
+        kind, _, name = section.partition(":")
+        kind = kind.strip().lower()
+        name = name.strip()
+        if kind in ("port", "web"):
+            if not PORT_NAME.match(name):
+                errors.add(section, None, "a port name is letters, digits, _ and - only")
+                continue
+            table = port_sections if kind == "port" else web_sections
+            if name.upper() in table:
+                errors.add(section, None, f"names the same port as [{table[name.upper()]}] (names ignore case)")
+                continue
+            table[name.upper()] = section
+        elif section.lower() == "status":
+            opts = parser[section]
+            for k in opts:
+                if k not in STATUS_KEYS:
+                    errors.add(section, k, "is not a key of [status] (known: listen)")
+            if not (opts.get("listen") or "").strip():
+                errors.add(section, "listen", "is missing; e.g. listen = tcp:9100:interface=127.0.0.1")
+            else:
+                status = StatusDefinition(listen=opts["listen"].strip())
+        elif section.lower() == "addca":
+            for pattern, value in parser[section].items():
+                files = _split_paths(value)
+                if not files:
+                    errors.add(section, pattern, "names no CA file")
+                paths = [Path(os.path.expanduser(f)) for f in files]
+                addca_patterns.append((pattern, [p if p.is_absolute() else procs / p for p in paths]))
+        elif section.lower() == "janustls":
+            pass
+        else:
+            errors.add(section, None, "is not a known section ([janustls], [port:NAME], [web:NAME], [status], [addca])")
+
+    for pattern, _ in addca_patterns:
+        if not any(fnmatch.fnmatchcase(n, pattern.upper()) for n in port_sections):
+            errors.add("addca", pattern, "matches no port")
+
+    ports: list[PortDefinition] = []
+    for name, section in port_sections.items():
+        extra = [p for pattern, files in addca_patterns if fnmatch.fnmatchcase(name, pattern.upper()) for p in files]
+        reader = _PortReader(errors, section, dict(parser[section]), procs)
+        port = reader.read(name, extra, source)
+        if port is not None:
+            ports.append(port)
+
+    seen: list[tuple[tuple[str, str, str], PortDefinition]] = []
+    for port in ports:
+        address = listen_address(port.listen) if port.listen else None
+        if address is None:
+            continue
+        for addr, other in seen:
+            if _clash(address, addr):
+                errors.add(port.section, "listen", f"uses the same address as [{other.section}] ({port.listen})")
+        seen.append((address, port))
+
+    web: dict[str, tuple[WebRuleLine, ...]] = {}
+    by_name = {p.name: p for p in ports}
+    for name, section in web_sections.items():
+        port = by_name.get(name)
+        if port is None:
+            errors.add(section, None, f"is a rule table for port {name}, which is not defined")
+        elif port.type is not PortType.WEBSERV:
+            errors.add(section, None, f"is a rule table, but port {name} is type {port.type.value}, not webserv")
+        web[name] = tuple(WebRuleLine(k, v.strip()) for k, v in parser[section].items())
+
+    if not ports and not errors.errors:
+        errors.add(None, None, "defines no port (add a [port:NAME] section)")
+    if errors.errors:
+        raise ConfigErrors(errors.errors)
+    return Definitions(source=source, procs=procs, ports=tuple(ports), status=status, web=web)
+
+
+def load_definitions(path: str | os.PathLike[str]) -> Definitions:
+    """Read a port-definition file; errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigErrors([ConfigError(str(p), None, None, f"cannot be read: {e.strerror or e}")])
+    except UnicodeDecodeError as e:
+        raise ConfigErrors([ConfigError(str(p), None, None, f"is not UTF-8 text: {e}")])
+    return parse_definitions(text, source=str(p), base=p.resolve().parent)
+
+
+def port_from_options(
+    name: str,
+    options: Mapping[str, str],
+    *,
+    procs: Path | None = None,
+    source: str = "<endpoint>",
+    embedded: bool = False,
+) -> PortDefinition:
+    """One port from key=value options (the endpoint string plugin, embedding code).
+
+    `embedded`: the caller listens and serves itself, so `listen`, `type` and
+    `handler` may be left out.
+    """
+    errors = _Collector(source)
+    section = f"port:{name}"
+    reader = _PortReader(errors, section, dict(options), procs or Path.cwd())
+    port = reader.read(name.upper(), (), source, embedded=embedded)
+    if errors.errors or port is None:
+        raise ConfigErrors(errors.errors)
+    return port
+
+
+def with_changes(port: PortDefinition, **changes: object) -> PortDefinition:
+    """A copy of a definition with some values replaced (embedding code, tests)."""
+    return replace(port, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,225 @@
+"""The object application code gets for a connection: who the client is, and its bytes.
+
+srvsock handlers receive it as `sock`; web requests answer the same certificate calls
+by delegating to their connection's object.  Certificate fields are parsed lazily and
+kept for the connection's life (`CertChain`), so asking on every request costs once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from cryptography import x509
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress
+from twisted.python.failure import Failure
+
+from janustls.certinfo import EMPTY_CHAIN, CertChain
+from janustls.errors import LineTooLong
+
+if TYPE_CHECKING:
+    from janustls.ports.base import PortProtocol
+
+__all__ = ["Connection", "MAX_LINE", "READ_BUFFER_HIGH"]
+
+#: The longest line `readline()` will assemble before failing with LineTooLong.
+MAX_LINE = 65536
+#: Unread bytes above which the transport is paused (back-pressure on the client).
+READ_BUFFER_HIGH = 262144
+
+
+class Connection:
+    """One client connection on a janustls port, after its handshake."""
+
+    __slots__ = (
+        "_protocol", "_chain", "tls_version", "cipher", "peer", "port_name",
+        "_buffer", "_waiting", "_eof", "_paused", "_asked", "_request",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        protocol: PortProtocol,
+        chain: list[x509.Certificate],
+        *,
+        tls_version: str,
+        cipher: str,
+        peer: IAddress,
+        port_name: str,
+        asked: bool,
+    ) -> None:
+        self._protocol = protocol
+        self._chain = CertChain(chain) if chain else EMPTY_CHAIN
+        self.tls_version = tls_version
+        self.cipher = cipher
+        self.peer = peer
+        self.port_name = port_name
+        self._buffer = bytearray()
+        self._waiting: tuple[defer.Deferred[bytes], Callable[[], bytes | None]] | None = None
+        self._eof = False
+        self._paused = False
+        # Janus: a certificate is requested at most once per TLS session.
+        self._asked = asked
+        self._request: list[defer.Deferred[x509.Certificate | None]] | None = None
+
+    # -- who the client is -------------------------------------------------------------
+
+    def cert_levels(self) -> int:
+        """Certificates in the verified client chain, leaf to trust anchor; 0 without one."""
+        return self._chain.levels()
+
+    def cert_info(self, item: str, level: int = 0) -> str | None:
+        """One field of the certificate at `level` as text (see `janustls.certinfo.ITEMS`)."""
+        return self._chain.info(item, level)
+
+    def cert_values(self, item: str, level: int = 0) -> list[str]:
+        """Every value of a field that can repeat (OU, SAN_DNS, ...)."""
+        return list(self._chain.values(item, level))
+
+    def certificate(self, level: int = 0) -> x509.Certificate | None:
+        return self._chain.certificate(level)
+
+    @property
+    def verified_chain(self) -> tuple[x509.Certificate, ...]:
+        return self._chain.certificates
+
+    def request_certificate(self) -> defer.Deferred[x509.Certificate | None]:
+        """The client's certificate, asking for it mid-connection if the port did not ask.
+
+        At most one request per TLS session (Janus): once asked, the answer is what
+        the session has, certificate or None.
+        """
+        if self._asked:
+            return defer.succeed(self.certificate())
+        if self._request is None:
+            self._request = []
+            self._protocol.request_certificate().addBoth(self._request_done)
+        waiter: defer.Deferred[x509.Certificate | None] = defer.Deferred()
+        self._request.append(waiter)
+        return waiter
+
+    def _request_done(self, outcome: object) -> None:
+        """Answer every caller waiting on the one request (the certificate, or the error)."""
+        self._asked = True
+        waiters, self._request = self._request or [], []
+        for waiter in waiters:
+            if isinstance(outcome, Failure):
+                waiter.errback(outcome)
+            else:
+                waiter.callback(self.certificate())
+
+    def _certificate_arrived(self, chain: list[x509.Certificate]) -> None:
+        """Called by the port protocol when a mid-connection request has completed."""
+        self._asked = True
+        if chain:
+            self._chain = CertChain(chain)
+
+    # -- bytes ---------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if isinstance(data, str):
+            raise TypeError("write() takes bytes; encode text first")
+        self._protocol.send(data)
+
+    def close(self) -> None:
+        self._protocol.close()
+
+    def read(self, n: int = 65536) -> defer.Deferred[bytes]:
+        """Up to `n` bytes as soon as any are there; b"" at end of stream."""
+        if n <= 0:
+            raise ValueError("read() needs a positive size")
+
+        def take() -> bytes | None:
+            if self._buffer:
+                data = bytes(self._buffer[:n])
+                del self._buffer[:n]
+                return data
+            return b"" if self._eof else None
+
+        return self._wait(take)
+
+    def readexactly(self, n: int) -> defer.Deferred[bytes]:
+        """Exactly `n` bytes, or fewer only at end of stream."""
+
+        def take() -> bytes | None:
+            if len(self._buffer) >= n or (self._eof and self._buffer):
+                data = bytes(self._buffer[:n])
+                del self._buffer[:n]
+                return data
+            return b"" if self._eof else None
+
+        return self._wait(take)
+
+    def readline(self) -> defer.Deferred[bytes]:
+        """One line including its b"\\n"; the rest at end of stream; b"" after it."""
+
+        def take() -> bytes | None:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                data = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return data
+            if len(self._buffer) > MAX_LINE:
+                raise LineTooLong(f"no end of line within {MAX_LINE} bytes")
+            if self._eof:
+                data = bytes(self._buffer)
+                self._buffer.clear()
+                return data
+            return None
+
+        return self._wait(take)
+
+    def _wait(self, take: Callable[[], bytes | None]) -> defer.Deferred[bytes]:
+        if self._waiting is not None:
+            raise RuntimeError("another read is already waiting on this connection")
+        try:
+            data = take()
+        except Exception as e:
+            return defer.fail(e)
+        if data is not None:
+            self._after_read()
+            return defer.succeed(data)
+        d: defer.Deferred[bytes] = defer.Deferred()
+        self._waiting = (d, take)
+        self._resume()
+        return d
+
+    def _after_read(self) -> None:
+        if self._paused and len(self._buffer) < READ_BUFFER_HIGH // 2:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._protocol.resume_reading()
+
+    def _feed(self, data: bytes) -> None:
+        """Bytes from the client (called by the port protocol)."""
+        self._buffer += data
+        self._wake()
+        if not self._paused and len(self._buffer) > READ_BUFFER_HIGH:
+            self._paused = True
+            self._protocol.pause_reading()
+
+    def _end(self) -> None:
+        """The client's stream has ended (close, reset, or the connection was closed)."""
+        self._eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiting is None:
+            return
+        d, take = self._waiting
+        try:
+            data = take()
+        except Exception as e:
+            self._waiting = None
+            d.errback(e)
+            return
+        if data is not None:
+            self._waiting = None
+            self._after_read()
+            d.callback(data)
+
+    def __repr__(self) -> str:
+        who = self.cert_info("CN") if self.cert_levels() else "no certificate"
+        return f"<janustls.Connection port={self.port_name} peer={self.peer} {who}>"

@@ -1,0 +1,38 @@
+"""Log events with stable identifiers: the catalogue, and the one function that emits them.
+
+Every event carries `event_id` (below), so log processors, metrics and tests can select
+events without parsing text.  Identifiers are part of the interface: add, never rename.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.logger import Logger, LogLevel
+
+from janustls.reasons import Reason
+
+__all__ = ["emit", "log", "CATALOGUE"]
+
+log = Logger(namespace="janustls")
+
+CATALOGUE: dict[str, str] = {
+    "janustls.port.listening": "a port started listening (port, address)",
+    "janustls.port.stopped": "a port stopped listening",
+    "janustls.port.ca_added": "a CA certificate was added to a port (Janus MSIR.0642)",
+    "janustls.conn.accepted": "a TLS handshake completed (port, peer, version, cipher, subject)",
+    "janustls.conn.closed": "a connection ended (port, peer, bytes in/out, seconds)",
+    "janustls.conn.limit": "a connection was refused: the port's max_connections is reached",
+    "janustls.conn.idle_timeout": "a connection was closed after idle_timeout seconds without traffic",
+    "janustls.handshake.timeout": "a client did not finish its handshake within handshake_timeout",
+    "janustls.handshake.failed": "a handshake failed for a reason other than the client certificate "
+    "(protocol version, ciphers, garbage; Janus SSLPROTOCOLERR)",
+    "janustls.handshake.abandoned": "a client closed the connection before its handshake finished",
+    "janustls.handler.error": "a handler raised; its connection was closed, the port keeps serving",
+    **{r.event_id: f"a client was refused: {r.description}" for r in Reason},
+}
+
+
+def emit(event_id: str, text: str, level: LogLevel = LogLevel.info, **fields: Any) -> None:
+    """Emit one catalogued event; `text` is a twisted.logger format string over `fields`."""
+    log.emit(level, text, event_id=event_id, **fields)

@@ -1,0 +1,148 @@
+"""twistd options and service maker, and the `janustls:` server endpoint string parser.
+
+`twisted/plugins/janustls_plugin.py` only instantiates the two objects defined here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint, IStreamServerEndpointStringParser
+from twisted.internet.protocol import Protocol
+from twisted.plugin import IPlugin
+from twisted.python import usage
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from janustls.config import PortDefinition, load_definitions, port_from_options
+from janustls.connection import Connection
+from janustls.errors import ConfigErrors
+from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory
+from janustls.service import JanusService
+from janustls.tls import PortTLS, build_port_tls
+
+__all__ = ["Options", "JanusServiceMaker", "JanusEndpointParser", "connection_of"]
+
+
+class Options(usage.Options):
+    synopsis = "--port-def FILE"
+    longdesc = (
+        "Run the TLS ports of a port-definition file (INI). Each [port:NAME] section is a "
+        "srvsock, webserv or proxy port with its own certificate, client-certificate mode "
+        "(none, request, require) and trusted CAs. Check a file first with `janustls check FILE`."
+    )
+    optParameters = [
+        ["port-def", "p", None, "The port-definition file (INI) to run."],
+    ]
+
+    def postOptions(self) -> None:
+        if not self["port-def"]:
+            raise usage.UsageError("--port-def FILE is required")
+        if not Path(self["port-def"]).is_file():
+            raise usage.UsageError(f"--port-def: {self['port-def']} is not a file")
+
+
+@implementer(IServiceMaker, IPlugin)
+class JanusServiceMaker:
+    tapname = "janustls"
+    description = "Mutual-TLS ports (srvsock, webserv, proxy) from a port-definition file."
+    options = Options
+
+    def makeService(self, options: Options) -> MultiService:
+        try:
+            return JanusService(load_definitions(options["port-def"]))
+        except ConfigErrors as e:
+            raise SystemExit(f"janustls: {e}")
+
+
+# -- the endpoint string plugin ----------------------------------------------------------
+
+
+def connection_of(protocol: Protocol) -> Connection | None:
+    """The janustls Connection behind an application protocol served by a `janustls:` endpoint."""
+    tls = getattr(protocol, "transport", None)
+    inner = getattr(tls, "wrappedProtocol", None)
+    return getattr(inner, "connection", None)
+
+
+class _AppProtocol(PortProtocol):
+    """Runs the application's own protocol once the handshake has succeeded."""
+
+    factory: _AppFactory
+    app: Protocol | None = None
+
+    def connection_ready(self, connection: Connection) -> None:
+        app = self.factory.app_factory.buildProtocol(self.transport.getPeer())
+        if app is None:
+            self.transport.loseConnection()
+            return
+        self.app = app
+        app.makeConnection(self.transport)
+
+    def bytes_received(self, data: bytes) -> None:
+        if self.app is not None:
+            self.app.dataReceived(data)
+
+    def connection_ended(self, reason: Failure | None) -> None:
+        if self.app is not None:
+            self.app.connectionLost(reason)
+
+
+class _AppFactory(PortFactory):
+    protocol = _AppProtocol
+
+    def __init__(self, runtime: PortRuntime, app_factory: IProtocolFactory) -> None:
+        super().__init__(runtime)
+        self.app_factory = app_factory
+
+
+@implementer(IStreamServerEndpoint)
+class JanusServerEndpoint:
+    """A TCP endpoint whose connections get a janustls port's TLS, trust and logging."""
+
+    def __init__(self, reactor: Any, tcp: IStreamServerEndpoint, port: PortDefinition, tls: PortTLS) -> None:
+        self._reactor = reactor
+        self._tcp = tcp
+        self._port = port
+        self._tls = tls
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        runtime = PortRuntime(self._port, self._tls, self._reactor)
+        return self._tcp.listen(PortTLSFactory(runtime, _AppFactory(runtime, protocolFactory)))
+
+
+@implementer(IPlugin, IStreamServerEndpointStringParser)
+class JanusEndpointParser:
+    """`janustls:PORT:interface=...:certificate=...:client_cert=require:addca=...`, or
+    `janustls:port_def=FILE:name=NAME` to use one port of a definition file.
+
+    Keys are the port-definition keys; paths are relative to the working directory.
+    """
+
+    prefix = "janustls"
+
+    def parseStreamServer(self, reactor: Any, *args: str, **kwargs: str) -> IStreamServerEndpoint:
+        if "port_def" in kwargs:
+            definitions = load_definitions(kwargs.pop("port_def"))
+            name = kwargs.pop("name", None)
+            if args or kwargs:
+                raise ValueError("janustls: with port_def= give only name=")
+            if name is None and len(definitions.ports) != 1:
+                raise ValueError("janustls: name= is needed when the file defines several ports")
+            port = definitions.port(name) if name else definitions.ports[0]
+            tcp = serverFromString(reactor, port.listen)
+        else:
+            if len(args) != 1:
+                raise ValueError("janustls: the first argument is the TCP port number")
+            interface = kwargs.pop("interface", "")
+            backlog = int(kwargs.pop("backlog", "50"))
+            port = port_from_options(kwargs.pop("name", "ENDPOINT"), kwargs, procs=Path.cwd(), embedded=True)
+            if ":" in interface:
+                tcp = TCP6ServerEndpoint(reactor, int(args[0]), backlog, interface)
+            else:
+                tcp = TCP4ServerEndpoint(reactor, int(args[0]), backlog, interface)
+        return JanusServerEndpoint(reactor, tcp, port, build_port_tls(port))

@@ -1,0 +1,1 @@
+"""Thin Twisted adapters, one module per port type."""

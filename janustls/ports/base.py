@@ -1,0 +1,269 @@
+"""What every port type shares: the TLS wrapper, limits, timeouts, and logging outcomes.
+
+A listening port is `PortTLSFactory` (Twisted's TLS wrapper, plus max_connections)
+around a `PortFactory` whose protocols subclass `PortProtocol`.  Port types
+(srvsock, webserv, proxy) add only what happens with the bytes after the handshake.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import LogLevel
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from janustls.config import ClientCertMode, PortDefinition
+from janustls.connection import Connection
+from janustls.errors import CertificateRequestUnsupported
+from janustls.events import emit
+from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure
+
+__all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
+
+
+class PortRuntime:
+    """A port's live state shared by its connections: definition, TLS policy, reactor, counters."""
+
+    def __init__(self, port: PortDefinition, tls: PortTLS, reactor: IReactorTime) -> None:
+        self.port = port
+        self.tls = tls
+        self.reactor = reactor
+        self.accepted = 0
+        self.refused = 0
+
+
+def _address_text(address: IAddress | None) -> str:
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+@implementer(IHandshakeListener)
+class PortProtocol(Protocol):
+    """The protocol inside TLS: times the handshake, records the outcome, then hands over."""
+
+    factory: PortFactory
+    transport: PortTLSProtocol  # type: ignore[assignment]
+    connection: Optional[Connection] = None
+
+    _handshake_timer: IDelayedCall | None = None
+    _idle_timer: IDelayedCall | None = None
+    _timed_out = False
+    _closed = False
+
+    def connectionMade(self) -> None:
+        rt = self.factory.runtime
+        self._started = rt.reactor.seconds()
+        self._handshake_timer = rt.reactor.callLater(rt.port.handshake_timeout, self._handshake_expired)
+
+    # -- the handshake ---------------------------------------------------------------
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        self._timed_out = True
+        rt = self.factory.runtime
+        emit(
+            "janustls.handshake.timeout",
+            "port {port}: {peer} did not finish its handshake in {seconds}s",
+            LogLevel.warn,
+            port=rt.port.name,
+            peer=_address_text(self.peer_address()),
+            seconds=rt.port.handshake_timeout,
+        )
+        self.transport.abortConnection()
+
+    def peer_address(self) -> IAddress:
+        return self.transport.getPeer()
+
+    def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        rt = self.factory.runtime
+        handle: SSL.Connection = self.transport.getHandle()
+        chain = rt.tls.verified_chain(handle)
+        rt.tls.trust.count_signed(chain)
+        rt.accepted += 1
+        conn = Connection(
+            self,
+            chain,
+            tls_version=handle.get_protocol_version_name(),
+            cipher=handle.get_cipher_name() or "",
+            peer=self.peer_address(),
+            port_name=rt.port.name,
+            asked=rt.port.client_cert is not ClientCertMode.NONE,
+        )
+        self.connection = conn
+        emit(
+            "janustls.conn.accepted",
+            "port {port}: {peer} connected with {version} {cipher}, client {subject}",
+            port=rt.port.name,
+            peer=_address_text(conn.peer),
+            version=conn.tls_version,
+            cipher=conn.cipher,
+            subject=conn.cert_info("SUBJECT") if chain else None,
+            levels=len(chain),
+        )
+        if rt.port.idle_timeout > 0:
+            self._last_activity = rt.reactor.seconds()
+            self._idle_timer = rt.reactor.callLater(rt.port.idle_timeout, self._idle_check)
+        self.connection_ready(conn)
+
+    # -- after the handshake -------------------------------------------------------------
+
+    def connection_ready(self, connection: Connection) -> None:
+        """Subclasses start serving here."""
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._last_activity = self.factory.runtime.reactor.seconds()
+        self.bytes_received(data)
+
+    def bytes_received(self, data: bytes) -> None:
+        """Subclasses take the client's application bytes here."""
+
+    def send(self, data: bytes) -> None:
+        if self._idle_timer is not None:
+            self._last_activity = self.factory.runtime.reactor.seconds()
+        self.transport.write(data)
+
+    def close(self) -> None:
+        self.transport.loseConnection()
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()
+
+    def request_certificate(self) -> defer.Deferred[Any]:
+        """Ask the client for a certificate mid-connection (see `janustls.midconn`)."""
+        return defer.fail(CertificateRequestUnsupported("this port cannot ask mid-connection"))
+
+    def _idle_check(self) -> None:
+        rt = self.factory.runtime
+        idle = rt.reactor.seconds() - self._last_activity
+        if idle < rt.port.idle_timeout:
+            self._idle_timer = rt.reactor.callLater(rt.port.idle_timeout - idle, self._idle_check)
+            return
+        self._idle_timer = None
+        emit(
+            "janustls.conn.idle_timeout",
+            "port {port}: closing {peer} after {seconds}s without traffic",
+            port=rt.port.name,
+            peer=_address_text(self.peer_address()),
+            seconds=rt.port.idle_timeout,
+        )
+        self.transport.loseConnection()
+
+    # -- the end ---------------------------------------------------------------------------
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        for timer in (self._handshake_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._handshake_timer = self._idle_timer = None
+        rt = self.factory.runtime
+        if self.connection is None:
+            if not self._timed_out:
+                self._log_failed_handshake(reason)
+        else:
+            emit(
+                "janustls.conn.closed",
+                "port {port}: {peer} disconnected after {seconds:.3f}s",
+                LogLevel.debug,
+                port=rt.port.name,
+                peer=_address_text(self.connection.peer),
+                seconds=rt.reactor.seconds() - self._started,
+            )
+        self.connection_ended(reason)
+
+    def connection_ended(self, reason: Failure | None) -> None:
+        """Subclasses release what they hold here."""
+
+    def _log_failed_handshake(self, reason: Failure | None) -> None:
+        rt = self.factory.runtime
+        peer = _address_text(self.peer_address())
+        refusal = refusal_for_failure(self.transport, reason)
+        if refusal is not None:
+            rt.refused += 1
+            emit(
+                refusal.reason.event_id,
+                "port {port}: refused {peer}: {refusal}",
+                LogLevel.warn,
+                port=rt.port.name,
+                peer=peer,
+                refusal=refusal,
+                reason=refusal.reason.value,
+                depth=refusal.depth,
+                subject=refusal.subject,
+            )
+            return
+        if reason is not None and isinstance(reason.value, SSL.Error):
+            emit(
+                "janustls.handshake.failed",
+                "port {port}: handshake with {peer} failed: {detail}",
+                LogLevel.warn,
+                port=rt.port.name,
+                peer=peer,
+                detail=failure_text(reason),
+            )
+            return
+        emit(
+            "janustls.handshake.abandoned",
+            "port {port}: {peer} closed the connection during the handshake",
+            LogLevel.debug,
+            port=rt.port.name,
+            peer=peer,
+        )
+
+
+class PortFactory(Factory):
+    """Builds a port's protocols; holds the runtime they share."""
+
+    protocol: type[PortProtocol] = PortProtocol  # type: ignore[assignment]
+
+    def __init__(self, runtime: PortRuntime) -> None:
+        self.runtime = runtime
+
+    def doStart(self) -> None:  # no "Starting factory" chatter per port
+        self.numPorts += 1
+
+    def doStop(self) -> None:
+        self.numPorts -= 1
+
+
+class PortTLSFactory(TLSMemoryBIOFactory):
+    """Twisted's TLS wrapper for one port, refusing connections past max_connections."""
+
+    noisy = False
+    protocol = PortTLSProtocol
+
+    def __init__(self, runtime: PortRuntime, wrapped: PortFactory) -> None:
+        super().__init__(runtime.tls, False, wrapped)
+        self.runtime = runtime
+
+    def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        limit = self.runtime.port.max_connections
+        if limit is not None and len(self.protocols) >= limit:
+            emit(
+                "janustls.conn.limit",
+                "port {port}: refused {peer}: {limit} connections already open (max_connections)",
+                LogLevel.warn,
+                port=self.runtime.port.name,
+                peer=_address_text(addr),
+                limit=limit,
+            )
+            return None
+        return super().buildProtocol(addr)  # type: ignore[no-any-return]
+
+    def logPrefix(self) -> str:
+        return f"janustls:{self.runtime.port.name}"

@@ -1,0 +1,61 @@
+"""The procedure library: handler modules, pages and certificates beside the definition file.
+
+`MODULE:CALLABLE` references load `procs/MODULE.py` (dots for subfolders) under a
+private module name, so a procedure called `json` or `ssl` cannot shadow the real one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from janustls.errors import JanusError
+
+__all__ = ["ProcedureError", "load_callable"]
+
+_PREFIX = "janustls_procs"
+
+
+class ProcedureError(JanusError):
+    """A `MODULE:CALLABLE` that cannot be loaded; the message says why."""
+
+
+def _load_module(procs: Path, module: str) -> ModuleType:
+    path = procs.joinpath(*module.split(".")).with_suffix(".py")
+    name = f"{_PREFIX}.{abs(hash(str(procs.resolve())))}.{module}"
+    if name in sys.modules:
+        return sys.modules[name]
+    if not path.is_file():
+        raise ProcedureError(f"{path} does not exist (procs = {procs})")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ProcedureError(f"{path} cannot be loaded as a Python module")
+    mod = importlib.util.module_from_spec(spec)
+    # Procedure modules may import their siblings by plain name.
+    if str(procs) not in sys.path:
+        sys.path.append(str(procs))
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:
+        del sys.modules[name]
+        raise ProcedureError(f"importing {path} failed: {type(e).__name__}: {e}") from e
+    return mod
+
+
+def load_callable(procs: Path, reference: str) -> Any:
+    """The callable named by `MODULE:CALLABLE` in the procedure library."""
+    module, _, attr = reference.partition(":")
+    mod = _load_module(procs, module)
+    target: Any = mod
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ProcedureError(f"{module} has no {attr!r}") from None
+    if not callable(target):
+        raise ProcedureError(f"{reference} is not callable")
+    return target

@@ -1,0 +1,163 @@
+"""Definitions -> running ports: the Python API behind twistd, the endpoint plugin and embedding.
+
+Everything is built and checked before anything listens: `build_ports` raises one
+ConfigErrors listing every problem of every port, so a bad file starts nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
+from twisted.logger import LogLevel
+
+from janustls.config import Definitions, PortDefinition, PortType
+from janustls.errors import ConfigError, ConfigErrors
+from janustls.events import emit
+from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
+from janustls.ports.srvsock import SrvsockFactory
+from janustls.procedures import ProcedureError, load_callable
+from janustls.tls import build_port_tls
+
+__all__ = ["BuiltPort", "build_port", "build_ports", "PortService", "JanusService", "listen"]
+
+
+@dataclass
+class BuiltPort:
+    """A port ready to listen: its endpoint and the factory to listen with."""
+
+    definition: PortDefinition
+    endpoint: IStreamServerEndpoint
+    factory: PortTLSFactory
+    runtime: PortRuntime
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def wrap_factory(runtime: PortRuntime, procs: Path) -> PortTLSFactory:
+    """The TLS factory serving one port, its application factory chosen by the port's type."""
+    port = runtime.port
+    inner: PortFactory
+    if port.type is PortType.SRVSOCK:
+        assert port.handler is not None
+        try:
+            handler = load_callable(procs, port.handler)
+        except ProcedureError as e:
+            raise ConfigErrors([ConfigError(port.source, port.section, "handler", str(e))])
+        inner = SrvsockFactory(runtime, handler)
+    else:
+        raise ConfigErrors(
+            [ConfigError(port.source, port.section, "type", f"{port.type.value} ports are not available in this version")]
+        )
+    return PortTLSFactory(runtime, inner)
+
+
+def build_port(port: PortDefinition, procs: Path, reactor: Any = None) -> BuiltPort:
+    """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
+    reactor = reactor or _reactor()
+    errors: list[ConfigError] = []
+    endpoint: IStreamServerEndpoint | None = None
+    try:
+        endpoint = serverFromString(reactor, port.listen)
+    except (ValueError, KeyError, TypeError) as e:
+        errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {e}"))
+    try:
+        tls = build_port_tls(port)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+        raise ConfigErrors(errors)
+    runtime = PortRuntime(port, tls, reactor)
+    try:
+        factory = wrap_factory(runtime, procs)
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    assert endpoint is not None
+    return BuiltPort(port, endpoint, factory, runtime)
+
+
+def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort]:
+    errors: list[ConfigError] = []
+    built: list[BuiltPort] = []
+    for port in definitions.ports:
+        try:
+            built.append(build_port(port, definitions.procs, reactor))
+        except ConfigErrors as e:
+            errors.extend(e.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    return built
+
+
+class PortService(service.Service):
+    """One listening port as a Twisted service."""
+
+    def __init__(self, built: BuiltPort) -> None:
+        self.built = built
+        self.name = built.definition.name
+        self.listening: IListeningPort | None = None
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        service.Service.startService(self)
+        port = self.built.definition
+        try:
+            self.listening = yield self.built.endpoint.listen(self.built.factory)
+        except Exception as e:
+            emit(
+                "janustls.port.failed",
+                "port {port}: cannot listen on {listen}: {error}",
+                LogLevel.critical,
+                port=port.name,
+                listen=port.listen,
+                error=str(e),
+            )
+            raise
+        emit(
+            "janustls.port.listening",
+            "port {port}: {type} listening on {address}, client_cert={mode}, {cas} CA(s)",
+            port=port.name,
+            type=port.type.value,
+            address=str(self.listening.getHost()),
+            mode=port.client_cert.value,
+            cas=len(self.built.runtime.tls.trust.cas),
+        )
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            emit("janustls.port.stopped", "port {port}: stopped", port=self.name)
+            return listening.stopListening()
+        return None
+
+
+class JanusService(service.MultiService):
+    """Every port of a definition file; construction fails fast with ConfigErrors."""
+
+    def __init__(self, definitions: Definitions, reactor: Any = None) -> None:
+        super().__init__()
+        self.definitions = definitions
+        self.ports = build_ports(definitions, reactor)
+        for built in self.ports:
+            PortService(built).setServiceParent(self)
+
+    def listening_port(self, name: str) -> IListeningPort | None:
+        svc = self.getServiceNamed(name.upper())
+        return svc.listening  # type: ignore[no-any-return,attr-defined]
+
+
+def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None) -> defer.Deferred[IListeningPort]:
+    """Build one port and start listening: the embedding API's shortest form."""
+    built = build_port(port, procs or Path.cwd(), reactor)
+    return built.endpoint.listen(built.factory)

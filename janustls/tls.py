@@ -1,0 +1,207 @@
+"""A pyOpenSSL Context per port, the connection creator Twisted calls, and the verify callback.
+
+The creator holds the port's current Context; replacing it (a reload) affects only
+new connections, because pyOpenSSL forbids changing a Context once it has been used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Sequence
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from janustls import _openssl
+from janustls.config import ClientCertMode, CRLCheck, PortDefinition
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.materials import ServerMaterial, load_server_material
+from janustls.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.trust import PortTrust, load_port_trust
+
+__all__ = ["PortTLS", "PortTLSProtocol", "build_port_tls", "refusal_for_failure", "DEFAULT_CIPHERS"]
+
+#: AEAD suites with forward secrecy only (TLS 1.2; TLS 1.3 suites are all AEAD).
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+_VERIFY_MODES = {
+    ClientCertMode.NONE: SSL.VERIFY_NONE,
+    ClientCertMode.REQUEST: SSL.VERIFY_PEER,
+    ClientCertMode.REQUIRE: SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+}
+_CHECK_CACHE_SIZE = 2048
+
+
+class PortTLSProtocol(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, plus the first refusal the verify callback recorded.
+
+    The port protocol reads the refusal when the handshake fails, to log the reason
+    instead of a bare alert.
+    """
+
+    refusal: Refusal | None = None
+
+
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "<unparsable subject>"
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class PortTLS:
+    """One port's TLS policy: builds its Context and makes a connection per client."""
+
+    def __init__(self, port: PortDefinition, material: ServerMaterial, trust: PortTrust) -> None:
+        self.port = port
+        self.material = material
+        self.trust = trust
+        self._checked: dict[tuple[bytes, int], Reason | None] = {}
+        self.context = self._build_context()
+
+    # The verify mode the port asks for at the handshake.
+    @property
+    def verify_mode(self) -> int:
+        return _VERIFY_MODES[self.port.client_cert]
+
+    def _build_context(self) -> SSL.Context:
+        port = self.port
+        ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        ctx.set_min_proto_version(_VERSIONS[port.tls_min])
+        ctx.set_max_proto_version(_VERSIONS[port.tls_max])
+        ctx.set_options(
+            SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | _openssl.OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
+        )
+        # Idle connections give their read and write buffers back to OpenSSL.
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        try:
+            ctx.set_cipher_list((port.ciphers or DEFAULT_CIPHERS).encode("ascii"))
+        except (SSL.Error, UnicodeEncodeError) as e:
+            raise ConfigErrors([ConfigError(port.source, port.section, "ciphers", f"no usable TLS 1.2 cipher: {e}")])
+        ctx.use_certificate(self.material.leaf)
+        for extra in self.material.chain[1:]:
+            ctx.add_extra_chain_cert(extra)
+        ctx.use_privatekey(self.material.key)
+        ctx.check_privatekey()
+        ctx.set_session_id(hashlib.sha256(f"janustls:{port.name}".encode()).digest()[:32])
+        if not port.session_cache:
+            ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            ctx.set_options(SSL.OP_NO_TICKET)
+        store = ctx.get_cert_store()
+        assert store is not None
+        for ca in self.trust.cas:
+            store.add_cert(crypto.X509.from_cryptography(ca))
+            ctx.add_client_ca(ca)
+        for crl in self.trust.crls:
+            store.add_crl(crl)
+        if self.trust.crls:
+            flags = crypto.X509StoreFlags.CRL_CHECK
+            if self.trust.crl_check is CRLCheck.CHAIN:
+                flags |= crypto.X509StoreFlags.CRL_CHECK_ALL
+            store.set_flags(flags)
+        if port.verify_depth is not None:
+            # OpenSSL counts intermediates; ours counts the anchor too, so allow one
+            # more here and let `PortTrust.check` give the precise verdict.
+            ctx.set_verify_depth(port.verify_depth)
+        ctx.set_verify(self.verify_mode, self.verify)
+        return ctx
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return SSL.Connection(self.context, None)
+
+    def verify(self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        """OpenSSL's verdict on each certificate, plus ours; the first failure is kept."""
+        state: PortTLSProtocol = _openssl.tls_protocol_of(connection)
+        if not ok:
+            if state.refusal is None:
+                state.refusal = Refusal(
+                    reason_for_verify_error(errno),
+                    depth,
+                    _subject(cert.to_cryptography()),
+                    _openssl.verify_error_string(errno),
+                )
+            return False
+        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        key = (der, depth)
+        if key in self._checked:
+            reason = self._checked[key]
+        else:
+            parsed = x509.load_der_x509_certificate(der)
+            reason = self.trust.check(parsed, len(der), depth)
+            if len(self._checked) >= _CHECK_CACHE_SIZE:
+                self._checked.clear()
+            self._checked[key] = reason
+        if reason is not None:
+            if state.refusal is None:
+                state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
+            return False
+        return True
+
+    def verified_chain(self, connection: SSL.Connection) -> list[x509.Certificate]:
+        """The client's chain, leaf to anchor; rebuilt for a resumed session; [] without one."""
+        chain = connection.get_verified_chain(as_cryptography=True)
+        if chain:
+            return list(chain)
+        leaf = connection.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return []
+        rest = connection.get_peer_cert_chain(as_cryptography=True) or []
+        return self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
+
+
+def refusal_for_failure(tls_protocol: PortTLSProtocol, failure: Failure | None) -> Refusal | None:
+    """Why a handshake failed, when the client certificate was the cause; None otherwise."""
+    if tls_protocol.refusal is not None:
+        return tls_protocol.refusal
+    if failure is not None and isinstance(failure.value, SSL.Error):
+        text = str(failure.value).lower()
+        if "peer did not return a certificate" in text or "certificate required" in text:
+            return Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description)
+    return None
+
+
+def failure_text(failure: Failure | None) -> str:
+    """A short text for a TLS failure: the OpenSSL reason strings, not a Python repr."""
+    if failure is None:
+        return "connection closed"
+    value = failure.value
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        parts = [str(item[2]) for item in value.args[0] if isinstance(item, tuple) and len(item) >= 3]
+        if parts:
+            return "; ".join(parts)
+    return str(value) or type(value).__name__
+
+
+def build_port_tls(port: PortDefinition) -> PortTLS:
+    """Load a port's files and build its TLS policy; all problems as located ConfigErrors."""
+    errors: list[ConfigError] = []
+    material: ServerMaterial | None = None
+    try:
+        material = load_server_material(port.certificate, port.private_key, port.private_key_password_env)
+    except MaterialError as e:
+        key, _, message = str(e).partition(": ")
+        errors.append(ConfigError(port.source, port.section, key, message))
+    trust: PortTrust | None = None
+    try:
+        trust = load_port_trust(port, material.chain if material else ())
+    except ConfigErrors as e:
+        errors.extend(e.errors)
+    if errors:
+        raise ConfigErrors(errors)
+    assert material is not None and trust is not None
+    try:
+        return PortTLS(port, material, trust)
+    except SSL.Error as e:
+        raise ConfigErrors([ConfigError(port.source, port.section, "certificate", f"OpenSSL refused it: {e}")])
+
+
+def chain_summary(chain: Sequence[x509.Certificate]) -> str:
+    return " <- ".join(_subject(c) for c in chain)

@@ -1,0 +1,178 @@
+"""Per-port trust: the CAs added to a port (ADDCA), its CRLs, depth, and the checks OpenSSL lacks.
+
+No reactor and no OpenSSL handles: `janustls.tls` turns this into a pyOpenSSL store
+and calls `check` from its verify callback; `janustls.explain` can call the same code.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+
+from janustls.config import CRLCheck, PortDefinition
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.materials import load_certificates, load_crls
+from janustls.reasons import Reason
+
+__all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS"]
+
+MIN_RSA_BITS = 2048
+
+
+def fingerprint(cert: x509.Certificate) -> bytes:
+    return cert.fingerprint(hashes.SHA256())
+
+
+def check_usage(cert: x509.Certificate) -> Reason | None:
+    """A client certificate must allow client authentication where it restricts its usage."""
+    try:
+        eku = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+            return Reason.WRONG_USAGE
+    try:
+        ku = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if not ku.digital_signature:
+            return Reason.WRONG_USAGE
+    return None
+
+
+def check_key_strength(cert: x509.Certificate) -> Reason | None:
+    """RSA under 2048 bits and DSA are refused at any level of the chain."""
+    try:
+        key = cert.public_key()
+    except (ValueError, TypeError):
+        return Reason.INVALID
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        return Reason.WEAK_KEY
+    if isinstance(key, dsa.DSAPublicKey):
+        return Reason.WEAK_KEY
+    return None
+
+
+@dataclass
+class PortTrust:
+    """What a port trusts for client certificates, and the extra checks it applies."""
+
+    cas: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    crl_check: CRLCheck = CRLCheck.LEAF
+    verify_depth: int | None = None
+    max_cert_size: int = 16384
+    server_fingerprints: frozenset[bytes] = frozenset()
+    #: Janus STATUSCA NumSigned: accepted client chains per trust anchor (by fingerprint).
+    signed: collections.Counter[bytes] = field(default_factory=collections.Counter)
+
+    def __post_init__(self) -> None:
+        self._by_subject: dict[bytes, list[x509.Certificate]] = {}
+        for ca in self.cas:
+            self._by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
+
+    def check(self, cert: x509.Certificate, der_size: int, depth: int) -> Reason | None:
+        """Our checks of one certificate of a chain that OpenSSL found otherwise acceptable."""
+        if der_size > self.max_cert_size:
+            return Reason.TOO_LARGE
+        if self.verify_depth is not None and depth > self.verify_depth:
+            return Reason.CHAIN_TOO_LONG
+        weak = check_key_strength(cert)
+        if weak is not None:
+            return weak
+        if depth == 0:
+            if fingerprint(cert) in self.server_fingerprints:
+                return Reason.SERVER_CERTIFICATE
+            return check_usage(cert)
+        return None
+
+    def count_signed(self, chain: Sequence[x509.Certificate]) -> None:
+        if chain:
+            self.signed[fingerprint(chain[-1])] += 1
+
+    def complete_chain(
+        self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]
+    ) -> list[x509.Certificate]:
+        """Rebuild leaf..anchor for a resumed session, whose verified chain OpenSSL does not keep.
+
+        The session was verified when it was made; here each link is still checked by
+        signature so that a mistake cannot produce a chain that was never verified.
+        """
+        chain = [leaf]
+        pool = list(intermediates)
+        current = leaf
+        for _ in range(100):
+            for ca in self._by_subject.get(current.issuer.public_bytes(), []):
+                if _issued_by(current, ca):
+                    if fingerprint(ca) != fingerprint(current):
+                        chain.append(ca)
+                    return chain
+            parent = next((c for c in pool if c.subject == current.issuer and _issued_by(current, c)), None)
+            if parent is None or parent in chain:
+                return chain
+            chain.append(parent)
+            current = parent
+        return chain
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported key types
+        return False
+    return True
+
+
+def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificate] = ()) -> PortTrust:
+    """Read a port's CA and CRL files; every unusable file is a located ConfigError."""
+    errors: list[ConfigError] = []
+    cas: list[x509.Certificate] = []
+    seen: set[bytes] = set()
+    for path in port.addca:
+        try:
+            for ca in load_certificates(path):
+                fp = fingerprint(ca)
+                if fp not in seen:
+                    seen.add(fp)
+                    cas.append(ca)
+        except MaterialError as e:
+            errors.append(ConfigError(port.source, port.section, "addca", str(e)))
+    crls: list[x509.CertificateRevocationList] = []
+    for path in port.crl:
+        try:
+            crls.extend(load_crls(path))
+        except MaterialError as e:
+            errors.append(ConfigError(port.source, port.section, "crl", str(e)))
+    for ca in cas:
+        if not _is_ca(ca):
+            errors.append(
+                ConfigError(
+                    port.source, port.section, "addca",
+                    f"{ca.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:FALSE or missing)",
+                )
+            )
+    if errors:
+        raise ConfigErrors(errors)
+    return PortTrust(
+        cas=tuple(cas),
+        crls=tuple(crls),
+        crl_check=port.crl_check,
+        verify_depth=port.verify_depth,
+        max_cert_size=port.max_cert_size,
+        server_fingerprints=frozenset(fingerprint(c) for c in server_chain[:1]),
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca)
+    except x509.ExtensionNotFound:
+        return False

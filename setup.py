@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from setuptools import setup
+
+setup(
+    name="janustls",
+    version="0.1.0",
+    description="A programmable mutual-TLS server framework on Twisted, after the Janus SSL ports.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    # package_dir "" = "." makes `pip install -e .` put the checkout itself on sys.path,
+    # where Twisted looks for twisted/plugins/ (a finder-based editable install hides it).
+    package_dir={"": "."},
+    packages=["janustls", "janustls.ports", "twisted.plugins"],
+    package_data={"janustls": ["py.typed"]},
+    include_package_data=False,
+    install_requires=[
+        "twisted>=24.7,<27",
+        "pyopenssl>=25.0,<27",
+        "cryptography>=44,<51",
+        "service-identity>=24.1,<27",
+        "zope.interface>=6.0,<9",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
+    },
+    entry_points={"console_scripts": ["janustls = janustls.cli:main"]},
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Topic :: Security :: Cryptography",
+        "Typing :: Typed",
+    ],
+)
