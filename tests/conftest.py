@@ -1,0 +1,32 @@
+"""Shared fixtures: one test PKI per session, written by janustls.pki; the reactor thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import EVENTS, EventLog, TestPKI, make_test_pki, reactor_thread
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
+    return make_test_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="session")
+def reactor():  # noqa: ANN201
+    return reactor_thread()
+
+
+@pytest.fixture
+def events() -> EventLog:
+    return EVENTS
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Path:
+    """An empty procedure library for one test."""
+    d = tmp_path / "procs"
+    d.mkdir()
+    return d
