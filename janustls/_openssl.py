@@ -8,7 +8,7 @@ that removes one fails a test that names it instead of a production connection.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
@@ -19,6 +19,10 @@ __all__ = [
     "verify_error_string",
     "connection_pointer",
     "tls_protocol_of",
+    "VERIFY_POST_HANDSHAKE",
+    "verify_client_post_handshake",
+    "watch_client_finished",
+    "drive_handshake",
 ]
 
 _lib: Any = Binding.lib
@@ -32,6 +36,49 @@ HAS_POST_HANDSHAKE_AUTH: bool = bool(
     and hasattr(_lib, "SSL_verify_client_post_handshake")
     and hasattr(_lib, "SSL_VERIFY_POST_HANDSHAKE")
 )
+
+
+#: The verify-mode bit that defers the certificate request until we ask (TLS 1.3).
+VERIFY_POST_HANDSHAKE: int = int(getattr(_lib, "SSL_VERIFY_POST_HANDSHAKE", 0))
+
+
+def verify_client_post_handshake(connection: SSL.Connection) -> bool:
+    """Queue a TLS 1.3 CertificateRequest; False (and nothing sent) if the client cannot take one.
+
+    OpenSSL refuses at once with "extension not received" when the client did not
+    offer post-handshake authentication; the connection is unharmed.
+    """
+    if not HAS_POST_HANDSHAKE_AUTH:
+        return False
+    if _lib.SSL_verify_client_post_handshake(connection_pointer(connection)) == 1:
+        return True
+    _lib.ERR_clear_error()
+    return False
+
+
+def watch_client_finished(connection: SSL.Connection, seen: Callable[[], None]) -> None:
+    """Call `seen` when OpenSSL reads the client's Finished (the end of a TLS 1.3 request).
+
+    With OpenSSL 3 and 4 a post-handshake exchange fires no handshake-done event and
+    the state returns to "negotiation finished" both before and after it; the state
+    "read finished", seen by the info callback as it passes, is what marks the end.
+    The callback only records: nothing may touch the transport inside it.
+    """
+
+    def info(conn: SSL.Connection, where: int, ret: int) -> None:
+        if conn.get_state_string() == b"SSLv3/TLS read finished":
+            seen()
+
+    connection.set_info_callback(info)
+
+
+def drive_handshake(tls_protocol: Any) -> None:
+    """Let OpenSSL write its handshake messages now and send them (Twisted's private flush)."""
+    try:
+        tls_protocol.getHandle().do_handshake()
+    except SSL.WantReadError:
+        pass
+    tls_protocol._flushSendBIO()  # noqa: SLF001
 
 
 def verify_error_string(errno: int) -> str:

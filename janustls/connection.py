@@ -82,36 +82,44 @@ class Connection:
     def verified_chain(self) -> tuple[x509.Certificate, ...]:
         return self._chain.certificates
 
-    def request_certificate(self) -> defer.Deferred[x509.Certificate | None]:
+    def request_certificate(self, require: bool = False) -> defer.Deferred[x509.Certificate | None]:
         """The client's certificate, asking for it mid-connection if the port did not ask.
 
         At most one request per TLS session (Janus): once asked, the answer is what
-        the session has, certificate or None.
+        the session has, certificate or None.  `require=True`: no certificate closes
+        the connection (logged).  Fails with CertificateRequestTimeout when the client
+        does not answer within the port's request_timeout; the connection stays open.
         """
         if self._asked:
             return defer.succeed(self.certificate())
-        if self._request is None:
-            self._request = []
-            self._protocol.request_certificate().addBoth(self._request_done)
         waiter: defer.Deferred[x509.Certificate | None] = defer.Deferred()
-        self._request.append(waiter)
+        if self._request is None:
+            self._request = [waiter]
+            self._protocol.request_certificate(require).addBoth(self._request_done)
+        else:
+            self._request.append(waiter)
         return waiter
+
+    def can_request_certificate(self) -> tuple[bool, str]:
+        """Whether `request_certificate()` can reach the client, and why (or why not).
+
+        True when the certificate is already known or was already asked for.
+        """
+        if self._asked:
+            return True, "already asked"
+        return self._protocol.can_request_certificate()
 
     def _request_done(self, outcome: object) -> None:
         """Answer every caller waiting on the one request (the certificate, or the error)."""
         self._asked = True
+        if isinstance(outcome, list) and outcome:
+            self._chain = CertChain(outcome)
         waiters, self._request = self._request or [], []
         for waiter in waiters:
             if isinstance(outcome, Failure):
                 waiter.errback(outcome)
             else:
                 waiter.callback(self.certificate())
-
-    def _certificate_arrived(self, chain: list[x509.Certificate]) -> None:
-        """Called by the port protocol when a mid-connection request has completed."""
-        self._asked = True
-        if chain:
-            self._chain = CertChain(chain)
 
     # -- bytes ---------------------------------------------------------------------------
 

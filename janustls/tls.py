@@ -7,7 +7,7 @@ new connections, because pyOpenSSL forbids changing a Context once it has been u
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls import _openssl
+from janustls.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.config import ClientCertMode, CRLCheck, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.materials import ServerMaterial, load_server_material
@@ -38,13 +39,42 @@ _CHECK_CACHE_SIZE = 2048
 
 
 class PortTLSProtocol(TLSMemoryBIOProtocol):
-    """Twisted's TLS protocol, plus the first refusal the verify callback recorded.
+    """Twisted's TLS protocol, plus what janustls needs to know about the handshake.
 
-    The port protocol reads the refusal when the handshake fails, to log the reason
-    instead of a bare alert.
+    `refusal`: the first refusal the verify callback recorded, logged when the
+    handshake fails instead of a bare alert.  `after_receive`: called after OpenSSL
+    has processed each batch of bytes (a mid-connection request watches for the
+    client's answer).  The ClientHello is kept, unparsed, only on ports that do not
+    ask at the handshake, so `client_hello()` can tell whether the client may be
+    asked later.
     """
 
     refusal: Refusal | None = None
+    after_receive: Callable[[], None] | None = None
+    _hello: bytes | None = None
+    _hello_parsed: ClientHello | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        if self.factory.keep_client_hello:
+            self._hello = b""
+        super().makeConnection(transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._hello is not None and not self._handshakeDone and len(self._hello) < MAX_HELLO:
+            self._hello += data
+        super().dataReceived(data)
+        if self.after_receive is not None:
+            self.after_receive()
+
+    def client_hello(self) -> ClientHello | None:
+        """What the client offered, when this port kept its ClientHello; None otherwise."""
+        if self._hello_parsed is None and self._hello:
+            try:
+                self._hello_parsed = parse_client_hello(self._hello)
+            except ValueError:
+                pass
+            self._hello = None
+        return self._hello_parsed
 
 
 def _subject(cert: x509.Certificate) -> str:

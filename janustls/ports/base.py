@@ -7,8 +7,9 @@ around a `PortFactory` whose protocols subclass `PortProtocol`.  Port types
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
+from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
@@ -20,7 +21,7 @@ from zope.interface import implementer
 
 from janustls.config import ClientCertMode, PortDefinition
 from janustls.connection import Connection
-from janustls.errors import CertificateRequestUnsupported
+from janustls.midconn import CertificateRequest, can_request
 from janustls.events import emit
 from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure
 
@@ -57,7 +58,7 @@ class PortProtocol(Protocol):
     _handshake_timer: IDelayedCall | None = None
     _idle_timer: IDelayedCall | None = None
     _timed_out = False
-    _closed = False
+    _request: CertificateRequest | None = None
 
     def connectionMade(self) -> None:
         rt = self.factory.runtime
@@ -99,7 +100,8 @@ class PortProtocol(Protocol):
             cipher=handle.get_cipher_name() or "",
             peer=self.peer_address(),
             port_name=rt.port.name,
-            asked=rt.port.client_cert is not ClientCertMode.NONE,
+            # A resumed session that carries a certificate was asked in its first life.
+            asked=rt.port.client_cert is not ClientCertMode.NONE or bool(chain),
         )
         self.connection = conn
         emit(
@@ -144,9 +146,14 @@ class PortProtocol(Protocol):
     def resume_reading(self) -> None:
         self.transport.resumeProducing()
 
-    def request_certificate(self) -> defer.Deferred[Any]:
+    def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]:
         """Ask the client for a certificate mid-connection (see `janustls.midconn`)."""
-        return defer.fail(CertificateRequestUnsupported("this port cannot ask mid-connection"))
+        rt = self.factory.runtime
+        self._request = CertificateRequest(self, require=require, timeout=rt.port.request_timeout)
+        return self._request.start()
+
+    def can_request_certificate(self) -> tuple[bool, str]:
+        return can_request(self.transport, self.transport.getHandle())
 
     def _idle_check(self) -> None:
         rt = self.factory.runtime
@@ -171,6 +178,9 @@ class PortProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._handshake_timer = self._idle_timer = None
+        if self._request is not None:
+            self._request.lost(reason)
+            self._request = None
         rt = self.factory.runtime
         if self.connection is None:
             if not self._timed_out:
@@ -250,6 +260,8 @@ class PortTLSFactory(TLSMemoryBIOFactory):
     def __init__(self, runtime: PortRuntime, wrapped: PortFactory) -> None:
         super().__init__(runtime.tls, False, wrapped)
         self.runtime = runtime
+        # Ports that ask at the handshake never ask again, so never need the ClientHello.
+        self.keep_client_hello = runtime.port.client_cert is ClientCertMode.NONE
 
     def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
         limit = self.runtime.port.max_connections
