@@ -7,6 +7,7 @@ The reactor runs once per test session in a daemon thread; tests start ports thr
 
 from __future__ import annotations
 
+import queue
 import socket
 import ssl
 import subprocess
@@ -86,6 +87,19 @@ class EventLog:
 
 EVENTS = EventLog()
 
+#: Connection objects that test handlers hand over (`hand_over(sock)`), for the test thread to inspect.
+HANDED: "queue.Queue[Any]" = queue.Queue()
+
+
+def hand_over(sock: Any) -> None:
+    """Called by a test handler in the reactor thread: give its connection to the test."""
+    HANDED.put(sock)
+
+
+def handed(timeout: float = 5.0) -> Any:
+    """The next connection a test handler handed over."""
+    return HANDED.get(timeout=timeout)
+
 
 @dataclass
 class TestPKI:
@@ -151,9 +165,10 @@ def make_test_pki(directory: Path) -> TestPKI:
     (ca_dir / "root.crl").write_bytes(root.crl_pem())
     pki.files["inter.crl"] = ca_dir / "inter.crl"
     pki.files["root.crl"] = ca_dir / "root.crl"
-    # The server's own certificate, presented by a client (replay).
-    pki.files["servercert.pem"] = pki.files["server.pem"]
-    pki.files["servercert.key"] = pki.files["server.key"]
+    # The server's own certificate, presented by a client (replay).  It allows both
+    # serverAuth and clientAuth, so only the replay check can refuse it, not the usage check;
+    # a port that proves the check uses it as its own certificate.
+    pki.write_client("servercert", inter.issue("localhost", usage="both", dns=["localhost"], ips=["127.0.0.1"]))
     return pki
 
 
