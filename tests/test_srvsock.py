@@ -1,0 +1,371 @@
+"""srvsock ports: the handler API, back-pressure, limits, timeouts, failing handlers, garbage.
+
+Real ports on 127.0.0.1:0 and real clients (Python's ssl, raw TCP sockets, curl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from janustls.connection import READ_BUFFER_HIGH
+from tests.support import HANDED, client_context, handed, start, talk
+
+HANDLERS = '''
+from twisted.internet import defer, reactor
+from tests.support import hand_over
+
+
+async def api(sock):
+    """readline, read(n), write, then what the end of the stream looks like."""
+    line = await sock.readline()
+    sock.write(b"line:" + line)
+    part = await sock.read(5)
+    sock.write(b"read:" + part + b"\\n")
+    rest = await sock.readline()
+    sock.write(b"rest:" + rest)
+    tail = await sock.readline()          # the client sends "partial" and closes
+    after = await sock.readline()
+    eof = await sock.read(10)
+    hand_over((tail, after, eof))
+
+
+def deferred(sock):
+    """Not a coroutine: returns a Deferred that fires later; the port closes when it fires."""
+    d = defer.Deferred()
+
+    def later():
+        sock.write(b"deferred\\n")
+        d.callback(None)
+
+    reactor.callLater(0.05, later)
+    return d
+
+
+def chained(sock):
+    """A Deferred built from sock.readline()."""
+    return sock.readline().addCallback(lambda line: sock.write(line.upper()))
+
+
+def plain(sock):
+    """A plain function: writes and returns None, and the connection is closed."""
+    sock.write(b"plain\\n")
+
+
+def closer(sock):
+    """sock.close() closes the connection while the handler still waits."""
+    sock.write(b"bye\\n")
+    sock.close()
+    return defer.Deferred()
+
+
+async def bulk(sock):
+    """Let more than the read high-water mark pile up, then read it all and send it back."""
+    header = await sock.readline()
+    size = int(header)
+    d = defer.Deferred()
+    reactor.callLater(0.3, d.callback, None)
+    await d
+    hand_over(len(sock._buffer))
+    got = bytearray()
+    while len(got) < size:
+        chunk = await sock.read(65536)
+        if not chunk:
+            break
+        got += chunk
+    import hashlib
+    sock.write(hashlib.sha256(got).hexdigest().encode() + b"\\n")
+    sock.write(bytes(got))
+
+
+async def moody(sock):
+    """Echoes a line, but raises on "boom"."""
+    line = await sock.readline()
+    if line == b"boom\\n":
+        raise ValueError("boom requested")
+    sock.write(line)
+
+
+def raiser(sock):
+    raise RuntimeError("handler broke at once")
+
+
+async def hold(sock):
+    """Say ok, then echo lines until the client goes."""
+    sock.write(b"ok\\n")
+    while True:
+        line = await sock.readline()
+        if not line:
+            return
+        sock.write(line)
+'''
+
+
+def _port(name: str, pki, handler: str, extra: str = "", mode: str = "request") -> str:
+    return f"""
+[port:{name}]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {pki.files['server.pem']}
+private_key = {pki.files['server.key']}
+client_cert = {mode}
+addca = {pki.files['root.ca']}
+handler = {handler}
+{extra}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(pki, reactor, tmp_path_factory):
+    procs = tmp_path_factory.mktemp("procs_srvsock")
+    (procs / "h.py").write_text(HANDLERS)
+    (procs / "whoami.py").write_text((Path(__file__).parents[1] / "procs" / "whoami.py").read_text())
+    ini = f"[janustls]\nprocs = {procs}\n"
+    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser"):
+        ini += _port(name.upper(), pki, f"h:{name}")
+    ini += _port("LIMITED", pki, "h:hold", "max_connections = 2")
+    ini += _port("IDLE", pki, "h:hold", "idle_timeout = 0.5")
+    ini += _port("SLOW", pki, "h:hold", "handshake_timeout = 0.3")
+    ini += _port("WHOAMI", pki, "whoami:serve", mode="require")
+    s = start(ini, procs)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _empty_handover():
+    while not HANDED.empty():
+        HANDED.get_nowait()
+    yield
+
+
+def connect(port: int, pki, cert: str | None = "alice", version: str | None = None) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return client_context(pki, cert, tls=version).wrap_socket(raw, server_hostname="localhost")
+
+
+def read_to_eof(s: socket.socket, timeout: float = 5.0) -> bytes:
+    s.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+# -- the handler API -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_readline_read_write_and_end_of_stream(server, pki, version):
+    """readline() returns one line with its newline, read(n) at most n bytes, then the end of stream."""
+    with connect(server.port("API"), pki, version=version) as s:
+        f = s.makefile("rb")
+        s.sendall(b"hello\n")
+        assert f.readline() == b"line:hello\n"
+        s.sendall(b"abcdefgh\n")
+        assert f.readline() == b"read:abcde\n"
+        assert f.readline() == b"rest:fgh\n"
+        s.sendall(b"partial")
+        f.close()
+    # At the end of the stream: the unterminated rest, then b"" from readline and read.
+    assert handed() == (b"partial", b"", b"")
+
+
+def test_handler_returning_deferred(server, pki):
+    """A handler may be a plain function returning a Deferred; the port closes when it fires."""
+    assert talk(server.port("DEFERRED"), client_context(pki, "alice")) == b"deferred\n"
+
+
+def test_handler_deferred_from_readline(server, pki):
+    """A Deferred chained on sock.readline() works like a coroutine."""
+    assert talk(server.port("CHAINED"), client_context(pki, "alice"), b"shout\n") == b"SHOUT\n"
+
+
+def test_plain_function_handler(server, pki):
+    """A plain function that returns None: its writes arrive, then the connection closes."""
+    assert talk(server.port("PLAIN"), client_context(pki, None)) == b"plain\n"
+
+
+def test_close_from_handler(server, pki):
+    """sock.close() ends the connection even while the handler's Deferred is pending."""
+    assert talk(server.port("CLOSER"), client_context(pki, "alice")) == b"bye\n"
+
+
+def test_data_above_read_high_water_mark(server, pki):
+    """1 MiB each way through a handler that lets more than READ_BUFFER_HIGH pile up before reading."""
+    size = 1024 * 1024
+    data = os.urandom(size)
+    with connect(server.port("BULK"), pki) as s:
+        s.sendall(f"{size}\n".encode() + data)
+        f = s.makefile("rb")
+        digest = f.readline()
+        back = f.read(size)
+    buffered = handed()
+    assert buffered > READ_BUFFER_HIGH  # the case under test happened: reading was paused
+    assert digest == hashlib.sha256(data).hexdigest().encode() + b"\n"
+    assert back == data
+
+
+# -- failing handlers, garbage ------------------------------------------------------------------
+
+
+def test_handler_that_raises_is_logged_and_port_keeps_serving(server, pki, events):
+    """An exception in a handler closes only its connection and is logged with the port and the error."""
+    port = server.port("MOODY")
+    mark = events.mark()
+    assert talk(port, client_context(pki, "alice"), b"boom\n") == b""
+    e = events.wait_for(mark, "janustls.handler.error", "MOODY")
+    assert "boom requested" in e["error"]
+    assert e["handler"] == "h:moody"
+    assert talk(port, client_context(pki, "alice"), b"fine\n") == b"fine\n"
+
+
+def test_handler_raising_at_once(server, pki, events):
+    """A handler that raises before returning anything: logged, closed, next client served the same."""
+    port = server.port("RAISER")
+    for _ in range(2):
+        mark = events.mark()
+        assert talk(port, client_context(pki, "alice")) == b""
+        e = events.wait_for(mark, "janustls.handler.error", "RAISER")
+        assert "handler broke at once" in e["error"]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"\x00\x01\x02 not tls at all \xff" * 20],
+    ids=["plaintext-http", "garbage"],
+)
+def test_garbage_on_tls_port_closed_and_logged(server, pki, events, garbage):
+    """Bytes that are not TLS end in a closed connection and a handshake.failed event, not a hang."""
+    port = server.port("PLAIN")
+    mark = events.mark()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        local = raw.getsockname()[1]
+        raw.sendall(garbage)
+        started = time.monotonic()
+        answer = read_to_eof(raw)
+        assert time.monotonic() - started < 3
+    assert b"HTTP" not in answer and b"plain" not in answer
+    e = events.wait_for(mark, "janustls.handshake.failed", "PLAIN")
+    assert e["peer"] == f"127.0.0.1:{local}"
+    assert e["detail"]
+    # The port still serves TLS clients.
+    assert talk(port, client_context(pki, None)) == b"plain\n"
+
+
+# -- limits and timeouts ---------------------------------------------------------------------------
+
+
+def test_max_connections(server, pki, events):
+    """The N+1th connection is closed at once and logged; once one closes, a new one gets in."""
+    port = server.port("LIMITED")
+    first, second = connect(port, pki), connect(port, pki)
+    try:
+        assert first.recv(3) == b"ok\n" and second.recv(3) == b"ok\n"
+        mark = events.mark()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            local = raw.getsockname()[1]
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                with client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost") as third:
+                    if not third.recv(3):
+                        raise ConnectionError("closed")
+        e = events.wait_for(mark, "janustls.conn.limit", "LIMITED")
+        assert e["limit"] == 2
+        assert e["peer"] == f"127.0.0.1:{local}"
+        mark = events.mark()
+        first.close()
+        events.wait_for(mark, "janustls.conn.closed", "LIMITED")
+        with connect(port, pki) as fourth:
+            assert fourth.recv(3) == b"ok\n"
+            fourth.sendall(b"x\n")
+            assert fourth.recv(2) == b"x\n"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_idle_timeout_closes_silent_connection(server, pki, events):
+    """A connection with no traffic for idle_timeout seconds is closed and logged; traffic keeps one open."""
+    port = server.port("IDLE")
+    mark = events.mark()
+    with connect(port, pki) as busy, connect(port, pki) as silent:
+        assert busy.recv(3) == b"ok\n" and silent.recv(3) == b"ok\n"
+        started = time.monotonic()
+        for i in range(5):  # 1 s of traffic, one line every 0.2 s
+            busy.sendall(b"%d\n" % i)
+            assert busy.recv(2) == b"%d\n" % i
+            time.sleep(0.2)
+        assert read_to_eof(silent) == b""
+        elapsed = time.monotonic() - started
+        assert 0.3 < elapsed < 3, elapsed
+        busy.sendall(b"still\n")
+        assert busy.recv(6) == b"still\n"
+    e = events.wait_for(mark, "janustls.conn.idle_timeout", "IDLE")
+    assert e["seconds"] == 0.5
+    assert len(events.since(mark, "janustls.conn.idle_timeout", "IDLE")) == 1
+
+
+def test_handshake_timeout(server, pki, events):
+    """A TCP client that never starts its handshake is closed after handshake_timeout, and logged."""
+    port = server.port("SLOW")
+    mark = events.mark()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        local = raw.getsockname()[1]
+        started = time.monotonic()
+        assert read_to_eof(raw) == b""
+        elapsed = time.monotonic() - started
+    assert 0.2 < elapsed < 3, elapsed
+    e = events.wait_for(mark, "janustls.handshake.timeout", "SLOW")
+    assert e["peer"] == f"127.0.0.1:{local}"
+    assert e["seconds"] == 0.3
+    assert not events.since(mark, "janustls.handshake.failed", "SLOW")
+    # A client that does its handshake in time is served.
+    with connect(port, pki) as s:
+        assert s.recv(3) == b"ok\n"
+
+
+# -- curl --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls_args,version", [([], None), (["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")])
+def test_curl_with_client_certificate(server, pki, tls_args, version):
+    """curl with a client certificate against a srvsock port answering HTTP: the CN comes back."""
+    port = server.port("WHOAMI")
+    r = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(pki.files["root.ca"]),
+         "--cert", str(pki.cert("alice")), "--key", str(pki.key("alice")), *tls_args,
+         f"https://localhost:{port}/"],
+        capture_output=True, timeout=15,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    body = r.stdout.decode()
+    assert body.startswith("hello alice\n")
+    assert '"levels": 3' in body
+    if version:
+        assert f'"tls_version": "{version}"' in body
+
+
+def test_curl_without_certificate_refused(server, pki, events):
+    """curl without a certificate on a require port: an error for curl, a no_certificate event for us."""
+    port = server.port("WHOAMI")
+    mark = events.mark()
+    r = subprocess.run(
+        ["curl", "-sS", "--max-time", "10", "--cacert", str(pki.files["root.ca"]), f"https://localhost:{port}/"],
+        capture_output=True, timeout=15,
+    )
+    assert r.returncode != 0
+    assert b"hello" not in r.stdout
+    assert events.wait_for(mark, "janustls.refused", "WHOAMI")["reason"] == "no_certificate"
