@@ -23,6 +23,7 @@ from janustls.reasons import Reason
 __all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS"]
 
 MIN_RSA_BITS = 2048
+_MAX_REMEMBERED = 1024
 
 
 def fingerprint(cert: x509.Certificate) -> bytes:
@@ -75,6 +76,7 @@ class PortTrust:
     signed: collections.Counter[bytes] = field(default_factory=collections.Counter)
 
     def __post_init__(self) -> None:
+        self._intermediates: dict[bytes, list[x509.Certificate]] = {}
         self._by_subject: dict[bytes, list[x509.Certificate]] = {}
         for ca in self.cas:
             self._by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
@@ -95,32 +97,46 @@ class PortTrust:
         return None
 
     def count_signed(self, chain: Sequence[x509.Certificate]) -> None:
+        """Count an accepted chain for its anchor, and remember its intermediates.
+
+        A resumed session has the client's leaf but not the chain OpenSSL verified;
+        the intermediates seen here let `complete_chain` rebuild it.
+        """
         if chain:
             self.signed[fingerprint(chain[-1])] += 1
+            for cert in chain[1:-1]:
+                key = cert.subject.public_bytes()
+                known = self._intermediates.setdefault(key, [])
+                if cert not in known:
+                    if len(self._intermediates) > _MAX_REMEMBERED:
+                        self._intermediates.clear()
+                    known.append(cert)
 
     def complete_chain(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]
     ) -> list[x509.Certificate]:
         """Rebuild leaf..anchor for a resumed session, whose verified chain OpenSSL does not keep.
 
-        The session was verified when it was made; here each link is still checked by
-        signature so that a mistake cannot produce a chain that was never verified.
+        Each link is checked by signature, and the chain must end at a CA of this
+        port: [] otherwise (a session from before a reload that removed its CA is
+        treated as carrying no certificate).
         """
         chain = [leaf]
-        pool = list(intermediates)
         current = leaf
-        for _ in range(100):
-            for ca in self._by_subject.get(current.issuer.public_bytes(), []):
+        for _ in range(32):
+            issuer = current.issuer.public_bytes()
+            for ca in self._by_subject.get(issuer, []):
                 if _issued_by(current, ca):
-                    if fingerprint(ca) != fingerprint(current):
+                    if ca != current:
                         chain.append(ca)
                     return chain
-            parent = next((c for c in pool if c.subject == current.issuer and _issued_by(current, c)), None)
-            if parent is None or parent in chain:
-                return chain
+            candidates = [c for c in intermediates if c.subject == current.issuer] + self._intermediates.get(issuer, [])
+            parent = next((c for c in candidates if c not in chain and _issued_by(current, c)), None)
+            if parent is None:
+                return []
             chain.append(parent)
             current = parent
-        return chain
+        return []
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
