@@ -29,6 +29,22 @@ CATALOGUE: dict[str, str] = {
     "(protocol version, ciphers, garbage; Janus SSLPROTOCOLERR)",
     "janustls.handshake.abandoned": "a client closed the connection before its handshake finished",
     "janustls.handler.error": "a handler raised; its connection was closed, the port keeps serving",
+    "janustls.proxy.connected": "a proxy port connected a client to its backend (port, peer, subject, backend)",
+    "janustls.proxy.backend_failed": "a proxy port could not reach its backend (refused, connect_timeout, DNS); "
+    "the client was closed cleanly, the port keeps serving (port, peer, backend, cause)",
+    "janustls.proxy.closed": "a proxied connection ended (port, peer, cause, bytes up and down, seconds)",
+    "janustls.proxy.header_received": "a PROXY v1/v2 header named the client (port, peer, via: the balancer)",
+    "janustls.proxy.header_invalid": "a connection on a proxy_protocol = yes port had no valid PROXY header "
+    "and was closed (port, peer, detail)",
+    "janustls.request.certificate": "a mid-connection certificate request got a verified certificate",
+    "janustls.request.no_certificate": "a mid-connection certificate request got no certificate",
+    "janustls.request.refused": "a mid-connection certificate request got a certificate the port refused "
+    "(reason, as at the handshake); the connection was closed",
+    "janustls.request.unsupported": "a connection could not be asked (TLS 1.3 without post-handshake "
+    "authentication, no secure renegotiation); the request answered None",
+    "janustls.request.declined": "the client refused to renegotiate; the connection was closed",
+    "janustls.request.timeout": "the client did not answer a mid-connection request within request_timeout",
+    "janustls.request.closed": "the connection closed while a mid-connection request was under way",
     **{r.event_id: f"a client was refused: {r.description}" for r in Reason},
 }
 

@@ -156,7 +156,7 @@ class CertificateRequest:
             "port {port}: certificate request to {peer} ({version}): {outcome}: {detail}",
             LogLevel.warn if outcome in (Outcome.REFUSED, Outcome.TIMEOUT) else LogLevel.info,
             port=rt.port.name,
-            peer=str(self.protocol.peer_address()),
+            peer=self.protocol.peer_text(),
             version=self._version,
             outcome=outcome.value,
             detail=detail,

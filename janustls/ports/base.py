@@ -7,7 +7,7 @@ around a `PortFactory` whose protocols subclass `PortProtocol`.  Port types
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -37,6 +37,8 @@ class PortRuntime:
         self.reactor = reactor
         self.accepted = 0
         self.refused = 0
+        #: The port's `allow =` gate (`janustls.ports.access.PortAccess`); web ports answer FORBIDDEN instead.
+        self.access: Any = None
 
 
 def _address_text(address: IAddress | None) -> str:
@@ -84,6 +86,10 @@ class PortProtocol(Protocol):
     def peer_address(self) -> IAddress:
         return self.transport.getPeer()
 
+    def peer_text(self) -> str:
+        """The client's address as logs show it (host:port, [v6]:port)."""
+        return _address_text(self.peer_address())
+
     def handshakeCompleted(self) -> None:
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
@@ -117,6 +123,9 @@ class PortProtocol(Protocol):
         if rt.port.idle_timeout > 0:
             self._last_activity = rt.reactor.seconds()
             self._idle_timer = rt.reactor.callLater(rt.port.idle_timeout, self._idle_check)
+        if rt.access is not None:  # refused: logged and closed; admitted: connection_ready
+            rt.access.admit(self, conn, self.connection_ready)
+            return
         self.connection_ready(conn)
 
     # -- after the handshake -------------------------------------------------------------
@@ -169,7 +178,7 @@ class PortProtocol(Protocol):
             peer=_address_text(self.peer_address()),
             seconds=rt.port.idle_timeout,
         )
-        self.transport.loseConnection()
+        self.close()
 
     # -- the end ---------------------------------------------------------------------------
 
