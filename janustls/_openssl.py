@@ -99,3 +99,12 @@ def connection_pointer(connection: SSL.Connection) -> Any:
 def tls_protocol_of(connection: SSL.Connection) -> Any:
     """The Twisted TLS protocol driving a connection (Twisted stores it as the app data)."""
     return connection.get_app_data()
+
+
+def set_store_purpose_ssl_client(store: Any) -> None:
+    """Verify with the purpose a TLS server uses for client chains (`janustls explain`).
+
+    A handshake sets it on its own store context; a bare `X509StoreContext` needs
+    it on the store (pyOpenSSL has no setter; the store's pointer is private).
+    """
+    _lib.X509_STORE_set_purpose(store._store, _lib.X509_PURPOSE_SSL_CLIENT)  # noqa: SLF001

@@ -110,6 +110,33 @@ def run_demo(file: str, out: TextIO) -> int:
     return 0
 
 
+def run_explain(file: str, port: str, client_pem: str, out: TextIO) -> int:
+    """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
+    from janustls.errors import MaterialError
+    from janustls.explain import explain, format_verdict
+
+    try:
+        definitions = load_definitions(file)
+        definitions.port(port)
+    except ConfigErrors as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyError:
+        names = ", ".join(p.name for p in definitions.ports)
+        print(f"janustls explain: {file} defines no port {port} (ports: {names})", file=sys.stderr)
+        return 1
+    try:
+        verdict = explain(definitions, port, client_pem)
+    except ConfigErrors as e:
+        print(e, file=sys.stderr)
+        return 1
+    except (MaterialError, OSError) as e:
+        print(f"janustls explain: {client_pem}: {e}", file=sys.stderr)
+        return 1
+    out.write(format_verdict(verdict))
+    return 0 if verdict.accepted else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="janustls", description="Mutual-TLS ports on Twisted.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,7 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     pki.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
     demo.add_argument("file", nargs="?", default=str(DEMO_FILE))
+    explain = sub.add_parser(
+        "explain",
+        help="say whether a port would accept a client certificate chain, and if not why (no server needed)",
+        description="Exit status: 0 accepted, 2 refused, 1 error. CLIENT_PEM holds what the client sends: "
+        "its certificate, then its intermediates (an empty file: no certificate).",
+    )
+    explain.add_argument("file")
+    explain.add_argument("port")
+    explain.add_argument("client_pem")
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return run_explain(args.file, args.port, args.client_pem, sys.stdout)
     if args.command == "check":
         return describe(args.file, sys.stdout)
     if args.command == "pki":

@@ -1,0 +1,183 @@
+"""Why was I refused? A port's verdict on a client chain, without a server running.
+
+The answer must be the one a handshake would give, so nothing here re-implements
+verification: the port's real pyOpenSSL Context is built by `janustls.tls`, its
+certificate store (CAs, CRLs, flags) runs OpenSSL's chain verification with the
+purpose a TLS server uses, and `PortTrust.check` is applied per certificate in the
+order OpenSSL's verify callback would see them.  The one thing the store cannot carry
+(the Context's verify depth) is applied as OpenSSL applies it while building the chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from cryptography import x509
+from OpenSSL import crypto
+
+from janustls import _openssl
+from janustls.config import ClientCertMode, Definitions, load_definitions
+from janustls.materials import load_certificates
+from janustls.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.tls import PortTLS, build_port_tls
+from janustls.trust import check_key_strength
+
+__all__ = ["Verdict", "explain_chain", "explain", "format_verdict"]
+
+#: X509_V_ERR numbers OpenSSL reports while walking the chain from the anchor down
+#: (signature and validity time), after the verify callback has already seen, with
+#: ok=1, every certificate above the failing one: those certificates get our checks first.
+_WALK_ERRORS = frozenset({7, 9, 10})
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A port's answer to a client chain: accepted, or refused and why."""
+
+    port: str
+    accepted: bool
+    refusal: Refusal | None = None
+    #: The chain as verified (leaf to trust anchor) when it was; what was presented otherwise.
+    chain: tuple[x509.Certificate, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+
+def _subject(cert: x509.Certificate) -> str:
+    try:
+        return cert.subject.rfc4514_string()
+    except ValueError:
+        return "<unparsable subject>"
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return cert.public_bytes(Encoding.DER)
+
+
+def _our_checks(tls: PortTLS, chain: Sequence[x509.Certificate], below: int) -> Refusal | None:
+    """PortTrust.check from the anchor down to depth `below` + 1, as the verify callback runs it."""
+    for depth in range(len(chain) - 1, below, -1):
+        cert = chain[depth]
+        reason = tls.trust.check(cert, len(_der(cert)), depth)
+        if reason is not None:
+            return Refusal(reason, depth, _subject(cert), reason.description)
+    return None
+
+
+def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdict:
+    """The verdict of `tls`'s port on a chain as a client would send it (leaf first)."""
+    port = tls.port
+    name = port.name
+    if port.client_cert is ClientCertMode.NONE:
+        return Verdict(name, True, None, tuple(presented), ("the port does not ask for a client certificate (client_cert = none)",))
+    if not presented:
+        if port.client_cert is ClientCertMode.REQUIRE:
+            r = Reason.NO_CERTIFICATE
+            return Verdict(name, False, Refusal(r, None, None, r.description))
+        return Verdict(name, True, None, (), ("no certificate: accepted, because client_cert = request",))
+    leaf, rest = presented[0], list(presented[1:])
+    # OpenSSL refuses a weak client key before it builds the chain (X509_V_ERR_EE_KEY_TOO_SMALL).
+    if check_key_strength(leaf) is Reason.WEAK_KEY:
+        return Verdict(name, False, Refusal(Reason.WEAK_KEY, 0, _subject(leaf), _openssl.verify_error_string(66)), tuple(presented))
+    too_long = _depth_refusal(tls, _walk(tls, leaf, rest))
+    if too_long is not None:
+        return Verdict(name, False, too_long, tuple(presented))
+    store = tls.context.get_cert_store()
+    assert store is not None
+    _openssl.set_store_purpose_ssl_client(store)
+    ctx = crypto.X509StoreContext(
+        store, crypto.X509.from_cryptography(leaf), [crypto.X509.from_cryptography(c) for c in rest]
+    )
+    try:
+        verified = [c.to_cryptography() for c in ctx.get_verified_chain()]
+    except crypto.X509StoreContextError as e:
+        errno, depth, message = e.errors[0], e.errors[1], e.errors[2]
+        cert = e.certificate.to_cryptography() if e.certificate is not None else leaf
+        if errno in _WALK_ERRORS:
+            chain = tls.trust.complete_chain(leaf, rest)
+            ours = _our_checks(tls, chain, depth) if chain else None
+            if ours is not None:
+                return Verdict(name, False, ours, tuple(chain))
+        refusal = Refusal(reason_for_verify_error(errno), depth, _subject(cert), str(message))
+        return Verdict(name, False, refusal, tuple(presented))
+    ours = _our_checks(tls, verified, -1)
+    if ours is not None:
+        return Verdict(name, False, ours, tuple(verified))
+    return Verdict(name, True, None, tuple(verified))
+
+
+def _walk(tls: PortTLS, leaf: x509.Certificate, rest: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The chain as OpenSSL builds it (trusted issuers first), as far as it goes."""
+    chain = [leaf]
+    while len(chain) < 64:
+        current = chain[-1]
+        ca = next((c for c in tls.trust.cas if c.subject == current.issuer and _issued_by(current, c)), None)
+        if ca is not None:
+            if ca != current:
+                chain.append(ca)
+            return chain
+        parent = next((c for c in rest if c.subject == current.issuer and c not in chain and _issued_by(current, c)), None)
+        if parent is None:
+            return chain
+        chain.append(parent)
+    return chain
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # InvalidSignature, unsupported key types, name mismatch
+        return False
+    return True
+
+
+def _depth_refusal(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal | None:
+    """OpenSSL's verify depth, which lives in the Context, not in the store.
+
+    OpenSSL allows `depth` certificates between the leaf and the trust anchor and
+    reports X509_V_ERR_CERT_CHAIN_TOO_LONG (22) at the first certificate past it.
+    """
+    limit = tls.port.verify_depth
+    if limit is None or len(verified) <= limit + 2:
+        return None
+    depth = limit + 1
+    cert = verified[depth]
+    reason = reason_for_verify_error(22)
+    return Refusal(reason, depth, _subject(cert), _openssl.verify_error_string(22))
+
+
+def explain(definitions: Definitions | str | Path, port: str, client_pem: str | Path) -> Verdict:
+    """The verdict of a port of a definition file on the chain in a PEM file (leaf first)."""
+    defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
+    tls = build_port_tls(defs.port(port))
+    path = Path(client_pem)
+    # An empty file stands for a client that sends no certificate.
+    certs = load_certificates(path) if path.read_bytes().strip() else []
+    return explain_chain(tls, certs)
+
+
+def format_verdict(v: Verdict) -> str:
+    """The verdict for a person: the outcome, the reason, and the chain."""
+    lines: list[str] = []
+    if v.accepted:
+        lines.append(f"port {v.port}: ACCEPTED")
+    else:
+        assert v.refusal is not None
+        r = v.refusal
+        lines.append(f"port {v.port}: REFUSED ({r.reason.value}, log event {r.reason.event_id})")
+        lines.append(f"  why      {r.reason.description}")
+        if r.depth is not None:
+            lines.append(f"  where    depth {r.depth}: {r.subject}")
+        if r.detail and r.detail != r.reason.description:
+            lines.append(f"  OpenSSL  {r.detail}")
+    for note in v.notes:
+        lines.append(f"  note     {note}")
+    for depth, cert in enumerate(v.chain):
+        lines.append(
+            f"  [{depth}] {_subject(cert)}  (issuer {cert.issuer.rfc4514_string()}, "
+            f"valid {cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,154 @@
+"""`janustls explain` gives the verdict and reason a real handshake gives, for every test certificate."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from janustls.config import parse_definitions
+from janustls.explain import explain, explain_chain, format_verdict
+from janustls.materials import load_certificates
+from janustls.tls import build_port_tls
+from tests.support import client_context, start
+
+CERTS = ["alice", "bob", "direct", "expired", "notyet", "revoked", "othera", "serveronly",
+         "selfsigned", "weakrsa", "deep", "large", None]  # fmt: skip
+PORTS = ["SECURE", "DIRECT", "OTHER", "CHAINCRL", "REQUEST", "DEEP3"]
+
+OK = '''
+def serve(sock):
+    sock.write(b"ok\\n")
+'''
+
+
+def _ini(pki: Any, procs: Path) -> str:
+    f = pki.files
+
+    def port(name: str, extra: str) -> str:
+        return f"""
+[port:{name}]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+handler = ok:serve
+{extra}
+"""
+
+    return (
+        f"[janustls]\nprocs = {procs}\n"
+        + port("SECURE", f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']}\nverify_depth = 2")
+        + port("DIRECT", f"client_cert = require\naddca = {f['root.ca']}\nverify_depth = 1")
+        + port("OTHER", f"client_cert = require\naddca = {f['other.ca']}")
+        + port("CHAINCRL", f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']} {f['root.crl']}\ncrl_check = chain")
+        + port("REQUEST", f"client_cert = request\naddca = {f['root.ca']}")
+        + port("DEEP3", f"client_cert = require\naddca = {f['root.ca']}\nverify_depth = 3\nmax_cert_size = 65536")
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(pki, reactor, tmp_path_factory):
+    procs = tmp_path_factory.mktemp("procs_explain")
+    (procs / "ok.py").write_text(OK)
+    ini = _ini(pki, procs)
+    path = procs / "ports.ini"
+    path.write_text(ini)
+    s = start(ini, procs)
+    yield s, path
+    s.stop()
+
+
+def handshake(port: int, pki: Any, cert: str | None) -> tuple[bool, str | None, int | None, str | None]:
+    """A real handshake; (accepted, reason, depth, subject) from the server's log event."""
+    from tests.support import EVENTS
+
+    mark = EVENTS.mark()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    local = f"127.0.0.1:{raw.getsockname()[1]}"
+    got = b""
+    try:
+        with client_context(pki, cert, tls="1.3").wrap_socket(raw, server_hostname="localhost") as s:
+            while True:
+                data = s.recv(100)
+                if not data:
+                    break
+                got += data
+    except (ssl.SSLError, ConnectionError):
+        pass
+    finally:
+        raw.close()
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        for e in EVENTS.since(mark):
+            if e.get("peer") != local:
+                continue
+            if e["event_id"] == "janustls.conn.accepted":
+                assert got == b"ok\n"
+                return True, None, None, None
+            if e["event_id"].startswith("janustls.refused."):
+                return False, e["reason"], e["depth"], e["subject"]
+            if e["event_id"].startswith("janustls.handshake."):
+                return False, e["event_id"], None, None
+        time.sleep(0.02)
+    raise AssertionError(f"no outcome logged for {cert}")
+
+
+def sent_chain(pki: Any, cert: str | None) -> list[Any]:
+    """The chain the test client sends: its PEM file, and for a lone leaf the CA its
+    OpenSSL adds from its own trust store (the root) when it can (auto-chaining)."""
+    if cert is None:
+        return []
+    chain = load_certificates(pki.cert(cert))
+    root = load_certificates(pki.files["root.ca"])[0]
+    if len(chain) == 1 and chain[0].issuer == root.subject and chain[0] != root:
+        chain.append(root)
+    return chain
+
+
+@pytest.mark.parametrize("port", PORTS)
+def test_explain_matches_handshake(setup, pki, port):
+    server, path = setup
+    defs = parse_definitions(path.read_text(), source=str(path), base=path.parent)
+    tls = build_port_tls(defs.port(port))
+    mismatches = []
+    for cert in CERTS:
+        real = handshake(server.port(port), pki, cert)
+        chain = sent_chain(pki, cert)
+        v = explain_chain(tls, chain)
+        mine = (v.accepted, v.refusal.reason.value if v.refusal else None,
+                v.refusal.depth if v.refusal else None, v.refusal.subject if v.refusal else None)  # fmt: skip
+        if mine != real:
+            mismatches.append((cert, "explain", mine, "handshake", real))
+    assert not mismatches, "\n".join(map(str, mismatches))
+
+
+def test_explain_command(setup, pki, tmp_path):
+    _, path = setup
+    cli = [sys.executable, "-m", "janustls.cli", "explain", str(path)]
+    good = subprocess.run(cli + ["SECURE", str(pki.cert("alice"))], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    assert "ACCEPTED" in good.stdout and "CN=alice" in good.stdout
+    bad = subprocess.run(cli + ["secure", str(pki.cert("revoked"))], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "REFUSED (revoked" in bad.stdout and "janustls.refused.revoked" in bad.stdout
+    empty = tmp_path / "none.pem"
+    empty.write_text("")
+    none = subprocess.run(cli + ["SECURE", str(empty)], capture_output=True, text=True, timeout=60)
+    assert none.returncode == 2 and "no_certificate" in none.stdout
+    unknown = subprocess.run(cli + ["NOPE", str(pki.cert("alice"))], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "NOPE" in unknown.stderr
+
+
+def test_format_verdict(setup, pki):
+    _, path = setup
+    v = explain(path, "DIRECT", pki.cert("alice"))
+    text = format_verdict(v)
+    assert "REFUSED (chain_too_long" in text and "depth" in text
