@@ -29,6 +29,11 @@ CATALOGUE: dict[str, str] = {
     "(protocol version, ciphers, garbage; Janus SSLPROTOCOLERR)",
     "janustls.handshake.abandoned": "a client closed the connection before its handshake finished",
     "janustls.handler.error": "a handler raised; its connection was closed, the port keeps serving",
+    "janustls.web.exception": "a webserv port answered a request with an exception rule (SSLNOCERTERR, SSLCERTERR, "
+    "FORBIDDEN) or its default page (port, peer, path, exception, reason, cause: the rule or setting)",
+    "janustls.web.fallback": "a client that cannot be asked for a certificate mid-connection was redirected to the "
+    "rule's fallback= URL (port, peer, path, why, url)",
+    "janustls.web.body_too_large": "a request body held while asking for a certificate exceeded the rule's max_body: 413",
     "janustls.proxy.connected": "a proxy port connected a client to its backend (port, peer, subject, backend)",
     "janustls.proxy.backend_failed": "a proxy port could not reach its backend (refused, connect_timeout, DNS); "
     "the client was closed cleanly, the port keeps serving (port, peer, backend, cause)",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
 from twisted.logger import LogLevel
 
-from janustls.config import Definitions, PortDefinition, PortType
+from janustls.config import Definitions, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
@@ -43,10 +43,17 @@ def _reactor() -> Any:
     return reactor
 
 
-def wrap_factory(runtime: PortRuntime, procs: Path) -> PortTLSFactory:
-    """The TLS factory serving one port, its application factory chosen by the port's type."""
+def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = ()) -> PortTLSFactory:
+    """The TLS factory serving one port, its application factory chosen by the port's type.
+
+    `web`: the port's `[web:NAME]` rule lines (webserv ports).
+    """
     port = runtime.port
     inner: PortFactory
+    if port.type is not PortType.WEBSERV:  # `allow =`: a refusal closes after the handshake
+        from janustls.ports.access import port_access
+
+        runtime.access = port_access(port, procs)
     if port.type is PortType.SRVSOCK:
         assert port.handler is not None
         try:
@@ -54,6 +61,10 @@ def wrap_factory(runtime: PortRuntime, procs: Path) -> PortTLSFactory:
         except ProcedureError as e:
             raise ConfigErrors([ConfigError(port.source, port.section, "handler", str(e))])
         inner = SrvsockFactory(runtime, handler)
+    elif port.type is PortType.WEBSERV:
+        from janustls.ports.webserv import WebFactory
+
+        inner = WebFactory(runtime, procs, web)
     else:
         raise ConfigErrors(
             [ConfigError(port.source, port.section, "type", f"{port.type.value} ports are not available in this version")]
@@ -61,7 +72,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path) -> PortTLSFactory:
     return PortTLSFactory(runtime, inner)
 
 
-def build_port(port: PortDefinition, procs: Path, reactor: Any = None) -> BuiltPort:
+def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = ()) -> BuiltPort:
     """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
     reactor = reactor or _reactor()
     errors: list[ConfigError] = []
@@ -77,7 +88,7 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None) -> BuiltP
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
     try:
-        factory = wrap_factory(runtime, procs)
+        factory = wrap_factory(runtime, procs, web)
     except ConfigErrors as e:
         errors.extend(e.errors)
     if errors:
@@ -91,7 +102,7 @@ def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort
     built: list[BuiltPort] = []
     for port in definitions.ports:
         try:
-            built.append(build_port(port, definitions.procs, reactor))
+            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ())))
         except ConfigErrors as e:
             errors.extend(e.errors)
     if errors:

@@ -95,9 +95,23 @@ class PortTLS:
         self._checked: dict[tuple[bytes, int], Reason | None] = {}
         self.context = self._build_context()
 
+    #: Set by webserv ports with exception rules (`janustls.ports.webserv`): a `require`
+    #: port with ON SSLNOCERTERR only requests, the web layer enforces; with ON SSLCERTERR
+    #: a refused certificate is recorded (`PortTLSProtocol.refusal`), the handshake
+    #: finishes without it, and the web layer answers with the typed reason.
+    tolerate_missing = False
+    tolerate_refused = False
+
+    def tolerate(self, missing: bool, refused: bool) -> None:
+        """Hand certificate problems to the web layer; rebuilds the Context (new connections)."""
+        self.tolerate_missing, self.tolerate_refused = missing, refused
+        self.context = self._build_context()
+
     # The verify mode the port asks for at the handshake.
     @property
     def verify_mode(self) -> int:
+        if self.tolerate_missing and self.port.client_cert is ClientCertMode.REQUIRE:
+            return SSL.VERIFY_PEER
         return _VERIFY_MODES[self.port.client_cert]
 
     def _build_context(self) -> SSL.Context:
@@ -122,7 +136,7 @@ class PortTLS:
         ctx.use_privatekey(self.material.key)
         ctx.check_privatekey()
         ctx.set_session_id(hashlib.sha256(f"janustls:{port.name}".encode()).digest()[:32])
-        if not port.session_cache:
+        if not port.session_cache or self.tolerate_refused:  # a refused client must not resume
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_options(SSL.OP_NO_TICKET)
         store = ctx.get_cert_store()
@@ -158,7 +172,7 @@ class PortTLS:
                     _subject(cert.to_cryptography()),
                     _openssl.verify_error_string(errno),
                 )
-            return False
+            return self.tolerate_refused
         der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
         key = (der, depth)
         if key in self._checked:
@@ -172,11 +186,13 @@ class PortTLS:
         if reason is not None:
             if state.refusal is None:
                 state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
-            return False
+            return self.tolerate_refused
         return True
 
     def verified_chain(self, connection: SSL.Connection) -> list[x509.Certificate]:
         """The client's chain, leaf to anchor; rebuilt for a resumed session; [] without one."""
+        if self.tolerate_refused and _openssl.tls_protocol_of(connection).refusal is not None:
+            return []  # recorded, never verified: the web layer answers SSLCERTERR
         chain = connection.get_verified_chain(as_cryptography=True)
         if chain:
             return list(chain)

@@ -1,0 +1,773 @@
+"""webserv ports: HTTP/1.1 (twisted.web) over the port's TLS, dispatched by the rule table.
+
+The port protocol (`WebProtocol`, a PortProtocol) owns one twisted.web HTTP channel
+per connection and feeds it the decrypted bytes; the channel's requests are
+`JanusRequest`s, which answer the connection object's certificate calls by delegating
+to it.  Everything that can be decided once per connection is decided once and kept
+on the protocol (the mod_ssl environ, the port's `allow` verdict, the connection-wide
+exception); the rule match is cached per (method, path) by `janustls.rules`.
+
+Certificate problems become responses the operator chose (exception rules):
+SSLNOCERTERR, SSLCERTERR (with the typed reason), FORBIDDEN (identity rules), and
+SSLPROTOCOLERR as a log hook for handshakes that fail on protocol grounds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import html
+import inspect
+import json
+import mimetypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web import http
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.wsgi import WSGIResource, _WSGIResponse
+
+from janustls.certinfo import CertChain
+from janustls.config import ClientCertMode, PortDefinition
+from janustls.connection import Connection
+from janustls.errors import CertificateRequestTimeout, ConfigError, ConfigErrors
+from janustls.events import emit
+from janustls.identity import Policy, Subject, Verdict
+from janustls.ports.access import build_policy, decide, log_refusal, peer_ip, resolver_for
+from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address_text
+from janustls.reasons import Reason, Refusal
+from janustls.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
+from janustls.tls import refusal_for_failure
+
+if TYPE_CHECKING:
+    from janustls.config import WebRuleLine
+
+__all__ = ["WebFactory", "WebProtocol", "JanusRequest", "ssl_environ", "apache_time", "ProtocolError"]
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MESSAGES = {
+    Exc.SSLNOCERTERR: "This page needs a client certificate, and none was presented.",
+    Exc.SSLCERTERR: "The client certificate was refused.",
+    Exc.FORBIDDEN: "The client certificate does not give access to this page.",
+}
+
+
+# -- Apache mod_ssl's variables ---------------------------------------------------------------
+
+
+def apache_time(t: datetime.datetime) -> str:
+    """OpenSSL's ASN1_TIME_print format, as Apache sets SSL_CLIENT_V_START: `Jan  5 09:03:07 2026 GMT`."""
+    t = t.astimezone(datetime.timezone.utc)
+    return f"{_MONTHS[t.month - 1]} {t.day:2d} {t:%H:%M:%S} {t.year} GMT"
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def ssl_environ(
+    chain: CertChain,
+    *,
+    refusal: Refusal | None,
+    tls_version: str,
+    cipher: str,
+) -> dict[str, str]:
+    """Apache mod_ssl's SSL_* variables for a connection (plus SSL_CLIENT_SAN_URI_n / _IP_n)."""
+    env = {"HTTPS": "on", "SSL_PROTOCOL": tls_version, "SSL_CIPHER": cipher, "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()}
+    leaf = chain.certificate(0)
+    if leaf is None:
+        env["SSL_CLIENT_VERIFY"] = f"FAILED:{refusal.reason.value}" if refusal is not None else "NONE"
+        return env
+    env["SSL_CLIENT_VERIFY"] = "SUCCESS"
+    env["SSL_CLIENT_S_DN"] = leaf.subject.rfc4514_string()
+    env["SSL_CLIENT_I_DN"] = leaf.issuer.rfc4514_string()
+    for suffix, item in (("CN", "CN"), ("O", "O"), ("OU", "OU"), ("C", "C"), ("L", "L"), ("ST", "ST"), ("Email", "EMAIL")):
+        values = chain.values(item) if item != "EMAIL" else [
+            str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
+        ]
+        for i, v in enumerate(values):
+            env[f"SSL_CLIENT_S_DN_{suffix}" + (f"_{i}" if i else "")] = v
+    for attr in leaf.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[:1]:
+        env["SSL_CLIENT_I_DN_CN"] = str(attr.value)
+    serial = format(leaf.serial_number, "X")
+    env["SSL_CLIENT_M_SERIAL"] = serial if len(serial) % 2 == 0 else "0" + serial
+    env["SSL_CLIENT_M_VERSION"] = str(leaf.version.value + 1)
+    env["SSL_CLIENT_V_START"] = apache_time(leaf.not_valid_before_utc)
+    env["SSL_CLIENT_V_END"] = apache_time(leaf.not_valid_after_utc)
+    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    env["SSL_CLIENT_V_REMAIN"] = str(max(0, remain.days))
+    env["SSL_CLIENT_CERT"] = _pem(leaf)
+    for i, cert in enumerate(chain.certificates[1:]):
+        env[f"SSL_CLIENT_CERT_CHAIN_{i}"] = _pem(cert)
+    for suffix, item in (("DNS", "SAN_DNS"), ("Email", "SAN_EMAIL"), ("URI", "SAN_URI"), ("IP", "SAN_IP")):
+        for i, v in enumerate(chain.values(item)):
+            env[f"SSL_CLIENT_SAN_{suffix}_{i}"] = v
+    return env
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+class JanusRequest(Request):
+    """A twisted.web request that also answers the connection's certificate calls."""
+
+    #: Set when an exception handler runs: which exception, and why.
+    exception: Exc | None = None
+    refusal: Refusal | None = None
+    #: The wildcard parts of the rule that matched (`ON /app/*` on /app/x/y: ("x/y",)).
+    rule_parts: tuple[str, ...] = ()
+    rule: Rule | None = None
+    _body_size = 0
+    _hold_limit: int | None = None
+    over_limit = False
+    gone = False
+
+    # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
+    @property
+    def janus_protocol(self) -> WebProtocol:
+        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return]
+
+    @property
+    def connection(self) -> Connection:
+        conn = self.janus_protocol.connection
+        assert conn is not None
+        return conn
+
+    def cert_levels(self) -> int:
+        return self.connection.cert_levels()
+
+    def cert_info(self, item: str, level: int = 0) -> str | None:
+        return self.connection.cert_info(item, level)
+
+    def cert_values(self, item: str, level: int = 0) -> list[str]:
+        return self.connection.cert_values(item, level)
+
+    def certificate(self, level: int = 0) -> x509.Certificate | None:
+        return self.connection.certificate(level)
+
+    @property
+    def verified_chain(self) -> tuple[x509.Certificate, ...]:
+        return self.connection.verified_chain
+
+    def request_certificate(self, require: bool = False) -> defer.Deferred[x509.Certificate | None]:
+        return self.connection.request_certificate(require)
+
+    def can_request_certificate(self) -> tuple[bool, str]:
+        return self.connection.can_request_certificate()
+
+    @property
+    def tls_version(self) -> str:
+        return self.connection.tls_version
+
+    @property
+    def cipher(self) -> str:
+        return self.connection.cipher
+
+    @property
+    def peer(self) -> Any:
+        return self.connection.peer
+
+    def ssl_environ(self) -> dict[str, str]:
+        """Apache mod_ssl's variables for this connection (computed once per connection)."""
+        return self.janus_protocol.ssl_environ()
+
+    def wants_json(self) -> bool:
+        """Whether the Accept header prefers JSON to HTML."""
+        return wants_json(self.getHeader("accept"))
+
+    # The body is held (bounded) while a certificate is requested mid-connection.
+    def gotLength(self, length: int | None) -> None:
+        proto = self.channel.transport.wrappedProtocol
+        command, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
+        if isinstance(command, bytes) and isinstance(path, bytes):
+            self._hold_limit = proto.factory.hold_limit(command, path)
+            if self._hold_limit is not None and length is not None and length > self._hold_limit:
+                self.over_limit = True
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.over_limit:
+            return
+        self._body_size += len(data)
+        if self._hold_limit is not None and self._body_size > self._hold_limit:
+            self.over_limit = True
+            return
+        super().handleContentChunk(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.gone = True
+        super().connectionLost(reason)
+
+
+def wants_json(accept: bytes | str | None) -> bool:
+    if not accept:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    best_json = best_html = -1.0
+    for part in text.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == "application/json" or media.endswith("+json"):
+            best_json = max(best_json, q)
+        elif media in ("text/html", "application/xhtml+xml"):
+            best_html = max(best_html, q)
+    return best_json > 0 and best_json > best_html
+
+
+# -- static pages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Page:
+    body: bytes
+    etag: bytes
+    last_modified: bytes
+    mtime: float
+    content_type: str
+    stamp: tuple[int, int]
+
+
+class PageCache:
+    """Files of the procedure library, read once and re-read when they change (stat per request)."""
+
+    def __init__(self, procs: Path) -> None:
+        self.root = Path(os.path.realpath(procs))
+        self._pages: dict[str, _Page] = {}
+
+    def get(self, relative: str) -> _Page | None:
+        path = os.path.realpath(self.root / relative)
+        if not (path == str(self.root) or path.startswith(str(self.root) + os.sep)):
+            return None  # outside the procedure library
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        if not os.path.isfile(path):
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        page = self._pages.get(path)
+        if page is not None and page.stamp == stamp:
+            return page
+        try:
+            with open(path, "rb") as f:
+                body = f.read()
+        except OSError:
+            return None
+        ctype, encoding = mimetypes.guess_type(path)
+        ctype = ctype or "application/octet-stream"
+        if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
+            ctype += "; charset=utf-8"
+        etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
+        page = _Page(body, etag, http.datetimeToString(st.st_mtime), st.st_mtime, ctype, stamp)
+        if len(self._pages) > 1024:
+            self._pages.clear()
+        self._pages[path] = page
+        return page
+
+
+# -- WSGI with mod_ssl's variables ----------------------------------------------------------------
+
+
+class JanusWSGIResource(WSGIResource):
+    """twisted.web's WSGI container, with Apache mod_ssl's SSL_* variables in the environ."""
+
+    def render(self, request: JanusRequest) -> int:  # type: ignore[override]
+        response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
+        response.environ.update(request.ssl_environ())
+        response.start()
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+# -- SSLPROTOCOLERR -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProtocolError:
+    """What an SSLPROTOCOLERR hook receives: a handshake that failed on protocol grounds."""
+
+    port: str
+    peer: str
+    detail: str
+
+
+# -- the dispatcher -----------------------------------------------------------------------------------
+
+
+class _Dispatch(Resource):
+    isLeaf = True
+
+    def __init__(self, factory: WebFactory) -> None:
+        super().__init__()
+        self.factory = factory
+
+    def render(self, request: JanusRequest) -> Any:  # type: ignore[override]
+        return self.factory.serve(request)
+
+
+class _Site(Site):
+    """No per-request access log line (the events and the status listener count requests)."""
+
+    noisy = False
+    requestFactory = JanusRequest
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+class WebProtocol(PortProtocol):
+    """One TLS connection of a webserv port, carrying an HTTP/1.1 channel."""
+
+    factory: WebFactory
+    channel: Any = None
+    _env: tuple[Any, dict[str, str]] | None = None
+    _gate: tuple[Any, tuple[Exc, Refusal, str] | None] | None = None
+    _port_verdict: Any = None
+
+    def connection_ready(self, connection: Connection) -> None:
+        self.channel = self.factory.site.buildProtocol(self.peer_address())
+        self.channel.makeConnection(self.transport)
+
+    def bytes_received(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel.dataReceived(data)
+
+    def connection_ended(self, reason: Failure | None) -> None:
+        if self.channel is not None:
+            channel, self.channel = self.channel, None
+            channel.connectionLost(reason)
+        elif self.connection is None and not self._timed_out:
+            self.factory.protocol_error(self, reason)
+
+    def ssl_environ(self) -> dict[str, str]:
+        conn = self.connection
+        assert conn is not None
+        leaf = conn.certificate()
+        if self._env is None or self._env[0] is not leaf:
+            self._env = (
+                leaf,
+                ssl_environ(conn._chain, refusal=self.transport.refusal, tls_version=conn.tls_version, cipher=conn.cipher),
+            )
+        return self._env[1]
+
+    def gate(self) -> tuple[Exc, Refusal, str] | None:
+        """The exception every request of this connection gets, if any (once per certificate)."""
+        conn = self.connection
+        assert conn is not None
+        leaf = conn.certificate()
+        if self._gate is not None and self._gate[0] is leaf:
+            return self._gate[1]
+        found: tuple[Exc, Refusal, str] | None = None
+        tls = self.factory.runtime.tls
+        refusal = self.transport.refusal
+        port = self.factory.runtime.port
+        if leaf is None and refusal is not None and tls.tolerate_refused:
+            found = (Exc.SSLCERTERR, refusal, f"[{port.section}] client_cert")
+        elif leaf is None and tls.tolerate_missing:
+            found = (Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), f"[{port.section}] client_cert = require")
+        if found is not None:
+            self.factory.runtime.refused += 1
+            log_refusal(port.name, _address_text(conn.peer), found[1], found[2])
+        self._gate = (leaf, found)
+        return found
+
+
+class WebFactory(PortFactory):
+    """A webserv port: its rule table, site, pages, WSGI thread pool and exception handling."""
+
+    protocol = WebProtocol
+
+    def __init__(self, runtime: PortRuntime, procs: Path, lines: Sequence[WebRuleLine]) -> None:
+        super().__init__(runtime)
+        port = runtime.port
+        self.procs = procs
+        resolve = resolver_for(procs)
+        kind, _, name = port.section.partition(":")
+        section = f"web:{name.strip() or port.name}" if kind.strip().lower() == "port" else f"web:{port.name}"
+        self.table: RuleTable = build_table(lines, source=port.source, section=section, resolve=resolve)
+        self.policy: Policy | None = build_policy(port, procs)
+        self.pages = PageCache(procs)
+        self.reactor = runtime.reactor
+        self.pool = ThreadPool(minthreads=0, maxthreads=10, name=f"janustls-wsgi-{port.name}")
+        self._wsgi: dict[int, JanusWSGIResource] = {}
+        for rule in self.table.rules:
+            if rule.action is Action.WSGI:
+                if not callable(rule.handler):
+                    raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is not a WSGI application")])
+                self._wsgi[rule.index] = JanusWSGIResource(self.reactor, self.pool, rule.handler)
+        problems = []
+        for rule in self.table.exceptions.values():
+            if rule.action is Action.PAGE and self.pages.get(rule.target) is None:
+                problems.append(ConfigError(port.source, section, rule.key, f"page {rule.target} is not a readable file in the procedure library ({procs})"))
+        for rule in self.table.rules:
+            if rule.action is Action.PAGE and "*" not in rule.target and self.pages.get(rule.target) is None:
+                problems.append(ConfigError(port.source, section, rule.key, f"page {rule.target} is not a readable file in the procedure library ({procs})"))
+            if rule.client_cert and port.client_cert is ClientCertMode.NONE and not port.addca:
+                problems.append(ConfigError(port.source, section, rule.key, "asks for a client certificate, but no CA is added for the port (addca =)"))
+        if problems:
+            raise ConfigErrors(problems)
+        # Exception rules decide what the TLS layer leaves to the web layer.
+        missing = port.client_cert is ClientCertMode.REQUIRE and Exc.SSLNOCERTERR in self.table.exceptions
+        refused = Exc.SSLCERTERR in self.table.exceptions and (
+            port.client_cert is not ClientCertMode.NONE or self.table.uses_client_cert
+        )
+        if missing or refused:
+            runtime.tls.tolerate(missing, refused)
+        self.site = _Site(_Dispatch(self), timeout=None)
+        self.site.reactor = self.reactor
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def doStart(self) -> None:
+        super().doStart()
+        self.site.doStart()
+        if self._wsgi and not self.pool.started:
+            self.pool.start()
+
+    def doStop(self) -> None:
+        super().doStop()
+        self.site.doStop()
+        if self.pool.started:
+            self.pool.stop()
+
+    def hold_limit(self, method: bytes, path: bytes) -> int | None:
+        """The body bound for a request whose rule asks for a certificate mid-connection."""
+        res = self.table.resolve(method.decode("latin-1"), path.split(b"?", 1)[0].decode("latin-1"))
+        if res.action is not None and res.action.client_cert:
+            return res.action.max_body
+        return None
+
+    # -- serving --------------------------------------------------------------------------------------
+
+    def serve(self, request: JanusRequest) -> Any:
+        """Render one request: the fast path when nothing needs waiting for, else a coroutine."""
+        proto = request.janus_protocol
+        gate = proto.gate()
+        res = self.table.resolve(request.method.decode("latin-1"), request.path.decode("latin-1"))
+        rule = res.action
+        if (
+            gate is None
+            and self.policy is None
+            and rule is not None
+            and res.access is None
+            and rule.allow is None
+            and rule.client_cert is None
+            and rule.action is Action.CALL
+            and not request.over_limit
+        ):
+            request.rule, request.rule_parts = rule, res.parts
+            return self._call(request, rule, res)
+        defer.ensureDeferred(self._serve(request, gate, res)).addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    async def _serve(self, request: JanusRequest, gate: tuple[Exc, Refusal, str] | None, res: Resolution) -> None:
+        proto = request.janus_protocol
+        conn = proto.connection
+        assert conn is not None
+        if gate is not None:
+            return self._exception(request, *gate)
+        if self.policy is not None:
+            verdict = proto._port_verdict
+            if verdict is None or verdict[0] is not conn.certificate():
+                v = await decide(self.policy, self._subject(request), self.reactor)
+                verdict = proto._port_verdict = (conn.certificate(), v)
+            if not verdict[1].allowed:
+                return self._forbidden(request, verdict[1])
+        rule = res.action
+        if rule is None:
+            return self._status(request, 404, "Not Found", "Nothing is served at this URL.")
+        request.rule, request.rule_parts = rule, res.parts
+        if res.access is not None:
+            access = res.access
+            assert access.allow is not None
+            if access.kind is Kind.ALLOW:
+                v = await decide(access.allow, self._subject(request), self.reactor)
+                if not v.allowed:
+                    return self._forbidden(request, v)
+            else:
+                v = await decide(access.allow, self._subject(request), self.reactor)
+                if v.allowed:  # the DISALLOW expression matched this client
+                    refused = Verdict(False, access.allow.rule, Reason.NOT_ALLOWED)
+                    return self._forbidden(request, refused)
+        if rule.client_cert is not None:
+            if request.over_limit:
+                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.max_body} bytes.", event="janustls.web.body_too_large")
+            done = await self._ask(request, rule)
+            if done:
+                return None
+        if rule.allow is not None:
+            v = await decide(rule.allow, self._subject(request), self.reactor)
+            if not v.allowed:
+                return self._forbidden(request, v)
+        result = self._run(request, rule, res)
+        if result is NOT_DONE_YET:
+            return None
+        self._finish(request, result)
+        return None
+
+    async def _ask(self, request: JanusRequest, rule: Rule) -> bool:
+        """Per-path certificate: ask mid-connection if needed; True when a response was already given."""
+        conn = request.connection
+        if conn.cert_levels():
+            return False
+        handler = self.table.exception(Exc.SSLNOCERTERR)
+        require = rule.client_cert == "require"
+        can, why = conn.can_request_certificate()
+        if not can:
+            if not require:
+                return False
+            if rule.fallback:
+                emit("janustls.web.fallback", "port {port}: {peer} cannot be asked for a certificate ({why}); redirected to {url}",
+                     port=self.runtime.port.name, peer=_address_text(conn.peer), why=why, url=rule.fallback, path=request.path.decode("latin-1"))  # fmt: skip
+                self._redirect(request, rule.substitute(request.rule_parts, rule.fallback), 302)
+                return True
+            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, why), rule.describe(self.table.section))
+            return True
+        try:
+            await conn.request_certificate(require and handler is None)
+        except CertificateRequestTimeout as e:
+            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, str(e)), rule.describe(self.table.section))
+            return True
+        if request.gone:
+            return True
+        proto = request.janus_protocol
+        if conn.cert_levels():
+            return False
+        refusal = proto.transport.refusal
+        if refusal is not None and self.table.exception(Exc.SSLCERTERR) is not None:
+            self._exception(request, Exc.SSLCERTERR, refusal, rule.describe(self.table.section))
+            return True
+        if not require:
+            return False
+        self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), rule.describe(self.table.section))
+        return True
+
+    def _subject(self, request: JanusRequest) -> Subject:
+        conn = request.connection
+        return Subject(conn.verified_chain, peer_ip(conn.peer), None, request)
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
+        if rule.action is Action.CALL:
+            return self._call(request, rule, res)
+        if rule.action is Action.REDIRECT:
+            self._redirect(request, rule.substitute(res.parts), rule.status or 302)
+            return NOT_DONE_YET
+        if rule.action is Action.PAGE:
+            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True)
+        if rule.action is Action.WSGI:
+            self._mount(request, rule)
+            return self._wsgi[rule.index].render(request)
+        raise AssertionError(rule.action)
+
+    def _mount(self, request: JanusRequest, rule: Rule) -> None:
+        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO)."""
+        prefix = rule.prefix.rstrip("/")
+        path = request.path
+        pre = [s for s in prefix.encode("latin-1").split(b"/") if s]
+        rest = path[len(prefix):] if path.decode("latin-1").startswith(prefix) else path
+        request.prepath = pre
+        request.postpath = rest.split(b"/")[1:] if rest.startswith(b"/") else ([rest] if rest else [])
+
+    def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
+        handler = rule.handler
+        try:
+            if IResource.providedBy(handler):
+                self._mount(request, rule)
+                return getChildForRequest(handler, request).render(request)
+            result = handler(request)
+        except Exception:
+            self._handler_error(request, rule, Failure())
+            return NOT_DONE_YET
+        if isinstance(result, str):
+            if request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            return result.encode("utf-8")
+        if isinstance(result, bytes):
+            if res.content_type and request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", res.content_type.encode())
+            return result
+        if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
+            result = defer.ensureDeferred(result)  # type: ignore[arg-type]
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(lambda value: self._finish(request, self._coerce(request, value, res)),
+                                lambda f: self._handler_error(request, rule, f))  # fmt: skip
+            return NOT_DONE_YET
+        return self._coerce(request, result, res)
+
+    def _coerce(self, request: JanusRequest, value: Any, res: Resolution) -> Any:
+        if value is NOT_DONE_YET:
+            return NOT_DONE_YET
+        if isinstance(value, str):
+            if request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            return value.encode("utf-8")
+        if isinstance(value, (dict, list)):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(value).encode()
+        if IResource.providedBy(value):
+            return value.render(request)
+        if value is None:
+            return b""
+        if isinstance(value, bytes):
+            return value
+        raise TypeError(f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource")
+
+    def _finish(self, request: JanusRequest, body: Any) -> None:
+        if body is NOT_DONE_YET or request.gone or request.finished:
+            return
+        if body:
+            request.write(body)
+        request.finish()
+
+    def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool) -> Any:
+        page = self.pages.get(relative)
+        if page is None:
+            return self._status(request, 404, "Not Found", "Nothing is served at this URL.")
+        request.setHeader(b"content-type", (ctype or page.content_type).encode())
+        if status is not None:
+            request.setResponseCode(status)
+        if conditional:
+            request.setHeader(b"etag", page.etag)
+            request.setHeader(b"last-modified", page.last_modified)
+            request.setHeader(b"cache-control", b"no-cache")
+            inm = request.getHeader(b"if-none-match")
+            if inm is not None:
+                if page.etag in [t.strip() for t in inm.split(b",")] or inm.strip() == b"*":
+                    request.setResponseCode(http.NOT_MODIFIED)
+                    return b""
+            elif request.setLastModified(page.mtime) == http.CACHED:
+                return b""
+        else:
+            request.setHeader(b"cache-control", b"no-store")
+        return page.body
+
+    def _redirect(self, request: JanusRequest, url: str, status: int) -> None:
+        request.setResponseCode(status)
+        request.setHeader(b"location", url.encode("utf-8"))
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        self._finish(request, f'<!DOCTYPE html><a href="{html.escape(url)}">{html.escape(url)}</a>\n'.encode())
+
+    # -- exceptions and plain statuses -------------------------------------------------------------------
+
+    def _forbidden(self, request: JanusRequest, verdict: Verdict) -> None:
+        refusal = verdict.refusal(self._subject(request))
+        assert refusal is not None
+        self.runtime.refused += 1
+        log_refusal(self.runtime.port.name, _address_text(request.connection.peer), refusal, verdict.rule)
+        self._exception(request, Exc.FORBIDDEN, refusal, verdict.rule)
+
+    def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None:
+        """Answer with the port's handler for `exc`, or a plain page of the same status."""
+        request.exception, request.refusal = exc, refusal
+        rule = self.table.exception(exc)
+        status = (rule.status if rule is not None and rule.status else None) or exc.default_status
+        emit(
+            "janustls.web.exception",
+            "port {port}: {exception} for {peer} on {path}: {refusal} ({cause})",
+            port=self.runtime.port.name,
+            peer=_address_text(request.connection.peer),
+            exception=exc.value,
+            path=request.path.decode("latin-1"),
+            refusal=refusal,
+            reason=refusal.reason.value,
+            cause=cause,
+            handler=rule.key if rule is not None else None,
+        )
+        if rule is None:
+            self._status(request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc)
+            return
+        if rule.action is Action.REDIRECT:
+            self._redirect(request, rule.target, rule.status or 302)
+            return
+        if rule.action is Action.PAGE and request.wants_json():
+            self._status(request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc)
+            return
+        request.setResponseCode(status)
+        res = Resolution(rule, (), None, rule.content_type)
+        if rule.action is Action.PAGE:
+            self._finish(request, self._page(request, rule.target, rule.content_type, status, conditional=False))
+            return
+        self._finish(request, self._call(request, rule, res))
+
+    def _status(self, request: JanusRequest, status: int, title: str, message: str, *, exc: Exc | None = None, event: str | None = None) -> None:
+        if event is not None:
+            emit(event, "port {port}: {status} for {peer} on {path}", port=self.runtime.port.name, status=status,
+                 peer=_address_text(request.connection.peer), path=request.path.decode("latin-1"))  # fmt: skip
+        request.setResponseCode(status)
+        if status == 413:
+            request.setHeader(b"connection", b"close")
+        if request.wants_json():
+            doc: dict[str, Any] = {"status": status, "title": title, "message": message}
+            if exc is not None:
+                doc["exception"] = exc.value
+            if request.refusal is not None:
+                doc["reason"] = request.refusal.reason.value
+                doc["detail"] = str(request.refusal)
+            request.setHeader(b"content-type", b"application/json")
+            body = json.dumps(doc).encode()
+        else:
+            detail = f"<p>Reason: {html.escape(request.refusal.reason.description)}</p>" if request.refusal is not None else ""
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            body = (f"<!DOCTYPE html><html><head><title>{status} {html.escape(title)}</title></head>"
+                    f"<body><h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>{detail}</body></html>\n").encode()  # fmt: skip
+        self._finish(request, body)
+
+    def _handler_error(self, request: JanusRequest, rule: Rule, failure: Failure) -> None:
+        emit(
+            "janustls.handler.error",
+            "port {port}: handler {handler} raised for {peer}: {error}",
+            LogLevel.error,
+            port=self.runtime.port.name,
+            handler=rule.value,
+            peer=_address_text(request.connection.peer),
+            error=failure.getErrorMessage(),
+            log_failure=failure,
+        )
+        if request.gone or request.finished:
+            return
+        if request.startedWriting:
+            request.channel.transport.loseConnection()
+            return
+        request.responseHeaders.removeHeader(b"content-type")
+        self._status(request, 500, "Internal Server Error", "The handler for this URL failed; the error is logged.")
+
+    def _failed(self, failure: Failure, request: JanusRequest) -> None:
+        rule = request.rule or Rule(-1, "", "janustls", Kind.ON, None, "")
+        self._handler_error(request, rule, failure)
+
+    # -- SSLPROTOCOLERR ------------------------------------------------------------------------------------
+
+    def protocol_error(self, protocol: WebProtocol, reason: Failure | None) -> None:
+        """A handshake that failed for a reason other than the client certificate: the log hook."""
+        rule = self.table.exception(Exc.SSLPROTOCOLERR)
+        if rule is None or reason is None or not isinstance(reason.value, SSL.Error):
+            return
+        if refusal_for_failure(protocol.transport, reason) is not None:
+            return
+        from janustls.tls import failure_text
+
+        info = ProtocolError(self.runtime.port.name, _address_text(protocol.peer_address()), failure_text(reason))
+        try:
+            rule.handler(info)
+        except Exception as e:
+            emit("janustls.handler.error", "port {port}: SSLPROTOCOLERR hook {handler} raised: {error}", LogLevel.error,
+                 port=self.runtime.port.name, handler=rule.value, error=f"{type(e).__name__}: {e}", log_failure=Failure())  # fmt: skip
+

@@ -1,0 +1,437 @@
+"""The rule table of a webserv port (`[web:PORT]`): parsing, matching, precedence, substitution.
+
+Pure: no reactor, no files.  `build_table` turns the raw `WebRuleLine`s of the
+configuration into a `RuleTable`, every mistake a ConfigError naming the file, the
+section and the key; `RuleTable.resolve(method, path)` answers which rules apply,
+and caches the answer per (method, path) so that a keep-alive client asking for the
+same URL again pays a dictionary lookup.
+
+Precedence (Janus, made explicit; docs/web-rules.md has examples):
+1. Exception names (SSLNOCERTERR, SSLCERTERR, FORBIDDEN, SSLPROTOCOLERR) are matched
+   only by rules naming them exactly; a wildcard URL never matches an exception.
+2. Rules fall in three independent groups: actions (ON, REDIRECT), access (ALLOW,
+   DISALLOW) and content types (TYPE).  In each group the most specific matching rule
+   decides: more literal (non-`*`) characters first; then a URL without wildcards
+   over one with; then a rule naming methods over one for every method.
+3. Equal specificity: the earlier line of the table wins; in the access group,
+   DISALLOW wins over ALLOW.
+4. No matching action: 404.  No matching access rule: allowed (the port's `allow`
+   still applies).  A rule for GET also answers HEAD.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from janustls.errors import ConfigError, ConfigErrors
+from janustls.identity import Policy, PolicyError, parse_policy
+
+__all__ = [
+    "Kind",
+    "Action",
+    "Exc",
+    "Rule",
+    "RuleTable",
+    "Resolution",
+    "build_table",
+    "EXCEPTIONS",
+    "DEFAULT_HOLD_LIMIT",
+]
+
+#: Largest request body held while a certificate is requested mid-connection (413 above).
+DEFAULT_HOLD_LIMIT = 1 << 20
+_CACHE_SIZE = 4096
+
+
+class Kind(str, enum.Enum):
+    ON = "ON"
+    TYPE = "TYPE"
+    REDIRECT = "REDIRECT"
+    ALLOW = "ALLOW"
+    DISALLOW = "DISALLOW"
+
+
+class Action(str, enum.Enum):
+    CALL = "call"
+    PAGE = "page"
+    REDIRECT = "redirect"
+    WSGI = "wsgi"
+
+
+class Exc(str, enum.Enum):
+    """Exception names and the status their handlers answer with unless `status=` says otherwise."""
+
+    SSLNOCERTERR = "SSLNOCERTERR"
+    SSLCERTERR = "SSLCERTERR"
+    FORBIDDEN = "FORBIDDEN"
+    SSLPROTOCOLERR = "SSLPROTOCOLERR"
+
+    @property
+    def default_status(self) -> int:
+        return 0 if self is Exc.SSLPROTOCOLERR else 403
+
+
+EXCEPTIONS = frozenset(e.value for e in Exc)
+_METHOD = re.compile(r"^[A-Z]+(,[A-Z]+)*$")
+_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
+_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+_OPTIONS = frozenset({"status", "client_cert", "fallback", "allow", "max_body", "type"})
+
+
+@dataclass(frozen=True, eq=False)
+class Rule:
+    """One line of the table, checked; `target` is the action's argument (may hold `*`)."""
+
+    index: int
+    key: str
+    value: str
+    kind: Kind
+    methods: frozenset[str] | None
+    url: str
+    exception: Exc | None = None
+    action: Action | None = None
+    target: str = ""
+    status: int | None = None
+    client_cert: str | None = None
+    fallback: str | None = None
+    allow: Policy | None = None
+    max_body: int = DEFAULT_HOLD_LIMIT
+    content_type: str | None = None
+    #: The loaded callable for call/wsgi actions (filled by the adapter's resolver).
+    handler: Any = None
+    _regex: re.Pattern[str] | None = field(default=None, repr=False)
+
+    @property
+    def wildcards(self) -> int:
+        return self.url.count("*")
+
+    @property
+    def specificity(self) -> tuple[int, int, int]:
+        literal = len(self.url) - self.wildcards
+        return (literal, 0 if self.wildcards else 1, 1 if self.methods else 0)
+
+    @property
+    def prefix(self) -> str:
+        """The literal part of the URL before its first `*` (the mount point of a wsgi app)."""
+        return self.url.split("*", 1)[0]
+
+    def match(self, method: str, path: str) -> tuple[str, ...] | None:
+        """The wildcard parts when the rule matches, else None."""
+        if self.methods is not None and method not in self.methods:
+            if not (method == "HEAD" and "GET" in self.methods):
+                return None
+        if self._regex is None:
+            return () if path == self.url else None
+        m = self._regex.fullmatch(path)
+        return m.groups() if m else None
+
+    def substitute(self, parts: Sequence[str], text: str | None = None) -> str:
+        """The action's target with each `*` replaced by the matching wildcard part, in order."""
+        text = self.target if text is None else text
+        if not parts or "*" not in text:
+            return text
+        pieces = text.split("*")
+        out = [pieces[0]]
+        for i, piece in enumerate(pieces[1:]):
+            out.append(parts[i] if i < len(parts) else "")
+            out.append(piece)
+        return "".join(out)
+
+    def describe(self, section: str) -> str:
+        return f"[{section}] {self.key} = {self.value}"
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Which rules apply to one (method, path), with the wildcard parts of the action."""
+
+    action: Rule | None
+    parts: tuple[str, ...] = ()
+    access: Rule | None = None
+    content_type: str | None = None
+
+
+@dataclass
+class RuleTable:
+    section: str
+    rules: tuple[Rule, ...]
+    exceptions: Mapping[Exc, Rule]
+    _cache: dict[tuple[str, str], Resolution] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        ordered = lambda rs: tuple(sorted(rs, key=lambda r: (r.specificity, -r.index), reverse=True))  # noqa: E731
+        self._actions = ordered(r for r in self.rules if r.kind in (Kind.ON, Kind.REDIRECT) and r.exception is None)
+        self._access = tuple(
+            sorted(
+                (r for r in self.rules if r.kind in (Kind.ALLOW, Kind.DISALLOW)),
+                key=lambda r: (r.specificity, r.kind is Kind.DISALLOW, -r.index),
+                reverse=True,
+            )
+        )
+        self._types = ordered(r for r in self.rules if r.kind is Kind.TYPE and r.exception is None)
+        self.uses_client_cert = any(r.client_cert for r in self.rules)
+
+    def exception(self, exc: Exc) -> Rule | None:
+        return self.exceptions.get(exc)
+
+    def resolve(self, method: str, path: str) -> Resolution:
+        key = (method, path)
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        action, parts = None, ()
+        for r in self._actions:
+            p = r.match(method, path)
+            if p is not None:
+                action, parts = r, p
+                break
+        access = next((r for r in self._access if r.match(method, path) is not None), None)
+        ctype = None
+        if action is not None and action.content_type:
+            ctype = action.content_type
+        else:
+            for r in self._types:
+                p = r.match(method, path)
+                if p is not None:
+                    ctype = r.target
+                    break
+        found = Resolution(action, parts, access, ctype)
+        if len(self._cache) >= _CACHE_SIZE:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
+
+
+def _pattern(url: str) -> re.Pattern[str] | None:
+    if "*" not in url:
+        return None
+    pieces = [re.escape(p) for p in url.split("*")]
+    return re.compile("(.*)".join(pieces), re.DOTALL)
+
+
+def build_table(
+    lines: Sequence[Any],
+    *,
+    source: str,
+    section: str,
+    resolve: Callable[[str], Any] | None = None,
+) -> RuleTable:
+    """Check and compile a port's rule lines; raise ConfigErrors listing every mistake.
+
+    `lines` are `janustls.config.WebRuleLine`s (key, value).  `resolve` loads
+    `MODULE:CALLABLE` references from the procedure library (None: do not load).
+    """
+    errors: list[ConfigError] = []
+    rules: list[Rule] = []
+    exceptions: dict[Exc, Rule] = {}
+    pending_types: dict[Exc, str] = {}
+
+    for index, line in enumerate(lines):
+        key, value = line.key, line.value
+
+        def err(message: str, key: str = key) -> None:
+            errors.append(ConfigError(source, section, key, message))
+
+        words = key.split()
+        if not words:
+            err("is empty")
+            continue
+        try:
+            kind = Kind(words[0].upper())
+        except ValueError:
+            err(f"starts with {words[0]!r}; expected ON, TYPE, REDIRECT, ALLOW or DISALLOW")
+            continue
+        rest = words[1:]
+        methods: frozenset[str] | None = None
+        if len(rest) == 2:
+            if not _METHOD.match(rest[0].upper()):
+                err(f"has {rest[0]!r} where HTTP methods go (e.g. GET or GET,POST)")
+                continue
+            methods = frozenset(rest[0].upper().split(","))
+            url = rest[1]
+        elif len(rest) == 1:
+            url = rest[0]
+        else:
+            err(f"should be {kind.value} [METHODS] URL")
+            continue
+        exc: Exc | None = None
+        if not url.startswith("/"):
+            base = url.rstrip("*").upper()
+            if url.upper() in EXCEPTIONS:
+                exc = Exc(url.upper())
+            elif "*" in url and any(e.startswith(base) for e in EXCEPTIONS):
+                err(f"names exceptions with a wildcard; an exception rule names exactly one of {', '.join(sorted(EXCEPTIONS))}")
+                continue
+            else:
+                err(f"has URL {url!r}; expected a path starting with / or an exception name ({', '.join(sorted(EXCEPTIONS))})")
+                continue
+            if methods is not None:
+                err("is an exception rule with a method; exception rules take no method (Janus MSIR.0489)")
+                continue
+            if kind in (Kind.ALLOW, Kind.DISALLOW):
+                err(f"is {kind.value} on an exception; exception rules are ON, TYPE or REDIRECT")
+                continue
+            if exc in exceptions and kind is not Kind.TYPE:
+                err(f"is a second handler for {exc.value}")
+                continue
+
+        fields: dict[str, Any] = dict(index=index, key=key, value=value, kind=kind, methods=methods, url=url,
+                                      exception=exc, _regex=_pattern(url))  # fmt: skip
+
+        if kind is Kind.TYPE:
+            if not _CONTENT_TYPE.match(value):
+                err(f"has {value!r}; expected a content type such as text/css")
+                continue
+            fields["target"] = value
+            rule = Rule(**fields)
+            if exc is not None:
+                handler = exceptions.get(exc)
+                if handler is not None:
+                    exceptions[exc] = _with(handler, content_type=value)
+                else:
+                    pending_types[exc] = value
+                continue
+            rules.append(rule)
+            continue
+
+        if kind in (Kind.ALLOW, Kind.DISALLOW):
+            expr = value.strip() or ("anyone" if kind is Kind.DISALLOW else "")
+            if not expr:
+                err("needs an identity expression (e.g. ALLOW /admin/* = ou:ops), or anyone")
+                continue
+            try:
+                fields["allow"] = parse_policy(expr, f"[{section}] {key}", resolve)
+            except PolicyError as e:
+                err(f"identity expression {e}")
+                continue
+            fields["target"] = expr
+            rules.append(Rule(**fields))
+            continue
+
+        # ON and REDIRECT: an action, then options.
+        try:
+            tokens = shlex.split(value, comments=False)
+        except ValueError as e:
+            err(f"cannot be read: {e} (unbalanced quotes?)")
+            continue
+        if kind is Kind.REDIRECT:
+            tokens = ["redirect"] + tokens
+        if len(tokens) < 2:
+            err("needs an action: call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP")
+            continue
+        try:
+            action = Action(tokens[0].lower())
+        except ValueError:
+            err(f"has action {tokens[0]!r}; expected call, page, redirect or wsgi")
+            continue
+        target = tokens[1]
+        fields.update(action=action, target=target)
+        bad = False
+        for opt in tokens[2:]:
+            name, eq, val = opt.partition("=")
+            name = name.lower()
+            if not eq or name not in _OPTIONS:
+                err(f"has {opt!r}; options are {', '.join(sorted(_OPTIONS))} (name=value)")
+                bad = True
+                continue
+            if name == "status":
+                if not val.isdigit() or not 100 <= int(val) <= 599:
+                    err(f"has status={val}; expected an HTTP status from 100 to 599")
+                    bad = True
+                    continue
+                fields["status"] = int(val)
+            elif name == "client_cert":
+                if val.lower() not in ("require", "request"):
+                    err(f"has client_cert={val}; expected require or request")
+                    bad = True
+                    continue
+                fields["client_cert"] = val.lower()
+            elif name == "fallback":
+                if not (val.startswith("https://") or val.startswith("/")):
+                    err(f"has fallback={val}; expected an https:// URL or a path")
+                    bad = True
+                    continue
+                fields["fallback"] = val
+            elif name == "max_body":
+                if not val.isdigit():
+                    err(f"has max_body={val}; expected a number of bytes")
+                    bad = True
+                    continue
+                fields["max_body"] = int(val)
+            elif name == "type":
+                if not _CONTENT_TYPE.match(val):
+                    err(f"has type={val}; expected a content type such as text/html")
+                    bad = True
+                    continue
+                fields["content_type"] = val
+            elif name == "allow":
+                try:
+                    fields["allow"] = parse_policy(val, f"[{section}] {key} allow", resolve)
+                except PolicyError as e:
+                    err(f"has allow= whose identity expression {e}")
+                    bad = True
+                    continue
+        if bad:
+            continue
+        if action in (Action.CALL, Action.WSGI):
+            if not _REF.match(target):
+                err(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
+                continue
+            if resolve is not None:
+                try:
+                    fields["handler"] = resolve(target)
+                except Exception as e:
+                    err(f"{action.value} {target}: {e}")
+                    continue
+        if action is Action.REDIRECT and fields.get("status") is not None and fields["status"] not in _REDIRECT_STATUS:
+            err(f"has status={fields['status']} on a redirect; expected one of 301, 302, 303, 307, 308")
+            continue
+        if action is Action.PAGE and ".." in target.replace("\\", "/").split("/"):
+            err(f"has page {target!r}; a page stays inside the procedure library (no ..)")
+            continue
+        if exc is not None:
+            if fields.get("client_cert") or fields.get("fallback") or fields.get("allow"):
+                err("is an exception rule; client_cert=, fallback= and allow= apply to URL rules only")
+                continue
+            if exc is Exc.SSLPROTOCOLERR and action is not Action.CALL:
+                err("handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)")
+                continue
+            if action is Action.WSGI:
+                err("is an exception rule; a wsgi application cannot be an exception handler")
+                continue
+            if "*" in target:
+                err("is an exception rule; there is no wildcard part to substitute")
+                continue
+        if fields.get("fallback") and fields.get("client_cert") is None:
+            err("has fallback= without client_cert=; fallback is where clients go that cannot be asked")
+            continue
+        if action in (Action.CALL, Action.WSGI) and "*" in target:
+            err(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
+            continue
+        if "*" in target and "*" not in url:
+            err(f"substitutes * into {target!r} but the URL {url!r} has no wildcard")
+            continue
+        rule = Rule(**fields)
+        if exc is not None:
+            if exc in pending_types:
+                rule = _with(rule, content_type=pending_types.pop(exc))
+            exceptions[exc] = rule
+        else:
+            rules.append(rule)
+
+    for exc in pending_types:
+        errors.append(ConfigError(source, section, f"TYPE {exc.value}", f"sets a content type for {exc.value}, which has no ON or REDIRECT handler"))
+    if errors:
+        raise ConfigErrors(errors)
+    return RuleTable(section, tuple(rules), exceptions)
+
+
+def _with(rule: Rule, **changes: Any) -> Rule:
+    from dataclasses import replace
+
+    return replace(rule, **changes)
