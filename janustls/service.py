@@ -85,6 +85,13 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
         tls = build_port_tls(port)
     except ConfigErrors as e:
         errors.extend(e.errors)
+        # The factory needs TLS, but the handler can still be checked, so that one run
+        # of `janustls check` reports every problem of the port.
+        if port.type is PortType.SRVSOCK and port.handler is not None:
+            try:
+                load_callable(procs, port.handler)
+            except ProcedureError as h:
+                errors.append(ConfigError(port.source, port.section, "handler", str(h)))
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
     try:
