@@ -9,6 +9,11 @@ import pytest
 from tests.support import EVENTS, EventLog, TestPKI, make_test_pki, reactor_thread
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Part of the default run; `-m "not packaging"` leaves out the fresh-virtualenv installs.
+    config.addinivalue_line("markers", "packaging: installs the checkout into fresh virtualenvs (slow, needs the package index)")
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
     return make_test_pki(tmp_path_factory.mktemp("pki"))
