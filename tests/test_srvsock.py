@@ -226,10 +226,14 @@ def test_handler_that_raises_is_logged_and_port_keeps_serving(server, pki, event
     """An exception in a handler closes only its connection and is logged with the port and the error."""
     port = server.port("MOODY")
     mark = events.mark()
-    assert talk(port, client_context(pki, "alice"), b"boom\n") == b""
+    with connect(port, pki) as s:
+        local = s.getsockname()[1]
+        s.sendall(b"boom\n")
+        assert read_to_eof(s) == b""
     e = events.wait_for(mark, "janustls.handler.error", "MOODY")
     assert "boom requested" in e["error"]
     assert e["handler"] == "h:moody"
+    assert e["peer"] == f"127.0.0.1:{local}"  # the same form as every other event's peer
     assert talk(port, client_context(pki, "alice"), b"fine\n") == b"fine\n"
 
 

@@ -43,14 +43,13 @@ class SrvsockProtocol(PortProtocol):
         d.addCallbacks(lambda _: self.close(), self._handler_failed)
 
     def _handler_failed(self, failure: Failure) -> None:
-        conn = self.connection
         emit(
             "janustls.handler.error",
             "port {port}: handler {handler} raised for {peer}: {error}",
             LogLevel.error,
             port=self.factory.runtime.port.name,
             handler=self.factory.runtime.port.handler,
-            peer=str(conn.peer) if conn else None,
+            peer=self.peer_text(),
             error=failure.getErrorMessage(),
             log_failure=failure,
         )
