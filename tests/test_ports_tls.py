@@ -60,6 +60,8 @@ def server(pki, reactor, tmp_path_factory):
     ini += _port("OTHER", pki, extra=f"client_cert = require\naddca = {f['other.ca']}")
     ini += _port("BIGCERTS", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\nmax_cert_size = 65536")
     ini += _port("REPLAY", pki, cert="servercert", extra=f"client_cert = require\naddca = {f['root.ca']}")
+    ini += _port("ONLY12", pki, extra="tls_max = 1.2\nciphers = ECDHE+CHACHA20")
+    ini += _port("ONLY13", pki, extra="tls_min = 1.3")
     s = start(ini, procs)
     yield s
     s.stop()
@@ -234,6 +236,35 @@ def test_max_cert_size_is_the_limit(server, pki, version):
     out, _ = attempt(server.port("BIGCERTS"), client_context(pki, "large", tls=version))
     assert out == b"ok\n"
     assert handed().cert_info("CN") == "large"
+
+
+# -- protocol versions and ciphers -----------------------------------------------------------
+
+
+def test_tls_max_and_ciphers(server, pki, events):
+    """tls_max = 1.2 and a cipher string: a TLS 1.2 client gets that suite, a TLS 1.3-only client is cut off."""
+    out, _ = attempt(server.port("ONLY12"), client_context(pki, None))
+    assert out == b"ok\n"
+    sock = handed()
+    assert sock.tls_version == "TLSv1.2"
+    assert sock.cipher == "ECDHE-ECDSA-CHACHA20-POLY1305"
+    mark = events.mark()
+    out, local_port = attempt(server.port("ONLY12"), client_context(pki, None, tls="1.3"))
+    assert isinstance(out, ssl.SSLError)
+    e = events.wait_for(mark, "janustls.handshake.failed", "ONLY12")
+    assert e["peer"] == f"127.0.0.1:{local_port}"
+    assert "version" in e["detail"] or "protocol" in e["detail"], e["detail"]
+
+
+def test_tls_min(server, pki, events):
+    """tls_min = 1.3: a TLS 1.2 client is cut off and logged, a TLS 1.3 client served."""
+    mark = events.mark()
+    out, _ = attempt(server.port("ONLY13"), client_context(pki, None, tls="1.2"))
+    assert isinstance(out, ssl.SSLError)
+    events.wait_for(mark, "janustls.handshake.failed", "ONLY13")
+    out, _ = attempt(server.port("ONLY13"), client_context(pki, None))
+    assert out == b"ok\n"
+    assert handed().tls_version == "TLSv1.3"
 
 
 # -- what a good chain gives the application ----------------------------------------------

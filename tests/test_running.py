@@ -216,6 +216,16 @@ class Recorder(Protocol):
         self.transport.write(b"%s:%s" % (str(conn.cert_info("CN")).encode(), data))
         self.transport.loseConnection()
 
+    def connectionLost(self, reason=None) -> None:
+        self.factory.seen.append(("lost",))
+
+
+def wait_seen(factory, n: int) -> list:
+    deadline = time.monotonic() + 5
+    while len(factory.seen) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return factory.seen
+
 
 def _listen_endpoint(description: str):
     from twisted.internet import reactor
@@ -241,13 +251,13 @@ def test_endpoint_string_plugin(pki, reactor, events, version):
     try:
         number = listening.getHost().port
         assert talk(number, client_context(pki, "alice", tls=version), b"ping") == b"alice:ping"
-        assert factory.seen == [("made", 3, f"TLSv{version}"), ("data", b"ping")]
+        assert wait_seen(factory, 3) == [("made", 3, f"TLSv{version}"), ("data", b"ping"), ("lost",)]
         # The port's trust applies: no certificate, no protocol.
         mark = events.mark()
         with pytest.raises((OSError,)):
             talk(number, client_context(pki, None, tls=version), b"ping")
         assert events.wait_for(mark, "janustls.refused")["reason"] == "no_certificate"
-        assert len(factory.seen) == 2
+        assert len(factory.seen) == 3  # the refused client never reached the protocol
     finally:
         in_reactor(listening.stopListening)
 
