@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,7 +49,6 @@ handler = capture:serve
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_tls")
     (procs / "capture.py").write_text(CAPTURE)
-    (procs / "echo.py").write_text((Path(__file__).parents[1] / "procs" / "echo.py").read_text())
     f = pki.files
     ini = f"[janustls]\nprocs = {procs}\n"
     ini += _port("NONE", pki)
@@ -412,10 +410,22 @@ def test_addca_pattern_trust_applies(addca_server, pki, events, version):
 # -- renegotiation -------------------------------------------------------------------------
 
 
+ECHO = '''
+async def serve(sock):
+    who = sock.cert_info("CN") or "anonymous"
+    sock.write(f"hello {who} ({sock.cert_levels()} certificate levels, {sock.tls_version})\\n".encode())
+    while True:
+        line = await sock.readline()
+        if not line or line.strip() == b"quit":
+            return
+        sock.write(line)
+'''
+
+
 @pytest.fixture(scope="module")
 def echo_server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_echo")
-    (procs / "echo.py").write_text((Path(__file__).parents[1] / "procs" / "echo.py").read_text())
+    (procs / "echo.py").write_text(ECHO)
     f = pki.files
     s = start(
         f"""
