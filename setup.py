@@ -22,6 +22,7 @@ setup(
         "cryptography>=44,<51",
         "service-identity>=24.1,<27",
         "zope.interface>=6.0,<9",
+        "prometheus-client>=0.20,<1",
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],

@@ -137,6 +137,61 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO) -> int:
     return 0 if verdict.accepted else 2
 
 
+def status_url(target: str | None, port_def: str | None) -> str:
+    """The /status URL: given, or from the [status] listen of a definition file."""
+    from janustls.config import listen_address
+
+    if target:
+        url = target if "://" in target else f"http://{target}"
+        return url if url.rstrip("/").endswith("/status") else url.rstrip("/") + "/status"
+    definitions = load_definitions(port_def or "ports.ini")
+    if definitions.status is None:
+        raise ValueError(f"{definitions.source} has no [status] section")
+    address = listen_address(definitions.status.listen)
+    if address is None:
+        raise ValueError(f"cannot tell a URL from [status] listen = {definitions.status.listen}")
+    host = address[1] if address[1] not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{'[' + host + ']' if ':' in host else host}:{address[2]}/status"
+
+
+def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO) -> int:
+    """Fetch /status from a running server and print it as tables (or as it came)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from janustls.status import format_status
+
+    try:
+        url = status_url(target, port_def)
+    except (ConfigErrors, ValueError) as e:
+        print(f"janustls status: {e}", file=sys.stderr)
+        return 1
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            doc = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"janustls status: cannot read {url}: {e}", file=sys.stderr)
+        return 1
+    out.write(json.dumps(doc, indent=2) + "\n" if as_json else format_status(doc))
+    return 0
+
+
+def send_reload(pidfile: str) -> int:
+    """Send SIGHUP to the server whose pid is in `pidfile` (twistd writes twistd.pid)."""
+    import os
+    import signal
+
+    try:
+        pid = int(Path(pidfile).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as e:
+        print(f"janustls reload: {pidfile}: {e}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to {pid}: it reloads its port-definition file (see its log: janustls.reload.done or .failed)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="janustls", description="Mutual-TLS ports on Twisted.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,7 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("file")
     explain.add_argument("port")
     explain.add_argument("client_pem")
+    status = sub.add_parser("status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates")
+    status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
+    status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
+    status.add_argument("--json", action="store_true", help="print the /status document as it came")
+    reload = sub.add_parser("reload", help="make a running server re-read its port-definition file (SIGHUP)")
+    reload.add_argument("--pidfile", default="twistd.pid", help="the server's pid file (default twistd.pid)")
     args = parser.parse_args(argv)
+    if args.command == "status":
+        return show_status(args.url, args.port_def, args.json, sys.stdout)
+    if args.command == "reload":
+        return send_reload(args.pidfile)
     if args.command == "explain":
         return run_explain(args.file, args.port, args.client_pem, sys.stdout)
     if args.command == "check":

@@ -35,6 +35,8 @@ class BuiltPort:
     endpoint: IStreamServerEndpoint
     factory: PortTLSFactory
     runtime: PortRuntime
+    #: Set once the port listens (the status listener shows its address).
+    listening: IListeningPort | None = None
 
 
 def _reactor() -> Any:
@@ -131,6 +133,7 @@ class PortService(service.Service):
         port = self.built.definition
         try:
             self.listening = yield self.built.endpoint.listen(self.built.factory)
+            self.built.listening = self.listening
         except Exception as e:
             emit(
                 "janustls.port.failed",
@@ -167,8 +170,13 @@ class JanusService(service.MultiService):
         super().__init__()
         self.definitions = definitions
         self.ports = build_ports(definitions, reactor)
+        self._reactor = reactor
         for built in self.ports:
             PortService(built).setServiceParent(self)
+        if definitions.status is not None:
+            from janustls.status import StatusService
+
+            StatusService(definitions.status.listen, lambda: self.ports, reactor).setServiceParent(self)
 
     def listening_port(self, name: str) -> IListeningPort | None:
         svc = self.getServiceNamed(name.upper())

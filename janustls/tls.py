@@ -66,6 +66,13 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         if self.after_receive is not None:
             self.after_receive()
 
+    #: Application bytes written to the client (the status and metrics count them).
+    bytes_out = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        super().write(data)
+
     def client_hello(self) -> ClientHello | None:
         """What the client offered, when this port kept its ClientHello; None otherwise."""
         if self._hello_parsed is None and self._hello:

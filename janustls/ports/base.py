@@ -58,6 +58,7 @@ class PortProtocol(Protocol):
     connection: Optional[Connection] = None
 
     _handshake_timer: IDelayedCall | None = None
+    _bytes_in = 0
     _idle_timer: IDelayedCall | None = None
     _timed_out = False
     _request: CertificateRequest | None = None
@@ -134,6 +135,7 @@ class PortProtocol(Protocol):
         """Subclasses start serving here."""
 
     def dataReceived(self, data: bytes) -> None:
+        self._bytes_in += len(data)
         if self._idle_timer is not None:
             self._last_activity = self.factory.runtime.reactor.seconds()
         self.bytes_received(data)
@@ -202,6 +204,8 @@ class PortProtocol(Protocol):
                 port=rt.port.name,
                 peer=_address_text(self.connection.peer),
                 seconds=rt.reactor.seconds() - self._started,
+                bytes_in=self._bytes_in,
+                bytes_out=getattr(self.transport, "bytes_out", 0),
             )
         self.connection_ended(reason)
 

@@ -1,0 +1,220 @@
+"""The local status listener (`[status] listen = ...`): GET /status (JSON) and GET /metrics.
+
+/status is for people and scripts (ports, their CAs with NumSigned as Janus STATUSCA
+showed, open connections, certificate and CRL expiry); /metrics is the Prometheus
+exposition of `janustls.metrics`, rendered by prometheus-client.  `format_status`
+turns a /status document into the table `janustls status` prints.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import LogLevel
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from janustls import metrics
+from janustls.events import emit
+from janustls.trust import fingerprint
+
+if TYPE_CHECKING:
+    from janustls.service import BuiltPort
+
+__all__ = ["status_document", "StatusService", "format_status", "metrics_registry"]
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
+
+
+def port_document(b: BuiltPort, now: datetime.datetime) -> dict[str, Any]:
+    """One port's entry of /status."""
+    p = b.definition
+    tls = b.runtime.tls
+    leaf = tls.material.leaf
+    counts = dict(tls.trust.signed)
+    listening = getattr(b, "listening", None)
+    return {
+        "name": p.name,
+        "type": p.type.value,
+        "listen": p.listen,
+        "address": str(listening.getHost()) if listening is not None else None,
+        "client_cert": p.client_cert.value,
+        "open_connections": len(getattr(b.factory, "protocols", ())),
+        "accepted": b.runtime.accepted,
+        "refused": b.runtime.refused,
+        "certificate": {
+            "subject": leaf.subject.rfc4514_string(),
+            "not_after": _iso(leaf.not_valid_after_utc),
+            "days_left": round((leaf.not_valid_after_utc - now).total_seconds() / 86400, 1),
+        },
+        "cas": [
+            {
+                "subject": ca.subject.rfc4514_string(),
+                "fingerprint": fingerprint(ca).hex(),
+                "signed": counts.get(fingerprint(ca), 0),
+                "not_after": _iso(ca.not_valid_after_utc),
+            }
+            for ca in tls.trust.cas
+        ],
+        "crls": [
+            {
+                "issuer": crl.issuer.rfc4514_string(),
+                "last_update": _iso(crl.last_update_utc),
+                "next_update": _iso(crl.next_update_utc),
+                "expired": crl.next_update_utc is not None and crl.next_update_utc < now,
+                "revoked": len(crl),
+            }
+            for crl in tls.trust.crls
+        ],
+    }
+
+
+def status_document(ports: Sequence[BuiltPort], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The /status JSON document for a set of running ports."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    doc: dict[str, Any] = {"time": _iso(now), "pid": os.getpid(), "ports": [port_document(b, now) for b in ports]}
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def metrics_registry(ports: Callable[[], Sequence[BuiltPort]]) -> CollectorRegistry:
+    """What /metrics exposes: the counters (added up across workers in multi-process mode) and the ports' state."""
+    registry = CollectorRegistry(auto_describe=False)
+    directory = metrics.multiprocess_dir()
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry, path=directory)
+    else:
+        registry.register(_Forward(metrics.REGISTRY))
+    registry.register(metrics.StateCollector(ports))
+    return registry
+
+
+class _Forward:
+    """Expose another registry's metrics from this one."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Any:
+        return self._registry.collect()
+
+
+class _Status(Resource):
+    isLeaf = True
+
+    def __init__(self, document: Callable[[], dict[str, Any]]) -> None:
+        super().__init__()
+        self._document = document
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(self._document(), indent=2).encode() + b"\n"
+
+
+class _Metrics(Resource):
+    """prometheus-client's exposition, rendered in the reactor thread (the ports' state is read there)."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self._registry)  # type: ignore[no-any-return]
+
+
+class StatusService(service.Service):
+    """The status listener; `ports` is read on every request, so reloads show at once."""
+
+    name = "status"
+
+    def __init__(self, listen: str, ports: Callable[[], Sequence[BuiltPort]], reactor: Any = None,
+                 extra: Callable[[], dict[str, Any]] | None = None) -> None:  # fmt: skip
+        self.listen = listen
+        self.ports = ports
+        self.extra = extra or (lambda: {})
+        self.started = time.time()
+        self._reactor = reactor
+        self.listening: IListeningPort | None = None
+
+    def site(self) -> Site:
+        root = Resource()
+        root.putChild(b"status", _Status(lambda: status_document(self.ports(), {"started": self.started, **self.extra()})))
+        root.putChild(b"metrics", _Metrics(metrics_registry(self.ports)))
+        site = Site(root)
+        site.noisy = False
+        site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not news
+        return site
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        service.Service.startService(self)
+        metrics.install_observer()
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        endpoint = serverFromString(self._reactor, self.listen)
+        try:
+            self.listening = yield endpoint.listen(self.site())
+        except Exception as e:
+            emit("janustls.status.failed", "status: cannot listen on {listen}: {error}", LogLevel.critical,
+                 listen=self.listen, error=str(e))  # fmt: skip
+            raise
+        emit("janustls.status.listening", "status: /status and /metrics on {address}", address=str(self.listening.getHost()))
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        if self.listening is not None:
+            listening, self.listening = self.listening, None
+            return listening.stopListening()
+        return None
+
+
+# -- for people: `janustls status` ---------------------------------------------------------
+
+
+def _table(rows: list[list[str]], head: list[str]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return [fmt.format(*head).rstrip(), fmt.format(*("-" * w for w in widths)).rstrip()] + [
+        fmt.format(*(str(c) for c in r)).rstrip() for r in rows
+    ]
+
+
+def format_status(doc: dict[str, Any]) -> str:
+    """A /status document as tables: ports, then CAs with NumSigned, then CRLs."""
+    out = [f"janustls status at {doc.get('time')} (pid {doc.get('pid')}"
+           + (f", {doc['workers']} workers" if doc.get("workers") else "") + ")", ""]  # fmt: skip
+    ports = doc.get("ports", [])
+    out += _table(
+        [[p["name"], p["type"], p.get("address") or p["listen"], p["client_cert"], p["open_connections"],
+          p["accepted"], p["refused"], f"{p['certificate']['not_after']} ({p['certificate']['days_left']}d)"]
+         for p in ports],  # fmt: skip
+        ["PORT", "TYPE", "ADDRESS", "CLIENT_CERT", "OPEN", "ACCEPTED", "REFUSED", "CERTIFICATE EXPIRES"],
+    )
+    cas = [[p["name"], ca["subject"], ca["signed"], ca["not_after"]] for p in ports for ca in p["cas"]]
+    if cas:
+        out += [""] + _table(cas, ["PORT", "CA", "NUMSIGNED", "EXPIRES"])
+    crls = [[p["name"], c["issuer"], c["revoked"], c["next_update"], "EXPIRED" if c["expired"] else "ok"]
+            for p in ports for c in p["crls"]]  # fmt: skip
+    if crls:
+        out += [""] + _table(crls, ["PORT", "CRL ISSUER", "REVOKED", "NEXT UPDATE", "STATE"])
+    return "\n".join(out) + "\n"
