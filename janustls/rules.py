@@ -378,6 +378,9 @@ def build_table(
                     continue
         if bad:
             continue
+        if action in (Action.CALL, Action.WSGI) and "*" in target:
+            err(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
+            continue
         if action in (Action.CALL, Action.WSGI):
             if not _REF.match(target):
                 err(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
@@ -409,9 +412,6 @@ def build_table(
                 continue
         if fields.get("fallback") and fields.get("client_cert") is None:
             err("has fallback= without client_cert=; fallback is where clients go that cannot be asked")
-            continue
-        if action in (Action.CALL, Action.WSGI) and "*" in target:
-            err(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
             continue
         if "*" in target and "*" not in url:
             err(f"substitutes * into {target!r} but the URL {url!r} has no wildcard")

@@ -36,9 +36,31 @@ _NAME_TTL = 60.0
 _names_cache: dict[str, tuple[float, list[str]]] = {}
 
 
-def resolver_for(procs: Path) -> Callable[[str], Any]:
-    """`MODULE:CALLABLE` -> the callable, from the procedure library (for `call:` terms and rules)."""
-    return lambda ref: load_callable(procs, ref)
+def resolver_for(procs: Path, *, resources: bool = False) -> Callable[[str], Any]:
+    """`MODULE:CALLABLE` -> the callable, from the procedure library (for `call:` terms and rules).
+
+    `resources`: a twisted.web resource instance is accepted too (web `call` actions).
+    """
+    if not resources:
+        return lambda ref: load_callable(procs, ref)
+
+    def resolve(ref: str) -> Any:
+        from twisted.web.resource import IResource
+
+        from janustls.procedures import ProcedureError, _load_module
+
+        module, _, attr = ref.partition(":")
+        target: Any = _load_module(procs, module)
+        for part in attr.split("."):
+            try:
+                target = getattr(target, part)
+            except AttributeError:
+                raise ProcedureError(f"{module} has no {attr!r}") from None
+        if not (callable(target) or IResource.providedBy(target)):
+            raise ProcedureError(f"{ref} is neither callable nor a twisted.web resource")
+        return target
+
+    return resolve
 
 
 def peer_ip(peer: Any) -> str | None:

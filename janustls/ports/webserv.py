@@ -275,7 +275,7 @@ class PageCache:
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
         etag = b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
-        page = _Page(body, etag, http.datetimeToString(st.st_mtime), st.st_mtime, ctype, stamp)
+        page = _Page(body, etag, http.datetimeToString(int(st.st_mtime)), int(st.st_mtime), ctype, stamp)
         if len(self._pages) > 1024:
             self._pages.clear()
         self._pages[path] = page
@@ -397,7 +397,7 @@ class WebFactory(PortFactory):
         super().__init__(runtime)
         port = runtime.port
         self.procs = procs
-        resolve = resolver_for(procs)
+        resolve = resolver_for(procs, resources=True)
         kind, _, name = port.section.partition(":")
         section = f"web:{name.strip() or port.name}" if kind.strip().lower() == "port" else f"web:{port.name}"
         self.table: RuleTable = build_table(lines, source=port.source, section=section, resolve=resolve)
@@ -634,6 +634,8 @@ class WebFactory(PortFactory):
         if body is NOT_DONE_YET or request.gone or request.finished:
             return
         if body:
+            if not request.startedWriting:
+                request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
         request.finish()
 
