@@ -153,6 +153,11 @@ class PortTLS:
             ctx.add_client_ca(ca)
         for crl in self.trust.crls:
             store.add_crl(crl)
+        if self.trust.has_intermediate_anchor:
+            # An intermediate added without its root is a trust anchor (Janus ADDCA); OpenSSL
+            # needs this flag for that.  Only then: it also ends every chain at the first
+            # added CA, which would shorten chains whose root is added too.
+            store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
         if self.trust.crls:
             flags = crypto.X509StoreFlags.CRL_CHECK
             if self.trust.crl_check is CRLCheck.CHAIN:

@@ -77,6 +77,9 @@ class PortTrust:
 
     def __post_init__(self) -> None:
         self._intermediates: dict[bytes, list[x509.Certificate]] = {}
+        # Per-handshake shortcuts: anchors' fingerprints, intermediates already remembered.
+        self._anchor_fingerprints: dict[x509.Certificate, bytes] = {}
+        self._remembered: set[x509.Certificate] = set()
         self._by_subject: dict[bytes, list[x509.Certificate]] = {}
         for ca in self.cas:
             self._by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
@@ -96,6 +99,12 @@ class PortTrust:
             return check_usage(cert)
         return None
 
+    @property
+    def has_intermediate_anchor(self) -> bool:
+        """Whether a CA is added without the CA that issued it (an intermediate as trust anchor)."""
+        subjects = {ca.subject for ca in self.cas}
+        return any(ca.issuer != ca.subject and ca.issuer not in subjects for ca in self.cas)
+
     def count_signed(self, chain: Sequence[x509.Certificate]) -> None:
         """Count an accepted chain for its anchor, and remember its intermediates.
 
@@ -103,14 +112,23 @@ class PortTrust:
         the intermediates seen here let `complete_chain` rebuild it.
         """
         if chain:
-            self.signed[fingerprint(chain[-1])] += 1
+            anchor = chain[-1]
+            fp = self._anchor_fingerprints.get(anchor)
+            if fp is None:
+                if len(self._anchor_fingerprints) > _MAX_REMEMBERED:
+                    self._anchor_fingerprints.clear()
+                fp = self._anchor_fingerprints[anchor] = fingerprint(anchor)
+            self.signed[fp] += 1
             for cert in chain[1:-1]:
-                key = cert.subject.public_bytes()
-                known = self._intermediates.setdefault(key, [])
+                if cert in self._remembered:
+                    continue
+                if len(self._intermediates) > _MAX_REMEMBERED:
+                    self._intermediates.clear()
+                    self._remembered.clear()
+                known = self._intermediates.setdefault(cert.subject.public_bytes(), [])
                 if cert not in known:
-                    if len(self._intermediates) > _MAX_REMEMBERED:
-                        self._intermediates.clear()
                     known.append(cert)
+                self._remembered.add(cert)
 
     def complete_chain(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]
