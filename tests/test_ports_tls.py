@@ -58,6 +58,8 @@ def server(pki, reactor, tmp_path_factory):
     ini += _port("OTHER", pki, extra=f"client_cert = require\naddca = {f['other.ca']}")
     ini += _port("BIGCERTS", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\nmax_cert_size = 65536")
     ini += _port("REPLAY", pki, cert="servercert", extra=f"client_cert = require\naddca = {f['root.ca']}")
+    ini += _port("INTERONLY", pki, extra=f"client_cert = require\naddca = {f['inter.ca']}")
+    ini += _port("BOTHCAS", pki, extra=f"client_cert = require\naddca = {f['inter.ca']} {f['root.ca']}")
     ini += _port("ONLY12", pki, extra="tls_max = 1.2\nciphers = ECDHE+CHACHA20")
     ini += _port("ONLY13", pki, extra="tls_min = 1.3")
     s = start(ini, procs)
@@ -169,6 +171,26 @@ def test_ca_of_another_port_is_not_trusted(server, pki, events, version):
     out, _ = attempt(server.port("OTHER"), client_context(pki, "alice", tls=version))
     assert isinstance(out, BaseException)
     assert events.wait_for(mark, "janustls.refused", "OTHER")["reason"] == "unknown_ca"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_added_intermediate_is_a_trust_anchor(server, pki, events, version):
+    """ADDCA of an intermediate trusts what it issued, without its root: 2 levels, the anchor last;
+    what the root issued directly stays untrusted on that port."""
+    out, _ = attempt(server.port("INTERONLY"), client_context(pki, "alice", tls=version))
+    assert out == b"ok\n"
+    sock = handed()
+    assert sock.cert_levels() == 2
+    assert sock.cert_info("CN", 1) == "Test Intermediate CA"
+    assert sock.certificate(2) is None
+    mark = events.mark()
+    out, _ = attempt(server.port("INTERONLY"), client_context(pki, "direct", tls=version))
+    assert isinstance(out, BaseException)
+    assert events.wait_for(mark, "janustls.refused", "INTERONLY")["reason"] == "unknown_ca"
+    # With its root added as well, the chain goes on to the root as before.
+    out, _ = attempt(server.port("BOTHCAS"), client_context(pki, "alice", tls=version))
+    assert out == b"ok\n"
+    assert handed().cert_levels() == 3
 
 
 # -- bad certificates, each with its own reason -------------------------------------------

@@ -207,3 +207,12 @@ def test_self_signed_is_not_trusted_by_chain_rebuild(cas):
     assert trust.complete_chain(self_signed("lone").cert, []) == []
     # The anchor itself, presented as a leaf, is a chain of one.
     assert trust.complete_chain(root.cert, []) == [root.cert]
+
+
+def test_intermediate_anchor(cas):
+    """An intermediate added without its root needs OpenSSL's partial chains; with its root it does not."""
+    root, inter = cas
+    assert not PortTrust(cas=(root.cert,)).has_intermediate_anchor
+    assert PortTrust(cas=(inter.cert,)).has_intermediate_anchor
+    assert not PortTrust(cas=(inter.cert, root.cert)).has_intermediate_anchor
+    assert not PortTrust(cas=()).has_intermediate_anchor
