@@ -355,7 +355,7 @@ def _pip_install(env: Path, *args: str) -> None:
     assert r.returncode == 0, r.stderr.decode()[-3000:]
 
 
-def _check_installed(env: Path) -> None:
+def _check_installed(env: Path) -> str:
     bindir = env / "bin"
     r = subprocess.run([str(bindir / "twistd"), "janustls", "--help"], capture_output=True, timeout=120, cwd=env)
     assert r.returncode == 0, r.stderr.decode()
@@ -378,9 +378,9 @@ def test_pip_install_and_editable_install(tmp_path):
     its command and its py.typed marker."""
     env = _venv(tmp_path, "plain")
     _pip_install(env, str(REPO))
-    where = _check_installed(env)
-    assert where.startswith(str(env)), where  # a copy in site-packages, not the checkout
+    where = Path(_check_installed(env)).resolve()
+    assert where.is_relative_to(env.resolve()), where  # a copy in site-packages, not the checkout
     env = _venv(tmp_path, "editable")
     _pip_install(env, "-e", str(REPO))
-    where = _check_installed(env)
-    assert where == str(REPO / "janustls" / "__init__.py"), where
+    where = Path(_check_installed(env)).resolve()
+    assert where == REPO / "janustls" / "__init__.py", where

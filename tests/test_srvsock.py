@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from janustls.connection import READ_BUFFER_HIGH
+from janustls.connection import MAX_LINE, READ_BUFFER_HIGH
 from tests.support import HANDED, client_context, handed, start, talk
 
 HANDLERS = '''
@@ -92,6 +92,10 @@ async def moody(sock):
     sock.write(line)
 
 
+async def liner(sock):
+    sock.write(await sock.readline())
+
+
 def raiser(sock):
     raise RuntimeError("handler broke at once")
 
@@ -135,7 +139,7 @@ def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_srvsock")
     (procs / "h.py").write_text(HANDLERS)
     ini = f"[janustls]\nprocs = {procs}\n"
-    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser"):
+    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner"):
         ini += _port(name.upper(), pki, f"h:{name}")
     ini += _port("LIMITED", pki, "h:hold", "max_connections = 2")
     ini += _port("IDLE", pki, "h:hold", "idle_timeout = 0.5")
@@ -252,6 +256,18 @@ def test_handler_raising_at_once(server, pki, events):
         assert talk(port, client_context(pki, "alice")) == b""
         e = events.wait_for(mark, "janustls.handler.error", "RAISER")
         assert "handler broke at once" in e["error"]
+
+
+def test_line_too_long(server, pki, events):
+    """readline() gives up past MAX_LINE bytes without a newline: the handler fails, the port goes on."""
+    port = server.port("LINER")
+    mark = events.mark()
+    with connect(port, pki) as s:
+        s.sendall(b"x" * (MAX_LINE + 4096))
+        assert read_to_eof(s) == b""
+    e = events.wait_for(mark, "janustls.handler.error", "LINER")
+    assert "no end of line" in e["error"]
+    assert talk(port, client_context(pki, "alice"), b"short\n") == b"short\n"
 
 
 @pytest.mark.parametrize(
