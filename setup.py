@@ -18,8 +18,8 @@ setup(
     include_package_data=False,
     install_requires=[
         "twisted>=24.7,<27",
-        "pyopenssl>=25.0,<27",
-        "cryptography>=44,<51",
+        "pyopenssl>=25.2,<27",
+        "cryptography>=45,<51",
         "service-identity>=24.1,<27",
         "zope.interface>=6.0,<9",
         "prometheus-client>=0.20,<1",

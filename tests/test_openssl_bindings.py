@@ -6,7 +6,6 @@ fails, naming the assumption, instead of a production connection.
 
 from __future__ import annotations
 
-import inspect
 import ssl
 
 import pytest
@@ -27,11 +26,23 @@ def test_verify_error_string():
     assert _openssl.verify_error_string(0) == ""
 
 
-def test_twisted_sets_the_tls_protocol_as_app_data():
-    """tls.PortTLS.verify finds its per-connection state through the app data."""
-    from twisted.protocols import _tls_legacy
+def test_the_tls_protocol_is_the_app_data(pki):
+    """tls.PortTLS.verify finds its per-connection state through the app data, and
+    Twisted (which sets app data itself in recent releases) must not replace it."""
+    from twisted.internet.protocol import Factory, Protocol
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    assert "connection.set_app_data(protocol)" in inspect.getsource(_tls_legacy._convertToAppropriateFactory)
+    from janustls.config import port_from_options
+    from janustls.tls import build_port_tls
+
+    port = port_from_options(
+        "P", {"certificate": str(pki.files["server.pem"]), "private_key": str(pki.files["server.key"])}, embedded=True
+    )
+    factory = TLSMemoryBIOFactory(build_port_tls(port), False, Factory.forProtocol(Protocol))
+    protocol = factory.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    assert _openssl.tls_protocol_of(protocol.getHandle()) is protocol
 
 
 def test_twisted_tls_protocol_has_the_private_flush():
