@@ -365,6 +365,46 @@ def test_certificate_issued_by_root_has_two_levels(server, pki, version):
     assert sock.certificate(1) == pki.root.cert
 
 
+def _resume(port: int, ctx: ssl.SSLContext, session) -> tuple[ssl.SSLSocket, bytes]:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    return s, s.recv(16)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_resumed_session_keeps_the_identity(server, pki, version):
+    """A resumed session (no certificate sent again) still gives the whole verified chain."""
+    ctx = client_context(pki, "alice", tls=version)
+    session = None
+    for n in range(3):
+        s, data = _resume(server.port("SECURE"), ctx, session)
+        with s:
+            assert data == b"ok\n"
+            assert s.session_reused is (n > 0)
+            session = s.session
+            sock = handed()
+            assert sock.cert_levels() == 3
+            assert sock.cert_info("CN") == "alice" and sock.cert_info("CN", 2) == "Test Root CA"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_session_does_not_resume_on_another_port(server, pki, events, version):
+    """A session made on one port is not resumed on another, whose trust would then be skipped."""
+    ctx = client_context(pki, "alice", tls=version)
+    s, data = _resume(server.port("REQUEST"), ctx, None)
+    with s:
+        assert data == b"ok\n"
+        session = s.session
+    handed()
+    mark = events.mark()
+    raw = socket.create_connection(("127.0.0.1", server.port("OTHER")), timeout=5)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            assert not s.session_reused
+            s.recv(16)
+    assert events.wait_for(mark, "janustls.refused", "OTHER")["reason"] == "unknown_ca"
+
+
 # -- CA names in the CertificateRequest, [addca] patterns ----------------------------------
 
 
