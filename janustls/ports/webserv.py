@@ -188,6 +188,8 @@ class JanusRequest(Request):
     # The body is held (bounded) while a certificate is requested mid-connection.
     def gotLength(self, length: int | None) -> None:
         proto = self.channel.transport.wrappedProtocol
+        if not proto.factory.table.uses_client_cert:
+            return super().gotLength(length)
         command, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
         if isinstance(command, bytes) and isinstance(path, bytes):
             self._hold_limit = proto.factory.hold_limit(command, path)
