@@ -132,6 +132,9 @@ def test_twistd_help_lists_port_def():
     r = subprocess.run([str(BIN / "twistd"), "janustls", "--help"], capture_output=True, timeout=60, cwd=REPO)
     assert r.returncode == 0
     assert "--port-def" in r.stdout.decode()
+    r = subprocess.run([str(BIN / "twistd"), "-n", "--pidfile=", "janustls"], capture_output=True, timeout=60, cwd=REPO)
+    assert r.returncode != 0
+    assert "--port-def FILE is required" in (r.stdout + r.stderr).decode()
 
 
 # -- janustls check -------------------------------------------------------------------------------------

@@ -305,10 +305,12 @@ def test_max_connections(server, pki, events):
         mark = events.mark()
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             local = raw.getsockname()[1]
+            started = time.monotonic()
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 with client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost") as third:
                     if not third.recv(3):
                         raise ConnectionError("closed")
+            assert time.monotonic() - started < 1  # at once, not after a timeout
         e = events.wait_for(mark, "janustls.conn.limit", "LIMITED")
         assert e["limit"] == 2
         assert e["peer"] == f"127.0.0.1:{local}"
