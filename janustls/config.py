@@ -52,6 +52,14 @@ class CRLCheck(str, enum.Enum):
     CHAIN = "chain"
 
 
+class CRLExpired(str, enum.Enum):
+    """What a port does when a CRL's nextUpdate has passed: refuse the CA's clients (OpenSSL's
+    own verdict, the default), or tolerate the stale CRL (still checking what it lists)."""
+
+    REFUSE = "refuse"
+    TOLERATE = "tolerate"
+
+
 class ForwardIdentity(str, enum.Enum):
     NONE = "none"
     PROXY_V2 = "proxy-v2"
@@ -65,6 +73,7 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 5.0
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_CRL_REFRESH = 60.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,9 @@ class PortDefinition:
     connect: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     forward_identity: ForwardIdentity = ForwardIdentity.NONE
+    crl_refresh: float = DEFAULT_CRL_REFRESH
+    crl_expired: CRLExpired = CRLExpired.REFUSE
+    max_connections_per_client: int | None = None
     # Where each key was set, for errors raised later (file contents, start-up).
     section: str = ""
 
@@ -143,6 +155,7 @@ PORT_KEYS = frozenset(
         "ciphers", "max_connections", "idle_timeout", "handshake_timeout",
         "request_timeout", "max_cert_size", "session_cache", "handler", "allow",
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
+        "crl_refresh", "crl_expired", "max_connections_per_client",
     }
 )  # fmt: skip
 TYPE_ONLY_KEYS = {
@@ -348,6 +361,9 @@ class _PortReader:
             connect=connect,
             connect_timeout=float(self.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
             forward_identity=self.choice("forward_identity", ForwardIdentity, ForwardIdentity.NONE),
+            crl_refresh=float(self.number("crl_refresh", DEFAULT_CRL_REFRESH, integer=False, low=0)),  # type: ignore[arg-type]
+            crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
+            max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
         )
         return PortDefinition(**values)  # type: ignore[arg-type]
 

@@ -178,6 +178,12 @@ class JanusService(service.MultiService):
 
             StatusService(definitions.status.listen, lambda: self.ports, reactor).setServiceParent(self)
 
+    def reload(self, definitions: Definitions | None = None, why: str = "call") -> defer.Deferred[bool]:
+        """Re-read the definition file (or take `definitions`), validate all of it, then swap (`janustls.reload`)."""
+        from janustls.reload import reload_service
+
+        return reload_service(self, definitions, why)  # type: ignore[no-any-return]
+
     def listening_port(self, name: str) -> IListeningPort | None:
         svc = self.getServiceNamed(name.upper())
         return svc.listening  # type: ignore[no-any-return,attr-defined]

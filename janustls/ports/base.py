@@ -12,7 +12,7 @@ from typing import Any, Optional
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IReactorTime
+from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
@@ -264,19 +264,81 @@ class PortFactory(Factory):
         self.numPorts -= 1
 
 
+@implementer(IOpenSSLServerConnectionCreator)
+class _CurrentTLS:
+    """The port's TLS policy as of each new connection.
+
+    Twisted binds the creator's method when the factory is made; going through the
+    factory's current runtime lets a reload (`PortTLSFactory.adopt`) swap the Context
+    for new connections while established ones keep theirs.
+    """
+
+    def __init__(self, factory: PortTLSFactory) -> None:
+        self._factory = factory
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        return self._factory.runtime.tls.serverConnectionForTLS(tlsProtocol)
+
+
 class PortTLSFactory(TLSMemoryBIOFactory):
-    """Twisted's TLS wrapper for one port, refusing connections past max_connections."""
+    """Twisted's TLS wrapper for one port, refusing connections past max_connections
+    and max_connections_per_client."""
 
     noisy = False
     protocol = PortTLSProtocol
 
     def __init__(self, runtime: PortRuntime, wrapped: PortFactory) -> None:
-        super().__init__(runtime.tls, False, wrapped)
+        super().__init__(_CurrentTLS(self), False, wrapped)
         self.runtime = runtime
+        self._per_client: dict[str, int] = {}
         # Ports that ask at the handshake never ask again, so never need the ClientHello.
         self.keep_client_hello = runtime.port.client_cert is ClientCertMode.NONE
 
+    def adopt(self, new: PortTLSFactory) -> None:
+        """Serve new connections with a rebuilt port's TLS policy, application factory and
+        limits (a reload); established connections keep what they negotiated."""
+        old_inner = self.wrappedFactory
+        new.wrappedFactory.doStart()
+        new.runtime.accepted += self.runtime.accepted
+        new.runtime.refused += self.runtime.refused
+        self.runtime = new.runtime
+        self.wrappedFactory = new.wrappedFactory
+        self.keep_client_hello = new.keep_client_hello
+        old_inner.doStop()
+
+    def _over_client_limit(self, addr: IAddress) -> bool:
+        limit = self.runtime.port.max_connections_per_client
+        host = str(getattr(addr, "host", addr))
+        if limit is not None and self._per_client.get(host, 0) >= limit:
+            emit(
+                "janustls.conn.limit",
+                "port {port}: refused {peer}: {limit} connections already open from it (max_connections_per_client)",
+                LogLevel.warn,
+                port=self.runtime.port.name,
+                peer=_address_text(addr),
+                limit=limit,
+                limit_key="max_connections_per_client",
+            )
+            return True
+        return False
+
+    def registerProtocol(self, protocol: Any) -> None:
+        super().registerProtocol(protocol)
+        host = str(getattr(protocol.getPeer(), "host", ""))
+        self._per_client[host] = self._per_client.get(host, 0) + 1
+
+    def unregisterProtocol(self, protocol: Any) -> None:
+        super().unregisterProtocol(protocol)
+        host = str(getattr(protocol.getPeer(), "host", ""))
+        left = self._per_client.get(host, 0) - 1
+        if left > 0:
+            self._per_client[host] = left
+        else:
+            self._per_client.pop(host, None)
+
     def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+        if self._over_client_limit(addr):
+            return None
         limit = self.runtime.port.max_connections
         if limit is not None and len(self.protocols) >= limit:
             emit(
