@@ -63,10 +63,10 @@ def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
     return 0
 
 
-def run_demo(file: str, out: TextIO) -> int:
+def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
     """Make the demo's PKI on first run, explain how to connect, and serve in the foreground."""
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
+    from twisted.logger import globalLogBeginner
 
     from janustls.pki import write_dev_pki
     from janustls.service import JanusService
@@ -103,7 +103,11 @@ def run_demo(file: str, out: TextIO) -> int:
         "Ctrl-C stops the demo.\n\n"
     )
     out.flush()
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
+    from janustls.logs import log_observer
+    from janustls.operate import install_sighup
+
+    globalLogBeginner.beginLoggingTo([log_observer(log_format, out)], redirectStandardIO=False)
+    install_sighup(lambda: service.reload(why="signal"), reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()  # type: ignore[attr-defined]
@@ -202,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pki.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
     demo.add_argument("file", nargs="?", default=str(DEMO_FILE))
+    demo.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event")
     explain = sub.add_parser(
         "explain",
         help="say whether a port would accept a client certificate chain, and if not why (no server needed)",
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return describe(args.file, sys.stdout)
     if args.command == "pki":
         return make_pki(args.directory, args.client, sys.stdout)
-    return run_demo(args.file, sys.stdout)
+    return run_demo(args.file, sys.stdout, args.log_format)
 
 
 if __name__ == "__main__":

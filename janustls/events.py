@@ -22,7 +22,8 @@ CATALOGUE: dict[str, str] = {
     "janustls.port.ca_added": "a CA certificate was added to a port (Janus MSIR.0642)",
     "janustls.conn.accepted": "a TLS handshake completed (port, peer, version, cipher, subject)",
     "janustls.conn.closed": "a connection ended (port, peer, bytes in/out, seconds)",
-    "janustls.conn.limit": "a connection was refused: the port's max_connections is reached",
+    "janustls.conn.limit": "a connection was refused: the port's max_connections is reached, or with "
+    "limit_key = max_connections_per_client, that client address's share",
     "janustls.conn.idle_timeout": "a connection was closed after idle_timeout seconds without traffic",
     "janustls.handshake.timeout": "a client did not finish its handshake within handshake_timeout",
     "janustls.handshake.failed": "a handshake failed for a reason other than the client certificate "

@@ -37,6 +37,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["port-def", "p", None, "The port-definition file (INI) to run."],
+        ["log-format", None, "text", "text | json (one JSON object per line, each with its event_id)."],
     ]
 
     def postOptions(self) -> None:
@@ -44,6 +45,8 @@ class Options(usage.Options):
             raise usage.UsageError("--port-def FILE is required")
         if not Path(self["port-def"]).is_file():
             raise usage.UsageError(f"--port-def: {self['port-def']} is not a file")
+        if self["log-format"] not in ("text", "json"):
+            raise usage.UsageError(f"--log-format: {self['log-format']!r}; expected text or json")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -53,10 +56,14 @@ class JanusServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> MultiService:
+        from janustls.operate import ServerRoot, twistd_log_file
+
         try:
-            return JanusService(load_definitions(options["port-def"]))
+            inner = JanusService(load_definitions(options["port-def"]))
         except ConfigErrors as e:
             raise SystemExit(f"janustls: {e}")
+        # SIGHUP reloads; --log-format json replaces twistd's text log.
+        return ServerRoot(inner, log_format=options["log-format"], log_file=lambda: twistd_log_file(options))
 
 
 # -- the endpoint string plugin ----------------------------------------------------------

@@ -1,0 +1,80 @@
+"""Running a server in production: JSON logs for twistd, SIGHUP reload, graceful shutdown.
+
+`twistd janustls` wraps its JanusService (or its worker supervisor) in `ServerRoot`,
+which is where process-wide concerns live so that the services themselves stay
+embeddable: a log observer for the twistd application, the SIGHUP handler, and the
+drain of open connections on shutdown.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import IO, Any, Callable
+
+from twisted.application import service
+from twisted.logger import ILogObserver
+
+from janustls.events import emit
+from janustls.logs import log_observer
+
+__all__ = ["ServerRoot", "install_sighup", "twistd_log_file"]
+
+
+def install_sighup(reload: Callable[[], Any], reactor: Any) -> bool:
+    """Reload on SIGHUP (only possible from the main thread; False elsewhere)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return False
+
+    def handler(signum: int, frame: Any) -> None:
+        # Nothing may run inside a signal handler: hand the reload to the reactor.
+        reactor.callFromThread(reload)
+
+    signal.signal(signal.SIGHUP, handler)
+    return True
+
+
+def twistd_log_file(options: Any) -> IO[str]:
+    """Where twistd would log (its --logfile and --nodaemon), for the JSON observer."""
+    parent = getattr(options, "parent", None) or {}
+    name = parent.get("logfile") if hasattr(parent, "get") else None
+    nodaemon = bool(parent.get("nodaemon")) if hasattr(parent, "get") else True
+    if name == "-" or (not name and nodaemon):
+        return sys.stdout
+    from twisted.python.logfile import LogFile
+
+    return LogFile.fromFullPath(name or "twistd.log")  # type: ignore[return-value]
+
+
+class ServerRoot(service.MultiService):
+    """The service twistd runs: `inner` plus logging format, SIGHUP and drain-on-stop."""
+
+    def __init__(self, inner: Any, *, log_format: str = "text", log_file: Callable[[], IO[str]] | None = None,
+                 reactor: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        self.inner = inner
+        self.log_format = log_format
+        self._log_file = log_file
+        self._reactor = reactor
+        inner.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:
+        # twistd starts logging after makeService with the application's ILogObserver
+        # component when there is one: that is how --log-format json takes over.
+        if self.log_format == "json" and hasattr(parent, "setComponent") and self._log_file is not None:
+            parent.setComponent(ILogObserver, log_observer("json", self._log_file()))
+        super().setServiceParent(parent)
+
+    def startService(self) -> None:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        if self.log_format == "json":
+            emit("janustls.log.json", "JSON log lines begin", log_format_name="json")
+        install_sighup(self.reload, self._reactor)
+        super().startService()
+
+    def reload(self) -> Any:
+        return self.inner.reload(why="signal")

@@ -1,0 +1,162 @@
+"""`twistd janustls --log-format json` as a real process: JSON lines, `janustls reload` (SIGHUP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import client_context
+
+ROOT = Path(__file__).parents[1]
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+
+HANDLER = '''
+def serve(sock):
+    sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
+'''
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def ini_text(pki: Any, procs: Path, port: int, cas: str, status: int | None = None) -> str:
+    f = pki.files
+    text = f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:{port}:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {cas}
+handler = h:serve
+"""
+    if status:
+        text += f"[status]\nlisten = tcp:{status}:interface=127.0.0.1\n"
+    return text
+
+
+class Twistd:
+    """twistd in the foreground with JSON logs on stdout, read line by line."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", TWISTD, *args], cwd=cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, event_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"not a JSON line: {line!r}")
+            if record.get("event_id") == event_id:
+                return record  # type: ignore[no-any-return]
+        raise AssertionError(f"no {event_id}; saw:\n{''.join(self.seen[-30:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def hello(port: int, pki: Any, cert: str | None) -> str:
+    with client_context(pki, cert, tls="1.3").wrap_socket(
+        socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+    ) as s:
+        return s.recv(100).decode().strip()
+
+
+@pytest.fixture
+def twistd(pki, tmp_path):
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "h.py").write_text(HANDLER)
+    port = free_port()
+    ini = procs / "ports.ini"
+    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"])))
+    pidfile = tmp_path / "twistd.pid"
+    t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
+                "--log-format", "json"], tmp_path)  # fmt: skip
+    try:
+        t.wait_for("janustls.port.listening")
+        yield t, port, ini, procs, pidfile
+    finally:
+        t.stop()
+
+
+def test_json_lines_and_reload_by_signal(twistd, pki):
+    t, port, ini, procs, pidfile = twistd
+    assert hello(port, pki, "alice") == "hi alice"
+    accepted = t.wait_for("janustls.conn.accepted")
+    assert accepted["port"] == "SECURE" and accepted["subject"].startswith("CN=alice") and accepted["version"] == "TLSv1.3"
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        hello(port, pki, None)
+    refused = t.wait_for("janustls.refused.no_certificate")
+    assert refused["reason"] == "no_certificate" and refused["level"] == "warn" and "refused" in refused["message"]
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        hello(port, pki, "othera")
+    assert t.wait_for("janustls.refused.unknown_ca")["subject"] == "CN=othera"
+
+    # A new trust list, sent by `janustls reload --pidfile` (SIGHUP).
+    ini.write_text(ini_text(pki, procs, port, f"{pki.files['root.ca']} {pki.files['other.ca']}"))
+    r = subprocess.run([sys.executable, "-m", "janustls.cli", "reload", "--pidfile", str(pidfile)],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    done = t.wait_for("janustls.reload.done")
+    assert done["kept"] == ["SECURE"]
+    assert hello(port, pki, "othera") == "hi othera"
+
+    # An invalid file: logged with its errors, nothing changes.
+    ini.write_text(ini.read_text().replace("client_cert = require", "client_cert = sometimes"))
+    os.kill(int(pidfile.read_text()), signal.SIGHUP)
+    failed = t.wait_for("janustls.reload.failed")
+    assert any("client_cert" in e and "sometimes" in e for e in failed["errors"])
+    assert hello(port, pki, "othera") == "hi othera"
+
+
+def test_reload_command_without_server(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "janustls.cli", "reload", "--pidfile", str(tmp_path / "none.pid")],
+                       capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert r.returncode == 1 and "none.pid" in r.stderr
