@@ -18,10 +18,10 @@ from cryptography import x509
 from OpenSSL import crypto
 
 from janustls import _openssl
-from janustls.config import ClientCertMode, Definitions, load_definitions
+from janustls.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
 from janustls.materials import load_certificates
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.tls import PortTLS, build_port_tls
+from janustls.tls import CRL_HAS_EXPIRED, PortTLS, build_port_tls
 from janustls.trust import check_key_strength
 
 __all__ = ["Verdict", "explain_chain", "explain", "format_verdict"]
@@ -87,6 +87,13 @@ def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdic
         return Verdict(name, False, too_long, tuple(presented))
     store = tls.context.get_cert_store()
     assert store is not None
+    return _verify(tls, store, presented, stale_crls_tolerated=False)
+
+
+def _verify(tls: PortTLS, store: crypto.X509Store, presented: Sequence[x509.Certificate], *, stale_crls_tolerated: bool) -> Verdict:
+    """OpenSSL's chain verification with `store`, then our checks in callback order."""
+    name = tls.port.name
+    leaf, rest = presented[0], list(presented[1:])
     _openssl.set_store_purpose_ssl_client(store)
     ctx = crypto.X509StoreContext(
         store, crypto.X509.from_cryptography(leaf), [crypto.X509.from_cryptography(c) for c in rest]
@@ -96,6 +103,8 @@ def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdic
     except crypto.X509StoreContextError as e:
         errno, depth, message = e.errors[0], e.errors[1], e.errors[2]
         cert = e.certificate.to_cryptography() if e.certificate is not None else leaf
+        if errno == CRL_HAS_EXPIRED and tls.port.crl_expired is CRLExpired.TOLERATE and not stale_crls_tolerated:
+            return _verify_tolerating_stale_crls(tls, presented)
         if errno in _WALK_ERRORS:
             chain = tls.trust.complete_chain(leaf, rest)
             ours = _our_checks(tls, chain, depth) if chain else None
@@ -103,10 +112,38 @@ def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdic
                 return Verdict(name, False, ours, tuple(chain))
         refusal = Refusal(reason_for_verify_error(errno), depth, _subject(cert), str(message))
         return Verdict(name, False, refusal, tuple(presented))
+    if stale_crls_tolerated:
+        revoked = _revocation(tls, verified)
+        if revoked is not None:
+            return Verdict(name, False, revoked, tuple(verified))
     ours = _our_checks(tls, verified, -1)
     if ours is not None:
         return Verdict(name, False, ours, tuple(verified))
-    return Verdict(name, True, None, tuple(verified))
+    notes = ("a CRL of the chain is past its nextUpdate; tolerated (crl_expired = tolerate)",) if stale_crls_tolerated else ()
+    return Verdict(name, True, None, tuple(verified), notes)
+
+
+def _verify_tolerating_stale_crls(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdict:
+    """crl_expired = tolerate: the handshake overrides only "CRL has expired", so verify
+    without CRLs and look the chain up in the (stale) CRLs as OpenSSL would."""
+    store = crypto.X509Store()
+    for ca in tls.trust.cas:
+        store.add_cert(crypto.X509.from_cryptography(ca))
+    return _verify(tls, store, presented, stale_crls_tolerated=True)
+
+
+def _revocation(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal | None:
+    """The CRL check OpenSSL makes (leaf first; every CA too with crl_check = chain)."""
+    depths = range(len(verified) - 1) if tls.port.crl_check is CRLCheck.CHAIN else range(min(1, len(verified) - 1))
+    for depth in depths:
+        cert = verified[depth]
+        crls = [c for c in tls.trust.crls if c.issuer == cert.issuer]
+        if not crls:
+            r = reason_for_verify_error(3)
+            return Refusal(r, depth, _subject(cert), _openssl.verify_error_string(3))
+        if any(c.get_revoked_certificate_by_serial_number(cert.serial_number) is not None for c in crls):
+            return Refusal(Reason.REVOKED, depth, _subject(cert), _openssl.verify_error_string(23))
+    return None
 
 
 def _walk(tls: PortTLS, leaf: x509.Certificate, rest: Sequence[x509.Certificate]) -> list[x509.Certificate]:

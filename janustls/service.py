@@ -173,6 +173,9 @@ class JanusService(service.MultiService):
         self._reactor = reactor
         for built in self.ports:
             PortService(built).setServiceParent(self)
+        from janustls.crlwatch import CRLWatcher
+
+        CRLWatcher(self, reactor).setServiceParent(self)
         if definitions.status is not None:
             from janustls.status import StatusService
 

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from janustls import _openssl
 from janustls.clienthello import MAX_HELLO, ClientHello, parse_client_hello
-from janustls.config import ClientCertMode, CRLCheck, PortDefinition
+from janustls.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.materials import ServerMaterial, load_server_material
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
@@ -36,6 +36,8 @@ _VERIFY_MODES = {
     ClientCertMode.REQUIRE: SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
 }
 _CHECK_CACHE_SIZE = 2048
+#: X509_V_ERR_CRL_HAS_EXPIRED: the one error `crl_expired = tolerate` overrides.
+CRL_HAS_EXPIRED = 12
 
 
 class PortTLSProtocol(TLSMemoryBIOProtocol):
@@ -176,6 +178,8 @@ class PortTLS:
     def verify(self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         """OpenSSL's verdict on each certificate, plus ours; the first failure is kept."""
         state: PortTLSProtocol = _openssl.tls_protocol_of(connection)
+        if not ok and errno == CRL_HAS_EXPIRED and self.port.crl_expired is CRLExpired.TOLERATE:
+            return True  # a stale CRL is still checked (janustls.crlwatch logs that it is stale)
         if not ok:
             if state.refusal is None:
                 state.refusal = Refusal(
