@@ -79,6 +79,11 @@ def certerr(request):
 def protocol_hook(info):
     PROTOCOL_ERRORS.append(info)
 
+async def ask(request):
+    can, why = request.can_request_certificate()
+    cert = await request.request_certificate()
+    return "can=%s asked=%s (%s)" % (can, request.cert_info("CN"), why)
+
 def protocol_errors(request):
     return "\\n".join(e.detail for e in PROTOCOL_ERRORS)
 '''
@@ -205,6 +210,7 @@ ON FORBIDDEN = page pages/forbidden.html status=403
 {port_ini(pki, "PP12", "none", tls_max="1.2")}
 [web:PP12]
 ON /open = call views:whoami
+ON /ask = call views:ask
 ON /need = call views:whoami client_cert=require
 ON /maybe = call views:whoami client_cert=request
 ON POST /upload = call views:echo client_cert=require max_body=2000
@@ -212,6 +218,7 @@ ON SSLNOCERTERR = page pages/nocert.html status=403
 {port_ini(pki, "PP13", "none", tls_min="1.3")}
 [web:PP13]
 ON /open = call views:whoami
+ON /ask = call views:ask
 ON /need = call views:whoami client_cert=require
 ON /maybe = call views:whoami client_cert=request
 ON /fb = call views:whoami client_cert=require fallback=https://127.0.0.1:{strict_fallback}/who
@@ -645,6 +652,27 @@ def test_per_path_require_without_handler_refused_at_tls(server, pki, events):
     c.close()
 
 
+def test_per_path_tls13_pha_no_certificate_without_handler_refused_at_tls(server, pki, events):
+    c = Client(server.port("PPSTRICT13"), client_context(pki, None, tls="1.3", post_handshake_auth=True))
+    assert c.get("/open")[0] == 200
+    mark = events.mark()
+    with pytest.raises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine)):
+        c.get("/need")
+    assert events.wait_for(mark, "janustls.request.refused", "PPSTRICT13")["reason"] == "no_certificate"
+    assert not events.since(mark, "janustls.web.exception", "PPSTRICT13")
+    c.close()
+
+
+def test_handler_asks_with_request_request_certificate(server, pki):
+    for tls, pha in (("1.2", False), ("1.3", True), ("1.3", False)):
+        port = "PP12" if tls == "1.2" else "PP13"
+        c = Client(server.port(port), client_context(pki, "alice", tls=tls, post_handshake_auth=pha))
+        status, _, body = c.get("/ask")
+        expect = b"can=False asked=None" if not pha and tls == "1.3" else b"can=True asked=alice"
+        assert status == 200 and body.startswith(expect), (tls, pha, body)
+        c.close()
+
+
 def test_per_path_tls13_no_pha_without_handler_gets_default_page(server, pki):
     status, _, body = get(server, "PPSTRICT13", "/need", pki, "alice", tls="1.3")
     assert status == 403 and b"needs a client certificate" in body
@@ -703,6 +731,30 @@ def test_configuration_errors_at_build_time(pki, procs_dir, rules, key, fragment
     (err,) = e.value.errors
     assert err.file == "ports.ini" and err.section == "web:W" and err.key == key, err
     assert fragment in err.message, err.message
+
+
+def test_per_path_rule_on_a_port_without_cas_is_an_error(pki, procs_dir):
+    text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'none')}\n[web:W]\nON /x = call views:whoami client_cert=require\n"
+    text = text.replace(f"addca = {pki.files['root.ca']}\n", "").replace(f"crl = {pki.files['inter.crl']}\n", "")
+    with pytest.raises(ConfigErrors) as e:
+        build(text, procs_dir)
+    (err,) = e.value.errors
+    assert (err.section, err.key) == ("web:W", "ON /x") and "no CA is added" in err.message
+
+
+def test_wsgi_target_must_be_callable(pki, procs_dir):
+    (procs_dir / "notapp.py").write_text("app = 'a string'\n")
+    text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON /x/* = wsgi notapp:app\n"
+    with pytest.raises(ConfigErrors) as e:
+        build(text, procs_dir)
+    assert e.value.errors[0].key == "ON /x/*" and "neither callable" in e.value.errors[0].message
+
+
+def test_rule_table_for_a_port_that_is_not_webserv(pki, procs_dir):
+    text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request', 'handler = views:whoami')}\n[web:W]\nON /x = call views:whoami\n"
+    with pytest.raises(ConfigErrors) as e:
+        parse_definitions(text.replace("type = webserv", "type = srvsock"), "ports.ini", procs_dir)
+    assert e.value.errors[0].section == "web:W" and "not webserv" in e.value.errors[0].message
 
 
 def test_port_allow_error_is_located(pki, procs_dir):

@@ -463,9 +463,10 @@ class WebFactory(PortFactory):
         gate = proto.gate()
         res = self.table.resolve(request.method.decode("latin-1"), request.path.decode("latin-1"))
         rule = res.action
+        verdict = proto._port_verdict
         if (
             gate is None
-            and self.policy is None
+            and (self.policy is None or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate()))  # type: ignore[union-attr]
             and rule is not None
             and res.access is None
             and rule.allow is None
@@ -541,8 +542,9 @@ class WebFactory(PortFactory):
                 return True
             self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, why), rule.describe(self.table.section))
             return True
+        strict = require and handler is None  # no certificate: the TLS layer refuses and closes
         try:
-            await conn.request_certificate(require and handler is None)
+            await conn.request_certificate(strict)
         except CertificateRequestTimeout as e:
             self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, str(e)), rule.describe(self.table.section))
             return True
@@ -554,6 +556,9 @@ class WebFactory(PortFactory):
         refusal = proto.transport.refusal
         if refusal is not None and self.table.exception(Exc.SSLCERTERR) is not None:
             self._exception(request, Exc.SSLCERTERR, refusal, rule.describe(self.table.section))
+            return True
+        if strict:  # refused at the TLS layer (janustls.request.refused), closed if still open
+            proto.close()
             return True
         if not require:
             return False
