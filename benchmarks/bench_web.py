@@ -294,7 +294,7 @@ def profile_janustls(directory: Path, workers: int, connections: int, requests: 
     stream = io.StringIO()
     stats = pstats.Stats(str(out), stream=stream)
     rows = []
-    for (filename, line, name), (cc, nc, tt, ct, callers) in stats.stats.items():  # type: ignore[attr-defined]
+    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         rows.append((tt, ct, nc, f"{Path(filename).name}:{line}({name})", filename))
     rows.sort(reverse=True)
     overall = sum(r[0] for r in rows)
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     workers, connections = (1, 2) if args.quick else (2, 4)
     requests = args.requests or (1000 if args.quick else 12000)
     rounds = args.rounds or (1 if args.quick else 3)
-    print(f"janustls webserv vs bare twisted.web: server CPU per keep-alive HTTPS request reading the client CN")
+    print("janustls webserv vs bare twisted.web: server CPU per keep-alive HTTPS request reading the client CN")
     print(f"machine: {os.cpu_count()} cores shared by servers and clients, {platform.machine()}, Python {platform.python_version()}")
     print(f"{workers} client processes x {connections} keep-alive TLS 1.3 connections, {requests} requests each per round, {rounds} round(s)")
     with tempfile.TemporaryDirectory(prefix="bench_web.") as tmp:
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         make_pki(directory)
         servers = {kind: start_server(kind, directory) for kind in SERVERS}
         try:
-            for kind, (proc, port) in servers.items():  # warm-up
+            for _kind, (proc, port) in servers.items():  # warm-up
                 measure(proc.pid, port, directory, 1, 1, 50)
             figures: dict[str, list[float]] = {kind: [] for kind in SERVERS}
             for _ in range(rounds):

@@ -510,6 +510,54 @@ handler = h:serve
         s.stop()
 
 
+def test_port_level_allow_on_proxy_closes_and_logs(pki, reactor, tmp_path, events):
+    pytest.importorskip("janustls.ports.proxy")
+    import threading
+
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(8)
+    accepted: list[socket.socket] = []
+
+    def serve_backend() -> None:
+        while True:
+            try:
+                conn, _ = backend.accept()
+            except OSError:
+                return
+            accepted.append(conn)
+            conn.sendall(b"backend says hi\n")
+            conn.close()
+
+    threading.Thread(target=serve_backend, daemon=True).start()
+    s = start(
+        f"""
+[port:GATE]
+type = proxy
+listen = tcp:0:interface=127.0.0.1
+connect = tcp:127.0.0.1:{backend.getsockname()[1]}
+certificate = {pki.files['server.pem']}
+private_key = {pki.files['server.key']}
+client_cert = require
+addca = {pki.files['root.ca']}
+allow = cn:alice
+""",
+        tmp_path,
+    )
+    try:
+        assert talk(s.port("GATE"), client_context(pki, "alice")).endswith(b"backend says hi\n")
+        mark = events.mark()
+        n = len(accepted)
+        assert talk(s.port("GATE"), client_context(pki, "bob")) == b""
+        e = events.wait_for(mark, "janustls.refused.not_allowed", "GATE")
+        assert e["rule"] == "[port:GATE] allow = cn:alice" and e["subject"].startswith("CN=bob")
+        time.sleep(0.2)
+        assert len(accepted) == n  # the backend never saw the refused client
+    finally:
+        s.stop()
+        backend.close()
+
+
 # -- exception rules ----------------------------------------------------------------------------------------
 
 

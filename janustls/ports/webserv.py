@@ -38,7 +38,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
 from janustls.certinfo import CertChain
-from janustls.config import ClientCertMode, PortDefinition
+from janustls.config import ClientCertMode
 from janustls.connection import Connection
 from janustls.errors import CertificateRequestTimeout, ConfigError, ConfigErrors
 from janustls.events import emit
