@@ -323,11 +323,17 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         return False
 
     def registerProtocol(self, protocol: Any) -> None:
+        # Twisted may register a TLS protocol more than once (makeConnection, then
+        # the wrapper): count each connection once.
+        first = protocol not in self.protocols
         super().registerProtocol(protocol)
-        host = str(getattr(protocol.getPeer(), "host", ""))
-        self._per_client[host] = self._per_client.get(host, 0) + 1
+        if first:
+            host = str(getattr(protocol.getPeer(), "host", ""))
+            self._per_client[host] = self._per_client.get(host, 0) + 1
 
     def unregisterProtocol(self, protocol: Any) -> None:
+        if protocol not in self.protocols:
+            return
         super().unregisterProtocol(protocol)
         host = str(getattr(protocol.getPeer(), "host", ""))
         left = self._per_client.get(host, 0) - 1
