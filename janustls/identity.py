@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import inspect
 import ipaddress
 import re
 import shlex
@@ -40,6 +41,8 @@ from typing import Any, Callable, Sequence
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID, NameOID
+from service_identity import CertificateError, VerificationError
+from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
 from janustls.reasons import Reason, Refusal
 
@@ -186,19 +189,16 @@ class _Peer(Term):
         leaf = s.leaf
         if leaf is None or s.peer_ip is None:
             return False
-        from service_identity import VerificationError
-        from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
-
         try:
             verify_certificate_ip_address(leaf, s.peer_ip)
             return True
-        except (VerificationError, ValueError, Exception):  # CertificateError when no SAN at all
+        except (VerificationError, CertificateError, ValueError):  # CertificateError: no SAN at all
             pass
         for name in s.peer_names or ():
             try:
                 verify_certificate_hostname(leaf, name)
                 return True
-            except Exception:  # VerificationError, CertificateError, invalid names
+            except (VerificationError, CertificateError, ValueError):
                 continue
         return False
 
@@ -218,7 +218,11 @@ class _Call(Term):
         self.predicate = predicate
 
     def match(self, s: Subject) -> bool:
-        return bool(self.predicate(s.connection))
+        result = self.predicate(s.connection)
+        if not isinstance(result, bool) and (inspect.isawaitable(result) or hasattr(result, "addCallback")):
+            # A Deferred is truthy: never let one allow a client.
+            raise TypeError(f"{self.text} returned {type(result).__name__}; an identity predicate returns a bool")
+        return bool(result)
 
 
 def _hex(value: str) -> bytes:

@@ -313,6 +313,14 @@ def test_identity_predicate(alice, bob):
     assert seen == ["bob-conn", "alice-conn"]
 
 
+def test_identity_predicate_returning_a_deferred_refuses(alice):
+    from twisted.internet import defer
+
+    p = parse_policy("call:preds:later", resolve=lambda ref: lambda conn: defer.succeed(True))
+    with pytest.raises(TypeError):
+        p.check(Subject(alice))
+
+
 def test_identity_operators(alice, bob):
     assert allowed("cn:bob | cn:alice", alice)
     assert allowed("cn:bob cn:alice", alice)  # whitespace: another alternative

@@ -252,11 +252,23 @@ class PageCache:
     def __init__(self, procs: Path) -> None:
         self.root = Path(os.path.realpath(procs))
         self._pages: dict[str, _Page] = {}
+        self._paths: dict[str, str | None] = {}
+
+    def _resolve(self, relative: str) -> str | None:
+        path = self._paths.get(relative, "")
+        if path == "":
+            real = os.path.realpath(self.root / relative)
+            inside = real == str(self.root) or real.startswith(str(self.root) + os.sep)
+            path = real if inside else None  # None: outside the procedure library
+            if len(self._paths) > 4096:
+                self._paths.clear()
+            self._paths[relative] = path
+        return path
 
     def get(self, relative: str) -> _Page | None:
-        path = os.path.realpath(self.root / relative)
-        if not (path == str(self.root) or path.startswith(str(self.root) + os.sep)):
-            return None  # outside the procedure library
+        path = self._resolve(relative)
+        if path is None:
+            return None
         try:
             st = os.stat(path)
         except OSError:
