@@ -751,6 +751,20 @@ def test_curl_whoami_nocert_json_and_renegotiation(server, pki):
     assert code == 403
     code, _, _ = curl(pki, server.port("WEB"), "/old/z", "alice")
     assert code == 302
+    code, body, _ = curl(pki, server.port("WEB"), "/hello", "alice", "-D", "/dev/stderr")
+    assert code == 200 and body == b"<h1>hello page</h1>\n"
+    code, body, err = curl(pki, server.port("WEB"), "/styled", "alice", "-D", "/dev/stderr")
+    assert code == 200 and b"content-type: text/x-custom" in err.lower()
+    code, body, _ = curl(pki, server.port("WEB"), "/app/q", "alice")
+    assert code == 200 and json.loads(body)["SSL_CLIENT_S_DN_CN"] == "alice"
+    code, body, _ = curl(pki, server.port("WEB"), "/form", "alice", "--data-binary", "hello-body")
+    assert code == 200 and body == b"cn=alice body=10 hello-body"
+    code, body, _ = curl(pki, server.port("GATED"), "/x", "bob")
+    assert code == 403 and body == b"<h1>forbidden page</h1>\n"
+    code, body, _ = curl(pki, server.port("PP13"), "/need", "alice")  # curl offers post-handshake auth
+    assert code == 200 and body.startswith(b"cn=alice levels=3 version=TLSv1.3")
+    code, body, _ = curl(pki, server.port("PP13"), "/need")  # asked, sends nothing
+    assert code == 403 and body == b"<h1>no certificate page</h1>\n"
 
 
 # -- configuration errors at build time ----------------------------------------------------------------------

@@ -177,6 +177,10 @@ class JanusRequest(Request):
     def peer(self) -> Any:
         return self.connection.peer
 
+    @property
+    def port_name(self) -> str:
+        return self.connection.port_name
+
     def ssl_environ(self) -> dict[str, str]:
         """Apache mod_ssl's variables for this connection (computed once per connection)."""
         return self.janus_protocol.ssl_environ()
@@ -376,7 +380,12 @@ class WebProtocol(PortProtocol):
         if self._env is None or self._env[0] is not leaf:
             self._env = (
                 leaf,
-                ssl_environ(conn._chain, refusal=self.transport.refusal, tls_version=conn.tls_version, cipher=conn.cipher),
+                ssl_environ(
+                    getattr(conn, "_chain", None) or CertChain(conn.verified_chain),  # its per-item cache when there
+                    refusal=self.transport.refusal,
+                    tls_version=conn.tls_version,
+                    cipher=conn.cipher,
+                ),
             )
         return self._env[1]
 
