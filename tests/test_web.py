@@ -211,6 +211,8 @@ ON FORBIDDEN = page pages/forbidden.html status=403
 [web:PP12]
 ON /open = call views:whoami
 ON /ask = call views:ask
+ALLOW /ops/* = ou:ops
+ON /ops/* = call views:whoami client_cert=require
 ON /need = call views:whoami client_cert=require
 ON /maybe = call views:whoami client_cert=request
 ON POST /upload = call views:echo client_cert=require max_body=2000
@@ -641,6 +643,18 @@ def test_per_path_tls12_renegotiation(server, pki):
     assert c.get("/open")[2] == b"cn=None levels=0 version=TLSv1.2"
     assert c.get("/need")[2] == b"cn=alice levels=3 version=TLSv1.2"
     assert c.get("/open")[2] == b"cn=alice levels=3 version=TLSv1.2"  # the connection keeps it
+    c.close()
+
+
+def test_per_path_asks_before_identity_rules_judge(server, pki):
+    c = Client(server.port("PP12"), client_context(pki, "alice", tls="1.2"))
+    assert c.get("/ops/x")[2].startswith(b"cn=alice levels=3")  # asked, then ALLOW ou:ops
+    c.close()
+    c = Client(server.port("PP12"), client_context(pki, "bob", tls="1.2"))
+    assert c.get("/ops/x")[0] == 403  # asked, certificate fine, not allowed
+    c.close()
+    c = Client(server.port("PP12"), client_context(pki, None, tls="1.2"))
+    assert c.get("/ops/x")[2] == b"<h1>no certificate page</h1>\n"
     c.close()
 
 

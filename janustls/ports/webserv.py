@@ -506,6 +506,15 @@ class WebFactory(PortFactory):
         assert conn is not None
         if gate is not None:
             return self._exception(request, *gate)
+        rule = res.action
+        if rule is not None and rule.client_cert is not None:
+            # Ask first: identity rules then judge the certificate the client sends.
+            request.rule, request.rule_parts = rule, res.parts
+            if request.over_limit:
+                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.max_body} bytes.", event="janustls.web.body_too_large")
+            done = await self._ask(request, rule)
+            if done:
+                return None
         if self.policy is not None:
             verdict = proto._port_verdict
             if verdict is None or verdict[0] is not conn.certificate():
@@ -513,7 +522,6 @@ class WebFactory(PortFactory):
                 verdict = proto._port_verdict = (conn.certificate(), v)
             if not verdict[1].allowed:
                 return self._forbidden(request, verdict[1])
-        rule = res.action
         if rule is None:
             return self._status(request, 404, "Not Found", "Nothing is served at this URL.")
         request.rule, request.rule_parts = rule, res.parts
@@ -529,12 +537,6 @@ class WebFactory(PortFactory):
                 if v.allowed:  # the DISALLOW expression matched this client
                     refused = Verdict(False, access.allow.rule, Reason.NOT_ALLOWED)
                     return self._forbidden(request, refused)
-        if rule.client_cert is not None:
-            if request.over_limit:
-                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.max_body} bytes.", event="janustls.web.body_too_large")
-            done = await self._ask(request, rule)
-            if done:
-                return None
         if rule.allow is not None:
             v = await decide(rule.allow, self._subject(request), self.reactor)
             if not v.allowed:
