@@ -200,6 +200,13 @@ ON SSLPROTOCOLERR = call views:protocol_hook
 ON /* = call views:whoami
 ON SSLNOCERTERR = page pages/nocert.html status=401
 ON SSLCERTERR = call views:certerr status=495
+{port_ini(pki, "REQREDIR", "require")}
+[web:REQREDIR]
+ON /* = call views:whoami
+REDIRECT SSLNOCERTERR = https://example.org/get-a-certificate status=303
+ON FORBIDDEN = page pages/forbidden.html
+TYPE FORBIDDEN = text/plain
+ALLOW /* = cn:alice
 {port_ini(pki, "REQPLAIN", "require")}
 [web:REQPLAIN]
 ON /* = call views:whoami
@@ -576,6 +583,14 @@ def test_sslnocerterr_on_require_port(server, pki, events, tls):
     assert status == 401 and doc["exception"] == "SSLNOCERTERR" and doc["reason"] == "no_certificate"
 
 
+def test_redirect_and_type_exception_rules(server, pki):
+    status, headers, _ = get(server, "REQREDIR", "/x", pki, None)
+    assert status == 303 and headers["location"] == "https://example.org/get-a-certificate"
+    status, headers, body = get(server, "REQREDIR", "/x", pki, "bob")
+    assert status == 403 and headers["content-type"] == "text/plain" and body == b"<h1>forbidden page</h1>\n"
+    assert get(server, "REQREDIR", "/x", pki, "alice")[0] == 200
+
+
 @pytest.mark.parametrize(
     "cert,reason",
     [("expired", "expired"), ("othera", "unknown_ca"), ("revoked", "revoked"), ("serveronly", "wrong_usage"), ("selfsigned", "unknown_ca")],
@@ -702,6 +717,12 @@ def test_per_path_with_request_body(server, pki, tls, pha):
     c = Client(server.port(port), client_context(pki, "alice", tls=tls, post_handshake_auth=pha))
     status, _, body = c.get("/upload", "POST", b"y" * 5000)
     assert status == 413
+    c.close()
+    c = Client(server.port(port), client_context(pki, "alice", tls=tls, post_handshake_auth=pha))
+    c.conn.request("POST", "/upload", body=iter([b"z" * 1500, b"z" * 1500]), encode_chunked=True)
+    r = c.conn.getresponse()
+    assert r.status == 413  # a chunked body over the bound
+    r.read()
     c.close()
 
 
