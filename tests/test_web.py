@@ -8,6 +8,7 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -867,7 +868,7 @@ def test_port_allow_error_is_located(pki, procs_dir):
 def test_janustls_check_reports_web_errors(pki, procs_dir, tmp_path):
     ini = tmp_path / "ports.ini"
     ini.write_text(f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON FORBIDDEN* = page x\nON /y = page pages/absent.html\n")
-    out = subprocess.run(["/tmp/v3/bin/janustls", "check", str(ini)], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "[web:W] ON FORBIDDEN*" in text and "wildcard" in text
