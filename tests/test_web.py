@@ -674,6 +674,19 @@ def test_per_path_asks_before_identity_rules_judge(server, pki):
     c.close()
 
 
+def test_per_path_client_dropping_when_asked_is_handled_quietly(server, pki, events):
+    """Chromium's way: the HelloRequest arrives, the client drops the connection (and retries)."""
+    mark = events.mark()
+    s = client_context(pki, "alice", tls="1.2").wrap_socket(socket.create_connection(("127.0.0.1", server.port("PP12"))), server_hostname="localhost")
+    s.sendall(b"GET /need HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    time.sleep(0.2)
+    s.close()
+    events.wait_for(mark, "janustls.request", "PP12")
+    time.sleep(0.3)
+    assert not events.since(mark, "janustls.web.exception", "PP12")
+    assert not events.since(mark, "janustls.handler.error", "PP12")
+
+
 def test_per_path_tls13_post_handshake_auth(server, pki):
     c = Client(server.port("PP13"), client_context(pki, "alice", tls="1.3", post_handshake_auth=True))
     assert c.get("/open")[2] == b"cn=None levels=0 version=TLSv1.3"

@@ -357,6 +357,13 @@ class WebProtocol(PortProtocol):
     _env: tuple[Any, dict[str, str]] | None = None
     _gate: tuple[Any, tuple[Exc, Refusal, str] | None] | None = None
     _port_verdict: Any = None
+    #: Set first thing when the connection is lost, before a pending certificate request
+    #: answers (Chromium drops the connection when asked, then retries on a new one).
+    lost = False
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost = True
+        super().connectionLost(reason)
 
     def connection_ready(self, connection: Connection) -> None:
         self.channel = self.factory.site.buildProtocol(self.peer_address())
@@ -571,9 +578,9 @@ class WebFactory(PortFactory):
         except CertificateRequestTimeout as e:
             self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, str(e)), rule.describe(self.table.section))
             return True
-        if request.gone:
-            return True
         proto = request.janus_protocol
+        if request.gone or proto.lost:
+            return True  # nobody to answer: dropped quietly
         if conn.cert_levels():
             return False
         refusal = proto.transport.refusal
