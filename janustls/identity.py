@@ -138,7 +138,8 @@ def _san_values(cert: x509.Certificate, kind: type) -> list[Any]:
         ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     except x509.ExtensionNotFound:
         return []
-    return list(ext.value.get_values_for_type(kind))
+    san: x509.SubjectAlternativeName = ext.value  # type: ignore[assignment]
+    return list(san.get_values_for_type(kind))
 
 
 def _attrs(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> list[str]:

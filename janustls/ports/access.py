@@ -85,7 +85,7 @@ def _confirmed_names(ip: str) -> list[str]:
             infos = socket.getaddrinfo(candidate, None)
         except OSError:
             continue
-        if any(str(ipaddress.ip_address(info[4][0].split("%")[0])) == ip for info in infos):
+        if any(str(ipaddress.ip_address(str(info[4][0]).split("%")[0])) == ip for info in infos):
             confirmed.append(candidate)
     return confirmed
 

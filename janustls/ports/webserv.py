@@ -135,7 +135,7 @@ class JanusRequest(Request):
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
     def janus_protocol(self) -> WebProtocol:
-        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return]
+        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]
 
     @property
     def connection(self) -> Connection:
@@ -191,7 +191,7 @@ class JanusRequest(Request):
 
     # The body is held (bounded) while a certificate is requested mid-connection.
     def gotLength(self, length: int | None) -> None:
-        proto = self.channel.transport.wrappedProtocol
+        proto = self.janus_protocol
         if not proto.factory.table.uses_client_cert:
             return super().gotLength(length)
         command, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
@@ -783,7 +783,7 @@ class WebFactory(PortFactory):
         if request.gone or request.finished:
             return
         if request.startedWriting:
-            request.channel.transport.loseConnection()
+            request.janus_protocol.close()
             return
         request.responseHeaders.removeHeader(b"content-type")
         self._status(request, 500, "Internal Server Error", "The handler for this URL failed; the error is logged.")
