@@ -241,6 +241,10 @@ ON /need = call views:whoami client_cert=require
 [web:PPSTRICT13]
 ON /need = call views:whoami client_cert=require
 ON /open = call views:whoami
+{port_ini(pki, "CERTERR13", "none", tls_min="1.3")}
+[web:CERTERR13]
+ON /need = call views:whoami client_cert=require
+ON SSLCERTERR = call views:certerr
 {port_ini(pki, "CERTERR12", "none", tls_max="1.2")}
 [web:CERTERR12]
 ON /need = call views:whoami client_cert=require
@@ -775,10 +779,13 @@ def test_per_path_tls13_no_pha_without_handler_gets_default_page(server, pki):
     assert status == 403 and b"needs a client certificate" in body
 
 
-def test_per_path_refused_certificate_gets_sslcerterr(server, pki):
-    c = Client(server.port("CERTERR12"), client_context(pki, "expired", tls="1.2"))
+@pytest.mark.parametrize("port,tls,cert,reason", [("CERTERR12", "1.2", "expired", "expired"), ("CERTERR13", "1.3", "othera", "unknown_ca")])
+def test_per_path_refused_certificate_gets_sslcerterr(server, pki, port, tls, cert, reason):
+    c = Client(server.port(port), client_context(pki, cert, tls=tls, post_handshake_auth=tls == "1.3"))
     status, _, body = c.get("/need")
-    assert status == 403 and body == b"certerr: expired"
+    assert status == 403 and body == f"certerr: {reason}".encode()
+    status, _, body = c.get("/need")  # once per session: the same answer, no second request
+    assert status == 403 and body == f"certerr: {reason}".encode()
     c.close()
 
 
