@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from janustls.config import parse_definitions
 from janustls.errors import ConfigErrors
 from janustls.service import build_ports
-from tests.support import client_context, start, talk
+from tests.support import client_context, in_reactor, start, talk
 
 VIEWS = '''
 import json
@@ -883,6 +883,30 @@ def test_port_allow_error_is_located(pki, procs_dir):
             build(text, procs_dir)
         (err,) = e.value.errors
         assert (err.section, err.key) == ("port:W", "allow") and "identity expression" in err.message
+
+
+def test_table_and_port_allow_errors_reported_together(pki, procs_dir):
+    text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request', 'allow = nope:x')}\n[web:W]\nON GET FORBIDDEN = page pages/hello.html\n"
+    with pytest.raises(ConfigErrors) as e:
+        build(text, procs_dir)
+    assert {(err.section, err.key) for err in e.value.errors} == {("web:W", "ON GET FORBIDDEN"), ("port:W", "allow")}
+
+
+def test_wsgi_port_restarts(pki, reactor, procs_dir):
+    text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON /app/* = wsgi wsgiapp:app\n"
+    s = start(text, procs_dir)
+    try:
+        ctx = client_context(None)
+        c = Client(s.port("W"), ctx)
+        assert c.get("/app/x")[0] == 200
+        c.close()
+        in_reactor(s.service.stopService)
+        in_reactor(s.service.startService)
+        c = Client(s.port("W"), ctx)
+        assert c.get("/app/y")[0] == 200
+        c.close()
+    finally:
+        s.stop()
 
 
 def test_janustls_check_reports_web_errors(pki, procs_dir, tmp_path):

@@ -430,8 +430,17 @@ class WebFactory(PortFactory):
         resolve = resolver_for(procs, resources=True)
         kind, _, name = port.section.partition(":")
         section = f"web:{name.strip() or port.name}" if kind.strip().lower() == "port" else f"web:{port.name}"
-        self.table: RuleTable = build_table(lines, source=port.source, section=section, resolve=resolve)
-        self.policy: Policy | None = build_policy(port, procs)
+        errors: list[ConfigError] = []  # the table's and the port's `allow` mistakes, reported together
+        try:
+            self.table: RuleTable = build_table(lines, source=port.source, section=section, resolve=resolve)
+        except ConfigErrors as e:
+            errors.extend(e.errors)
+        try:
+            self.policy: Policy | None = build_policy(port, procs)
+        except ConfigErrors as e:
+            errors.extend(e.errors)
+        if errors:
+            raise ConfigErrors(errors)
         self.pages = PageCache(procs)
         self.reactor = runtime.reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=10, name=f"janustls-wsgi-{port.name}")
@@ -468,6 +477,10 @@ class WebFactory(PortFactory):
         super().doStart()
         self.site.doStart()
         if self._wsgi and not self.pool.started:
+            if self.pool.joined:  # stopped before: a ThreadPool does not restart
+                self.pool = ThreadPool(minthreads=0, maxthreads=10, name=self.pool.name)
+                for resource in self._wsgi.values():
+                    resource._threadpool = self.pool
             self.pool.start()
 
     def doStop(self) -> None:
