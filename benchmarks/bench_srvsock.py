@@ -69,11 +69,19 @@ def raise_nofile() -> None:
 # -- the servers (run as `bench_srvsock.py --serve KIND --dir DIR`) ---------------------------
 
 
-def _begin_logging(directory: Path, kind: str) -> None:
+def _begin_logging(directory: Path, kind: str, log: str) -> None:
+    """`discard`: events are emitted and published, then dropped; `file`: a text log file, as twistd writes."""
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    out = open(directory / f"{kind}.log", "a", encoding="utf-8")  # noqa: SIM115 - lives with the process
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
+    if log == "file":
+        out = open(directory / f"{kind}.log", "a", encoding="utf-8")  # noqa: SIM115 - lives with the process
+        observer = textFileLogObserver(out)
+    else:
+
+        def observer(event: dict[str, Any]) -> None:
+            pass
+
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
 
 
 def _serve_janustls(directory: Path, reactor: Any) -> int:
@@ -102,7 +110,7 @@ handler = benchecho:serve
     return int(listening.getHost().port)
 
 
-def _serve_bare(directory: Path, reactor: Any) -> int:
+def _serve_bare(directory: Path, reactor: Any, release_buffers: bool = False) -> int:
     import hashlib
 
     from OpenSSL import SSL, crypto
@@ -116,6 +124,8 @@ def _serve_bare(directory: Path, reactor: Any) -> int:
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
     ctx.set_cipher_list(BARE_CIPHERS.encode("ascii"))
+    if release_buffers:
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
     ctx.use_certificate_chain_file(str(directory / "server" / "server.pem"))
     ctx.use_privatekey_file(str(directory / "server" / "server.key"))
     ctx.check_privatekey()
@@ -148,19 +158,29 @@ def _serve_bare(directory: Path, reactor: Any) -> int:
     return int(reactor.listenTCP(0, tls, backlog=1024, interface="127.0.0.1").getHost().port)
 
 
-def serve(kind: str, directory: Path) -> None:
+def serve(kind: str, directory: Path, log: str, profile: Path | None = None) -> None:
     raise_nofile()
     from twisted.internet import reactor
 
-    _begin_logging(directory, kind)
+    _begin_logging(directory, kind, log)
 
     def start() -> None:
-        port = (_serve_janustls if kind == "janustls" else _serve_bare)(directory, reactor)
+        if kind == "janustls":
+            port = _serve_janustls(directory, reactor)
+        else:
+            port = _serve_bare(directory, reactor, release_buffers=kind == "bare-release")
         sys.stdout.write(f"PORT {port}\n")
         sys.stdout.flush()
 
     reactor.callWhenRunning(start)
-    reactor.run()  # type: ignore[attr-defined]
+    if profile is None:
+        reactor.run()  # type: ignore[attr-defined]
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.runcall(reactor.run)  # type: ignore[attr-defined]
+    profiler.dump_stats(str(profile / f"{kind}.prof"))
 
 
 # -- the clients (worker processes driven over pipes) ---------------------------------------------
@@ -327,9 +347,10 @@ class ServerProcess:
             self.proc.wait()
 
 
-def start_server(kind: str, directory: Path) -> ServerProcess:
+def start_server(kind: str, directory: Path, log: str, profile: Path | None = None) -> ServerProcess:
+    extra = ["--profile", str(profile)] if profile else []
     proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", kind, "--dir", str(directory)],
+        [sys.executable, os.path.abspath(__file__), "--serve", kind, "--dir", str(directory), "--log", log, *extra],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -396,26 +417,35 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: one round, small counts (seconds)")
     ap.add_argument("--rounds", type=int, default=None, help="A/B rounds per CPU workload (default 7; 1 with --quick)")
-    ap.add_argument("--handshakes", type=int, default=None, help="full handshakes per measurement (default 600)")
-    ap.add_argument("--resumes", type=int, default=None, help="resumed handshakes per measurement (default 900)")
-    ap.add_argument("--echoes", type=int, default=None, help="echo round trips per measurement (default 12000)")
+    ap.add_argument("--handshakes", type=int, default=None, help="full handshakes per measurement (default 1500)")
+    ap.add_argument("--resumes", type=int, default=None, help="resumed handshakes per measurement (default 2000)")
+    ap.add_argument("--echoes", type=int, default=None, help="echo round trips per measurement (default 40000)")
     ap.add_argument("--echo-size", type=int, default=64, help="bytes per echo (default 64)")
     ap.add_argument("--connections", type=int, default=None, help="idle connections for the memory figure (default 2000)")
     ap.add_argument("--clients", type=int, default=3, help="client processes (default 3)")
     ap.add_argument("--only", choices=SERVERS, help=argparse.SUPPRESS)
-    ap.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--log", choices=("discard", "file"), default="discard",
+        help="discard (default): every log event is emitted and published, the observer drops it; "
+        "file: both servers write a text log file, as twistd does (janustls writes two lines per connection)",
+    )
+    ap.add_argument("--serve", choices=(*SERVERS, "bare-release"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="run the servers under cProfile and write DIR/janustls.prof and DIR/bare.prof (figures then include its overhead)",
+    )
     args = ap.parse_args(argv)
 
     if args.serve:
-        serve(args.serve, args.dir)
+        serve(args.serve, args.dir, args.log, args.profile)
         return 0
 
     quick = args.quick
     rounds = args.rounds or (1 if quick else 7)
-    handshakes = args.handshakes or (30 if quick else 600)
-    resumes = args.resumes or (30 if quick else 900)
-    echoes = args.echoes or (300 if quick else 12000)
+    handshakes = args.handshakes or (30 if quick else 1500)
+    resumes = args.resumes or (30 if quick else 2000)
+    echoes = args.echoes or (300 if quick else 40000)
     connections = args.connections or (150 if quick else 2000)
     counts = {"handshake": handshakes, "resumed": resumes, "echo": echoes}
 
@@ -449,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             kinds = [args.only] if args.only else list(SERVERS)
             for kind in kinds:
-                servers[kind] = start_server(kind, directory)
+                servers[kind] = start_server(kind, directory, args.log, args.profile)
             # Warm-up: imports, first handshakes, the allocator's first arenas.
             for kind in kinds:
                 for workload in WORKLOADS:
@@ -469,8 +499,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # Memory: a fresh process per server, one at a time.
             memory: dict[str, tuple[float, int, int]] = {}
-            for kind in kinds:
-                servers[kind] = start_server(kind, directory)
+            for kind in (*kinds, "bare-release"):
+                servers[kind] = start_server(kind, directory, args.log)
                 memory[kind] = measure_memory(servers[kind], clients, connections)
                 servers.pop(kind).stop()
         finally:
@@ -501,13 +531,20 @@ def main(argv: list[str] | None = None) -> int:
     ratio = f"{mem['janustls'] / mem['bare']:.3f}" if both else "-"
     print(f"{'memory per idle connection (KiB RSS)':<40} {j:>10} {b:>10} {ratio:>14}  {'':>26}")
     print()
-    for kind in kinds:
+    per = memory["bare-release"][0]
+    print(
+        f"{'  reference: bare + MODE_RELEASE_BUFFERS':<40} {'':>10} {_fmt(per):>10}"
+        f"    (janustls sets this mode; the bare server above does not)"
+    )
+    print()
+    for kind in (*kinds, "bare-release"):
         per, base, loaded = memory[kind]
         print(f"memory {kind}: VmRSS {base} KiB after warm-up -> {loaded} KiB with {connections} connections")
     for workload in WORKLOADS:
         for kind in kinds:
             values = ", ".join(_fmt(v) for v in per_op[workload][kind])
             print(f"{workload} {kind} per round (us): {values}")
+    print(f"log events: {args.log} ({'observer drops them' if args.log == 'discard' else 'text log file, as twistd'})")
     print(f"targets: CPU janustls/bare <= 1.05 per workload; janustls <= 35 KiB per idle connection")
     print(f"elapsed: {time.monotonic() - started:.0f}s")
     return 0
