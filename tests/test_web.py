@@ -909,6 +909,30 @@ def test_wsgi_port_restarts(pki, reactor, procs_dir):
         s.stop()
 
 
+def test_reload_keeps_web_ports_serving(pki, reactor, procs_dir):
+    """After a reload, established keep-alive connections and new ones are served; exception handling holds."""
+    text = f"""[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'R', 'require')}
+[web:R]
+ON /app/* = wsgi wsgiapp:app
+ON /who = call views:whoami
+ON SSLNOCERTERR = page pages/nocert.html status=401
+"""
+    s = start(text, procs_dir)
+    try:
+        if not hasattr(s.service, "reload"):
+            pytest.skip("no reload in this version")
+        old = Client(s.port("R"), client_context(pki, "alice"))
+        assert old.get("/app/x")[0] == 200
+        assert in_reactor(s.service.reload, parse_definitions(text.replace("status=401", "status=402"), "test.ini", procs_dir))
+        assert old.get("/app/y")[0] == 200  # the old factory's connection still runs WSGI
+        assert old.get("/who")[2].startswith(b"cn=alice")
+        old.close()
+        assert get(s, "R", "/app/z", pki, "alice")[0] == 200
+        assert get(s, "R", "/who", pki, None)[0] == 402  # the new table, the TLS layer still only requests
+    finally:
+        s.stop()
+
+
 def test_janustls_check_reports_web_errors(pki, procs_dir, tmp_path):
     ini = tmp_path / "ports.ini"
     ini.write_text(f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON FORBIDDEN* = page x\nON /y = page pages/absent.html\n")

@@ -31,7 +31,6 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -443,13 +442,14 @@ class WebFactory(PortFactory):
             raise ConfigErrors(errors)
         self.pages = PageCache(procs)
         self.reactor = runtime.reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=10, name=f"janustls-wsgi-{port.name}")
+        # WSGI applications run in the reactor's thread pool: it lives as long as the process,
+        # so connections that outlive a reload (PortTLSFactory.adopt) keep a running pool.
         self._wsgi: dict[int, JanusWSGIResource] = {}
         for rule in self.table.rules:
             if rule.action is Action.WSGI:
                 if not callable(rule.handler):
                     raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is not a WSGI application")])
-                self._wsgi[rule.index] = JanusWSGIResource(self.reactor, self.pool, rule.handler)
+                self._wsgi[rule.index] = JanusWSGIResource(self.reactor, None, rule.handler)
         problems = []
         for rule in self.table.exceptions.values():
             if rule.action is Action.PAGE and self.pages.get(rule.target) is None:
@@ -476,18 +476,13 @@ class WebFactory(PortFactory):
     def doStart(self) -> None:
         super().doStart()
         self.site.doStart()
-        if self._wsgi and not self.pool.started:
-            if self.pool.joined:  # stopped before: a ThreadPool does not restart
-                self.pool = ThreadPool(minthreads=0, maxthreads=10, name=self.pool.name)
-                for resource in self._wsgi.values():
-                    resource._threadpool = self.pool
-            self.pool.start()
+        for resource in self._wsgi.values():
+            if resource._threadpool is None:
+                resource._threadpool = self.reactor.getThreadPool()
 
     def doStop(self) -> None:
         super().doStop()
         self.site.doStop()
-        if self.pool.started:
-            self.pool.stop()
 
     def hold_limit(self, method: bytes, path: bytes) -> int | None:
         """The body bound for a request whose rule asks for a certificate mid-connection."""
