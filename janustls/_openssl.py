@@ -23,6 +23,10 @@ __all__ = [
     "verify_client_post_handshake",
     "watch_client_finished",
     "drive_handshake",
+    "certificate_der",
+    "verified_chain_der",
+    "peer_certificate_der",
+    "release_bio_buffers",
 ]
 
 _lib: Any = Binding.lib
@@ -108,3 +112,82 @@ def set_store_purpose_ssl_client(store: Any) -> None:
     it on the store (pyOpenSSL has no setter; the store's pointer is private).
     """
     _lib.X509_STORE_set_purpose(store._store, _lib.X509_PURPOSE_SSL_CLIENT)  # noqa: SLF001
+
+
+# -- certificates as DER without pyOpenSSL's per-certificate wrappers (the per-handshake path) --
+
+
+def _x509_der(x509_ptr: Any) -> bytes:
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:
+        raise MemoryError("BIO_new")
+    try:
+        if _lib.i2d_X509_bio(bio, x509_ptr) != 1:
+            raise ValueError("cannot encode a certificate as DER")
+        buf = _ffi.new("char**")
+        size = _lib.BIO_get_mem_data(bio, buf)
+        return _ffi.buffer(buf[0], size)[:]  # type: ignore[no-any-return]
+    finally:
+        _lib.BIO_free(bio)
+
+
+def certificate_der(cert: Any) -> bytes:
+    """The DER of a pyOpenSSL X509 (as a verify callback gets it), without a BIO round trip in Python."""
+    return _x509_der(cert._x509)  # noqa: SLF001
+
+
+def verified_chain_der(connection: SSL.Connection) -> list[bytes] | None:
+    """The chain OpenSSL verified for this handshake, leaf to anchor, as DER; None when it did not verify one.
+
+    What `get_verified_chain(as_cryptography=True)` returns, without making a pyOpenSSL
+    and a `cryptography` object per certificate: the caller parses only DER it has not seen.
+    """
+    stack = _lib.SSL_get0_verified_chain(connection_pointer(connection))
+    if stack == _ffi.NULL:
+        return None
+    return [_x509_der(_lib.sk_X509_value(stack, i)) for i in range(_lib.sk_X509_num(stack))]
+
+
+def peer_certificate_der(connection: SSL.Connection) -> bytes | None:
+    """The client's certificate as DER (also on a resumed session); None without one."""
+    cert = _lib.SSL_get_peer_certificate(connection_pointer(connection))
+    if cert == _ffi.NULL:
+        return None
+    try:
+        return _x509_der(cert)
+    finally:
+        _lib.X509_free(cert)
+
+
+def release_bio_buffers(connection: SSL.Connection) -> bool:
+    """Give back the memory BIOs' buffers, grown to the size of the handshake's flights.
+
+    OpenSSL's memory BIOs keep their largest size for the connection's life (about
+    5 KiB after a mutual-TLS handshake); MODE_RELEASE_BUFFERS does not cover them.
+    When both are empty, fresh ones replace them (SSL_set_bio frees the old ones)
+    and pyOpenSSL's private references follow.  False, and nothing changed, when
+    either holds bytes or the connection has no memory BIOs.
+    """
+    into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
+    if into is None or out is None:
+        return False
+    buf = _ffi.new("char**")
+    if _lib.BIO_get_mem_data(into, buf) != 0 or _lib.BIO_get_mem_data(out, buf) != 0:
+        return False
+    new_into = _lib.BIO_new(_lib.BIO_s_mem())
+    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    if new_into == _ffi.NULL or new_out == _ffi.NULL:
+        for bio in (new_into, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return False
+    _lib.SSL_set_bio(connection_pointer(connection), new_into, new_out)
+    connection._into_ssl, connection._from_ssl = new_into, new_out  # noqa: SLF001
+    return True
+
+
+HAS_RAW_CERTIFICATE_ACCESS: bool = all(
+    hasattr(_lib, name)
+    for name in ("SSL_get0_verified_chain", "sk_X509_num", "sk_X509_value", "i2d_X509_bio", "BIO_get_mem_data",
+                 "SSL_get_peer_certificate", "X509_free", "SSL_set_bio")
+)  # fmt: skip

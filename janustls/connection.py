@@ -33,13 +33,13 @@ class Connection:
 
     __slots__ = (
         "_protocol", "_chain", "tls_version", "cipher", "peer", "port_name",
-        "_buffer", "_waiting", "_eof", "_paused", "_asked", "_request",
+        "_buffer", "_waiting", "_eof", "_paused", "_asked", "_request", "_read_size",
     )  # fmt: skip
 
     def __init__(
         self,
         protocol: PortProtocol,
-        chain: list[x509.Certificate],
+        chain: list[x509.Certificate] | CertChain,
         *,
         tls_version: str,
         cipher: str,
@@ -48,13 +48,16 @@ class Connection:
         asked: bool,
     ) -> None:
         self._protocol = protocol
-        self._chain = CertChain(chain) if chain else EMPTY_CHAIN
+        self._chain = chain if isinstance(chain, CertChain) else CertChain(chain) if chain else EMPTY_CHAIN
         self.tls_version = tls_version
         self.cipher = cipher
         self.peer = peer
         self.port_name = port_name
         self._buffer = bytearray()
         self._waiting: tuple[defer.Deferred[bytes], Callable[[], bytes | None]] | None = None
+        # The size of a waiting `read()` (0 for other reads): bytes that arrive for it
+        # while nothing is buffered are handed over as they are, without the buffer.
+        self._read_size = 0
         self._eof = False
         self._paused = False
         # Janus: a certificate is requested at most once per TLS session.
@@ -135,15 +138,21 @@ class Connection:
         """Up to `n` bytes as soon as any are there; b"" at end of stream."""
         if n <= 0:
             raise ValueError("read() needs a positive size")
+        if self._waiting is not None:
+            raise RuntimeError("another read is already waiting on this connection")
+        self._read_size = n
+        d = self._wait(self._take_read)
+        if self._waiting is None:
+            self._read_size = 0
+        return d
 
-        def take() -> bytes | None:
-            if self._buffer:
-                data = bytes(self._buffer[:n])
-                del self._buffer[:n]
-                return data
-            return b"" if self._eof else None
-
-        return self._wait(take)
+    def _take_read(self) -> bytes | None:
+        if self._buffer:
+            n = self._read_size
+            data = bytes(self._buffer[:n])
+            del self._buffer[:n]
+            return data
+        return b"" if self._eof else None
 
     def readexactly(self, n: int) -> defer.Deferred[bytes]:
         """Exactly `n` bytes, or fewer only at end of stream."""
@@ -202,6 +211,12 @@ class Connection:
 
     def _feed(self, data: bytes) -> None:
         """Bytes from the client (called by the port protocol)."""
+        if data and self._read_size >= len(data) and not self._buffer and self._waiting is not None:
+            d = self._waiting[0]
+            self._waiting = None
+            self._read_size = 0
+            d.callback(bytes(data))
+            return
         self._buffer += data
         self._wake()
         if not self._paused and len(self._buffer) > READ_BUFFER_HIGH:
@@ -221,10 +236,12 @@ class Connection:
             data = take()
         except Exception as e:
             self._waiting = None
+            self._read_size = 0
             d.errback(e)
             return
         if data is not None:
             self._waiting = None
+            self._read_size = 0
             self._after_read()
             d.callback(data)
 

@@ -6,6 +6,7 @@ events without parsing text.  Identifiers are part of the interface: add, never 
 
 from __future__ import annotations
 
+from time import time as _time
 from typing import Any
 
 from twisted.logger import Logger, LogLevel
@@ -70,5 +71,22 @@ CATALOGUE: dict[str, str] = {
 
 
 def emit(event_id: str, text: str, level: LogLevel = LogLevel.info, **fields: Any) -> None:
-    """Emit one catalogued event; `text` is a twisted.logger format string over `fields`."""
-    log.emit(level, text, event_id=event_id, **fields)
+    """Emit one catalogued event; `text` is a twisted.logger format string over `fields`.
+
+    The event is the one `log.emit(level, text, event_id=..., **fields)` makes, handed
+    to the observer directly: Logger.emit checks the level against a sorted list of
+    every level on each call, a cost paid on every connection (twice).
+    """
+    if level.__class__ is not LogLevel:
+        log.emit(level, text, event_id=event_id, **fields)  # let Logger report the bad level
+        return
+    event = {"event_id": event_id, **fields}
+    event.update(
+        log_logger=log,
+        log_level=level,
+        log_namespace=log.namespace,
+        log_source=log.source,
+        log_format=text,
+        log_time=_time(),
+    )
+    log.observer(event)

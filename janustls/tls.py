@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls import _openssl
+from janustls.certinfo import EMPTY_CHAIN, CertChain
 from janustls.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
@@ -55,6 +56,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     after_receive: Callable[[], None] | None = None
     _hello: bytes | None = None
     _hello_parsed: ClientHello | None = None
+    _buffers_released = False
 
     def makeConnection(self, transport: Any) -> None:
         if self.factory.keep_client_hello:
@@ -65,6 +67,12 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         if self._hello is not None and not self._handshakeDone and len(self._hello) < MAX_HELLO:
             self._hello += data
         super().dataReceived(data)
+        if not self._buffers_released and self._handshakeDone:
+            # Once, when the handshake's flights have gone: an idle connection then
+            # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
+            self._buffers_released = True
+            if not self._lostTLSConnection:
+                _openssl.release_bio_buffers(self._tlsConnection)
         if self.after_receive is not None:
             self.after_receive()
 
@@ -102,6 +110,13 @@ class PortTLS:
         self.material = material
         self.trust = trust
         self._checked: dict[tuple[bytes, int], Reason | None] = {}
+        # Per-handshake work done once per distinct certificate or chain, not per
+        # connection: parsed certificates by DER, and verified chains (shared, with
+        # their cert_info cache) by the DERs of the chain and by the leaf's DER (a
+        # resumed session has the leaf only).  Bounded like `_checked`.
+        self._certs: dict[bytes, x509.Certificate] = {}
+        self._chains: dict[tuple[bytes, ...], CertChain] = {}
+        self._by_leaf: dict[bytes, CertChain] = {}
         self.context = self._build_context()
 
     #: Set by webserv ports with exception rules (`janustls.ports.webserv`): a `require`
@@ -125,6 +140,7 @@ class PortTLS:
 
     def _build_context(self) -> SSL.Context:
         port = self.port
+        self._by_leaf.clear()  # sessions of a new Context were verified by it
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(_VERSIONS[port.tls_min])
         ctx.set_max_proto_version(_VERSIONS[port.tls_max])
@@ -189,12 +205,12 @@ class PortTLS:
                     _openssl.verify_error_string(errno),
                 )
             return self.tolerate_refused
-        der = crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
+        der = _openssl.certificate_der(cert)
         key = (der, depth)
         if key in self._checked:
             reason = self._checked[key]
         else:
-            parsed = x509.load_der_x509_certificate(der)
+            parsed = self._parsed(der)
             reason = self.trust.check(parsed, len(der), depth)
             if len(self._checked) >= _CHECK_CACHE_SIZE:
                 self._checked.clear()
@@ -207,16 +223,55 @@ class PortTLS:
 
     def verified_chain(self, connection: SSL.Connection) -> list[x509.Certificate]:
         """The client's chain, leaf to anchor; rebuilt for a resumed session; [] without one."""
+        return list(self.client_chain(connection).certificates)
+
+    def client_chain(self, connection: SSL.Connection) -> CertChain:
+        """The client's verified chain as a `CertChain`, shared by connections with the same chain.
+
+        A resumed session has the client's leaf but not the chain OpenSSL verified; the
+        chain this Context verified for that leaf is used, else `PortTrust.complete_chain`
+        rebuilds it.  EMPTY_CHAIN without a certificate.
+        """
         if self.tolerate_refused and _openssl.tls_protocol_of(connection).refusal is not None:
-            return []  # recorded, never verified: the web layer answers SSLCERTERR
-        chain = connection.get_verified_chain(as_cryptography=True)
-        if chain:
-            return list(chain)
-        leaf = connection.get_peer_certificate(as_cryptography=True)
-        if leaf is None:
-            return []
-        rest = connection.get_peer_cert_chain(as_cryptography=True) or []
-        return self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
+            return EMPTY_CHAIN  # recorded, never verified: the web layer answers SSLCERTERR
+        ders = _openssl.verified_chain_der(connection)
+        if ders:
+            key = tuple(ders)
+            chain = self._chains.get(key)
+            if chain is None:
+                chain = CertChain([self._parsed(der) for der in ders])
+                if len(self._chains) >= _CHECK_CACHE_SIZE:
+                    self._chains.clear()
+                self._chains[key] = chain
+                self._remember_leaf(ders[0], chain)
+            return chain
+        leaf_der = _openssl.peer_certificate_der(connection)
+        if leaf_der is None:
+            return EMPTY_CHAIN
+        chain = self._by_leaf.get(leaf_der)
+        if chain is None:
+            leaf = self._parsed(leaf_der)
+            rest = connection.get_peer_cert_chain(as_cryptography=True) or []
+            certs = self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
+            if not certs:
+                return EMPTY_CHAIN
+            chain = CertChain(certs)
+            self._remember_leaf(leaf_der, chain)
+        return chain
+
+    def _parsed(self, der: bytes) -> x509.Certificate:
+        cert = self._certs.get(der)
+        if cert is None:
+            cert = x509.load_der_x509_certificate(der)
+            if len(self._certs) >= _CHECK_CACHE_SIZE:
+                self._certs.clear()
+            self._certs[der] = cert
+        return cert
+
+    def _remember_leaf(self, der: bytes, chain: CertChain) -> None:
+        if len(self._by_leaf) >= _CHECK_CACHE_SIZE:
+            self._by_leaf.clear()
+        self._by_leaf[der] = chain
 
 
 def refusal_for_failure(tls_protocol: PortTLSProtocol, failure: Failure | None) -> Refusal | None:

@@ -97,8 +97,8 @@ class PortProtocol(Protocol):
             self._handshake_timer = None
         rt = self.factory.runtime
         handle: SSL.Connection = self.transport.getHandle()
-        chain = rt.tls.verified_chain(handle)
-        rt.tls.trust.count_signed(chain)
+        chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
+        rt.tls.trust.count_signed(chain.certificates)
         rt.accepted += 1
         conn = Connection(
             self,

@@ -40,7 +40,10 @@ class SrvsockProtocol(PortProtocol):
         else:
             self.close()
             return
-        d.addCallbacks(lambda _: self.close(), self._handler_failed)
+        d.addCallbacks(self._handler_returned, self._handler_failed)
+
+    def _handler_returned(self, result: object) -> None:
+        self.close()
 
     def _handler_failed(self, failure: Failure) -> None:
         emit(
