@@ -191,3 +191,117 @@ HAS_RAW_CERTIFICATE_ACCESS: bool = all(
     for name in ("SSL_get0_verified_chain", "sk_X509_num", "sk_X509_value", "i2d_X509_bio", "BIO_get_mem_data",
                  "SSL_get_peer_certificate", "X509_free", "SSL_set_bio")
 )  # fmt: skip
+
+
+# -- TLS session ticket keys (shared by worker processes and machines) ------------------------
+
+#: SSL_CTRL_GET/SET_TLSEXT_TICKET_KEYS and the size of the key block (name 16, HMAC 32, AES 32).
+_GET_TICKET_KEYS, _SET_TICKET_KEYS, TICKET_KEYS_SIZE = 58, 59, 80
+_ticket_ctrl: Any = None
+_ticket_ctrl_checked = False
+
+
+def _elf_function_symbols(path: str, names: set[str]) -> dict[str, int]:
+    """The values of function symbols in an ELF64 file's full symbol table (.symtab)."""
+    import mmap
+    import struct
+
+    found: dict[str, int] = {}
+    wanted = {n.encode() for n in names}
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:  # 64-bit little-endian only
+            return found
+        (shoff,) = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+        sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+        for sh in sections:
+            if sh[1] != 2:  # SHT_SYMTAB
+                continue
+            offset, size, link, entsize = sh[4], sh[5], sh[6], sh[9]
+            strtab = sections[link][4]
+            for st_name, st_info, _, _, st_value, _ in struct.iter_unpack("<IBBHQQ", data[offset : offset + size - size % entsize]):
+                if st_value and st_info & 0xF == 2:
+                    start = strtab + st_name
+                    name = data[start : data.find(b"\0", start)]
+                    if name in wanted:
+                        found[name.decode()] = int(st_value)
+                        if len(found) == len(wanted):
+                            return found
+    return found
+
+
+def _find_ticket_ctrl() -> Any:
+    """SSL_CTX_ctrl of the OpenSSL that pyOpenSSL uses, or None.
+
+    Neither pyOpenSSL nor cryptography's bindings expose a ticket-key setter or
+    SSL_CTX_ctrl, and the OpenSSL that cryptography bundles is linked into its
+    extension with hidden symbols.  The extension ships its full symbol table, so
+    the function's address is the extension's load address plus the symbol's value.
+    Every step is checked: the load address against an exported symbol, and the
+    function itself by a set-then-get round trip on a scratch Context; any doubt
+    means None (and session tickets stay per process).
+    """
+    import ctypes
+    import os
+
+    from cryptography.hazmat.bindings import _rust
+
+    path = os.path.realpath(_rust.__file__)
+    base = None
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            parts = line.split()
+            if len(parts) >= 6 and parts[5] == path and int(parts[2], 16) == 0:
+                base = int(parts[0].split("-")[0], 16)
+                break
+    if base is None:
+        return None
+    symbols = _elf_function_symbols(path, {"PyInit__rust", "SSL_CTX_ctrl"})
+    exported, value = symbols.get("PyInit__rust"), symbols.get("SSL_CTX_ctrl")
+    if exported is None or value is None:
+        return None
+    if base + exported != ctypes.cast(ctypes.CDLL(path).PyInit__rust, ctypes.c_void_p).value:
+        return None
+    ctrl = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p)(base + value)
+    scratch = SSL.Context(SSL.TLS_SERVER_METHOD)
+    pointer = int(_ffi.cast("uintptr_t", scratch._context))  # noqa: SLF001
+    probe = bytes(range(TICKET_KEYS_SIZE))
+    back = ctypes.create_string_buffer(TICKET_KEYS_SIZE)
+    if ctrl(pointer, _SET_TICKET_KEYS, TICKET_KEYS_SIZE, probe) != 1:
+        return None
+    if ctrl(pointer, _GET_TICKET_KEYS, TICKET_KEYS_SIZE, back) != 1 or back.raw != probe:
+        return None
+    return ctrl
+
+
+def ticket_keys_supported() -> bool:
+    """Whether `set_ticket_keys` can work here (found and checked once per process)."""
+    global _ticket_ctrl, _ticket_ctrl_checked
+    if not _ticket_ctrl_checked:
+        _ticket_ctrl_checked = True
+        try:
+            _ticket_ctrl = _find_ticket_ctrl()
+        except Exception:  # any surprise: no shared tickets, never a crash
+            _ticket_ctrl = None
+    return _ticket_ctrl is not None
+
+
+def set_ticket_keys(context: SSL.Context, keys: bytes) -> bool:
+    """Give a Context the session-ticket keys (80 bytes); False if this OpenSSL cannot."""
+    if len(keys) != TICKET_KEYS_SIZE:
+        raise ValueError(f"ticket keys are {TICKET_KEYS_SIZE} bytes, not {len(keys)}")
+    if not ticket_keys_supported():
+        return False
+    pointer = int(_ffi.cast("uintptr_t", context._context))  # noqa: SLF001
+    return bool(_ticket_ctrl(pointer, _SET_TICKET_KEYS, TICKET_KEYS_SIZE, keys) == 1)
+
+
+def get_ticket_keys(context: SSL.Context) -> bytes | None:
+    """A Context's session-ticket keys (tests compare workers' keys), or None."""
+    import ctypes
+
+    if not ticket_keys_supported():
+        return None
+    out = ctypes.create_string_buffer(TICKET_KEYS_SIZE)
+    pointer = int(_ffi.cast("uintptr_t", context._context))  # noqa: SLF001
+    return out.raw if _ticket_ctrl(pointer, _GET_TICKET_KEYS, TICKET_KEYS_SIZE, out) == 1 else None

@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -140,8 +140,11 @@ class StateCollector(Collector):
     `ports` is a callable so that a reload (which replaces the list) is seen at once.
     """
 
-    def __init__(self, ports: Any) -> None:
+    def __init__(self, ports: Any, live: bool = True) -> None:
         self._ports = ports
+        # False in the parent of worker processes: NumSigned and open connections live
+        # in the workers and come from their multi-process metrics instead.
+        self._live = live
 
     def collect(self) -> Iterator[Metric]:
         cert = GaugeMetricFamily(
@@ -151,7 +154,7 @@ class StateCollector(Collector):
         crl = GaugeMetricFamily(
             "janustls_crl_next_update_timestamp_seconds", "A CRL of the port: its nextUpdate", labels=["port", "issuer"]
         )
-        signed = CounterMetricFamily(
+        signed = GaugeMetricFamily(
             "janustls_ca_signed", "Accepted client chains per trust anchor (Janus STATUSCA NumSigned)", labels=["port", "ca"]
         )
         tcp = GaugeMetricFamily(
@@ -174,7 +177,7 @@ class StateCollector(Collector):
                 if r.next_update_utc is not None:
                     crl.add_metric([name, r.issuer.rfc4514_string()], _ts(r.next_update_utc))
             tcp.add_metric([name], float(len(getattr(b.factory, "protocols", ()))))
-        yield from (cert, ca, crl, signed, tcp)
+        yield from (cert, ca, crl, signed, tcp) if self._live else (cert, ca, crl)
 
 
 def multiprocess_dir() -> str | None:

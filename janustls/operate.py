@@ -8,18 +8,46 @@ drain of open connections on shutdown.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterable
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 
 from janustls.events import emit
 from janustls.logs import log_observer
 
-__all__ = ["ServerRoot", "install_sighup", "twistd_log_file"]
+__all__ = ["ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
+
+#: Seconds open connections get to finish after a shutdown starts.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
+
+def _open_protocols(ports: Iterable[Any]) -> list[Any]:
+    return [p for b in ports for p in list(getattr(b.factory, "protocols", {}))]
+
+
+@defer.inlineCallbacks
+def drain(ports: Iterable[Any], seconds: float, reactor: Any) -> Any:
+    """After the ports stopped listening: wait for their connections to end, at most `seconds`,
+    then close what is left.  Fires with the number of connections that had to be closed."""
+    ports = list(ports)
+    still = _open_protocols(ports)
+    emit("janustls.shutdown.draining", "shutting down: {open} connection(s) get up to {seconds}s to finish",
+         open=len(still), seconds=seconds)  # fmt: skip
+    deadline = reactor.seconds() + seconds
+    while still and reactor.seconds() < deadline:
+        yield deferLater(reactor, min(0.05, max(0.0, deadline - reactor.seconds())), lambda: None)
+        still = _open_protocols(ports)
+    for protocol in still:
+        protocol.abortConnection()
+    emit("janustls.shutdown.done", "shutdown: done; {left} connection(s) closed at the deadline", left=len(still))
+    return len(still)
 
 
 def install_sighup(reload: Callable[[], Any], reactor: Any) -> bool:
@@ -35,25 +63,34 @@ def install_sighup(reload: Callable[[], Any], reactor: Any) -> bool:
     return True
 
 
-def twistd_log_file(options: Any) -> IO[str]:
-    """Where twistd would log (its --logfile and --nodaemon), for the JSON observer."""
+def twistd_log_path(options: Any) -> str | None:
+    """The file twistd logs to (its --logfile and --nodaemon); None for standard output."""
     parent = getattr(options, "parent", None) or {}
     name = parent.get("logfile") if hasattr(parent, "get") else None
     nodaemon = bool(parent.get("nodaemon")) if hasattr(parent, "get") else True
     if name == "-" or (not name and nodaemon):
+        return None
+    return os.path.abspath(name or "twistd.log")
+
+
+def twistd_log_file(options: Any) -> IO[str]:
+    """Where twistd would log, for the JSON observer."""
+    path = twistd_log_path(options)
+    if path is None:
         return sys.stdout
     from twisted.python.logfile import LogFile
 
-    return LogFile.fromFullPath(name or "twistd.log")  # type: ignore[return-value]
+    return LogFile.fromFullPath(path)  # type: ignore[return-value]
 
 
 class ServerRoot(service.MultiService):
     """The service twistd runs: `inner` plus logging format, SIGHUP and drain-on-stop."""
 
     def __init__(self, inner: Any, *, log_format: str = "text", log_file: Callable[[], IO[str]] | None = None,
-                 reactor: Any = None) -> None:  # fmt: skip
+                 reactor: Any = None, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:  # fmt: skip
         super().__init__()
         self.inner = inner
+        self.drain_timeout = drain_timeout
         self.log_format = log_format
         self._log_file = log_file
         self._reactor = reactor
@@ -78,3 +115,15 @@ class ServerRoot(service.MultiService):
 
     def reload(self) -> Any:
         return self.inner.reload(why="signal")
+
+    def stopService(self) -> Any:
+        """Stop listening, then let open connections finish within drain_timeout."""
+        d = defer.maybeDeferred(super().stopService)
+        d.addCallback(lambda _: drain(getattr(self.inner, "ports", ()), self.drain_timeout, self._reactor or _global_reactor()))
+        return d
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor

@@ -38,6 +38,9 @@ class Options(usage.Options):
     optParameters = [
         ["port-def", "p", None, "The port-definition file (INI) to run."],
         ["log-format", None, "text", "text | json (one JSON object per line, each with its event_id)."],
+        ["workers", "w", "0", "Serve with N worker processes sharing the listening sockets (0: in this process)."],
+        ["ticket-key", None, None, "A file of random bytes: session ticket keys shared by workers and machines."],
+        ["drain-timeout", None, "10", "Seconds open connections get to finish at shutdown."],
     ]
 
     def postOptions(self) -> None:
@@ -47,6 +50,15 @@ class Options(usage.Options):
             raise usage.UsageError(f"--port-def: {self['port-def']} is not a file")
         if self["log-format"] not in ("text", "json"):
             raise usage.UsageError(f"--log-format: {self['log-format']!r}; expected text or json")
+        for key, convert, low in (("workers", int, 0), ("drain-timeout", float, 0)):
+            try:
+                self[key] = convert(self[key])
+            except ValueError:
+                raise usage.UsageError(f"--{key}: {self[key]!r} is not a number")
+            if self[key] < low:
+                raise usage.UsageError(f"--{key}: must be at least {low}")
+        if self["ticket-key"] is not None and not Path(self["ticket-key"]).is_file():
+            raise usage.UsageError(f"--ticket-key: {self['ticket-key']} is not a file")
 
 
 @implementer(IServiceMaker, IPlugin)
@@ -56,14 +68,30 @@ class JanusServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> MultiService:
-        from janustls.operate import ServerRoot, twistd_log_file
+        from janustls.operate import ServerRoot, twistd_log_file, twistd_log_path
 
+        from janustls import tickets
+        from janustls.errors import MaterialError
+
+        inner: Any
         try:
-            inner = JanusService(load_definitions(options["port-def"]))
+            definitions = load_definitions(options["port-def"])
+            if options["workers"] > 0:
+                from janustls.workers import WorkersService
+
+                inner = WorkersService(definitions, options["workers"], log_format=options["log-format"],
+                                       drain_timeout=options["drain-timeout"], ticket_key=options["ticket-key"],
+                                       log_path=twistd_log_path(options))  # fmt: skip
+            else:
+                tickets.configure(options["ticket-key"])
+                inner = JanusService(definitions)
         except ConfigErrors as e:
             raise SystemExit(f"janustls: {e}")
-        # SIGHUP reloads; --log-format json replaces twistd's text log.
-        return ServerRoot(inner, log_format=options["log-format"], log_file=lambda: twistd_log_file(options))
+        except MaterialError as e:
+            raise SystemExit(f"janustls: --ticket-key: {e}")
+        # SIGHUP reloads; --log-format json replaces twistd's text log; stopping drains.
+        return ServerRoot(inner, log_format=options["log-format"], log_file=lambda: twistd_log_file(options),
+                          drain_timeout=options["drain-timeout"])  # fmt: skip
 
 
 # -- the endpoint string plugin ----------------------------------------------------------

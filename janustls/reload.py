@@ -19,7 +19,8 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel
 
 from janustls.config import Definitions, load_definitions
-from janustls.errors import ConfigError, ConfigErrors
+from janustls import tickets
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.service import BuiltPort, PortService, build_port, build_ports
 
@@ -93,8 +94,11 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
     reactor = svc._reactor  # noqa: SLF001  # the reactor the service was built with (None: the global one)
     try:
+        tickets.reload_master()  # a rotated ticket key file takes effect with the new Contexts
         new_defs = definitions if definitions is not None else load_definitions(source)
         built = build_ports(new_defs, reactor)
+    except MaterialError as e:
+        return _failed(source, [str(e)])
     except ConfigErrors as e:
         return _failed(source, [str(x) for x in e.errors])
     except Exception as e:  # an unexpected failure while building must not half-apply either

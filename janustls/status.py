@@ -99,8 +99,33 @@ def metrics_registry(ports: Callable[[], Sequence[BuiltPort]]) -> CollectorRegis
         multiprocess.MultiProcessCollector(registry, path=directory)
     else:
         registry.register(_Forward(metrics.REGISTRY))
-    registry.register(metrics.StateCollector(ports))
+    registry.register(metrics.StateCollector(ports, live=not directory))
     return registry
+
+
+def merge_live_counts(doc: dict[str, Any], registry: CollectorRegistry) -> dict[str, Any]:
+    """With worker processes the parent's own ports never serve: take the live numbers
+    (open connections, accepted, refused, NumSigned) from the workers' metrics."""
+    totals: dict[tuple[str, str], float] = {}
+    signed: dict[tuple[str, str], float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            port = sample.labels.get("port", "")
+            if sample.name == "janustls_connections_open":
+                totals[(port, "open")] = totals.get((port, "open"), 0) + sample.value
+            elif sample.name == "janustls_handshakes_total":
+                totals[(port, "accepted")] = totals.get((port, "accepted"), 0) + sample.value
+            elif sample.name == "janustls_refusals_total":
+                totals[(port, "refused")] = totals.get((port, "refused"), 0) + sample.value
+            elif sample.name == "janustls_ca_signed":
+                signed[(port, sample.labels.get("ca", ""))] = signed.get((port, sample.labels.get("ca", "")), 0) + sample.value
+    for p in doc["ports"]:
+        p["open_connections"] = int(totals.get((p["name"], "open"), 0))
+        p["accepted"] = int(totals.get((p["name"], "accepted"), 0))
+        p["refused"] = int(totals.get((p["name"], "refused"), 0))
+        for ca in p["cas"]:
+            ca["signed"] = int(signed.get((p["name"], ca["subject"]), 0))
+    return doc
 
 
 class _Forward:
@@ -156,8 +181,14 @@ class StatusService(service.Service):
 
     def site(self) -> Site:
         root = Resource()
-        root.putChild(b"status", _Status(lambda: status_document(self.ports(), {"started": self.started, **self.extra()})))
-        root.putChild(b"metrics", _Metrics(metrics_registry(self.ports)))
+        registry = metrics_registry(self.ports)
+
+        def document() -> dict[str, Any]:
+            doc = status_document(self.ports(), {"started": self.started, **self.extra()})
+            return merge_live_counts(doc, registry) if metrics.multiprocess_dir() else doc
+
+        root.putChild(b"status", _Status(document))
+        root.putChild(b"metrics", _Metrics(registry))
         site = Site(root)
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not news

@@ -164,6 +164,10 @@ class PortTLS:
         if not port.session_cache or self.tolerate_refused:  # a refused client must not resume
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_options(SSL.OP_NO_TICKET)
+        else:
+            from janustls import tickets
+
+            tickets.apply(ctx, port.name)  # keys shared by workers and machines, when configured
         store = ctx.get_cert_store()
         assert store is not None
         for ca in self.trust.cas:

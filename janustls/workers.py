@@ -1,0 +1,420 @@
+"""`--workers N`: N processes serving the same listening sockets, one reload for all.
+
+The parent validates the definition file, opens every port's listening socket
+itself and never accepts on it; each worker is a fresh Python process that adopts
+the sockets (`reactor.adoptStreamPort`) and serves them, so the kernel spreads
+connections across the workers.  Session tickets are encrypted with keys derived
+from one key file (`janustls.tickets`; the parent makes a private one when the
+operator gives none), so any worker resumes any other's sessions.
+
+A reload (SIGHUP to the parent) validates the new file in the parent; only then
+does it open added ports' sockets, start a new generation of workers on them and,
+once they are serving, stop the old generation gracefully (they stop accepting and
+drain).  The listening sockets stay open in the parent throughout, so no connection
+attempt is refused.  A worker that dies is replaced.  Counters are prometheus-client
+multi-process values, which the parent's /metrics adds up; /status takes its live
+numbers from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+import janustls
+from janustls import tickets
+from janustls.config import Definitions, load_definitions
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.events import emit
+from janustls.service import BuiltPort, build_ports
+
+__all__ = ["WorkersService", "AdoptedEndpoint", "worker_main", "ENV_WORKER"]
+
+#: Set in a worker's environment: its index (0..N-1).
+ENV_WORKER = "JANUSTLS_WORKER"
+_READY_FD = 3
+_FIRST_SOCKET_FD = 4
+_READY_TIMEOUT = 60.0
+_RESPAWN_DELAY = 1.0
+
+
+@implementer(IStreamServerEndpoint)
+class AdoptedEndpoint:
+    """Listen on a socket inherited from the parent instead of binding one."""
+
+    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+        self._reactor = reactor
+        self._fd = fd
+        self._family = family
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        return defer.execute(self._reactor.adoptStreamPort, self._fd, self._family, factory)
+
+
+class _NoConnections(protocol.Factory):
+    """The parent's listening sockets never accept (it stops reading them at once)."""
+
+    def buildProtocol(self, addr: Any) -> None:
+        return None
+
+
+class _Worker(protocol.ProcessProtocol):
+    def __init__(self, parent: WorkersService, index: int, generation: int) -> None:
+        self.parent = parent
+        self.index = index
+        self.generation = generation
+        self.pid: int | None = None
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self.ended: defer.Deferred[None] = defer.Deferred()
+        self._buffer = b""
+
+    def connectionMade(self) -> None:
+        self.pid = self.transport.pid  # type: ignore[union-attr]
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == _READY_FD:
+            self._buffer += data
+            if b"ready" in self._buffer and not self.ready.called:
+                self.ready.callback(None)
+
+    def signal(self, name: str) -> None:
+        try:
+            self.transport.signalProcess(name)  # type: ignore[union-attr]
+        except Exception:  # already gone
+            pass
+
+    def processEnded(self, reason: Failure) -> None:
+        status = getattr(reason.value, "status", None)
+        if not self.ready.called:
+            self.ready.errback(RuntimeError(f"worker {self.index} ended before serving (status {status})"))
+            self.ready.addErrback(lambda _: None)
+        self.parent._ended(self, status)  # noqa: SLF001
+        self.ended.callback(None)
+
+
+class WorkersService(service.MultiService):
+    """The parent of `--workers N`: sockets, worker processes, reloads, /status and /metrics."""
+
+    def __init__(self, definitions: Definitions, workers: int, *, log_format: str = "text",
+                 drain_timeout: float = 10.0, ticket_key: str | None = None, log_path: str | None = None,
+                 reactor: Any = None) -> None:  # fmt: skip
+        super().__init__()
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        # Counters become multi-process values: set before prometheus-client is first imported.
+        self._runtime_dir = tempfile.mkdtemp(prefix="janustls-workers-")
+        os.chmod(self._runtime_dir, 0o700)
+        metrics_dir = os.path.join(self._runtime_dir, "metrics")
+        os.mkdir(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        self.definitions = definitions
+        self.count = workers
+        self.log_format = log_format
+        self.drain_timeout = drain_timeout
+        self.log_path = log_path
+        self._reactor = reactor
+        self.ports: list[BuiltPort] = build_ports(definitions, reactor)  # validates everything
+        self.ticket_key = ticket_key or self._private_ticket_key()
+        try:
+            tickets.load_master(self.ticket_key)
+        except MaterialError as e:
+            raise ConfigErrors([ConfigError(definitions.source, None, None, str(e))])
+        self._sockets: dict[str, IListeningPort] = {}
+        self._listen_of: dict[str, str] = {}
+        self._current: list[_Worker] = []
+        self._all: set[_Worker] = set()
+        self._generation = 0
+        self._stopping = False
+        if definitions.status is not None:
+            from janustls.status import StatusService
+
+            StatusService(definitions.status.listen, lambda: self.ports, reactor,
+                          extra=lambda: {"workers": [w.pid for w in self._current]}).setServiceParent(self)  # fmt: skip
+
+    def _private_ticket_key(self) -> str:
+        path = os.path.join(self._runtime_dir, "ticket.key")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(80))
+        return path
+
+    @property
+    def reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    # -- sockets -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def _open(self, ports: Sequence[BuiltPort]) -> Any:
+        """Open the listening sockets of `ports` (all or none); a dict name -> listening port."""
+        opened: dict[str, IListeningPort] = {}
+        errors: list[ConfigError] = []
+        for b in ports:
+            p = b.definition
+            try:
+                listening = yield serverFromString(self.reactor, p.listen).listen(_NoConnections())
+                if not hasattr(listening, "fileno") or not hasattr(listening, "stopReading"):
+                    yield listening.stopListening()
+                    raise ValueError("--workers needs a tcp, tcp6 or unix listen address")
+                listening.stopReading()  # the workers accept, never the parent
+                opened[p.name] = listening
+            except Exception as e:
+                errors.append(ConfigError(p.source, p.section, "listen", f"cannot listen: {e}"))
+        if errors:
+            for listening in opened.values():
+                yield listening.stopListening()
+            raise ConfigErrors(errors)
+        return opened
+
+    # -- workers -------------------------------------------------------------------------
+
+    def _spawn(self, index: int, generation: int) -> _Worker:
+        worker = _Worker(self, index, generation)
+        args = [sys.executable, "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
+                "--log-format", self.log_format, "--drain-timeout", str(self.drain_timeout)]  # fmt: skip
+        if self.log_path:
+            args += ["--logfile", self.log_path]
+        fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, _READY_FD: "r"}
+        for n, (name, listening) in enumerate(sorted(self._sockets.items()), start=_FIRST_SOCKET_FD):
+            fds[n] = listening.fileno()  # type: ignore[attr-defined]
+            family = listening.socket.family  # type: ignore[attr-defined]
+            args += ["--listen", f"{name}={n}:{int(family)}"]
+        package_root = str(Path(janustls.__file__).resolve().parents[1])
+        env = dict(os.environ)
+        env[ENV_WORKER] = str(index)
+        env[tickets.ENV_KEY_FILE] = self.ticket_key
+        env["PYTHONPATH"] = os.pathsep.join([package_root] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
+        self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=fds)
+        self._all.add(worker)
+        emit("janustls.workers.started", "worker {worker} started (pid {pid}, generation {generation})",
+             worker=index, pid=worker.pid, generation=generation)  # fmt: skip
+        return worker
+
+    def _spawn_generation(self) -> list[_Worker]:
+        self._generation += 1
+        return [self._spawn(i, self._generation) for i in range(self.count)]
+
+    def _ended(self, worker: _Worker, status: int | None) -> None:
+        self._all.discard(worker)
+        emit("janustls.workers.exited", "worker {worker} (pid {pid}) ended with status {status}",
+             LogLevel.info if self._stopping or worker not in self._current else LogLevel.error,
+             worker=worker.index, pid=worker.pid, status=status)  # fmt: skip
+        if worker.pid is not None:
+            try:
+                from prometheus_client import multiprocess
+
+                multiprocess.mark_process_dead(worker.pid)
+            except Exception:  # metrics are best effort
+                pass
+        if worker in self._current and not self._stopping:
+            # A crash: replace it in its generation after a pause (no busy loop).
+            def respawn() -> None:
+                if worker in self._current and not self._stopping:
+                    self._current[self._current.index(worker)] = self._spawn(worker.index, worker.generation)
+
+            self.reactor.callLater(_RESPAWN_DELAY, respawn)
+
+    # -- service -------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def startService(self) -> Any:
+        service.MultiService.startService(self)
+        from janustls import metrics
+
+        metrics.install_observer()
+        try:
+            self._sockets = yield self._open(self.ports)
+        except ConfigErrors as e:
+            emit("janustls.port.failed", "cannot listen: {error}", LogLevel.critical, port=None, listen=None, error=str(e))
+            self.reactor.stop()
+            return
+        for b in self.ports:
+            b.listening = self._sockets[b.definition.name]
+            self._listen_of[b.definition.name] = b.definition.listen
+            emit("janustls.port.listening", "port {port}: {type} listening on {address} for {workers} workers",
+                 port=b.definition.name, type=b.definition.type.value, address=str(b.listening.getHost()),
+                 workers=self.count, mode=b.definition.client_cert.value)  # fmt: skip
+        self._current = self._spawn_generation()
+
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:
+        """Workers stop accepting and drain (drain_timeout); the stragglers are killed."""
+        self._stopping = True
+        yield defer.maybeDeferred(service.MultiService.stopService, self)
+        workers = list(self._all)
+        for w in workers:
+            w.signal("TERM")
+        if workers:
+            done = defer.DeferredList([w.ended for w in workers])
+            timer = self.reactor.callLater(self.drain_timeout + 5, lambda: [w.signal("KILL") for w in workers])
+            yield done
+            if timer.active():
+                timer.cancel()
+        for listening in self._sockets.values():
+            yield listening.stopListening()
+        self._sockets = {}
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    # -- reload --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def reload(self, definitions: Definitions | None = None, why: str = "call") -> Any:
+        """Validate the new file here, then replace the workers by a generation that serves it."""
+        source = self.definitions.source
+        emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
+        try:
+            new_defs = definitions if definitions is not None else load_definitions(source)
+            built = build_ports(new_defs, self._reactor)
+            tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
+        except ConfigErrors as e:
+            return self._failed(source, [str(x) for x in e.errors])
+        except MaterialError as e:
+            return self._failed(source, [str(e)])
+        names = {b.definition.name for b in built}
+        kept = [b.definition.name for b in built if self._listen_of.get(b.definition.name) == b.definition.listen]
+        added = [b for b in built if b.definition.name not in kept]
+        removed = [n for n in self._sockets if n not in kept]
+        try:
+            opened = yield self._open(added)
+        except ConfigErrors as e:
+            return self._failed(source, [str(x) for x in e.errors])
+        closing = {n: self._sockets.pop(n) for n in removed}
+        self._sockets.update(opened)
+        for b in built:
+            b.listening = self._sockets[b.definition.name]
+            self._listen_of[b.definition.name] = b.definition.listen
+        for n in removed:
+            if n not in names:
+                self._listen_of.pop(n, None)
+        self.definitions, self.ports = new_defs, built
+        old, self._current = self._current, self._spawn_generation()
+        try:
+            yield defer.gatherResults([w.ready for w in self._current], consumeErrors=True)
+        except Exception as e:  # the new generation is not serving: keep the old one too
+            emit("janustls.reload.failed", "reload of {source}: new workers did not start ({error}); old workers keep serving",
+                 LogLevel.error, source=source, errors=[str(e)], error=str(e))  # fmt: skip
+            return False
+        for w in old:
+            w.signal("TERM")
+        for listening in closing.values():
+            yield listening.stopListening()
+        emit("janustls.reload.done",
+             "reloaded {source}: {workers} new workers serve it; kept {kept}, added {added}, removed {removed}",
+             source=source, kept=kept, added=[b.definition.name for b in added], removed=removed,
+             workers=self.count)  # fmt: skip
+        return True
+
+    def _failed(self, source: str, errors: list[str]) -> bool:
+        emit("janustls.reload.failed", "reload of {source} failed; nothing changed:\n  {listing}", LogLevel.error,
+             source=source, errors=errors, listing="\n  ".join(errors))  # fmt: skip
+        return False
+
+
+# -- the worker process ------------------------------------------------------------------
+
+
+def _signed_gauge() -> Any:
+    from prometheus_client import Gauge
+
+    return Gauge("janustls_ca_signed", "Accepted client chains per trust anchor (Janus STATUSCA NumSigned)",
+                 ["port", "ca"], registry=None, multiprocess_mode="sum")  # fmt: skip
+
+
+def worker_main(argv: Sequence[str] | None = None) -> int:
+    """A worker: serve the inherited sockets until SIGTERM, then drain."""
+    parser = argparse.ArgumentParser(prog="janustls-worker")
+    parser.add_argument("--port-def", required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--listen", action="append", default=[], metavar="NAME=FD:FAMILY")
+    parser.add_argument("--log-format", default="text")
+    parser.add_argument("--drain-timeout", type=float, default=10.0)
+    parser.add_argument("--logfile", help="append the log here (the parent's twistd --logfile); default stdout")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+    from twisted.internet.task import LoopingCall
+    from twisted.logger import globalLogBeginner
+
+    from janustls import logs, metrics
+    from janustls.operate import drain
+    from janustls.service import JanusService
+    from janustls.trust import fingerprint
+
+    out = open(args.logfile, "a", buffering=1, encoding="utf-8") if args.logfile else sys.stdout  # noqa: SIM115
+    base = logs.log_observer(args.log_format, out)
+    pid = os.getpid()
+
+    def observer(event: dict[str, Any]) -> None:
+        event.setdefault("worker", args.index)
+        event.setdefault("pid", pid)
+        base(event)
+
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads by replacing workers
+    fds: dict[str, tuple[int, int]] = {}
+    for item in args.listen:
+        name, _, rest = item.partition("=")
+        fd, _, family = rest.partition(":")
+        fds[name] = (int(fd), int(family or socket.AF_INET))
+    tickets.configure_from_env()
+    definitions = load_definitions(args.port_def)
+    definitions = replace(definitions, status=None, ports=tuple(p for p in definitions.ports if p.name in fds))
+    svc = JanusService(definitions, reactor)
+    for b in svc.ports:
+        fd, family = fds[b.definition.name]
+        endpoint: IStreamServerEndpoint = AdoptedEndpoint(reactor, fd, family)
+        if b.definition.proxy_protocol:
+            from janustls.ports.accept_proxy import ProxyHeaderEndpoint
+
+            endpoint = ProxyHeaderEndpoint(endpoint)
+        b.endpoint = endpoint
+    metrics.install_observer()
+    signed = _signed_gauge()
+
+    def publish_signed() -> None:
+        for b in svc.ports:
+            counts = b.runtime.tls.trust.signed
+            for ca in b.runtime.tls.trust.cas:
+                signed.labels(b.definition.name, ca.subject.rfc4514_string()).set(counts.get(fingerprint(ca), 0))
+
+    LoopingCall(publish_signed).start(1.0)
+    svc.startService()
+    for b in svc.ports:
+        # Inherited copies: the parent keeps the originals open across reloads.
+        os.close(fds[b.definition.name][0])
+    os.write(_READY_FD, b"ready\n")
+    os.close(_READY_FD)
+
+    @defer.inlineCallbacks
+    def stop() -> Any:
+        yield defer.maybeDeferred(svc.stopService)
+        yield drain(svc.ports, args.drain_timeout, reactor)
+        publish_signed()
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()  # type: ignore[attr-defined]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,221 @@
+"""`--workers N`: two workers both serving, a session from one resumed on the other, metrics that add
+up, one reload for all, graceful shutdown; shared ticket keys from a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from OpenSSL import SSL
+
+from janustls import _openssl, tickets
+from tests.support import client_context
+from tests.test_ops_twistd import Twistd, free_port
+
+HANDLER = '''
+import os
+
+async def serve(sock):
+    sock.write(("%d %s\\n" % (os.getpid(), sock.cert_info("CN"))).encode())
+    while True:
+        line = await sock.readline()
+        if not line:
+            return
+        sock.write(b"echo:" + line)
+'''
+
+pytestmark = pytest.mark.skipif(not _openssl.ticket_keys_supported(), reason="no way to set ticket keys here")
+
+
+def ini_text(pki: Any, procs: Path, port: int, status: int, cas: str) -> str:
+    f = pki.files
+    return f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:{port}:interface=127.0.0.1:backlog=512
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {cas}
+handler = h:serve
+[status]
+listen = tcp:{status}:interface=127.0.0.1
+"""
+
+
+@pytest.fixture
+def workers(pki, tmp_path):
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "h.py").write_text(HANDLER)
+    port, status = free_port(), free_port()
+    ini = procs / "ports.ini"
+    ini.write_text(ini_text(pki, procs, port, status, str(pki.files["root.ca"])))
+    pidfile = tmp_path / "twistd.pid"
+    t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
+                "--log-format", "json", "--workers", "2", "--drain-timeout", "3"], tmp_path)  # fmt: skip
+    try:
+        t.wait_for("janustls.port.listening")
+        t.wait_for("janustls.workers.started")
+        t.wait_for("janustls.workers.started")
+        wait_serving(port, pki, 2)
+        yield t, port, status, ini, procs, pidfile
+    finally:
+        t.stop()
+
+
+def connect(port: int, pki: Any, cert: str = "alice", session: Any = None, tls: str = "1.3",
+            ctx: ssl.SSLContext | None = None) -> tuple[ssl.SSLSocket, int, str]:  # fmt: skip
+    ctx = ctx or client_context(pki, cert, tls=tls)
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost",
+                        session=session)  # fmt: skip
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = s.recv(100)
+        if not chunk:
+            raise ConnectionError(f"closed after {line!r}")
+        line += chunk
+    pid, cn = line.decode().split()
+    return s, int(pid), cn
+
+
+def wait_serving(port: int, pki: Any, n: int, timeout: float = 30) -> set[int]:
+    """Connect until `n` different worker pids have answered."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(pids) < n:
+        assert time.monotonic() < deadline, f"only workers {pids} answered"
+        try:
+            s, pid, _ = connect(port, pki)
+            s.close()
+            pids.add(pid)
+        except (OSError, ssl.SSLError):
+            time.sleep(0.1)
+    return pids
+
+
+def metric_sum(status: int, name: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body = urllib.request.urlopen(f"http://127.0.0.1:{status}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_two_workers_resume_each_others_sessions(workers, pki, tls):
+    t, port, status, *_ = workers
+    ctx = client_context(pki, "alice", tls=tls)
+    first, first_pid, _ = connect(port, pki, ctx=ctx)
+    first.sendall(b"x\n")
+    assert first.recv(100) == b"echo:x\n"  # TLS 1.3 tickets arrive after the handshake
+    session = first.session
+    first.close()
+    assert session is not None
+    other = None
+    for _ in range(200):
+        s, pid, cn = connect(port, pki, session=session, ctx=ctx)
+        reused = s.session_reused
+        s.close()
+        assert reused, "a session was not resumed"
+        assert cn == "alice"  # the resumed connection still knows its client
+        if pid != first_pid:
+            other = pid
+            break
+    assert other is not None, "every resumption went to the first worker"
+
+
+def test_metrics_and_status_add_up_across_workers(workers, pki):
+    t, port, status, *_ = workers
+    before = metric_sum(status, "janustls_handshakes_total", port="SECURE")
+    pids = set()
+    for _ in range(30):
+        s, pid, _ = connect(port, pki)
+        s.close()
+        pids.add(pid)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        connect(port, pki, cert="othera")
+    deadline = time.monotonic() + 10
+    while metric_sum(status, "janustls_handshakes_total", port="SECURE") - before < 30 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert metric_sum(status, "janustls_handshakes_total", port="SECURE") - before == 30
+    assert metric_sum(status, "janustls_refusals_total", port="SECURE", reason="unknown_ca") >= 1
+    held, _, _ = connect(port, pki)
+    time.sleep(1.5)  # NumSigned is published every second
+    doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{status}/status", timeout=5).read())
+    (p,) = doc["ports"]
+    assert p["accepted"] >= 31 and p["refused"] >= 1 and p["open_connections"] >= 1
+    assert len(doc["workers"]) == 2
+    root = next(c for c in p["cas"] if c["subject"].startswith("CN=Test Root CA"))
+    assert root["signed"] >= 31
+    held.close()
+
+
+def test_one_reload_for_all_and_graceful_shutdown(workers, pki):
+    t, port, status, ini, procs, pidfile = workers
+    held, held_pid, _ = connect(port, pki)
+    ini.write_text(ini_text(pki, procs, port, int(status), f"{pki.files['root.ca']} {pki.files['other.ca']}"))
+    os.kill(int(pidfile.read_text()), signal.SIGHUP)
+    t.wait_for("janustls.reload.done")
+    # The new generation serves the new trust on both of its workers; no attempt was refused.
+    new_pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(new_pids) < 2:
+        assert time.monotonic() < deadline
+        s, pid, cn = connect(port, pki, cert="othera")
+        s.close()
+        assert cn == "othera"
+        new_pids.add(pid)
+    assert held_pid not in new_pids
+    # The old worker drains: the held connection still works.
+    held.sendall(b"still\n")
+    assert held.recv(100) == b"echo:still\n"
+    # An invalid file changes nothing.
+    ini.write_text(ini.read_text().replace("handler = h:serve", "handler = nope:serve"))
+    os.kill(int(pidfile.read_text()), signal.SIGHUP)
+    failed = t.wait_for("janustls.reload.failed")
+    assert any("handler" in e for e in failed["errors"])
+    s, pid, _ = connect(port, pki, cert="othera")
+    s.close()
+    assert pid in new_pids
+    # Graceful shutdown: the parent exits within the drain deadline (3 s) plus start-up slack.
+    started = time.monotonic()
+    t.proc.send_signal(signal.SIGTERM)
+    t.proc.wait(20)
+    assert time.monotonic() - started < 10
+    held.close()
+
+
+def test_ticket_key_file(tmp_path):
+    key = tmp_path / "ticket.key"
+    key.write_bytes(os.urandom(80).hex().encode())
+    master = tickets.load_master(key)
+    assert len(master) == 80
+    a, b = SSL.Context(SSL.TLS_SERVER_METHOD), SSL.Context(SSL.TLS_SERVER_METHOD)
+    tickets.configure(key)
+    try:
+        assert tickets.apply(a, "SECURE") and tickets.apply(b, "secure")
+        assert _openssl.get_ticket_keys(a) == _openssl.get_ticket_keys(b) == tickets.port_keys(master, "SECURE")
+        assert tickets.port_keys(master, "OTHER") != tickets.port_keys(master, "SECURE")
+    finally:
+        tickets.configure(None)
+    short = tmp_path / "short.key"
+    short.write_bytes(b"too short")
+    with pytest.raises(Exception, match="at least 32"):
+        tickets.load_master(short)
