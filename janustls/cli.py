@@ -114,7 +114,7 @@ def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
     return 0
 
 
-def run_explain(file: str, port: str, client_pem: str, out: TextIO) -> int:
+def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None) -> int:
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
     from janustls.errors import MaterialError
     from janustls.explain import explain, format_verdict
@@ -130,7 +130,7 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO) -> int:
         print(f"janustls explain: {file} defines no port {port} (ports: {names})", file=sys.stderr)
         return 1
     try:
-        verdict = explain(definitions, port, client_pem)
+        verdict = explain(definitions, port, client_pem, peer)
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
@@ -216,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("file")
     explain.add_argument("port")
     explain.add_argument("client_pem")
+    explain.add_argument("--peer", metavar="IP", help="the client's address, for identity rules that name addresses")
     status = sub.add_parser("status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates")
     status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
@@ -228,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reload":
         return send_reload(args.pidfile)
     if args.command == "explain":
-        return run_explain(args.file, args.port, args.client_pem, sys.stdout)
+        return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer)
     if args.command == "check":
         return describe(args.file, sys.stdout)
     if args.command == "pki":

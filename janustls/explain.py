@@ -4,13 +4,14 @@ The answer must be the one a handshake would give, so nothing here re-implements
 verification: the port's real pyOpenSSL Context is built by `janustls.tls`, its
 certificate store (CAs, CRLs, flags) runs OpenSSL's chain verification with the
 purpose a TLS server uses, and `PortTrust.check` is applied per certificate in the
-order OpenSSL's verify callback would see them.  The one thing the store cannot carry
+order OpenSSL's verify callback would see them; then the port's identity rules
+(`allow =`).  The one thing the store cannot carry
 (the Context's verify depth) is applied as OpenSSL applies it while building the chain.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -19,6 +20,7 @@ from OpenSSL import crypto
 
 from janustls import _openssl
 from janustls.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
+from janustls.identity import Policy, Subject
 from janustls.materials import load_certificates
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.tls import CRL_HAS_EXPIRED, PortTLS, build_port_tls
@@ -67,8 +69,31 @@ def _our_checks(tls: PortTLS, chain: Sequence[x509.Certificate], below: int) -> 
     return None
 
 
-def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdict:
-    """The verdict of `tls`'s port on a chain as a client would send it (leaf first)."""
+def explain_chain(tls: PortTLS, presented: Sequence[x509.Certificate], policy: Policy | None = None,
+                  peer_ip: str | None = None) -> Verdict:  # fmt: skip
+    """The verdict of `tls`'s port on a chain as a client would send it (leaf first),
+    then of its identity rules (`policy`, the port's `allow =`) when the handshake would pass."""
+    verdict = _handshake_verdict(tls, presented)
+    if policy is None or not verdict.accepted:
+        return verdict
+    chain = verdict.chain if tls.port.client_cert is not ClientCertMode.NONE else ()
+    subject = Subject(chain, peer_ip, None, None)
+    notes = verdict.notes
+    if policy.needs_lookup(subject):
+        notes += ("the rule names client addresses: give --peer to check them (reverse DNS is not looked up here)",)
+    try:
+        decision = policy.check(subject)
+    except Exception as e:  # a `call:` predicate: the server refuses when it raises
+        return replace(verdict, accepted=False, refusal=Refusal(Reason.NOT_ALLOWED, 0 if chain else None,
+                       _subject(chain[0]) if chain else None, f"{policy.rule}: predicate raised {type(e).__name__}: {e}"))  # fmt: skip
+    if decision.allowed:
+        return replace(verdict, notes=notes + (f"allowed by {policy.rule}",))
+    refusal = decision.refusal(subject)
+    assert refusal is not None
+    return replace(verdict, accepted=False, refusal=refusal, notes=notes + (f"refused by {decision.rule}",))
+
+
+def _handshake_verdict(tls: PortTLS, presented: Sequence[x509.Certificate]) -> Verdict:
     port = tls.port
     name = port.name
     if port.client_cert is ClientCertMode.NONE:
@@ -186,14 +211,18 @@ def _depth_refusal(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusa
     return Refusal(reason, depth, _subject(cert), _openssl.verify_error_string(22))
 
 
-def explain(definitions: Definitions | str | Path, port: str, client_pem: str | Path) -> Verdict:
+def explain(definitions: Definitions | str | Path, port: str, client_pem: str | Path, peer_ip: str | None = None) -> Verdict:
     """The verdict of a port of a definition file on the chain in a PEM file (leaf first)."""
+    from janustls.ports.access import build_policy
+
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
-    tls = build_port_tls(defs.port(port))
+    definition = defs.port(port)
+    tls = build_port_tls(definition)
+    policy = build_policy(definition, defs.procs)
     path = Path(client_pem)
     # An empty file stands for a client that sends no certificate.
     certs = load_certificates(path) if path.read_bytes().strip() else []
-    return explain_chain(tls, certs)
+    return explain_chain(tls, certs, policy, peer_ip)
 
 
 def format_verdict(v: Verdict) -> str:
