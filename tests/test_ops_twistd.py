@@ -160,3 +160,46 @@ def test_reload_command_without_server(tmp_path):
     r = subprocess.run([sys.executable, "-m", "janustls.cli", "reload", "--pidfile", str(tmp_path / "none.pid")],
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 1 and "none.pid" in r.stderr
+
+
+ECHO = '''
+async def serve(sock):
+    sock.write(b"hi\\n")
+    while True:
+        line = await sock.readline()
+        if not line:
+            return
+        sock.write(b"echo:" + line)
+'''
+
+
+def test_graceful_shutdown_drains_within_deadline(pki, tmp_path):
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "h.py").write_text(ECHO)
+    port = free_port()
+    ini = procs / "ports.ini"
+    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"])))
+    t = Twistd(["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini),
+                "--log-format", "json", "--drain-timeout", "2"], tmp_path)  # fmt: skip
+    try:
+        t.wait_for("janustls.port.listening")
+        held = client_context(pki, "alice", tls="1.3").wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost")  # fmt: skip
+        assert held.recv(100) == b"hi\n"
+        started = time.monotonic()
+        t.proc.send_signal(signal.SIGTERM)
+        draining = t.wait_for("janustls.shutdown.draining")
+        assert draining["open"] == 1
+        # No new connections, but the open one is still served while it drains.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        held.sendall(b"during\n")
+        assert held.recv(100) == b"echo:during\n"
+        done = t.wait_for("janustls.shutdown.done")
+        assert done["left"] == 1  # closed at the deadline
+        assert held.recv(100) == b""
+        t.proc.wait(10)
+        assert 1.5 < time.monotonic() - started < 8
+    finally:
+        t.stop()
