@@ -25,7 +25,7 @@ from janustls.events import emit
 if TYPE_CHECKING:
     from janustls.service import JanusService
 
-__all__ = ["CRLWatcher"]
+__all__ = ["CRLWatcher", "ensure_watcher"]
 
 _FALLBACK_INTERVAL = 60.0
 
@@ -142,3 +142,13 @@ class CRLWatcher(service.Service):
                 effect="its clients are refused until a fresh CRL arrives" if policy == "refuse"
                 else "the stale list is still used",
             )
+
+
+def ensure_watcher(svc: JanusService, reactor: Any = None) -> None:
+    """Give `svc` a CRL watcher when one of its ports has CRL files to watch (and none yet)."""
+    if not any(b.definition.crl and b.definition.crl_refresh > 0 for b in svc.ports):
+        return
+    try:
+        svc.getServiceNamed(CRLWatcher.name)
+    except KeyError:
+        CRLWatcher(svc, reactor).setServiceParent(svc)

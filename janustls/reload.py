@@ -134,6 +134,9 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     svc.definitions = new_defs
     if new_defs.status != old_status:
         yield _replace_status(svc, new_defs)
+    from janustls.crlwatch import ensure_watcher
+
+    ensure_watcher(svc, svc._reactor)  # noqa: SLF001  # a port with CRL files may have been added
     emit(
         "janustls.reload.done",
         "reloaded {source}: {nkept} port(s) kept with new settings, added {added}, removed {removed}",

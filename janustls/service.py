@@ -173,9 +173,9 @@ class JanusService(service.MultiService):
         self._reactor = reactor
         for built in self.ports:
             PortService(built).setServiceParent(self)
-        from janustls.crlwatch import CRLWatcher
+        from janustls.crlwatch import ensure_watcher
 
-        CRLWatcher(self, reactor).setServiceParent(self)
+        ensure_watcher(self, reactor)
         if definitions.status is not None:
             from janustls.status import StatusService
 

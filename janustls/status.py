@@ -233,7 +233,7 @@ def _table(rows: list[list[str]], head: list[str]) -> list[str]:
 def format_status(doc: dict[str, Any]) -> str:
     """A /status document as tables: ports, then CAs with NumSigned, then CRLs."""
     out = [f"janustls status at {doc.get('time')} (pid {doc.get('pid')}"
-           + (f", {doc['workers']} workers" if doc.get("workers") else "") + ")", ""]  # fmt: skip
+           + (f", {len(doc['workers'])} workers" if doc.get("workers") else "") + ")", ""]  # fmt: skip
     ports = doc.get("ports", [])
     out += _table(
         [[p["name"], p["type"], p.get("address") or p["listen"], p["client_cert"], p["open_connections"],
