@@ -16,6 +16,7 @@ from janustls.reasons import Reason
 __all__ = ["emit", "log", "CATALOGUE"]
 
 log = Logger(namespace="janustls")
+_LEVELS = frozenset(LogLevel.iterconstants())
 
 CATALOGUE: dict[str, str] = {
     "janustls.port.listening": "a port started listening (port, address)",
@@ -77,7 +78,7 @@ def emit(event_id: str, text: str, level: LogLevel = LogLevel.info, **fields: An
     to the observer directly: Logger.emit checks the level against a sorted list of
     every level on each call, a cost paid on every connection (twice).
     """
-    if level.__class__ is not LogLevel:
+    if level not in _LEVELS:
         log.emit(level, text, event_id=event_id, **fields)  # let Logger report the bad level
         return
     event = {"event_id": event_id, **fields}

@@ -80,6 +80,9 @@ class PortTrust:
         # Per-handshake shortcuts: anchors' fingerprints, intermediates already remembered.
         self._anchor_fingerprints: dict[x509.Certificate, bytes] = {}
         self._remembered: set[x509.Certificate] = set()
+        # id(chain tuple) -> (the tuple, its anchor's fingerprint): connections that share
+        # a verified chain (`PortTLS.client_chain`) pass the same tuple.
+        self._counted: dict[int, tuple[tuple[x509.Certificate, ...], bytes]] = {}
         self._by_subject: dict[bytes, list[x509.Certificate]] = {}
         for ca in self.cas:
             self._by_subject.setdefault(ca.subject.public_bytes(), []).append(ca)
@@ -111,6 +114,10 @@ class PortTrust:
         A resumed session has the client's leaf but not the chain OpenSSL verified;
         the intermediates seen here let `complete_chain` rebuild it.
         """
+        seen = self._counted.get(id(chain))
+        if seen is not None and seen[0] is chain:
+            self.signed[seen[1]] += 1
+            return
         if chain:
             anchor = chain[-1]
             fp = self._anchor_fingerprints.get(anchor)
@@ -125,10 +132,15 @@ class PortTrust:
                 if len(self._intermediates) > _MAX_REMEMBERED:
                     self._intermediates.clear()
                     self._remembered.clear()
+                    self._counted.clear()
                 known = self._intermediates.setdefault(cert.subject.public_bytes(), [])
                 if cert not in known:
                     known.append(cert)
                 self._remembered.add(cert)
+            if isinstance(chain, tuple):
+                if len(self._counted) > _MAX_REMEMBERED:
+                    self._counted.clear()
+                self._counted[id(chain)] = (chain, fp)
 
     def complete_chain(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]
