@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import socket
@@ -65,6 +66,80 @@ class AdoptedEndpoint:
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         return defer.execute(self._reactor.adoptStreamPort, self._fd, self._family, factory)
+
+
+def _tcp_address(description: str) -> tuple[int, str, int, int] | None:
+    """(family, interface, port, backlog) of a tcp/tcp6 endpoint description; None for other kinds."""
+    parts = re.split(r"(?<!\\):", description)
+    kind = parts[0].strip().lower()
+    args = [x for x in parts[1:] if "=" not in x]
+    kwargs = dict(x.split("=", 1) for x in parts[1:] if "=" in x)
+    if kind.isdigit():
+        kind, args = "tcp", [parts[0]] + args
+    if kind not in ("tcp", "tcp6"):
+        return None
+    family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
+    interface = kwargs.get("interface", "").replace("\\:", ":") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    port = int(kwargs.get("port") or args[0])
+    return family, interface, port, int(kwargs.get("backlog", "50"))
+
+
+class _ReusePortSockets:
+    """One listening socket per worker index on the same address (SO_REUSEPORT).
+
+    The kernel spreads new connections over the sockets, so an idle worker is not
+    woken for a connection another takes (no thundering herd).  The parent holds them
+    all: a restarted worker, or the next generation after a reload, adopts socket i
+    again and finds the connections that queued meanwhile.
+    """
+
+    def __init__(self, family: int, interface: str, port: int, backlog: int, count: int) -> None:
+        self.family = family
+        self.sockets: list[socket.socket] = []
+        try:
+            for _ in range(count):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                self.sockets.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.bind((interface, port))
+                port = s.getsockname()[1]  # port 0: the others join the one the first got
+                s.listen(backlog)
+                s.setblocking(False)  # the workers' reactors accept until EAGAIN
+        except OSError:
+            self.stopListening()
+            raise
+
+    def fileno_for(self, index: int) -> int:
+        return self.sockets[index % len(self.sockets)].fileno()
+
+    def getHost(self) -> Any:
+        from twisted.internet.address import IPv4Address, IPv6Address
+
+        host, port = self.sockets[0].getsockname()[:2]
+        return (IPv6Address if self.family == socket.AF_INET6 else IPv4Address)("TCP", host, port)
+
+    def stopListening(self) -> defer.Deferred[None]:
+        for s in self.sockets:
+            s.close()
+        return defer.succeed(None)
+
+
+class _SharedSocket:
+    """One listening socket all workers accept on (unix sockets, and systems without SO_REUSEPORT)."""
+
+    def __init__(self, listening: Any) -> None:
+        self.listening = listening
+        self.family = listening.socket.family
+
+    def fileno_for(self, index: int) -> int:
+        return int(self.listening.fileno())
+
+    def getHost(self) -> Any:
+        return self.listening.getHost()
+
+    def stopListening(self) -> Any:
+        return self.listening.stopListening()
 
 
 class _NoConnections(protocol.Factory):
@@ -135,7 +210,7 @@ class WorkersService(service.MultiService):
             tickets.load_master(self.ticket_key)
         except MaterialError as e:
             raise ConfigErrors([ConfigError(definitions.source, None, None, str(e))])
-        self._sockets: dict[str, IListeningPort] = {}
+        self._sockets: dict[str, Any] = {}
         self._listen_of: dict[str, str] = {}
         self._current: list[_Worker] = []
         self._all: set[_Worker] = set()
@@ -166,23 +241,27 @@ class WorkersService(service.MultiService):
 
     @defer.inlineCallbacks
     def _open(self, ports: Sequence[BuiltPort]) -> Any:
-        """Open the listening sockets of `ports` (all or none); a dict name -> listening port."""
-        opened: dict[str, IListeningPort] = {}
+        """Open the listening sockets of `ports` (all or none); a dict name -> sockets."""
+        opened: dict[str, Any] = {}
         errors: list[ConfigError] = []
         for b in ports:
             p = b.definition
             try:
+                tcp = _tcp_address(p.listen)
+                if tcp is not None and hasattr(socket, "SO_REUSEPORT"):
+                    opened[p.name] = _ReusePortSockets(*tcp, count=self.count)
+                    continue
                 listening = yield serverFromString(self.reactor, p.listen).listen(_NoConnections())
                 if not hasattr(listening, "fileno") or not hasattr(listening, "stopReading"):
                     yield listening.stopListening()
                     raise ValueError("--workers needs a tcp, tcp6 or unix listen address")
                 listening.stopReading()  # the workers accept, never the parent
-                opened[p.name] = listening
+                opened[p.name] = _SharedSocket(listening)
             except Exception as e:
                 errors.append(ConfigError(p.source, p.section, "listen", f"cannot listen: {e}"))
         if errors:
-            for listening in opened.values():
-                yield listening.stopListening()
+            for sockets in opened.values():
+                yield sockets.stopListening()
             raise ConfigErrors(errors)
         return opened
 
@@ -195,9 +274,9 @@ class WorkersService(service.MultiService):
         if self.log_path:
             args += ["--logfile", self.log_path]
         fds: dict[int, Any] = {0: "w", 1: 1, 2: 2, _READY_FD: "r"}
-        for n, (name, listening) in enumerate(sorted(self._sockets.items()), start=_FIRST_SOCKET_FD):
-            fds[n] = listening.fileno()  # type: ignore[attr-defined]
-            family = listening.socket.family  # type: ignore[attr-defined]
+        for n, (name, sockets) in enumerate(sorted(self._sockets.items()), start=_FIRST_SOCKET_FD):
+            fds[n] = sockets.fileno_for(index)
+            family = sockets.family
             args += ["--listen", f"{name}={n}:{int(family)}"]
         package_root = str(Path(janustls.__file__).resolve().parents[1])
         env = dict(os.environ)
