@@ -45,6 +45,8 @@ def in_reactor(f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     reactor_thread()
     from twisted.internet import reactor
 
+    if threading.current_thread().name == "reactor":
+        raise RuntimeError("in_reactor() called from the reactor thread: it would wait for itself")
     return threads.blockingCallFromThread(reactor, lambda: defer.maybeDeferred(f, *args, **kwargs))
 
 
