@@ -230,39 +230,57 @@ def _elf_function_symbols(path: str, names: set[str]) -> dict[str, int]:
     return found
 
 
-def _find_ticket_ctrl() -> Any:
-    """SSL_CTX_ctrl of the OpenSSL that pyOpenSSL uses, or None.
+#: OpenSSL functions janustls needs that cryptography's extension links in but does not export.
+_HIDDEN = frozenset({"SSL_CTX_ctrl", "SSL_CTX_set_session_ticket_cb", "SSL_SESSION_set1_ticket_appdata",
+                     "SSL_SESSION_get0_ticket_appdata"})  # fmt: skip
+_hidden: dict[str, int] | None = None
 
-    Neither pyOpenSSL nor cryptography's bindings expose a ticket-key setter or
-    SSL_CTX_ctrl, and the OpenSSL that cryptography bundles is linked into its
-    extension with hidden symbols.  The extension ships its full symbol table, so
-    the function's address is the extension's load address plus the symbol's value.
-    Every step is checked: the load address against an exported symbol, and the
-    function itself by a set-then-get round trip on a scratch Context; any doubt
-    means None (and session tickets stay per process).
+
+def _hidden_functions() -> dict[str, int]:
+    """Addresses of the `_HIDDEN` functions in the OpenSSL that pyOpenSSL uses; {} when unsure.
+
+    Neither pyOpenSSL nor cryptography's bindings expose them, and the OpenSSL that
+    cryptography bundles is linked into its extension with hidden symbols.  The
+    extension ships its full symbol table, so a function's address is the extension's
+    load address plus the symbol's value; the load address is checked against an
+    exported symbol.  Callers check each function once more by using it on a scratch
+    object.
     """
+    global _hidden
+    if _hidden is None:
+        _hidden = {}
+        try:
+            import ctypes
+            import os
+
+            from cryptography.hazmat.bindings import _rust
+
+            path = os.path.realpath(_rust.__file__)
+            base = None
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    parts = line.split()
+                    if len(parts) >= 6 and parts[5] == path and int(parts[2], 16) == 0:
+                        base = int(parts[0].split("-")[0], 16)
+                        break
+            symbols = _elf_function_symbols(path, set(_HIDDEN) | {"PyInit__rust"})
+            exported = symbols.get("PyInit__rust")
+            if base is not None and exported is not None and \
+                    base + exported == ctypes.cast(ctypes.CDLL(path).PyInit__rust, ctypes.c_void_p).value:
+                _hidden = {name: base + value for name, value in symbols.items() if name in _HIDDEN}
+        except Exception:  # any surprise: the features that need these stay off
+            _hidden = {}
+    return _hidden
+
+
+def _find_ticket_ctrl() -> Any:
+    """SSL_CTX_ctrl, checked by a set-then-get round trip of ticket keys on a scratch Context; or None."""
     import ctypes
-    import os
 
-    from cryptography.hazmat.bindings import _rust
-
-    path = os.path.realpath(_rust.__file__)
-    base = None
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            parts = line.split()
-            if len(parts) >= 6 and parts[5] == path and int(parts[2], 16) == 0:
-                base = int(parts[0].split("-")[0], 16)
-                break
-    if base is None:
+    address = _hidden_functions().get("SSL_CTX_ctrl")
+    if address is None:
         return None
-    symbols = _elf_function_symbols(path, {"PyInit__rust", "SSL_CTX_ctrl"})
-    exported, value = symbols.get("PyInit__rust"), symbols.get("SSL_CTX_ctrl")
-    if exported is None or value is None:
-        return None
-    if base + exported != ctypes.cast(ctypes.CDLL(path).PyInit__rust, ctypes.c_void_p).value:
-        return None
-    ctrl = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p)(base + value)
+    ctrl = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p)(address)
     scratch = SSL.Context(SSL.TLS_SERVER_METHOD)
     pointer = int(_ffi.cast("uintptr_t", scratch._context))  # noqa: SLF001
     probe = bytes(range(TICKET_KEYS_SIZE))
@@ -305,3 +323,82 @@ def get_ticket_keys(context: SSL.Context) -> bytes | None:
     out = ctypes.create_string_buffer(TICKET_KEYS_SIZE)
     pointer = int(_ffi.cast("uintptr_t", context._context))  # noqa: SLF001
     return out.raw if _ticket_ctrl(pointer, _GET_TICKET_KEYS, TICKET_KEYS_SIZE, out) == 1 else None
+
+
+# -- the client's chain inside session tickets -----------------------------------------------
+
+#: A resumed session has the client's certificate but not the chain verified for it; a
+#: process that never saw that chain (another worker, another machine, a reloaded
+#: port) could not name the client's issuers.  The intermediates ride in the ticket
+#: (encrypted and authenticated with it) as OpenSSL "ticket app data".
+_CHAIN_MAGIC = b"JTLSC1"
+_ticket_chain: Any = None  # (set_cb, set_appdata, get_appdata, callback) once resolved
+
+
+def _ticket_chain_functions() -> Any:
+    global _ticket_chain
+    if _ticket_chain is None:
+        import ctypes
+
+        found = _hidden_functions()
+        names = ("SSL_CTX_set_session_ticket_cb", "SSL_SESSION_set1_ticket_appdata", "SSL_SESSION_get0_ticket_appdata")
+        if not all(n in found for n in names) or not hasattr(_lib, "SSL_get0_verified_chain"):
+            _ticket_chain = False
+            return _ticket_chain
+        vp, sz = ctypes.c_void_p, ctypes.c_size_t
+        set_cb = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp, vp, vp)(found[names[0]])
+        set_appdata = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp, sz)(found[names[1]])
+        get_appdata = ctypes.CFUNCTYPE(ctypes.c_int, vp, ctypes.POINTER(vp), ctypes.POINTER(sz))(found[names[2]])
+
+        def on_new_ticket(ssl_address: int, arg: int) -> int:
+            """OpenSSL is making a ticket: put the verified chain's intermediates in it."""
+            try:
+                ssl = _ffi.cast("SSL *", ssl_address)
+                stack = _lib.SSL_get0_verified_chain(ssl)
+                if stack != _ffi.NULL and _lib.sk_X509_num(stack) > 2:
+                    ders = [_x509_der(_lib.sk_X509_value(stack, i)) for i in range(1, _lib.sk_X509_num(stack) - 1)]
+                    data = _CHAIN_MAGIC + b"".join(len(d).to_bytes(4, "big") + d for d in ders)
+                    session = _lib.SSL_get_session(ssl)
+                    if session != _ffi.NULL:
+                        set_appdata(int(_ffi.cast("uintptr_t", session)), data, len(data))
+                # A resumed session's new ticket keeps the app data of the one it came from.
+            except Exception:  # never let an exception cross into OpenSSL
+                pass
+            return 1
+
+        callback = ctypes.CFUNCTYPE(ctypes.c_int, vp, vp)(on_new_ticket)
+        _ticket_chain = (set_cb, set_appdata, get_appdata, callback)
+    return _ticket_chain
+
+
+def keep_chain_in_tickets(context: SSL.Context) -> bool:
+    """Make a Context's session tickets carry the client's intermediates; False if not possible here."""
+    functions = _ticket_chain_functions()
+    if not functions:
+        return False
+    set_cb, _, _, callback = functions
+    return bool(set_cb(int(_ffi.cast("uintptr_t", context._context)), callback, None, None) == 1)  # noqa: SLF001
+
+
+def ticket_chain_der(connection: SSL.Connection) -> list[bytes]:
+    """The intermediates a resumed session's ticket carried (DER, leaf side first); [] otherwise."""
+    import ctypes
+
+    functions = _ticket_chain_functions()
+    if not functions:
+        return []
+    session = _lib.SSL_get_session(connection_pointer(connection))
+    if session == _ffi.NULL:
+        return []
+    data, size = ctypes.c_void_p(), ctypes.c_size_t()
+    if functions[2](int(_ffi.cast("uintptr_t", session)), ctypes.byref(data), ctypes.byref(size)) != 1 or not data.value:
+        return []
+    raw = ctypes.string_at(data.value, size.value)
+    if not raw.startswith(_CHAIN_MAGIC):
+        return []
+    ders, at = [], len(_CHAIN_MAGIC)
+    while at + 4 <= len(raw):
+        n = int.from_bytes(raw[at : at + 4], "big")
+        ders.append(raw[at + 4 : at + 4 + n])
+        at += 4 + n
+    return ders

@@ -168,6 +168,7 @@ class PortTLS:
             from janustls import tickets
 
             tickets.apply(ctx, port.name)  # keys shared by workers and machines, when configured
+            _openssl.keep_chain_in_tickets(ctx)  # so that any process can name a resumed client's issuers
         store = ctx.get_cert_store()
         assert store is not None
         for ca in self.trust.cas:
@@ -256,6 +257,7 @@ class PortTLS:
         if chain is None:
             leaf = self._parsed(leaf_der)
             rest = connection.get_peer_cert_chain(as_cryptography=True) or []
+            rest += [self._parsed(der) for der in _openssl.ticket_chain_der(connection)]
             certs = self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
             if not certs:
                 return EMPTY_CHAIN

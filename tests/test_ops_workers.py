@@ -26,7 +26,9 @@ HANDLER = '''
 import os
 
 async def serve(sock):
-    sock.write(("%d %s\\n" % (os.getpid(), sock.cert_info("CN"))).encode())
+    # The CN only with a whole chain up to a root (never the leaf alone): also when resumed.
+    who = sock.cert_info("CN") if sock.cert_levels() >= 2 else "levels=%d" % sock.cert_levels()
+    sock.write(("%d %s\\n" % (os.getpid(), who)).encode())
     while True:
         line = await sock.readline()
         if not line:
@@ -219,3 +221,53 @@ def test_ticket_key_file(tmp_path):
     short.write_bytes(b"too short")
     with pytest.raises(Exception, match="at least 32"):
         tickets.load_master(short)
+
+
+@pytest.mark.parametrize("tls", ["1.3", "1.2"])
+def test_two_servers_with_one_key_file_resume_each_others_sessions(pki, reactor, tmp_path, tls):
+    """Two machines behind a load balancer, simulated by two services with the same port name.
+
+    The second never saw the client's chain: the ticket carries the intermediates, so the
+    resumed connection still names its client and issuer."""
+    from tests.support import start
+
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "h.py").write_text(HANDLER)
+    key = tmp_path / "ticket.key"
+    key.write_bytes(os.urandom(80))
+    f = pki.files
+    ini = f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {f['root.ca']}
+handler = h:serve
+"""
+    tickets.configure(key)
+    try:
+        a, b = start(ini, procs), start(ini, procs)
+    finally:
+        tickets.configure(None)
+    alone = start(ini, procs)  # OpenSSL's own random keys: cannot resume the others' tickets
+    try:
+        ctx = client_context(pki, "alice", tls=tls)
+        s, _, _ = connect(a.port("SECURE"), pki, ctx=ctx)
+        s.sendall(b"x\n")
+        s.recv(100)
+        session = s.session
+        s.close()
+        s, _, cn = connect(b.port("SECURE"), pki, ctx=ctx, session=session)
+        assert s.session_reused and cn == "alice"
+        s.close()
+        s, _, cn = connect(alone.port("SECURE"), pki, ctx=ctx, session=session)
+        assert not s.session_reused and cn == "alice"  # a full handshake instead, never an error
+        s.close()
+    finally:
+        for server in (a, b, alone):
+            server.stop()
