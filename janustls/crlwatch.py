@@ -43,9 +43,12 @@ class CRLWatcher(service.Service):
 
     name = "crl-watch"
 
-    def __init__(self, svc: JanusService, reactor: Any = None) -> None:
+    def __init__(self, svc: JanusService, reactor: Any = None, quiet: bool = False) -> None:
         self.svc = svc
         self._reactor = reactor
+        # The parent of worker processes keeps its /status view fresh without logging
+        # what each worker logs itself.
+        self.quiet = quiet
         self._seen: dict[tuple[str, str], tuple[int, int] | None] = {}
         self._last_check: dict[str, float] = {}
         self._stale_logged: set[tuple[str, str, str]] = set()
@@ -93,7 +96,8 @@ class CRLWatcher(service.Service):
                     changed.append(str(path))
             if changed:
                 self._refresh(port.name, changed)
-            self._check_stale(port.name)
+            if not self.quiet:
+                self._check_stale(port.name)
         if self._loop is not None:
             self._loop.interval = self.interval()
 
@@ -103,6 +107,8 @@ class CRLWatcher(service.Service):
         try:
             rebuilt = rebuild_port(self.svc, name)
         except ConfigErrors as e:
+            if self.quiet:
+                return
             emit(
                 "janustls.crl.failed",
                 "port {port}: changed CRL file(s) {paths} cannot be used; keeping the CRLs it had: {error}",
@@ -113,7 +119,7 @@ class CRLWatcher(service.Service):
             )
             return
         replace_port(self.svc, rebuilt)
-        for path in paths:
+        for path in [] if self.quiet else paths:
             emit("janustls.crl.reloaded", "port {port}: CRL file {path} changed; new connections use it", port=name, path=path,
                  crls=len(rebuilt.runtime.tls.trust.crls))  # fmt: skip
 
@@ -144,11 +150,11 @@ class CRLWatcher(service.Service):
             )
 
 
-def ensure_watcher(svc: JanusService, reactor: Any = None) -> None:
+def ensure_watcher(svc: JanusService, reactor: Any = None, quiet: bool = False) -> None:
     """Give `svc` a CRL watcher when one of its ports has CRL files to watch (and none yet)."""
     if not any(b.definition.crl and b.definition.crl_refresh > 0 for b in svc.ports):
         return
     try:
         svc.getServiceNamed(CRLWatcher.name)
     except KeyError:
-        CRLWatcher(svc, reactor).setServiceParent(svc)
+        CRLWatcher(svc, reactor, quiet).setServiceParent(svc)

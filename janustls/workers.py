@@ -216,10 +216,16 @@ class WorkersService(service.MultiService):
         self._all: set[_Worker] = set()
         self._generation = 0
         self._stopping = False
+        self._add_status(definitions)
+        from janustls.crlwatch import ensure_watcher
+
+        ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
+
+    def _add_status(self, definitions: Definitions) -> None:
         if definitions.status is not None:
             from janustls.status import StatusService
 
-            StatusService(definitions.status.listen, lambda: self.ports, reactor,
+            StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
                           extra=lambda: {"workers": [w.pid for w in self._current]}).setServiceParent(self)  # fmt: skip
 
     def _private_ticket_key(self) -> str:
@@ -385,7 +391,17 @@ class WorkersService(service.MultiService):
         for n in removed:
             if n not in names:
                 self._listen_of.pop(n, None)
+        old_status = self.definitions.status
         self.definitions, self.ports = new_defs, built
+        if new_defs.status != old_status:
+            try:
+                yield defer.maybeDeferred(self.removeService, self.getServiceNamed("status"))
+            except KeyError:
+                pass
+            self._add_status(new_defs)
+        from janustls.crlwatch import ensure_watcher
+
+        ensure_watcher(self, self._reactor, quiet=True)
         old, self._current = self._current, self._spawn_generation()
         try:
             yield defer.gatherResults([w.ready for w in self._current], consumeErrors=True)

@@ -175,6 +175,7 @@ def test_one_reload_for_all_and_graceful_shutdown(workers, pki):
     ini.write_text(ini_text(pki, procs, port, int(status), f"{pki.files['root.ca']} {pki.files['other.ca']}"))
     os.kill(int(pidfile.read_text()), signal.SIGHUP)
     t.wait_for("janustls.reload.done")
+    assert metric_sum(status, "janustls_reloads_total", outcome="done") == 1  # counted once, by the parent
     # The new generation serves the new trust on both of its workers; no attempt was refused.
     new_pids: set[int] = set()
     deadline = time.monotonic() + 30
