@@ -134,7 +134,7 @@ def test_silent_connections_time_out_while_good_clients_get_through(server, pki,
     if out:
         with open(out, "a") as fh:
             fh.write(f"silent={SILENT} {figures}\n")
-    assert max(during) < 1.0  # a good client is not held up behind the silent ones
+    assert max(during) < 2.5  # a good client is never held up behind the silent ones (their timeout is 3 s)
 
 
 def test_connection_limit_per_client_address(server, pki, events):

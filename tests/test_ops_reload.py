@@ -126,7 +126,7 @@ def test_reload_under_handshakes(setup, pki, events):
     total = sum(s.ok for s in streams)
     failures = [x for s in streams for x in s.failures]
     assert not failures, failures[:5]
-    assert total > 20
+    assert total > 5
     # The established connection goes on.
     kept.sendall(b"still here\n")
     assert kept.recv(100) == b"echo:still here\n"
