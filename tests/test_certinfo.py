@@ -35,6 +35,7 @@ def test_aliases_and_case():
 
 
 def test_unknown_item():
+    """An unknown item is an error (a ValueError), not a silent None."""
     with pytest.raises(UnknownCertItem) as info:
         canonical_item("SHOESIZE")
     assert isinstance(info.value, ValueError)
@@ -42,6 +43,7 @@ def test_unknown_item():
 
 
 def test_every_documented_item_exists():
+    """The vocabulary is exactly the documented one (PORTDEF.md)."""
     documented = "CN O OU L ST C EMAIL SUBJECT ISSUER SERIAL NOTBEFORE NOTAFTER FINGERPRINT SAN_DNS SAN_EMAIL SAN_URI SAN_IP PEM"
     assert set(documented.split()) == set(ITEMS)
 
@@ -98,6 +100,7 @@ def _full_cert(issuer: CA) -> x509.Certificate:
 
 
 def test_every_item_of_a_full_certificate(cas):
+    """Every item's text form on a certificate with every field, several values joined by ','."""
     root, inter = cas
     cert = _full_cert(inter)
     chain = CertChain([cert, inter.cert, root.cert])
@@ -129,6 +132,7 @@ def test_every_item_of_a_full_certificate(cas):
 
 
 def test_email_falls_back_to_san(cas):
+    """EMAIL is the subject's emailAddress, else the SAN's email, else None."""
     root, inter = cas
     issued = inter.issue("dave", emails=["dave@san.test"])
     assert CertChain([issued.cert]).info("EMAIL") == "dave@san.test"

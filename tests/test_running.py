@@ -129,6 +129,7 @@ def test_twistd_refuses_a_bad_file(pki, lib, tmp_path):
 
 
 def test_twistd_help_lists_port_def():
+    """`twistd janustls --help` documents --port-def, and it is required."""
     r = subprocess.run([str(BIN / "twistd"), "janustls", "--help"], capture_output=True, timeout=60, cwd=REPO)
     assert r.returncode == 0
     assert "--port-def" in r.stdout.decode()

@@ -53,6 +53,7 @@ def _leaf(issuer: CA, *, eku=None, digital_signature=True, key_usage=True) -> x5
 
 
 def test_check_usage(cas):
+    """Client certificates must allow clientAuth where they restrict their usage."""
     _, inter = cas
     assert check_usage(inter.issue("c", usage="client").cert) is None
     assert check_usage(inter.issue("b", usage="both").cert) is None
@@ -67,6 +68,7 @@ def test_check_usage(cas):
 
 
 def test_check_key_strength(cas):
+    """RSA under 2048 bits and DSA are weak; EC and RSA 2048 are not."""
     _, inter = cas
     assert check_key_strength(inter.issue("ec").cert) is None
     assert check_key_strength(inter.issue("rsa", key_type="rsa2048").cert) is None
@@ -78,6 +80,7 @@ def test_check_key_strength(cas):
 
 
 def test_port_trust_check(cas):
+    """One certificate at one depth: size, depth, key, replay and usage checks."""
     root, inter = cas
     server = inter.issue("localhost", usage="both")
     trust = PortTrust(cas=(root.cert,), verify_depth=2, max_cert_size=4096, server_fingerprints=frozenset({fingerprint(server.cert)}))
@@ -109,6 +112,7 @@ def test_count_signed(cas):
 
 
 def test_complete_chain(cas):
+    """A resumed session's chain is rebuilt up to the port's anchor, or not at all."""
     root, inter = cas
     trust = PortTrust(cas=(root.cert,))
     alice = inter.issue("alice").cert
@@ -149,6 +153,7 @@ def test_complete_chain_anchor_is_an_intermediate(cas):
 
 
 def test_load_port_trust(cas, tmp_path):
+    """CA and CRL files of a port, loaded and checked with located errors."""
     root, inter = cas
     (tmp_path / "root.pem").write_bytes(root.cert_pem)
     (tmp_path / "both.pem").write_bytes(root.cert_pem + inter.cert_pem)
@@ -185,10 +190,12 @@ def test_load_port_trust(cas, tmp_path):
     ],
 )  # fmt: skip
 def test_reason_for_verify_error(errno, reason):
+    """OpenSSL's verification errors map to typed reasons."""
     assert reason_for_verify_error(errno) is reason
 
 
 def test_every_reason_has_a_catalogued_event():
+    """Each reason has a stable, catalogued event identifier."""
     for reason in Reason:
         assert reason.event_id == f"janustls.refused.{reason.value}"
         assert reason.event_id in CATALOGUE
@@ -196,12 +203,14 @@ def test_every_reason_has_a_catalogued_event():
 
 
 def test_refusal_text():
+    """A refusal's text names reason, depth, subject and detail."""
     r = Refusal(Reason.EXPIRED, 0, "CN=expired", "certificate has expired")
     assert str(r) == "expired at depth 0 (CN=expired): certificate has expired"
     assert str(Refusal(Reason.NO_CERTIFICATE)) == "no_certificate"
 
 
 def test_self_signed_is_not_trusted_by_chain_rebuild(cas):
+    """A self-signed certificate never completes to the port's anchor."""
     root, _ = cas
     trust = PortTrust(cas=(root.cert,))
     assert trust.complete_chain(self_signed("lone").cert, []) == []
