@@ -19,6 +19,7 @@ __all__ = [
     "verify_error_string",
     "connection_pointer",
     "tls_protocol_of",
+    "session_reused",
     "VERIFY_POST_HANDSHAKE",
     "verify_client_post_handshake",
     "watch_client_finished",
@@ -103,6 +104,11 @@ def connection_pointer(connection: SSL.Connection) -> Any:
 def tls_protocol_of(connection: SSL.Connection) -> Any:
     """The Twisted TLS protocol driving a connection (Twisted stores it as the app data)."""
     return connection.get_app_data()
+
+
+def session_reused(connection: SSL.Connection) -> bool:
+    """Whether the handshake resumed a session (pyOpenSSL does not say; proxy ports tell backends)."""
+    return bool(_lib.SSL_session_reused(connection_pointer(connection)))
 
 
 def set_store_purpose_ssl_client(store: Any) -> None:

@@ -19,7 +19,9 @@ from twisted.logger import LogLevel
 from janustls.config import Definitions, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
+from janustls.ports.accept_proxy import ProxyHeaderEndpoint
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
+from janustls.ports.proxy import ProxyFactory, backend_endpoint
 from janustls.ports.srvsock import SrvsockFactory
 from janustls.procedures import ProcedureError, load_callable
 from janustls.tls import build_port_tls
@@ -63,6 +65,12 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
         except ProcedureError as e:
             raise ConfigErrors([ConfigError(port.source, port.section, "handler", str(e))])
         inner = SrvsockFactory(runtime, handler)
+    elif port.type is PortType.PROXY:
+        assert port.connect is not None
+        try:
+            inner = ProxyFactory(runtime, backend_endpoint(runtime.reactor, port.connect))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigErrors([ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")])
     elif port.type is PortType.WEBSERV:
         from janustls.ports.webserv import WebFactory
 
@@ -83,6 +91,8 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
         endpoint = serverFromString(reactor, port.listen)
     except (ValueError, KeyError, TypeError) as e:
         errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {e}"))
+    if endpoint is not None and port.proxy_protocol:
+        endpoint = ProxyHeaderEndpoint(endpoint)  # a PROXY v1/v2 header precedes TLS
     try:
         tls = build_port_tls(port)
     except ConfigErrors as e:

@@ -1,0 +1,131 @@
+"""`proxy_protocol = yes`: a PROXY v1/v2 header precedes TLS, as HAProxy in TCP mode sends it.
+
+Any port type can sit behind a load balancer, so this is an outer wrapper around the
+port's TLS factory, applied to the listening endpoint.  It reads the header before a
+single byte reaches TLS, closes (and logs) a connection without a valid one, and
+makes the address the header carries the peer: `getPeer()` answers it, so every
+janustls log line and `Connection.peer` show the real client, not the balancer.
+The port's handshake timeout runs from the accept, so a balancer that sends nothing
+is cut off like any slow client.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocol, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import LogLevel
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from zope.interface import implementer
+
+from janustls.events import emit
+from janustls.ports.base import PortTLSFactory, _address_text
+from janustls.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
+
+__all__ = ["ProxyHeaderProtocol", "ProxyHeaderFactory", "ProxyHeaderEndpoint"]
+
+
+def _twisted_address(host: str, port: int) -> IAddress:
+    if ":" in host:
+        return IPv6Address("TCP", host, port)
+    return IPv4Address("TCP", host, port)
+
+
+class ProxyHeaderProtocol(ProtocolWrapper):
+    """Reads the PROXY header, then relays everything to the TLS protocol inside."""
+
+    factory: ProxyHeaderFactory
+
+    def __init__(self, factory: ProxyHeaderFactory, wrapped: IProtocol) -> None:
+        super().__init__(factory, wrapped)
+        self._reader: HeaderReader | None = HeaderReader()
+        self.header: ProxyHeader | None = None
+        self._peer: IAddress | None = None
+        self._host: IAddress | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is None:
+            if self.header is not None:
+                self.wrappedProtocol.dataReceived(data)
+            return  # refused: the rest is dropped while the connection closes
+        try:
+            outcome = reader.feed(data)
+        except ProxyHeaderError as e:
+            self._reader = None
+            emit(
+                "janustls.proxy.header_invalid",
+                "port {port}: closed {peer}: {detail}",
+                LogLevel.warn,
+                port=self.factory.port_name,
+                peer=_address_text(self.transport.getPeer()),
+                detail=str(e),
+            )
+            self.transport.abortConnection()
+            return
+        if outcome is None:
+            return
+        header, rest = outcome
+        self._reader = None
+        self.header = header
+        if header.source is not None and header.destination is not None:
+            self._peer = _twisted_address(*header.source)
+            self._host = _twisted_address(*header.destination)
+        emit(
+            "janustls.proxy.header_received",
+            "port {port}: PROXY v{version} header from {via}: client {peer}",
+            LogLevel.debug,
+            port=self.factory.port_name,
+            peer=_address_text(self.getPeer()),
+            via=_address_text(self.transport.getPeer()),
+            version=header.version,
+            local=header.local,
+        )
+        if rest:
+            self.wrappedProtocol.dataReceived(rest)
+
+    def getPeer(self) -> IAddress:
+        """The client the header names (the balancer's own address for LOCAL/UNKNOWN)."""
+        return self._peer if self._peer is not None else self.transport.getPeer()
+
+    def getHost(self) -> IAddress:
+        return self._host if self._host is not None else self.transport.getHost()
+
+    def balancer_address(self) -> IAddress:
+        """The address the connection really came from (the load balancer)."""
+        return self.transport.getPeer()  # type: ignore[no-any-return]
+
+
+class ProxyHeaderFactory(WrappingFactory):
+    """Wraps a port's TLS factory; keeps its max_connections refusal (None passes through)."""
+
+    protocol = ProxyHeaderProtocol
+    noisy = False
+
+    def __init__(self, wrapped: PortTLSFactory) -> None:
+        super().__init__(wrapped)
+        self.port_name = wrapped.runtime.port.name
+
+    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol | None:  # type: ignore[override]
+        inner = self.wrappedFactory.buildProtocol(addr)
+        if inner is None:
+            return None
+        return self.protocol(self, inner)
+
+    def logPrefix(self) -> str:
+        return f"{self.wrappedFactory.logPrefix()} (PROXY)"
+
+
+@implementer(IStreamServerEndpoint)
+class ProxyHeaderEndpoint:
+    """A server endpoint whose connections start with a PROXY header (wraps the real one)."""
+
+    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+        self.wrapped = wrapped
+
+    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        assert isinstance(protocolFactory, PortTLSFactory), "wraps a janustls port's TLS factory"
+        result: Any = self.wrapped.listen(ProxyHeaderFactory(protocolFactory))
+        return result  # type: ignore[no-any-return]
