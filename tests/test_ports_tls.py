@@ -7,6 +7,7 @@ hands its connection object to the test (`hand_over`), so the tests check the sa
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import socket
 import ssl
@@ -46,6 +47,10 @@ handler = capture:serve
 """
 
 
+def _days(n: int) -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=n)
+
+
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_tls")
@@ -60,6 +65,11 @@ def server(pki, reactor, tmp_path_factory):
     ini += _port("BIGCERTS", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\nmax_cert_size = 65536")
     ini += _port("REPLAY", pki, cert="servercert", extra=f"client_cert = require\naddca = {f['root.ca']}")
     ini += _port("INTERONLY", pki, extra=f"client_cert = require\naddca = {f['inter.ca']}")
+    stale = procs / "stale.crl"
+    stale.write_bytes(pki.inter.crl_pem(last_update=_days(-10), next_update=_days(-1)))
+    ini += _port("CRLCHAIN", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']}\ncrl_check = chain")
+    ini += _port("CRLFULL", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']} {f['root.crl']}\ncrl_check = chain")
+    ini += _port("CRLSTALE", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {stale}")
     ini += _port("BOTHCAS", pki, extra=f"client_cert = require\naddca = {f['inter.ca']} {f['root.ca']}")
     ini += _port("ONLY12", pki, extra="tls_max = 1.2\nciphers = ECDHE+CHACHA20")
     ini += _port("ONLY13", pki, extra="tls_min = 1.3")
@@ -236,6 +246,34 @@ def test_bad_certificate_refused_with_its_reason(server, pki, events, version, c
     assert e["port"] == port
     assert len(events.since(mark, "janustls.refused", port)) == 1
     assert HANDED.empty()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_crl_check_chain_needs_every_ca_crl(server, pki, events, version):
+    """crl_check = chain: without the root's CRL the intermediate cannot be checked and the client
+    is refused (crl_unavailable at depth 1); with both CRLs it is accepted, and revoked still refused."""
+    mark = events.mark()
+    out, _ = attempt(server.port("CRLCHAIN"), client_context(pki, "alice", tls=version))
+    assert isinstance(out, BaseException)
+    e = events.wait_for(mark, "janustls.refused", "CRLCHAIN")
+    assert (e["reason"], e["depth"], e["subject"]) == ("crl_unavailable", 1, pki.inter.cert.subject.rfc4514_string())
+    out, _ = attempt(server.port("CRLFULL"), client_context(pki, "alice", tls=version))
+    assert out == b"ok\n"
+    assert handed().cert_levels() == 3
+    mark = events.mark()
+    out, _ = attempt(server.port("CRLFULL"), client_context(pki, "revoked", tls=version))
+    assert isinstance(out, BaseException)
+    assert events.wait_for(mark, "janustls.refused", "CRLFULL")["reason"] == "revoked"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_stale_crl_refuses(server, pki, events, version):
+    """A CRL past its next update cannot vouch for anyone: crl_unavailable, not a silent pass."""
+    mark = events.mark()
+    out, _ = attempt(server.port("CRLSTALE"), client_context(pki, "alice", tls=version))
+    assert isinstance(out, BaseException)
+    e = events.wait_for(mark, "janustls.refused", "CRLSTALE")
+    assert (e["reason"], e["depth"]) == ("crl_unavailable", 0)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
