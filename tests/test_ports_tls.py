@@ -614,3 +614,40 @@ def test_client_initiated_renegotiation_refused(echo_server, pki, events):
         s.sendall(b"ping\n")
         assert f.readline() == b"ping\n"
         s.sendall(b"quit\n")
+
+
+# -- IPv6 ------------------------------------------------------------------------------------
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+def test_ipv6_port(pki, reactor, events, tmp_path):
+    """A port on ::1: the connection's peer is the v6 address, and log events write it [::1]:port."""
+    (tmp_path / "capture.py").write_text(CAPTURE)
+    f = pki.files
+    ini = f"[janustls]\nprocs = {tmp_path}\n" + _port("SIX", pki, extra=f"client_cert = require\naddca = {f['root.ca']}")
+    s = start(ini.replace("listen = tcp:0:interface=127.0.0.1", "listen = tcp6:0:interface=\\:\\:1"), tmp_path)
+    try:
+        number = s.port("SIX")
+        raw = socket.create_connection(("::1", number), timeout=5)
+        with client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost") as c:
+            assert c.recv(3) == b"ok\n"
+            sock = handed()
+            assert (sock.peer.host, sock.peer.port) == ("::1", c.getsockname()[1])
+        mark = events.mark()
+        raw = socket.create_connection(("::1", number), timeout=5)
+        local = raw.getsockname()[1]
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with client_context(pki, None).wrap_socket(raw, server_hostname="localhost") as c:
+                c.recv(3)
+        assert events.wait_for(mark, "janustls.refused", "SIX")["peer"] == f"[::1]:{local}"
+    finally:
+        s.stop()
