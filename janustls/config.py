@@ -108,6 +108,7 @@ class PortDefinition:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     forward_identity: ForwardIdentity = ForwardIdentity.NONE
     crl_refresh: float = DEFAULT_CRL_REFRESH
+    crl_url: tuple[str, ...] = ()
     crl_expired: CRLExpired = CRLExpired.REFUSE
     max_connections_per_client: int | None = None
     # Where each key was set, for errors raised later (file contents, start-up).
@@ -155,7 +156,7 @@ PORT_KEYS = frozenset(
         "ciphers", "max_connections", "idle_timeout", "handshake_timeout",
         "request_timeout", "max_cert_size", "session_cache", "handler", "allow",
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
-        "crl_refresh", "crl_expired", "max_connections_per_client",
+        "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
     }
 )  # fmt: skip
 TYPE_ONLY_KEYS = {
@@ -206,6 +207,13 @@ def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
         return False
     wildcard = ("", "0.0.0.0", "::")
     return a[1] == b[1] or a[1] in wildcard or b[1] in wildcard
+
+
+def crl_cache_path(procs: Path, url: str) -> Path:
+    """Where the CRL fetched from `url` is kept: `.crl-cache/` in the procedure library."""
+    import hashlib
+
+    return procs / ".crl-cache" / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".crl")
 
 
 def _split_paths(value: str) -> list[str]:
@@ -309,6 +317,12 @@ class _PortReader:
         if mode is not ClientCertMode.NONE and not addca:
             self.error("client_cert", f"is {mode.value} but no CA is added for this port (addca = or an [addca] pattern)")  # type: ignore[attr-defined]
         crls = tuple(self.path(p) for p in _split_paths(o.get("crl", "")))
+        crl_urls = tuple(_split_paths(o.get("crl_url", "")))
+        for url in crl_urls:
+            if not re.match(r"^https?://[^/\s]+", url):
+                self.error("crl_url", f"has {url!r}; expected http:// or https:// URLs")
+        # A fetched CRL is a CRL file like the others: its cache file (janustls.crlfetch).
+        crls += tuple(crl_cache_path(self.procs, url) for url in crl_urls)
         tls_min = self.get("tls_min") or "1.2"
         tls_max = self.get("tls_max") or "1.3"
         for k, v in (("tls_min", tls_min), ("tls_max", tls_max)):
@@ -362,6 +376,7 @@ class _PortReader:
             connect_timeout=float(self.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
             forward_identity=self.choice("forward_identity", ForwardIdentity, ForwardIdentity.NONE),
             crl_refresh=float(self.number("crl_refresh", DEFAULT_CRL_REFRESH, integer=False, low=0)),  # type: ignore[arg-type]
+            crl_url=crl_urls,
             crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
             max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
         )

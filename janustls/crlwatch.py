@@ -49,6 +49,8 @@ class CRLWatcher(service.Service):
         # The parent of worker processes keeps its /status view fresh without logging
         # what each worker logs itself.
         self.quiet = quiet
+        # CRL URLs are fetched by one process: the parent of workers, or the only one.
+        self.fetch = os.environ.get("JANUSTLS_WORKER") is None
         self._seen: dict[tuple[str, str], tuple[int, int] | None] = {}
         self._last_check: dict[str, float] = {}
         self._stale_logged: set[tuple[str, str, str]] = set()
@@ -96,6 +98,10 @@ class CRLWatcher(service.Service):
                     changed.append(str(path))
             if changed:
                 self._refresh(port.name, changed)
+            if port.crl_url and self.fetch and self._reactor is not None:
+                from janustls.crlfetch import refresh
+
+                refresh(self.svc.definitions, port, self._reactor)  # in a thread; the next poll sees a change
             if not self.quiet:
                 self._check_stale(port.name)
         if self._loop is not None:

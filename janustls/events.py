@@ -61,6 +61,9 @@ CATALOGUE: dict[str, str] = {
     "janustls.reload.failed": "a reload found errors and changed nothing (errors: every located problem)",
     "janustls.crl.reloaded": "a CRL file changed on disk and the port now uses it for new connections (port, path)",
     "janustls.crl.failed": "a changed CRL file could not be used; the port keeps the CRLs it had (port, path, error)",
+    "janustls.crl.fetched": "a CRL was fetched from its crl_url into its cache file (port, url, outcome)",
+    "janustls.crl.fetch_failed": "a CRL could not be fetched from its crl_url (unreachable, not a CRL, a bad "
+    "signature, older than the cached one); the cached copy stays in use (port, url, error)",
     "janustls.crl.expired": "a CRL's nextUpdate has passed (port, issuer, next_update, policy: tolerate or refuse)",
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",

@@ -123,3 +123,99 @@ def test_stale_crl(pki, reactor, procs, events, policy):
         assert len(events.since(mark, "janustls.crl.expired", "SECURE")) == 1
     finally:
         s.stop()
+
+
+class CRLServer:
+    """A CRL distribution point: serves `data` with an ETag, answers 304 to a matching If-None-Match."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.requests: list[tuple[int, str | None]] = []
+
+    def resource(self) -> Any:
+        from twisted.web.resource import Resource
+
+        server = self
+
+        class One(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                import hashlib
+
+                etag = '"%s"' % hashlib.sha256(server.data).hexdigest()[:16]
+                asked = request.getHeader("if-none-match")
+                if asked == etag:
+                    server.requests.append((304, asked))
+                    request.setResponseCode(304)
+                    return b""
+                server.requests.append((200, asked))
+                request.setHeader("etag", etag)
+                return server.data
+
+        return One()
+
+
+def test_crl_from_url_fetched_cached_and_refreshed(pki, reactor, procs, events):
+    from twisted.internet import reactor as r
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.server import Site
+
+    from tests.support import in_reactor
+
+    empty = dataclasses.replace(pki.inter, revoked=[])
+    dp = CRLServer(empty.crl_pem())
+    listening = in_reactor(lambda: TCP4ServerEndpoint(r, 0, interface="127.0.0.1").listen(Site(dp.resource())))
+    url = f"http://127.0.0.1:{listening.getHost().port}/inter.crl"
+    f = pki.files
+    ini = f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {f['root.ca']}
+crl_url = {url}
+crl_refresh = 0.3
+handler = h:serve
+"""
+    try:
+        s = start(ini, procs)  # the first fetch happens before the port is built
+        try:
+            port = s.port("SECURE")
+            assert hello(port, pki, "revoked") == "hi revoked"
+            time.sleep(1.0)
+            assert (304, dp.requests[-1][1]) == dp.requests[-1]  # unchanged: conditional requests, 304s
+            mark = events.mark()
+            dp.data = pki.inter.crl_pem()  # the CA publishes a CRL that lists it
+            events.wait_for(mark, "janustls.crl.fetched", "SECURE")
+            events.wait_for(mark, "janustls.crl.reloaded", "SECURE")
+            assert hello(port, pki, "revoked").startswith("refused")
+            assert hello(port, pki, "alice") == "hi alice"
+            # A distribution point that sends something else: logged, the cached CRL stays.
+            mark = events.mark()
+            dp.data = b"not a CRL"
+            e = events.wait_for(mark, "janustls.crl.fetch_failed", "SECURE")
+            assert "did not send a CRL" in e["error"]
+            assert hello(port, pki, "revoked").startswith("refused")
+            # An older CRL (one from before the revocation) is not taken: no replay.
+            mark = events.mark()
+            dp.data = empty.crl_pem(last_update=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2))
+            e = events.wait_for(mark, "janustls.crl.fetch_failed", "SECURE")
+            assert "older than the cached one" in e["error"]
+            assert hello(port, pki, "revoked").startswith("refused")
+        finally:
+            s.stop()
+        # No distribution point and no cached copy: a located error, nothing starts.
+        from janustls.config import parse_definitions
+        from janustls.errors import ConfigErrors
+        from janustls.service import JanusService
+
+        with pytest.raises(ConfigErrors, match=r"crl_url: cannot fetch .*no cached copy"):
+            JanusService(parse_definitions(ini.replace(url, url.replace("/inter.crl", "/other.crl")).replace(
+                f"127.0.0.1:{listening.getHost().port}", "127.0.0.1:1"), source="t.ini", base=procs))  # fmt: skip
+    finally:
+        in_reactor(listening.stopListening)
