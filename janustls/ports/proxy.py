@@ -25,9 +25,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.internet import defer, error
-from twisted.internet.endpoints import clientFromString, connectProtocol
+from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -184,6 +184,18 @@ class _Backend(Protocol):
         self.front._backend_lost(reason)
 
 
+class _BackendFactory(Factory):
+    """Makes the one backend protocol of a client; quiet (no "Starting factory" per connection)."""
+
+    noisy = False
+
+    def __init__(self, front: ProxyProtocol) -> None:
+        self.front = front
+
+    def buildProtocol(self, addr: IAddress) -> _Backend:
+        return _Backend(self.front)
+
+
 class ProxyProtocol(PortProtocol):
     """One client of a proxy port and its backend connection."""
 
@@ -205,7 +217,7 @@ class ProxyProtocol(PortProtocol):
         self._paused_for: set[str] = set()
         self._up = self._down = 0
         self._connect_started = rt.reactor.seconds()
-        d = connectProtocol(self.factory.endpoint, _Backend(self))
+        d = self.factory.endpoint.connect(_BackendFactory(self))
         d.addTimeout(rt.port.connect_timeout, rt.reactor)
         self._connecting = d
         d.addCallbacks(self._connected, self._connect_failed)
