@@ -156,6 +156,8 @@ class _Worker(protocol.ProcessProtocol):
         self.generation = generation
         self.pid: int | None = None
         self.ready: defer.Deferred[None] = defer.Deferred()
+        #: Fires when the worker no longer accepts (it said so, or it ended).
+        self.draining: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
         self._buffer = b""
 
@@ -167,6 +169,8 @@ class _Worker(protocol.ProcessProtocol):
             self._buffer += data
             if b"ready" in self._buffer and not self.ready.called:
                 self.ready.callback(None)
+            if b"draining" in self._buffer and not self.draining.called:
+                self.draining.callback(None)
 
     def signal(self, name: str) -> None:
         try:
@@ -180,6 +184,8 @@ class _Worker(protocol.ProcessProtocol):
             self.ready.errback(RuntimeError(f"worker {self.index} ended before serving (status {status})"))
             self.ready.addErrback(lambda _: None)
         self.parent._ended(self, status)  # noqa: SLF001
+        if not self.draining.called:
+            self.draining.callback(None)
         self.ended.callback(None)
 
 
@@ -411,6 +417,15 @@ class WorkersService(service.MultiService):
             return False
         for w in old:
             w.signal("TERM")
+        # Done only when the old generation no longer accepts: from then on every new
+        # connection meets the new definitions.
+        stopped = defer.DeferredList([w.draining for w in old])
+        stopped.addTimeout(_READY_TIMEOUT, self.reactor)
+        try:
+            yield stopped
+        except defer.TimeoutError:
+            for w in old:
+                w.signal("KILL")
         for listening in closing.values():
             yield listening.stopListening()
         emit("janustls.reload.done",
@@ -498,11 +513,15 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         # Inherited copies: the parent keeps the originals open across reloads.
         os.close(fds[b.definition.name][0])
     os.write(_READY_FD, b"ready\n")
-    os.close(_READY_FD)
 
     @defer.inlineCallbacks
     def stop() -> Any:
         yield defer.maybeDeferred(svc.stopService)
+        try:
+            os.write(_READY_FD, b"draining\n")  # the parent's reload waits for this
+            os.close(_READY_FD)
+        except OSError:
+            pass
         yield drain(svc.ports, args.drain_timeout, reactor)
         publish_signed()
 
