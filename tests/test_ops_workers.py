@@ -172,9 +172,33 @@ def test_metrics_and_status_add_up_across_workers(workers, pki):
 def test_one_reload_for_all_and_graceful_shutdown(workers, pki):
     t, port, status, ini, procs, pidfile = workers
     held, held_pid, _ = connect(port, pki)
+    # A steady stream of handshakes across the rolling replacement of the workers.
+    import threading
+
+    ok, failures, stop = [0], [], threading.Event()
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                s, _, cn = connect(port, pki)
+                s.close()
+                assert cn == "alice"
+                ok[0] += 1
+            except Exception as e:  # noqa: BLE001
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=stream, daemon=True) for _ in range(2)]
+    for th in threads:
+        th.start()
     ini.write_text(ini_text(pki, procs, port, int(status), f"{pki.files['root.ca']} {pki.files['other.ca']}"))
     os.kill(int(pidfile.read_text()), signal.SIGHUP)
     t.wait_for("janustls.reload.done")
+    time.sleep(0.3)
+    stop.set()
+    for th in threads:
+        th.join(10)
+    assert not failures, failures[:3]
+    assert ok[0] > 5
     assert metric_sum(status, "janustls_reloads_total", outcome="done") == 1  # counted once, by the parent
     # The new generation serves the new trust on both of its workers; no attempt was refused.
     new_pids: set[int] = set()
