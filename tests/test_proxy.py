@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -65,6 +66,35 @@ def recv_all(sock: socket.socket) -> bytes:
         if not data:
             return b"".join(chunks)
         chunks.append(data)
+
+
+def duplex(s: ssl.SSLSocket, payload: bytes, expect: int, timeout: float = 60) -> bytes:
+    """Send `payload` while reading `expect` bytes, in one thread: an SSL object must not be
+    used by two threads at once (a reader and a writer thread can deadlock OpenSSL)."""
+    s.setblocking(False)
+    view = memoryview(payload)
+    sent = 0
+    got = bytearray()
+    deadline = time.monotonic() + timeout
+    while sent < len(view) or len(got) < expect:
+        assert time.monotonic() < deadline, f"sent {sent}, got {len(got)}"
+        if not s.pending():
+            select.select([s] if len(got) < expect else [], [s] if sent < len(view) else [], [], 1)
+        if len(got) < expect:
+            try:
+                data = s.recv(1 << 20)
+                if not data:
+                    raise EOFError(f"EOF after {len(got)} of {expect} bytes")
+                got += data
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+        if sent < len(view):
+            try:
+                sent += s.send(view[sent : sent + 262144])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                pass
+    s.setblocking(True)
+    return bytes(got)
 
 
 def read_v2_header(sock: socket.socket) -> bytes:
@@ -410,12 +440,8 @@ def test_large_transfer_both_ways(servers, pki, procs, version):
     with client_context(pki, "alice", tls=version).wrap_socket(
         socket.create_connection(("127.0.0.1", server.port("GATE")), timeout=30), server_hostname="localhost"
     ) as s:
-        box: dict[str, bytes] = {}
-        reader = threading.Thread(target=lambda: box.setdefault("got", recv_exactly(s, size)))
-        reader.start()
-        s.sendall(up)
-        reader.join(60)
-        assert hashlib.sha256(box["got"]).hexdigest() == hashlib.sha256(down).hexdigest()
+        got = duplex(s, up, size)
+        assert hashlib.sha256(got).hexdigest() == hashlib.sha256(down).hexdigest()
     assert backend.wait(1, timeout=30)[0]["digest"] == hashlib.sha256(up).hexdigest()
 
 
@@ -609,6 +635,58 @@ def test_limits_apply_to_proxy_ports(servers, pki, procs, events):
     first.close()
     events.wait_for(mark, "janustls.conn.idle_timeout", "GATE")
     assert backend.wait(1)[0]["data"] == b"x"
+
+
+def tls_backend(servers: list[Any], pki: Any, cert: str) -> int:
+    """A TLS echo backend with one of the test PKI's certificates; returns its port."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.files[f"{cert}.pem"], pki.files[f"{cert}.key"])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    servers.append(listener)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as s:
+                    s.settimeout(5)
+                    data = s.recv(100)
+                    s.sendall(b"tls:" + data)
+            except (OSError, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(listener.getsockname()[1])
+
+
+def test_tls_backend_verified_by_name(servers, pki, procs):
+    port = tls_backend(servers, pki, "server")
+    trust = pki.files["root.ca"].parent  # a directory of PEM CA certificates
+    server = gate(servers, pki, procs, f"tls:localhost:{port}:trustRoots={trust}")
+    with client_context(pki, "alice").wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port("GATE")), timeout=5), server_hostname="localhost"
+    ) as s:
+        s.sendall(b"secret")
+        assert recv_exactly(s, 10) == b"tls:secret"
+
+
+def test_tls_backend_with_wrong_identity_is_refused(servers, pki, procs, events):
+    port = tls_backend(servers, pki, "bob")  # a certificate for "bob", not "localhost"
+    trust = pki.files["root.ca"].parent
+    server = gate(servers, pki, procs, f"tls:localhost:{port}:trustRoots={trust}")
+    mark = events.mark()
+    with client_context(pki, "alice").wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port("GATE")), timeout=5), server_hostname="localhost"
+    ) as s:
+        s.sendall(b"secret")
+        assert_closed_cleanly(s)
+    e = events.wait_for(mark, "janustls.proxy.backend_failed", "GATE")
+    assert e["cause"].startswith("TLS with the backend failed"), e["cause"]
 
 
 def test_bad_connect_is_a_config_error(pki, procs):

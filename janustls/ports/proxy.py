@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
@@ -46,6 +47,7 @@ from janustls.proxyproto import (
     SSLInfo,
     build_v2,
 )
+from janustls.tls import failure_text
 
 __all__ = ["ProxyFactory", "ProxyProtocol", "PENDING_LIMIT", "backend_endpoint", "identity_header"]
 
@@ -290,7 +292,6 @@ class ProxyProtocol(PortProtocol):
         )
         self._pending, self._pending_size = [], 0
         self.close()
-        self._abort_later()
 
     # -- client -> backend ------------------------------------------------------------------
 
@@ -336,7 +337,22 @@ class ProxyProtocol(PortProtocol):
         self._backend_gone = True
         if self._client_gone:
             return
-        if reason is not None and not reason.check(error.ConnectionDone):
+        if reason is not None and reason.check(SSL.Error):
+            # A TLS backend that failed its handshake (untrusted, wrong name): as if down.
+            cause = f"TLS with the backend failed: {failure_text(reason)}"
+            self._cause = f"backend failed: {cause}"
+            rt = self.factory.runtime
+            emit(
+                "janustls.proxy.backend_failed",
+                "port {port}: closing {peer}: backend {backend}: {cause}",
+                LogLevel.warn,
+                port=rt.port.name,
+                peer=_address_text(self.peer_address()),
+                backend=rt.port.connect,
+                cause=cause,
+                seconds=rt.reactor.seconds() - self._connect_started,
+            )
+        elif reason is not None and not reason.check(error.ConnectionDone):
             self._cause = f"backend lost: {reason.getErrorMessage()}"
         elif not self._backend_ended:
             self._cause = "backend closed"
@@ -360,8 +376,13 @@ class ProxyProtocol(PortProtocol):
     # -- the end --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the client (after its pending bytes) and, through connection_ended, the backend."""
+        """Close the client (after its pending bytes) and, through connection_ended, the backend.
+
+        Also the idle timeout's way out: a client that then neither reads nor answers the
+        close_notify is cut off after CLOSE_GRACE seconds, so nothing lingers.
+        """
         self._close_client()
+        self._abort_later()
 
     def connection_ended(self, reason: Failure | None) -> None:
         self._client_gone = True
