@@ -975,3 +975,18 @@ def test_v1_unknown_and_v6():
     assert proxyproto.parse_v1(b"PROXY UNKNOWN\r\n").source is None
     h = proxyproto.parse_v1(proxyproto.build_v1(("::1", 5), ("::2", 6)))
     assert h.source == ("::1", 5) and h.destination == ("::2", 6)
+
+
+def test_haproxy_health_checks_are_quiet(servers, pki, procs, events, tmp_path):
+    """`check check-send-proxy`: HAProxy's checks carry a v2 LOCAL header; janustls keeps the
+    real address and logs no warning for them."""
+    server = start(srvsock_ini(pki, procs), procs)
+    servers.append(server)
+    mark = events.mark()
+    start_haproxy(servers, tmp_path, 0, server.port("BEHIND"), "send-proxy-v2 check check-send-proxy inter 200ms")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not any(e.get("local") for e in events.since(mark, "janustls.proxy.header_received")):
+        time.sleep(0.05)
+    local = [e for e in events.since(mark, "janustls.proxy.header_received", "BEHIND") if e["local"]]
+    assert local and local[0]["peer"] == local[0]["via"]
+    assert not events.since(mark, "janustls.proxy.header_invalid")
