@@ -68,6 +68,8 @@ CATALOGUE: dict[str, str] = {
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",
     "janustls.workers.exited": "a worker process ended (worker, pid, status)",
+    "janustls.tickets.unavailable": "session ticket keys cannot be shared here (no way to set them in this OpenSSL "
+    "build); each worker resumes only its own sessions (worker, error)",
     "janustls.shutdown.draining": "shutting down: ports closed, open connections get until the deadline (open, seconds)",
     "janustls.shutdown.done": "shutdown finished (left: connections still open at the deadline, then closed)",
     **{r.event_id: f"a client was refused: {r.description}" for r in Reason},

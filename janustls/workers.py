@@ -211,11 +211,18 @@ class WorkersService(service.MultiService):
         self.log_path = log_path
         self._reactor = reactor
         self.ports: list[BuiltPort] = build_ports(definitions, reactor)  # validates everything
-        self.ticket_key = ticket_key or self._private_ticket_key()
-        try:
-            tickets.load_master(self.ticket_key)
-        except MaterialError as e:
-            raise ConfigErrors([ConfigError(definitions.source, None, None, str(e))])
+        from janustls import _openssl
+
+        self.ticket_key: str | None = None
+        if ticket_key is not None or _openssl.ticket_keys_supported():
+            # Without a way to set ticket keys here, workers resume only their own sessions.
+            self.ticket_key = ticket_key or self._private_ticket_key()
+            try:
+                tickets.load_master(self.ticket_key)
+                if not _openssl.ticket_keys_supported():
+                    raise MaterialError("this OpenSSL build gives no way to set session ticket keys")
+            except MaterialError as e:
+                raise ConfigErrors([ConfigError(definitions.source, None, None, f"--ticket-key: {e}")])
         self._sockets: dict[str, Any] = {}
         self._listen_of: dict[str, str] = {}
         self._current: list[_Worker] = []
@@ -293,7 +300,8 @@ class WorkersService(service.MultiService):
         package_root = str(Path(janustls.__file__).resolve().parents[1])
         env = dict(os.environ)
         env[ENV_WORKER] = str(index)
-        env[tickets.ENV_KEY_FILE] = self.ticket_key
+        if self.ticket_key is not None:
+            env[tickets.ENV_KEY_FILE] = self.ticket_key
         env["PYTHONPATH"] = os.pathsep.join([package_root] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
         self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=fds)
         self._all.add(worker)
@@ -376,7 +384,8 @@ class WorkersService(service.MultiService):
         try:
             new_defs = definitions if definitions is not None else load_definitions(source)
             built = build_ports(new_defs, self._reactor)
-            tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
+            if self.ticket_key is not None:
+                tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
         except ConfigErrors as e:
             return self._failed(source, [str(x) for x in e.errors])
         except MaterialError as e:
@@ -486,7 +495,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         name, _, rest = item.partition("=")
         fd, _, family = rest.partition(":")
         fds[name] = (int(fd), int(family or socket.AF_INET))
-    tickets.configure_from_env()
+    try:
+        tickets.configure_from_env()
+    except MaterialError as e:  # serve anyway: only resumption across workers is lost
+        emit("janustls.tickets.unavailable", "worker {worker}: no shared session tickets: {error}", LogLevel.error,
+             worker=args.index, error=str(e))  # fmt: skip
     definitions = load_definitions(args.port_def)
     definitions = replace(definitions, status=None, ports=tuple(p for p in definitions.ports if p.name in fds))
     svc = JanusService(definitions, reactor)
