@@ -98,7 +98,7 @@ def run_backend() -> None:
 def _begin_logging(directory: Path, kind: str) -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    out = open(directory / f"{kind}.log", "a", encoding="utf-8")  # noqa: SIM115 - lives with the process
+    out = open(directory / f"{kind}.log", "a", encoding="utf-8")
     globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
 
 

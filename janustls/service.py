@@ -21,7 +21,7 @@ from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
-from janustls.ports.proxy import ProxyFactory, backend_endpoint
+from janustls.ports.proxy import ProxyFactory, ProxyTLSFactory, backend_endpoint
 from janustls.ports.srvsock import SrvsockFactory
 from janustls.procedures import ProcedureError, load_callable
 from janustls.tls import build_port_tls
@@ -71,6 +71,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
             inner = ProxyFactory(runtime, backend_endpoint(runtime.reactor, port.connect))
         except (ValueError, KeyError, TypeError) as e:
             raise ConfigErrors([ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")])
+        return ProxyTLSFactory(runtime, inner)  # its TLS layer passes the client's half-close on
     elif port.type is PortType.WEBSERV:
         from janustls.ports.webserv import WebFactory
 

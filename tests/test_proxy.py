@@ -17,8 +17,9 @@ import struct
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -577,6 +578,52 @@ def test_backend_half_close(servers, pki, procs):
     [record] = backend.wait(1)
     assert record["first"] == b"question"
     assert record["after"] == b"and one more thing"
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_client_half_close(servers, pki, procs, events, version):
+    """The client sends close_notify after its request (Go's CloseWrite): the backend gets
+    EOF, and its answer still reaches the client."""
+    from OpenSSL import SSL
+
+    def read_all_then_answer(conn: socket.socket, record: dict[str, Any]) -> None:
+        record["request"] = recv_all(conn)  # until the FIN janustls passes on
+        conn.sendall(b"answer after your EOF")
+
+    backend = Backend(read_all_then_answer)
+    servers.append(backend)
+    server = gate(servers, pki, procs, f"tcp:127.0.0.1:{backend.port}")
+    mark = events.mark()
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    wanted = SSL.TLS1_2_VERSION if version == "1.2" else SSL.TLS1_3_VERSION
+    ctx.set_min_proto_version(wanted)
+    ctx.set_max_proto_version(wanted)
+    ctx.load_verify_locations(str(pki.files["root.ca"]))
+    ctx.use_certificate_chain_file(str(pki.cert("alice")))
+    ctx.use_privatekey_file(str(pki.key("alice")))
+    sock = socket.create_connection(("127.0.0.1", server.port("GATE")), timeout=5)
+    servers.append(sock)
+    conn = SSL.Connection(ctx, sock)
+    conn.set_tlsext_host_name(b"localhost")
+    conn.set_connect_state()
+    sock.settimeout(None)
+    conn.do_handshake()
+    conn.sendall(b"the whole request")
+    conn.shutdown()  # close_notify: nothing more from this client
+    sock.setblocking(False)
+    answer = b""
+    while True:
+        try:
+            answer += conn.recv(65536)
+        except SSL.WantReadError:  # the socket has a timeout, so it is non-blocking underneath
+            assert select.select([sock], [], [], 5)[0], f"no answer; so far {answer!r}"
+        except SSL.ZeroReturnError:
+            break
+    assert answer == b"answer after your EOF"
+    [record] = backend.wait(1)
+    assert record["request"] == b"the whole request"
+    e = events.wait_for(mark, "janustls.proxy.closed", "GATE")
+    assert e["up"] == 17 and e["down"] == 21
 
 
 def test_client_close_closes_backend(servers, pki, procs, events):

@@ -10,9 +10,10 @@ transports' own buffers (plus `PENDING_LIMIT` while connecting) are held per
 connection.
 
 Closing: either side ending closes the other after its pending bytes are written.
-A backend that half-closes (sends FIN) gets the client a TLS close_notify while the
-client's remaining bytes still reach the backend; Twisted's TLS layer treats the
-client's close_notify as the end of the connection, so that direction is a full close.
+Half-close both ways: a backend that sends FIN gets the client a TLS close_notify while
+the client's remaining bytes still reach the backend; a client's close_notify becomes a
+FIN to the backend (close_notify to a TLS backend) while the backend's answer still
+reaches the client (`ProxyTLSProtocol`).
 A backend that is down or slow: the client is closed cleanly (close_notify) and
 `janustls.proxy.backend_failed` says why; the port keeps serving.
 """
@@ -27,9 +28,16 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.interfaces import IAddress, IHalfCloseableProtocol, IPushProducer, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IAddress,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -37,7 +45,7 @@ from janustls import _openssl
 from janustls.config import ForwardIdentity
 from janustls.connection import Connection
 from janustls.events import emit
-from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address_text
+from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, _address_text
 from janustls.proxyproto import (
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -47,9 +55,9 @@ from janustls.proxyproto import (
     SSLInfo,
     build_v2,
 )
-from janustls.tls import failure_text
+from janustls.tls import PortTLSProtocol, failure_text
 
-__all__ = ["ProxyFactory", "ProxyProtocol", "PENDING_LIMIT", "backend_endpoint", "identity_header"]
+__all__ = ["PENDING_LIMIT", "ProxyFactory", "ProxyProtocol", "ProxyTLSFactory", "ProxyTLSProtocol", "backend_endpoint", "identity_header"]
 
 #: Client bytes held while the backend connection is being made; past it the client is paused.
 PENDING_LIMIT = 262144
@@ -69,7 +77,7 @@ _SIG_NAMES = {
 
 
 def _sig_alg(cert: x509.Certificate) -> str:
-    name = cert.signature_algorithm_oid._name  # noqa: SLF001 - cryptography's display name
+    name = cert.signature_algorithm_oid._name
     return _SIG_NAMES.get(name, name)
 
 
@@ -198,6 +206,7 @@ class _BackendFactory(Factory):
         return _Backend(self.front)
 
 
+@implementer(IHalfCloseableProtocol)
 class ProxyProtocol(PortProtocol):
     """One client of a proxy port and its backend connection."""
 
@@ -208,6 +217,7 @@ class ProxyProtocol(PortProtocol):
     _client_gone = False
     _backend_gone = False
     _backend_ended = False
+    _client_eof = False
     _closing = False
     _abort_timer: Any = None
     _cause = "client closed"
@@ -256,6 +266,8 @@ class ProxyProtocol(PortProtocol):
         transport.registerProducer(_ClientReading(self), True)
         self.transport.registerProducer(transport, True)
         self._resume_client("connecting")
+        if self._client_eof:
+            self._end_backend_writes()
 
     def _connected(self, backend: _Backend) -> None:
         self._connecting = None
@@ -319,6 +331,27 @@ class ProxyProtocol(PortProtocol):
         self._paused_for.discard(why)
         if not self._paused_for and not self._client_gone:
             self.resume_reading()
+
+    def readConnectionLost(self) -> None:
+        """The client sent close_notify: nothing more comes from it; the backend may still answer."""
+        self._client_eof = True
+        self._resume_client("connecting")
+        if self.backend is not None:
+            self._end_backend_writes()
+
+    def _end_backend_writes(self) -> None:
+        """Pass the client's end of stream on: a FIN to a TCP backend, close_notify to a TLS one."""
+        transport = self.backend.transport if self.backend is not None else None
+        if transport is None or self._backend_gone:
+            return
+        transport.unregisterProducer()
+        if isinstance(transport, TLSMemoryBIOProtocol) or not hasattr(transport, "loseWriteConnection"):
+            transport.loseConnection()  # TLS: close_notify, then it still reads until the backend's
+        else:
+            transport.loseWriteConnection()
+
+    def writeConnectionLost(self) -> None:
+        """Not called: the TLS layer never half-closes our writing."""
 
     # -- backend -> client ------------------------------------------------------------------
 
@@ -409,6 +442,47 @@ class ProxyProtocol(PortProtocol):
             down=self._down,
             seconds=rt.reactor.seconds() - self._started,
         )
+
+
+class ProxyTLSProtocol(PortTLSProtocol):
+    """Twisted's TLS protocol, except that the client's close_notify ends only its direction.
+
+    TLS 1.3 (and OpenSSL for 1.2) lets a peer that sent close_notify keep reading; Go's
+    `tls.Conn.CloseWrite` and ghostunnel use it as TCP's half-close.  Twisted answers a
+    close_notify by closing both ways, losing what the backend still has to say; here
+    the application hears `readConnectionLost` and the connection closes when it says
+    so.  This copies `TLSMemoryBIOProtocol._flushReceiveBIO` (a private method; the
+    test of the half-close guards it) with the close_notify branch changed.
+    """
+
+    _read_closed = False
+
+    def _flushReceiveBIO(self) -> None:
+        wrapped = self.wrappedProtocol
+        if not isinstance(wrapped, ProxyProtocol) or wrapped.connection is None:
+            super()._flushReceiveBIO()  # type: ignore[misc]
+            return
+        while not self._lostTLSConnection and not self._read_closed:  # type: ignore[attr-defined]
+            try:
+                data = self._tlsConnection.recv(2**15)  # type: ignore[attr-defined]
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._read_closed = True
+                wrapped.readConnectionLost()
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())  # type: ignore[attr-defined]
+            else:
+                if not self._aborted:  # type: ignore[attr-defined]
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()  # type: ignore[attr-defined]
+
+
+class ProxyTLSFactory(PortTLSFactory):
+    """A proxy port's TLS wrapper: max_connections as every port, the half-closing protocol."""
+
+    protocol = ProxyTLSProtocol
 
 
 class ProxyFactory(PortFactory):
