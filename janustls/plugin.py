@@ -180,4 +180,8 @@ class JanusEndpointParser:
                 tcp = TCP6ServerEndpoint(reactor, int(args[0]), backlog, interface)
             else:
                 tcp = TCP4ServerEndpoint(reactor, int(args[0]), backlog, interface)
+        if port.proxy_protocol:  # a PROXY v1/v2 header precedes TLS
+            from janustls.ports.accept_proxy import ProxyHeaderEndpoint
+
+            tcp = ProxyHeaderEndpoint(tcp)
         return JanusServerEndpoint(reactor, tcp, port, build_port_tls(port))

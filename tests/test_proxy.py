@@ -820,6 +820,37 @@ def test_missing_or_invalid_header_is_closed_and_logged(servers, pki, procs, eve
     assert not events.since(mark, "janustls.conn.accepted", "BEHIND")
 
 
+def test_endpoint_plugin_honours_proxy_protocol(servers, pki, events):
+    """`janustls:0:...:proxy_protocol=yes` as a Twisted endpoint string for any application."""
+    from twisted.internet.endpoints import serverFromString
+    from twisted.internet.protocol import Factory, Protocol
+
+    class Peer(Protocol):
+        def connectionMade(self) -> None:
+            self.transport.write(str(self.transport.getPeer().host).encode() + b"\n")
+            self.transport.loseConnection()
+
+    description = (
+        f"janustls:0:interface=127.0.0.1:name=EPPROXY:certificate={pki.files['server.pem']}"
+        f":private_key={pki.files['server.key']}:proxy_protocol=yes"
+    )
+
+    def listen() -> Any:
+        from twisted.internet import reactor
+
+        return serverFromString(reactor, description).listen(Factory.forProtocol(Peer))
+
+    listening = in_reactor(listen)
+    servers.append(type("Stopper", (), {"stop": lambda self: in_reactor(listening.stopListening)})())
+    mark = events.mark()
+    raw = socket.create_connection(("127.0.0.1", listening.getHost().port), timeout=5)
+    raw.sendall(b"PROXY TCP4 198.51.100.9 127.0.0.1 50000 443\r\n")
+    with client_context(None).wrap_socket(raw, server_hostname="localhost") as s:
+        assert recv_all(s) == b"198.51.100.9\n"
+    e = events.wait_for(mark, "janustls.conn.accepted", "EPPROXY")
+    assert e["peer"] == "198.51.100.9:50000"
+
+
 def test_silent_connection_on_proxy_protocol_port_times_out(servers, pki, procs, events):
     server = start(srvsock_ini(pki, procs), procs)
     servers.append(server)
