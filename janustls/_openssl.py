@@ -37,9 +37,9 @@ _ffi: Any = Binding.ffi
 OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION = 0x00010000
 
 HAS_POST_HANDSHAKE_AUTH: bool = bool(
-    getattr(_lib, "Cryptography_HAS_SSL_VERIFY_CLIENT_POST_HANDSHAKE", 0)
-    and hasattr(_lib, "SSL_verify_client_post_handshake")
+    hasattr(_lib, "SSL_verify_client_post_handshake")
     and hasattr(_lib, "SSL_VERIFY_POST_HANDSHAKE")
+    and getattr(_lib, "Cryptography_HAS_SSL_VERIFY_CLIENT_POST_HANDSHAKE", 1)
 )
 
 
@@ -102,7 +102,7 @@ def connection_pointer(connection: SSL.Connection) -> Any:
 
 
 def tls_protocol_of(connection: SSL.Connection) -> Any:
-    """The Twisted TLS protocol driving a connection (Twisted stores it as the app data)."""
+    """The Twisted TLS protocol driving a connection (`PortTLS` stores it as the app data)."""
     return connection.get_app_data()
 
 

@@ -194,7 +194,11 @@ class PortTLS:
         return ctx
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
+        connection = SSL.Connection(self.context, None)
+        # The verify callback finds its connection's state here (newer Twisted sets the
+        # same app data itself; older releases do not).
+        connection.set_app_data(tlsProtocol)
+        return connection
 
     def verify(self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         """OpenSSL's verdict on each certificate, plus ours; the first failure is kept."""
