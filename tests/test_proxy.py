@@ -820,6 +820,28 @@ def test_missing_or_invalid_header_is_closed_and_logged(servers, pki, procs, eve
     assert not events.since(mark, "janustls.conn.accepted", "BEHIND")
 
 
+@pytest.mark.parametrize("source, allowed", [("198.51.100.9", True), ("203.0.113.7", False)])
+def test_identity_rules_see_the_proxied_address(servers, pki, procs, events, source, allowed):
+    (procs / "net.py").write_text("def inside(conn):\n    return conn.peer.host.startswith('198.51.100.')\n")
+    ini = srvsock_ini(pki, procs).replace("proxy_protocol = yes", "proxy_protocol = yes\nallow = call:net:inside")
+    server = start(ini, procs)
+    servers.append(server)
+    mark = events.mark()
+    raw = socket.create_connection(("127.0.0.1", server.port("BEHIND")), timeout=5)
+    raw.sendall(proxyproto.build_v2((source, 40001), ("127.0.0.1", 443)))
+    with client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost") as s:
+        try:
+            out = recv_all(s)
+        except (ssl.SSLError, ConnectionError):
+            out = b""
+    if allowed:
+        assert out == f"{source}:40001|alice\n".encode()
+    else:
+        assert out == b""
+        e = events.wait_for(mark, "janustls.refused.not_allowed", "BEHIND")
+        assert source in str(e["peer"]) and "40001" in str(e["peer"])
+
+
 def test_endpoint_plugin_honours_proxy_protocol(servers, pki, events):
     """`janustls:0:...:proxy_protocol=yes` as a Twisted endpoint string for any application."""
     from twisted.internet.endpoints import serverFromString
