@@ -15,6 +15,7 @@ import threading
 from typing import IO, Any, Callable, Iterable
 
 from twisted.application import service
+from twisted.internet.error import CannotListenError
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
@@ -102,6 +103,13 @@ class ServerRoot(service.MultiService):
         if self.log_format == "json" and hasattr(parent, "setComponent") and self._log_file is not None:
             parent.setComponent(ILogObserver, log_observer("json", self._log_file()))
         super().setServiceParent(parent)
+
+    def privilegedStartService(self) -> None:
+        """Ports bind here; one that cannot listen ends twistd with its error, not a traceback."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise SystemExit(f"janustls: {e}") from None
 
     def startService(self) -> None:
         if self._reactor is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel
@@ -28,29 +27,6 @@ if TYPE_CHECKING:
     from janustls.service import JanusService
 
 __all__ = ["reload_service", "replace_port"]
-
-
-class _OpenedPortService(PortService):
-    """A port added by a reload: it already listens (opened before the swap)."""
-
-    def __init__(self, built: BuiltPort, listening: IListeningPort) -> None:
-        super().__init__(built)
-        self._opened = listening
-
-    def startService(self) -> Any:
-        service.Service.startService(self)
-        self.listening = self.built.listening = self._opened
-        port = self.built.definition
-        emit(
-            "janustls.port.listening",
-            "port {port}: {type} listening on {address}, client_cert={mode}, {cas} CA(s)",
-            port=port.name,
-            type=port.type.value,
-            address=str(self._opened.getHost()),
-            mode=port.client_cert.value,
-            cas=len(self.built.runtime.tls.trust.cas),
-        )
-        return defer.succeed(None)
 
 
 def _same_socket(a: BuiltPort, b: BuiltPort) -> bool:
@@ -128,7 +104,7 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     for name in removed:
         yield defer.maybeDeferred(svc.removeService, svc.getServiceNamed(name))
     for name in added:
-        _OpenedPortService(new[name], opened[name]).setServiceParent(svc)
+        PortService(new[name], listening=opened[name]).setServiceParent(svc)
     svc.ports = [old[n] if n in kept else new[n] for n in new]
     old_status = svc.definitions.status
     svc.definitions = new_defs

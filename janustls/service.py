@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
 from twisted.logger import LogLevel
+from twisted.python.failure import Failure
 
 from janustls.config import Definitions, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
@@ -138,39 +139,67 @@ def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort
 
 
 class PortService(service.Service):
-    """One listening port as a Twisted service."""
+    """One listening port as a Twisted service.
 
-    def __init__(self, built: BuiltPort) -> None:
+    It binds in `privilegedStartService`, before the reactor runs (and before twistd
+    drops privileges), so a port that cannot listen stops the start with its error
+    instead of leaving the other ports running.  `listening`: a port already opened
+    (a reload opens new addresses before it swaps).
+    """
+
+    def __init__(self, built: BuiltPort, listening: IListeningPort | None = None) -> None:
         self.built = built
         self.name = built.definition.name
         self.listening: IListeningPort | None = None
+        self._opened = listening
+        self._binding: defer.Deferred[None] | None = None
 
-    @defer.inlineCallbacks
+    def privilegedStartService(self) -> None:
+        service.Service.privilegedStartService(self)
+        if self._opened is None and self._binding is None:
+            failed: list[Failure] = []
+            self._binding = self._bind()
+            self._binding.addErrback(failed.append)
+            if failed:
+                failed[0].raiseException()
+
     def startService(self) -> Any:
         service.Service.startService(self)
+        if self._opened is not None:
+            self._listening(self._opened)
+            return defer.succeed(None)
+        if self._binding is None:
+            self._binding = self._bind()
+        return self._binding
+
+    def _bind(self) -> defer.Deferred[None]:
+        d = self.built.endpoint.listen(self.built.factory)
+        return d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, listening: IListeningPort) -> None:
+        self.listening = self.built.listening = listening
         port = self.built.definition
-        try:
-            self.listening = yield self.built.endpoint.listen(self.built.factory)
-            self.built.listening = self.listening
-        except Exception as e:
-            emit(
-                "janustls.port.failed",
-                "port {port}: cannot listen on {listen}: {error}",
-                LogLevel.critical,
-                port=port.name,
-                listen=port.listen,
-                error=str(e),
-            )
-            raise
         emit(
             "janustls.port.listening",
             "port {port}: {type} listening on {address}, client_cert={mode}, {cas} CA(s)",
             port=port.name,
             type=port.type.value,
-            address=str(self.listening.getHost()),
+            address=str(listening.getHost()),
             mode=port.client_cert.value,
             cas=len(self.built.runtime.tls.trust.cas),
         )
+
+    def _failed(self, failure: Failure) -> Failure:
+        port = self.built.definition
+        emit(
+            "janustls.port.failed",
+            "port {port}: cannot listen on {listen}: {error}",
+            LogLevel.critical,
+            port=port.name,
+            listen=port.listen,
+            error=failure.getErrorMessage(),
+        )
+        return failure
 
     def stopService(self) -> Any:
         service.Service.stopService(self)

@@ -128,6 +128,30 @@ def test_twistd_refuses_a_bad_file(pki, lib, tmp_path):
     assert refused(number)
 
 
+def test_twistd_stops_when_a_port_cannot_listen(pki, lib, tmp_path):
+    """An address already taken: twistd exits non-zero with the port's error, and the
+    file's other port does not keep running without it."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    other = free_port()
+    ini = write_ini(
+        lib,
+        port_section(pki, "FREE", listen=f"tcp:{other}:interface=127.0.0.1")
+        + port_section(pki, "BUSY", listen=f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"),
+    )
+    try:
+        r = subprocess.run(
+            [str(BIN / "twistd"), "-n", "--pidfile=", "janustls", "--port-def", str(ini)],
+            cwd=tmp_path, capture_output=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        busy.close()
+    assert r.returncode != 0
+    assert "janustls: Couldn't listen on 127.0.0.1:" in (r.stdout + r.stderr).decode()  # twistd logs stderr
+    assert refused(other)
+
+
 def test_twistd_help_lists_port_def():
     """`twistd janustls --help` documents --port-def, and it is required."""
     r = subprocess.run([str(BIN / "twistd"), "janustls", "--help"], capture_output=True, timeout=60, cwd=REPO)
