@@ -168,7 +168,7 @@ class PortAccess:
             refusal = verdict.refusal(subject)
             assert refusal is not None
             protocol.factory.runtime.refused += 1
-            log_refusal(self.port.name, str(conn.peer), refusal, verdict.rule)
+            log_refusal(self.port.name, protocol.peer_text(), refusal, verdict.rule)
             protocol.close()
 
         d.addCallback(done)
