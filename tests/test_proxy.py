@@ -736,6 +736,25 @@ def test_tls_backend_with_wrong_identity_is_refused(servers, pki, procs, events)
     assert e["cause"].startswith("TLS with the backend failed"), e["cause"]
 
 
+def test_max_connections_behind_proxy_protocol(servers, pki, procs, events):
+    """The PROXY header wrapper keeps the port's max_connections refusal."""
+    backend = Backend(echo)
+    servers.append(backend)
+    server = gate(servers, pki, procs, f"tcp:127.0.0.1:{backend.port}", proxy_protocol="yes", max_connections=1)
+    port = server.port("GATE")
+    mark = events.mark()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    raw.sendall(proxyproto.build_v2(("198.51.100.1", 1000), ("127.0.0.1", 443)))
+    first = client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost")
+    servers.append(first)
+    first.sendall(b"a")
+    assert recv_exactly(first, 1) == b"A"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+        assert closed_by_server(second)
+    e = events.wait_for(mark, "janustls.conn.limit", "GATE")
+    assert e["limit"] == 1
+
+
 def test_bad_connect_is_a_config_error(pki, procs):
     with pytest.raises(ConfigErrors) as e:
         start(proxy_ini(pki, procs, "nosuchkind:1:2"), procs)
