@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from janustls.errors import ConfigError, ConfigErrors
+from janustls.forwarding import parse_backend
 from janustls.identity import Policy, PolicyError, parse_policy
 
 __all__ = [
@@ -60,6 +61,7 @@ class Action(str, enum.Enum):
     PAGE = "page"
     REDIRECT = "redirect"
     WSGI = "wsgi"
+    FORWARD = "forward"
 
 
 class Exc(str, enum.Enum):
@@ -322,12 +324,12 @@ def build_table(
         if kind is Kind.REDIRECT:
             tokens = ["redirect"] + tokens
         if len(tokens) < 2:
-            err("needs an action: call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP")
+            err("needs an action: call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | forward http://BACKEND")
             continue
         try:
             action = Action(tokens[0].lower())
         except ValueError:
-            err(f"has action {tokens[0]!r}; expected call, page, redirect or wsgi")
+            err(f"has action {tokens[0]!r}; expected call, page, redirect, wsgi or forward")
             continue
         target = tokens[1]
         fields.update(action=action, target=target)
@@ -394,6 +396,12 @@ def build_table(
         if action is Action.REDIRECT and fields.get("status") is not None and fields["status"] not in _REDIRECT_STATUS:
             err(f"has status={fields['status']} on a redirect; expected one of 301, 302, 303, 307, 308")
             continue
+        if action is Action.FORWARD:
+            try:
+                parse_backend(target.replace("*", "x"))
+            except ValueError as e:
+                err(f"has forward {e}")
+                continue
         if action is Action.PAGE and ".." in target.replace("\\", "/").split("/"):
             err(f"has page {target!r}; a page stays inside the procedure library (no ..)")
             continue
@@ -404,8 +412,8 @@ def build_table(
             if exc is Exc.SSLPROTOCOLERR and action is not Action.CALL:
                 err("handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)")
                 continue
-            if action is Action.WSGI:
-                err("is an exception rule; a wsgi application cannot be an exception handler")
+            if action in (Action.WSGI, Action.FORWARD):
+                err(f"is an exception rule; {action.value} cannot be an exception handler")
                 continue
             if "*" in target:
                 err("is an exception rule; there is no wildcard part to substitute")

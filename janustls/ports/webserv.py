@@ -33,6 +33,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
@@ -41,6 +42,7 @@ from janustls.config import ClientCertMode
 from janustls.connection import Connection
 from janustls.errors import CertificateRequestTimeout, ConfigError, ConfigErrors
 from janustls.events import emit
+from janustls.forwarding import identity_headers, is_identity_header, parse_backend
 from janustls.identity import Policy, Subject, Verdict
 from janustls.ports.access import build_policy, decide, log_refusal, peer_ip, resolver_for
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address_text
@@ -620,7 +622,34 @@ class WebFactory(PortFactory):
         if rule.action is Action.WSGI:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
+        if rule.action is Action.FORWARD:
+            return self._forward(request, rule.substitute(res.parts))
         raise AssertionError(rule.action)
+
+    def _forward(self, request: JanusRequest, url: str) -> Any:
+        """Send the request on to an HTTP backend with the client's identity as headers.
+
+        Headers the client sent under the identity prefix are dropped first: only
+        janustls can set them.
+        """
+        backend = parse_backend(url)
+        headers = request.requestHeaders
+        for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
+            headers.removeHeader(name)
+        conn = request.connection
+        chain = getattr(conn, "_chain", None) or CertChain(conn.verified_chain)
+        for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        peer = getattr(conn.peer, "host", None)
+        if peer is not None:
+            headers.setRawHeaders(b"x-forwarded-for", [peer.encode("ascii")])
+        headers.setRawHeaders(b"x-forwarded-proto", [b"https"])
+        path, _, query = backend.path.partition("?")
+        if not query and b"?" in request.uri:
+            query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        resource = ReverseProxyResource(backend.host, backend.port, path.encode("latin-1"), reactor=self.reactor)
+        request.uri = (path + ("?" + query if query else "")).encode("latin-1")
+        return resource.render(request)
 
     def _mount(self, request: JanusRequest, rule: Rule) -> None:
         """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO)."""
