@@ -203,6 +203,7 @@ class PortService(service.Service):
 
     def stopService(self) -> Any:
         service.Service.stopService(self)
+        self._binding = self._opened = None  # a restart binds again
         if self.listening is not None:
             listening, self.listening = self.listening, None
             emit("janustls.port.stopped", "port {port}: stopped", port=self.name)
