@@ -750,9 +750,40 @@ def test_max_connections_behind_proxy_protocol(servers, pki, procs, events):
     first.sendall(b"a")
     assert recv_exactly(first, 1) == b"A"
     with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+        # Limits judge the client the header names, so they apply once it has come.
+        second.sendall(proxyproto.build_v2(("198.51.100.2", 1000), ("127.0.0.1", 443)))
         assert closed_by_server(second)
     e = events.wait_for(mark, "janustls.conn.limit", "GATE")
     assert e["limit"] == 1
+    assert e["peer"] == "198.51.100.2:1000"
+
+
+def test_per_client_limit_behind_proxy_protocol_counts_the_real_clients(servers, pki, procs, events):
+    """Behind a balancer every connection comes from its address: the per-client limit
+    must count the clients the PROXY headers name."""
+    backend = Backend(echo)
+    servers.append(backend)
+    server = gate(servers, pki, procs, f"tcp:127.0.0.1:{backend.port}", proxy_protocol="yes",
+                  max_connections_per_client=1)  # fmt: skip
+    port = server.port("GATE")
+
+    def client(source: str) -> Any:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        raw.sendall(proxyproto.build_v2((source, 1000), ("127.0.0.1", 443)))
+        s = client_context(pki, "alice").wrap_socket(raw, server_hostname="localhost")
+        servers.append(s)
+        s.sendall(b"a")
+        assert recv_exactly(s, 1) == b"A"
+        return s
+
+    client("198.51.100.1")
+    client("198.51.100.2")  # another client behind the same balancer gets in
+    mark = events.mark()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+        third.sendall(proxyproto.build_v2(("198.51.100.1", 2000), ("127.0.0.1", 443)))
+        assert closed_by_server(third)
+    e = events.wait_for(mark, "janustls.conn.limit", "GATE")
+    assert e["peer"] == "198.51.100.1:2000"
 
 
 def test_bad_connect_is_a_config_error(pki, procs):

@@ -4,9 +4,11 @@ Any port type can sit behind a load balancer, so this is an outer wrapper around
 port's TLS factory, applied to the listening endpoint.  It reads the header before a
 single byte reaches TLS, closes (and logs) a connection without a valid one, and
 makes the address the header carries the peer: `getPeer()` answers it, so every
-janustls log line and `Connection.peer` show the real client, not the balancer.
-The port's handshake timeout runs from the accept, so a balancer that sends nothing
-is cut off like any slow client.
+janustls log line, `Connection.peer`, identity rules and the per-client connection
+limit see the real client, not the balancer.  The port's TLS protocol is built only
+once the header has named the client; until then the port's handshake timeout runs
+from the accept, so a balancer or client that sends nothing is cut off like any
+slow client.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import (
     IAddress,
+    IDelayedCall,
     IListeningPort,
-    IProtocol,
     IProtocolFactory,
     IStreamServerEndpoint,
 )
 from twisted.logger import LogLevel
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
@@ -40,21 +43,68 @@ def _twisted_address(host: str, port: int) -> IAddress:
 
 
 class ProxyHeaderProtocol(ProtocolWrapper):
-    """Reads the PROXY header, then relays everything to the TLS protocol inside."""
+    """Reads the PROXY header, then builds the port's TLS protocol for the client it names."""
 
     factory: ProxyHeaderFactory
+    wrappedProtocol: Any
 
-    def __init__(self, factory: ProxyHeaderFactory, wrapped: IProtocol) -> None:
-        super().__init__(factory, wrapped)
+    def __init__(self, factory: ProxyHeaderFactory) -> None:
+        super().__init__(factory, None)  # type: ignore[arg-type]
         self._reader: HeaderReader | None = HeaderReader()
         self.header: ProxyHeader | None = None
         self._peer: IAddress | None = None
         self._host: IAddress | None = None
+        self._timer: IDelayedCall | None = None
+
+    def makeConnection(self, transport: Any) -> None:
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        runtime = self.factory.wrappedFactory.runtime
+        self._timer = runtime.reactor.callLater(runtime.port.handshake_timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        runtime = self.factory.wrappedFactory.runtime
+        emit(
+            "janustls.handshake.timeout",
+            "port {port}: {peer} sent no PROXY header in {seconds}s",
+            LogLevel.warn,
+            port=runtime.port.name,
+            peer=_address_text(self.transport.getPeer()),
+            seconds=runtime.port.handshake_timeout,
+        )
+        self.transport.abortConnection()
+
+    def _header_done(self, rest: bytes) -> None:
+        """Build the TLS protocol for the named client: the port's limits judge it now."""
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        inner = self.factory.wrappedFactory.buildProtocol(self.getPeer())
+        if inner is None:  # over a limit: PortTLSFactory logged it
+            self.transport.abortConnection()
+            return
+        self.wrappedProtocol = inner
+        inner.makeConnection(self)
+        if rest:
+            inner.dataReceived(rest)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.factory.unregisterProtocol(self)
+        if self.wrappedProtocol is not None:
+            self.wrappedProtocol.connectionLost(reason)
+            self.wrappedProtocol = None
+
+    def logPrefix(self) -> str:
+        return self.factory.logPrefix()
 
     def dataReceived(self, data: bytes) -> None:
         reader = self._reader
         if reader is None:
-            if self.header is not None:
+            if self.wrappedProtocol is not None:
                 self.wrappedProtocol.dataReceived(data)
             return  # refused: the rest is dropped while the connection closes
         try:
@@ -89,8 +139,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             version=header.version,
             local=header.local,
         )
-        if rest:
-            self.wrappedProtocol.dataReceived(rest)
+        self._header_done(rest)
 
     def getPeer(self) -> IAddress:
         """The client the header names (the balancer's own address for LOCAL/UNKNOWN)."""
@@ -105,7 +154,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
 
 class ProxyHeaderFactory(WrappingFactory):
-    """Wraps a port's TLS factory; keeps its max_connections refusal (None passes through)."""
+    """Wraps a port's TLS factory, which builds its protocol once the header has arrived."""
 
     protocol = ProxyHeaderProtocol
     noisy = False
@@ -114,11 +163,8 @@ class ProxyHeaderFactory(WrappingFactory):
         super().__init__(wrapped)
         self.port_name = wrapped.runtime.port.name
 
-    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol | None:  # type: ignore[override]
-        inner = self.wrappedFactory.buildProtocol(addr)
-        if inner is None:
-            return None
-        return self.protocol(self, inner)
+    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol:  # type: ignore[override]
+        return self.protocol(self)
 
     def logPrefix(self) -> str:
         return f"{self.wrappedFactory.logPrefix()} (PROXY)"
