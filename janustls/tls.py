@@ -167,8 +167,11 @@ class PortTLS:
         else:
             from janustls import tickets
 
-            tickets.apply(ctx, port.name)  # keys shared by workers and machines, when configured
-            _openssl.keep_chain_in_tickets(ctx)  # so that any process can name a resumed client's issuers
+            if tickets.apply(ctx, port.name):  # keys shared by workers and machines, when configured
+                # Another process may resume this session: put the client's intermediates in
+                # the ticket so it can name the issuers (a Python callback per ticket, so
+                # only when tickets are shared).
+                _openssl.keep_chain_in_tickets(ctx)
         store = ctx.get_cert_store()
         assert store is not None
         for ca in self.trust.cas:

@@ -324,10 +324,10 @@ class PortTLSFactory(TLSMemoryBIOFactory):
 
     def registerProtocol(self, protocol: Any) -> None:
         # Twisted may register a TLS protocol more than once (makeConnection, then
-        # the wrapper): count each connection once.
+        # the wrapper): count each connection once; and only where a limit needs it.
         first = protocol not in self.protocols
         super().registerProtocol(protocol)
-        if first:
+        if first and self.runtime.port.max_connections_per_client is not None:
             host = str(getattr(protocol.getPeer(), "host", ""))
             self._per_client[host] = self._per_client.get(host, 0) + 1
 
@@ -335,6 +335,8 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         if protocol not in self.protocols:
             return
         super().unregisterProtocol(protocol)
+        if not self._per_client:
+            return
         host = str(getattr(protocol.getPeer(), "host", ""))
         left = self._per_client.get(host, 0) - 1
         if left > 0:
