@@ -109,6 +109,31 @@ async def http(sock):
     sock.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n" % len(body) + body)
 
 
+async def mixed(sock):
+    """Awaits of every kind in one handler: reads, a later Deferred, a fired one, a failed
+    one caught, a read that fails (LineTooLong) caught, and a coroutine of its own."""
+    from twisted.internet.task import deferLater
+    from janustls.errors import LineTooLong
+
+    out = [await sock.readline()]
+    out.append((await deferLater(reactor, 0.01, lambda: b"later\\n")))
+    out.append(await defer.succeed(b"fired\\n"))
+    try:
+        await defer.fail(KeyError("caught"))
+    except KeyError as e:
+        out.append(b"failed %s\\n" % str(e).encode())
+
+    async def inner():
+        return await sock.read(4)
+
+    out.append(await inner() + b"\\n")
+    try:
+        await sock.readline()
+    except LineTooLong:
+        out.append(b"too long\\n")
+    sock.write(b"".join(out))
+
+
 async def hold(sock):
     """Say ok, then echo lines until the client goes."""
     sock.write(b"ok\\n")
@@ -139,7 +164,7 @@ def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_srvsock")
     (procs / "h.py").write_text(HANDLERS)
     ini = f"[janustls]\nprocs = {procs}\n"
-    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner"):
+    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner", "mixed"):
         ini += _port(name.upper(), pki, f"h:{name}")
     ini += _port("LIMITED", pki, "h:hold", "max_connections = 2")
     ini += _port("IDLE", pki, "h:hold", "idle_timeout = 0.5")
@@ -193,6 +218,15 @@ def test_readline_read_write_and_end_of_stream(server, pki, version):
         f.close()
     # At the end of the stream: the unterminated rest, then b"" from readline and read.
     assert handed() == (b"partial", b"", b"")
+
+
+def test_handler_awaiting_every_kind_of_thing(server, pki):
+    """The handler runner resumes on reads, other Deferreds, failures and nested coroutines."""
+    with connect(server.port("MIXED"), pki) as s:
+        s.sendall(b"first\n")
+        time.sleep(0.05)
+        s.sendall(b"abcd" + b"x" * (MAX_LINE + 10))
+        assert read_to_eof(s) == b"first\nlater\nfired\nfailed 'caught'\nabcd\ntoo long\n"
 
 
 def test_handler_returning_deferred(server, pki):

@@ -8,19 +8,81 @@ connection closed, and the port keeps serving.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Union
+from typing import Any, Awaitable, Callable, Coroutine, Union
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.connection import Connection
+from janustls.connection import Connection, ReadDeferred
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime
 
 __all__ = ["Handler", "SrvsockFactory", "SrvsockProtocol"]
 
 Handler = Callable[[Connection], Union[Awaitable[Any], "defer.Deferred[Any]", None]]
+
+
+class HandlerRun:
+    """Drives an `async def serve(sock)` coroutine on the reactor.
+
+    A read the coroutine awaits resumes it directly when the bytes come (see
+    `ReadDeferred`); any other Deferred it awaits resumes it through a callback, as
+    `ensureDeferred` would.  When it returns the connection is closed; when it raises,
+    the error is logged and the connection closed.
+    """
+
+    __slots__ = ("coro", "protocol")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], protocol: SrvsockProtocol) -> None:
+        self.coro = coro
+        self.protocol = protocol
+
+    def resume(self, value: object) -> None:
+        self._step(value, None)
+
+    def resume_failure(self, failure: Failure) -> None:
+        self._step(None, failure)
+
+    def _on_result(self, result: object) -> None:
+        if isinstance(result, Failure):
+            self._step(None, result)
+        else:
+            self._step(result, None)
+
+    def _step(self, value: object, failure: Failure | None) -> None:
+        coro = self.coro
+        while True:
+            try:
+                if failure is not None:
+                    yielded = failure.throwExceptionIntoGenerator(coro)  # type: ignore[arg-type]
+                    failure = None
+                else:
+                    yielded = coro.send(value)
+            except StopIteration:
+                self.protocol._handler_returned(None)
+                return
+            except Exception:
+                self.protocol._handler_failed(Failure())
+                return
+            if type(yielded) is ReadDeferred and not yielded.called:
+                yielded.runner = self
+                return
+            if isinstance(yielded, defer.Deferred):
+                if not yielded.called:
+                    yielded.addBoth(self._on_result)
+                    return
+                # Already fired: take its result here, in this loop, not by recursion.
+                box: list[object] = []
+                yielded.addBoth(box.append)
+                if not box:  # paused inside its own callbacks
+                    yielded.addBoth(self._on_result)
+                    return
+                value = box[0]
+                if isinstance(value, Failure):
+                    failure, value = value, None
+                continue
+            failure = Failure(TypeError(f"a srvsock handler awaited {yielded!r}; await Deferreds or the connection's reads"))
 
 
 class SrvsockProtocol(PortProtocol):
@@ -32,6 +94,9 @@ class SrvsockProtocol(PortProtocol):
             result = handler(connection)
         except Exception:
             self._handler_failed(Failure())
+            return
+        if inspect.iscoroutine(result):
+            HandlerRun(result, self).resume(None)
             return
         if inspect.isawaitable(result):
             d = defer.ensureDeferred(result)  # type: ignore[arg-type]
