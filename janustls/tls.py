@@ -53,6 +53,8 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     """
 
     refusal: Refusal | None = None
+    #: The client certificate's DER, from the verify callback to `client_chain` (then dropped).
+    leaf_der: bytes | None = None
     after_receive: Callable[[], None] | None = None
     _hello: bytes | None = None
     _hello_parsed: ClientHello | None = None
@@ -231,6 +233,8 @@ class PortTLS:
             if state.refusal is None:
                 state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
             return self.tolerate_refused
+        if depth == 0:
+            state.leaf_der = der
         return True
 
     def verified_chain(self, connection: SSL.Connection) -> list[x509.Certificate]:
@@ -244,8 +248,16 @@ class PortTLS:
         chain this Context verified for that leaf is used, else `PortTrust.complete_chain`
         rebuilds it.  EMPTY_CHAIN without a certificate.
         """
-        if self.tolerate_refused and _openssl.tls_protocol_of(connection).refusal is not None:
+        tls = _openssl.tls_protocol_of(connection)
+        if self.tolerate_refused and tls.refusal is not None:
             return EMPTY_CHAIN  # recorded, never verified: the web layer answers SSLCERTERR
+        leaf_der, tls.leaf_der = tls.leaf_der, None
+        if leaf_der is not None:
+            # This Context verified a chain for this very certificate before: the same
+            # identity, without reading the chain out of OpenSSL again.
+            known = self._by_leaf.get(leaf_der)
+            if known is not None:
+                return known
         ders = _openssl.verified_chain_der(connection)
         if ders:
             key = tuple(ders)

@@ -14,6 +14,7 @@ from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
@@ -28,6 +29,41 @@ from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_fai
 __all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
 
 
+class HandshakeDeadlines:
+    """Handshake timeouts of a port's connections, kept by one timer instead of one each.
+
+    A connection is added when it opens and removed when its handshake completes (a
+    dict insert and delete); a sweep a few times per timeout aborts the late ones, so
+    a client gets between `timeout` and 1.25 x `timeout`.
+    """
+
+    def __init__(self, reactor: IReactorTime, timeout: float) -> None:
+        self.reactor = reactor
+        self.timeout = timeout
+        self.pending: dict[PortProtocol, float] = {}
+        self._loop: LoopingCall | None = None
+
+    def add(self, protocol: PortProtocol) -> None:
+        self.pending[protocol] = self.reactor.seconds() + self.timeout
+        if self._loop is None:
+            self._loop = LoopingCall(self._sweep)
+            self._loop.clock = self.reactor
+            self._loop.start(min(1.0, self.timeout / 4), now=False)
+
+    def discard(self, protocol: PortProtocol) -> None:
+        self.pending.pop(protocol, None)
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        late = [p for p, deadline in self.pending.items() if deadline <= now]
+        for protocol in late:
+            del self.pending[protocol]
+            protocol._handshake_expired()
+        if not self.pending and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+
 class PortRuntime:
     """A port's live state shared by its connections: definition, TLS policy, reactor, counters."""
 
@@ -35,6 +71,7 @@ class PortRuntime:
         self.port = port
         self.tls = tls
         self.reactor = reactor
+        self.deadlines = HandshakeDeadlines(reactor, port.handshake_timeout)
         self.accepted = 0
         self.refused = 0
         #: The port's `allow =` gate (`janustls.ports.access.PortAccess`); web ports answer FORBIDDEN instead.
@@ -57,7 +94,7 @@ class PortProtocol(Protocol):
     transport: PortTLSProtocol  # type: ignore[assignment]
     connection: Optional[Connection] = None
 
-    _handshake_timer: IDelayedCall | None = None
+    _deadlines: HandshakeDeadlines | None = None
     _bytes_in = 0
     _idle_timer: IDelayedCall | None = None
     _timed_out = False
@@ -66,12 +103,13 @@ class PortProtocol(Protocol):
     def connectionMade(self) -> None:
         rt = self.factory.runtime
         self._started = rt.reactor.seconds()
-        self._handshake_timer = rt.reactor.callLater(rt.port.handshake_timeout, self._handshake_expired)
+        self._deadlines = rt.deadlines
+        rt.deadlines.add(self)
 
     # -- the handshake ---------------------------------------------------------------
 
     def _handshake_expired(self) -> None:
-        self._handshake_timer = None
+        self._deadlines = None
         self._timed_out = True
         rt = self.factory.runtime
         emit(
@@ -92,9 +130,9 @@ class PortProtocol(Protocol):
         return _address_text(self.peer_address())
 
     def handshakeCompleted(self) -> None:
-        if self._handshake_timer is not None:
-            self._handshake_timer.cancel()
-            self._handshake_timer = None
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
+            self._deadlines = None
         rt = self.factory.runtime
         handle: SSL.Connection = self.transport.getHandle()
         chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
@@ -185,10 +223,12 @@ class PortProtocol(Protocol):
     # -- the end ---------------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        for timer in (self._handshake_timer, self._idle_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._handshake_timer = self._idle_timer = None
+        if self._deadlines is not None:
+            self._deadlines.discard(self)
+            self._deadlines = None
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
         if self._request is not None:
             self._request.lost(reason)
             self._request = None
