@@ -348,8 +348,10 @@ class PortTLSFactory(TLSMemoryBIOFactory):
 
     def _over_client_limit(self, addr: IAddress) -> bool:
         limit = self.runtime.port.max_connections_per_client
+        if limit is None:
+            return False
         host = str(getattr(addr, "host", addr))
-        if limit is not None and self._per_client.get(host, 0) >= limit:
+        if self._per_client.get(host, 0) >= limit:
             emit(
                 "janustls.conn.limit",
                 "port {port}: refused {peer}: {limit} connections already open from it (max_connections_per_client)",
