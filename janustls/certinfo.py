@@ -121,13 +121,21 @@ class CertChain:
         return None
 
     def values(self, item: str, level: int = 0) -> list[str]:
-        """Every value of an item at a level (several OUs, several SANs), maybe empty."""
+        """Every value of an item at a level (several OUs, several SANs), maybe empty.
+
+        Cached under the name as asked too, so a repeated `cert_info("CN")` is one
+        dict lookup.
+        """
+        cached = self._cache.get((item, level))
+        if cached is not None:
+            return cached
         key = (canonical_item(item), level)
         cached = self._cache.get(key)
         if cached is None:
             cert = self.certificate(level)
             cached = ITEMS[key[0]](cert) if cert is not None else []
             self._cache[key] = cached
+        self._cache[(item, level)] = cached
         return cached
 
     def info(self, item: str, level: int = 0) -> str | None:

@@ -149,11 +149,12 @@ class PortProtocol(Protocol):
             asked=rt.port.client_cert is not ClientCertMode.NONE or bool(chain),
         )
         self.connection = conn
+        self._peer_text = _address_text(conn.peer)
         emit(
             "janustls.conn.accepted",
             "port {port}: {peer} connected with {version} {cipher}, client {subject}",
             port=rt.port.name,
-            peer=_address_text(conn.peer),
+            peer=self._peer_text,
             version=conn.tls_version,
             cipher=conn.cipher,
             subject=conn.cert_info("SUBJECT") if chain else None,
@@ -242,7 +243,7 @@ class PortProtocol(Protocol):
                 "port {port}: {peer} disconnected after {seconds:.3f}s",
                 LogLevel.debug,
                 port=rt.port.name,
-                peer=_address_text(self.connection.peer),
+                peer=self._peer_text,
                 seconds=rt.reactor.seconds() - self._started,
                 bytes_in=self._bytes_in,
                 bytes_out=getattr(self.transport, "bytes_out", 0),
