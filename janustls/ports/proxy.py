@@ -285,12 +285,10 @@ class ProxyProtocol(PortProtocol):
             seconds=rt.reactor.seconds() - self._connect_started,
         )
 
-    def _connect_failed(self, failure: Failure) -> None:
-        self._connecting = None
-        if self._client_gone and failure.check(defer.CancelledError, error.ConnectingCancelledError):
-            return  # the client left first; connection_ended has logged it
+
+    def _backend_failed(self, cause: str) -> None:
+        """The backend could not be reached or its TLS failed: logged, the client closed."""
         rt = self.factory.runtime
-        cause = _cause(failure, rt.port.connect_timeout)
         self._cause = f"backend failed: {cause}"
         emit(
             "janustls.proxy.backend_failed",
@@ -302,6 +300,12 @@ class ProxyProtocol(PortProtocol):
             cause=cause,
             seconds=rt.reactor.seconds() - self._connect_started,
         )
+    def _connect_failed(self, failure: Failure) -> None:
+        self._connecting = None
+        if self._client_gone and failure.check(defer.CancelledError, error.ConnectingCancelledError):
+            return  # the client left first; connection_ended has logged it
+        rt = self.factory.runtime
+        self._backend_failed(_cause(failure, rt.port.connect_timeout))
         self._pending, self._pending_size = [], 0
         self.close()
 
@@ -372,19 +376,7 @@ class ProxyProtocol(PortProtocol):
             return
         if reason is not None and reason.check(SSL.Error):
             # A TLS backend that failed its handshake (untrusted, wrong name): as if down.
-            cause = f"TLS with the backend failed: {failure_text(reason)}"
-            self._cause = f"backend failed: {cause}"
-            rt = self.factory.runtime
-            emit(
-                "janustls.proxy.backend_failed",
-                "port {port}: closing {peer}: backend {backend}: {cause}",
-                LogLevel.warn,
-                port=rt.port.name,
-                peer=_address_text(self.peer_address()),
-                backend=rt.port.connect,
-                cause=cause,
-                seconds=rt.reactor.seconds() - self._connect_started,
-            )
+            self._backend_failed(f"TLS with the backend failed: {failure_text(reason)}")
         elif reason is not None and not reason.check(error.ConnectionDone):
             self._cause = f"backend lost: {reason.getErrorMessage()}"
         elif not self._backend_ended:
