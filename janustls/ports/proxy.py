@@ -285,7 +285,6 @@ class ProxyProtocol(PortProtocol):
             seconds=rt.reactor.seconds() - self._connect_started,
         )
 
-
     def _backend_failed(self, cause: str) -> None:
         """The backend could not be reached or its TLS failed: logged, the client closed."""
         rt = self.factory.runtime
@@ -300,6 +299,7 @@ class ProxyProtocol(PortProtocol):
             cause=cause,
             seconds=rt.reactor.seconds() - self._connect_started,
         )
+
     def _connect_failed(self, failure: Failure) -> None:
         self._connecting = None
         if self._client_gone and failure.check(defer.CancelledError, error.ConnectingCancelledError):
