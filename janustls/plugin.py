@@ -44,6 +44,14 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        # A plain exit status 1 on every Twisted release (some end a UsageError with 0,
+        # which a service manager would take for success).
+        try:
+            self._check()
+        except usage.UsageError as e:
+            raise SystemExit(f"twistd janustls: {e} (see twistd janustls --help)") from None
+
+    def _check(self) -> None:
         if not self["port-def"]:
             raise usage.UsageError("--port-def FILE is required")
         if not Path(self["port-def"]).is_file():
