@@ -113,6 +113,11 @@ class Connection:
     def verified_chain(self) -> tuple[x509.Certificate, ...]:
         return self._chain.certificates
 
+    @property
+    def cert_chain(self) -> CertChain:
+        """The chain with its per-item cache (shared by connections with the same chain)."""
+        return self._chain
+
     def request_certificate(self, require: bool = False) -> defer.Deferred[x509.Certificate | None]:
         """The client's certificate, asking for it mid-connection if the port did not ask.
 

@@ -389,7 +389,7 @@ class WebProtocol(PortProtocol):
             self._env = (
                 leaf,
                 ssl_environ(
-                    getattr(conn, "_chain", None) or CertChain(conn.verified_chain),  # its per-item cache when there
+                    conn.cert_chain,
                     refusal=self.transport.refusal,
                     tls_version=conn.tls_version,
                     cipher=conn.cipher,
@@ -637,7 +637,7 @@ class WebFactory(PortFactory):
         for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
             headers.removeHeader(name)
         conn = request.connection
-        chain = getattr(conn, "_chain", None) or CertChain(conn.verified_chain)
+        chain = conn.cert_chain
         for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
             headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
         peer = getattr(conn.peer, "host", None)
