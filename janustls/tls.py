@@ -7,6 +7,7 @@ new connections, because pyOpenSSL forbids changing a Context once it has been u
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any, Callable, Sequence
 
 from cryptography import x509
@@ -118,7 +119,8 @@ class PortTLS:
         # resumed session has the leaf only).  Bounded like `_checked`.
         self._certs: dict[bytes, x509.Certificate] = {}
         self._chains: dict[tuple[bytes, ...], CertChain] = {}
-        self._by_leaf: dict[bytes, CertChain] = {}
+        #: leaf DER -> (its chain, the window every certificate of it is valid in, as timestamps)
+        self._by_leaf: dict[bytes, tuple[CertChain, float, float]] = {}
         self.context = self._build_context()
 
     #: Set by webserv ports with exception rules (`janustls.ports.webserv`): a `require`
@@ -257,7 +259,7 @@ class PortTLS:
             # identity, without reading the chain out of OpenSSL again.
             known = self._by_leaf.get(leaf_der)
             if known is not None:
-                return known
+                return known[0]
         ders = _openssl.verified_chain_der(connection)
         if ders:
             key = tuple(ders)
@@ -269,19 +271,36 @@ class PortTLS:
                 self._chains[key] = chain
                 self._remember_leaf(ders[0], chain)
             return chain
+        # A resumed session: OpenSSL verified its certificate when the session was made,
+        # perhaps under another Context (shared ticket keys survive a reload).  Judge it
+        # again under this one: a refusal is recorded and the port protocol closes.
         leaf_der = _openssl.peer_certificate_der(connection)
         if leaf_der is None:
             return EMPTY_CHAIN
-        chain = self._by_leaf.get(leaf_der)
-        if chain is None:
+        known = self._by_leaf.get(leaf_der)
+        if known is not None:
+            chain, valid_from, valid_until = known
+            if valid_from <= time.time() <= valid_until:
+                return chain
+            certs = list(chain.certificates)  # verified by this Context, out of date since
+            problem = self.trust.resumed_problem(certs, revocation=False)
+        else:
             leaf = self._parsed(leaf_der)
             rest = connection.get_peer_cert_chain(as_cryptography=True) or []
             rest += [self._parsed(der) for der in _openssl.ticket_chain_der(connection)]
             certs = self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
             if not certs:
+                tls.refusal = Refusal(Reason.UNKNOWN_CA, 0, _subject(leaf), "a resumed session's certificate chains to no CA of this port")
                 return EMPTY_CHAIN
-            chain = CertChain(certs)
-            self._remember_leaf(leaf_der, chain)
+            problem = self.trust.resumed_problem(certs)
+        if problem is not None:
+            reason, depth = problem
+            tls.refusal = Refusal(reason, depth, _subject(certs[depth]), f"{reason.description} (resumed session)")
+            return EMPTY_CHAIN
+        if known is not None:
+            return known[0]
+        chain = CertChain(certs)
+        self._remember_leaf(leaf_der, chain)
         return chain
 
     def _parsed(self, der: bytes) -> x509.Certificate:
@@ -296,7 +315,10 @@ class PortTLS:
     def _remember_leaf(self, der: bytes, chain: CertChain) -> None:
         if len(self._by_leaf) >= _CHECK_CACHE_SIZE:
             self._by_leaf.clear()
-        self._by_leaf[der] = chain
+        certs = chain.certificates
+        valid_from = max(c.not_valid_before_utc for c in certs).timestamp()
+        valid_until = min(c.not_valid_after_utc for c in certs).timestamp()
+        self._by_leaf[der] = (chain, valid_from, valid_until)
 
 
 def refusal_for_failure(tls_protocol: PortTLSProtocol, failure: Failure | None) -> Refusal | None:

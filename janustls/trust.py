@@ -7,6 +7,7 @@ and calls `check` from its verify callback; `janustls.explain` can call the same
 from __future__ import annotations
 
 import collections
+import datetime
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -141,6 +142,26 @@ class PortTrust:
                 if len(self._counted) > _MAX_REMEMBERED:
                     self._counted.clear()
                 self._counted[id(chain)] = (chain, fp)
+
+    def resumed_problem(self, chain: Sequence[x509.Certificate], *, revocation: bool = True) -> tuple[Reason, int] | None:
+        """What is wrong now with a chain a resumed session carries: (reason, depth) or None.
+
+        Validity dates at every level, and (with `revocation`) this port's CRLs for the
+        certificates `crl_check` covers: a session made before a CRL listed its client,
+        or before the certificate expired, must not come back as that client.
+        """
+        now = datetime.datetime.now(datetime.timezone.utc)
+        checked = len(chain) if self.crl_check is CRLCheck.CHAIN else 1
+        for depth, cert in enumerate(chain):
+            if cert.not_valid_after_utc < now:
+                return Reason.EXPIRED, depth
+            if cert.not_valid_before_utc > now:
+                return Reason.NOT_YET_VALID, depth
+            if revocation and depth < checked and depth < len(chain) - 1:
+                for crl in self.crls:
+                    if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                        return Reason.REVOKED, depth
+        return None
 
     def complete_chain(
         self, leaf: x509.Certificate, intermediates: Sequence[x509.Certificate]

@@ -24,6 +24,7 @@ from janustls.config import ClientCertMode, PortDefinition
 from janustls.connection import Connection
 from janustls.midconn import CertificateRequest, can_request
 from janustls.events import emit
+from janustls.reasons import Reason, Refusal
 from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure
 
 __all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
@@ -97,7 +98,8 @@ class PortProtocol(Protocol):
     _deadlines: HandshakeDeadlines | None = None
     _bytes_in = 0
     _idle_timer: IDelayedCall | None = None
-    _timed_out = False
+    #: The end of a connection that never served was logged already (timeout, resumed refusal).
+    _outcome_logged = False
     _request: CertificateRequest | None = None
 
     def connectionMade(self) -> None:
@@ -110,7 +112,7 @@ class PortProtocol(Protocol):
 
     def _handshake_expired(self) -> None:
         self._deadlines = None
-        self._timed_out = True
+        self._outcome_logged = True
         rt = self.factory.runtime
         emit(
             "janustls.handshake.timeout",
@@ -136,6 +138,8 @@ class PortProtocol(Protocol):
         rt = self.factory.runtime
         handle: SSL.Connection = self.transport.getHandle()
         chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
+        if not chain and self._refuse_resumed(rt):
+            return
         rt.tls.trust.count_signed(chain.certificates)
         rt.accepted += 1
         conn = Connection(
@@ -167,6 +171,28 @@ class PortProtocol(Protocol):
             rt.access.admit(self, conn, self.connection_ready)
             return
         self.connection_ready(conn)
+
+    def _refuse_resumed(self, rt: PortRuntime) -> bool:
+        """A handshake that completed without a usable certificate where one is needed.
+
+        Only a resumed session gets here (a full handshake that fails verification never
+        completes): its certificate is revoked or expired since, no longer chains to a
+        CA of the port, or the session predates `client_cert = require`.  Closed and
+        logged like any refusal, unless the web layer answers (SSLCERTERR/SSLNOCERTERR).
+        """
+        refusal = self.transport.refusal
+        if refusal is not None:
+            if rt.tls.tolerate_refused:
+                return False
+        elif rt.port.client_cert is ClientCertMode.REQUIRE and not rt.tls.tolerate_missing:
+            refusal = Refusal(Reason.NO_CERTIFICATE, None, None, "a resumed session without a certificate on a require port")
+        else:
+            return False
+        self.transport.refusal = refusal
+        self._log_failed_handshake(None)
+        self._outcome_logged = True
+        self.transport.abortConnection()
+        return True
 
     # -- after the handshake -------------------------------------------------------------
 
@@ -235,7 +261,7 @@ class PortProtocol(Protocol):
             self._request = None
         rt = self.factory.runtime
         if self.connection is None:
-            if not self._timed_out:
+            if not self._outcome_logged:
                 self._log_failed_handshake(reason)
         else:
             emit(

@@ -378,7 +378,7 @@ class WebProtocol(PortProtocol):
         if self.channel is not None:
             channel, self.channel = self.channel, None
             channel.connectionLost(reason)
-        elif self.connection is None and not self._timed_out:
+        elif self.connection is None and not self._outcome_logged:
             self.factory.protocol_error(self, reason)
 
     def ssl_environ(self) -> dict[str, str]:

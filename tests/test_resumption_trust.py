@@ -1,0 +1,135 @@
+"""A resumed session is judged again under the port's current trust.
+
+With shared ticket keys (workers, several machines) a ticket outlives a reload, so a
+client revoked since its session was made could otherwise come back by resuming it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+
+import pytest
+
+from janustls import _openssl, tickets
+from janustls.pki import CA
+from tests.support import client_context, in_reactor, start
+
+pytestmark = pytest.mark.skipif(not _openssl.ticket_keys_supported(), reason="no way to set ticket keys here")
+
+HANDLER = '''
+async def serve(sock):
+    sock.write(("%s %d\\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
+    await sock.readline()
+'''
+
+
+@pytest.fixture
+def shared_keys(tmp_path):
+    key = tmp_path / "ticket.key"
+    key.write_bytes(os.urandom(80))
+    tickets.configure(key)
+    yield
+    tickets.configure(None)
+
+
+def first_line(s: ssl.SSLSocket) -> str:
+    return s.makefile("rb").readline().decode().strip()
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_revoked_since_the_session_was_made(pki, reactor, procs, events, shared_keys, tmp_path, version):
+    root = CA.create("Resumption Root")
+    client = root.issue("carol")
+    crl = tmp_path / "root.crl"
+    crl.write_bytes(root.crl_pem())
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    client.write(tmp_path, "carol")
+    (procs / "h.py").write_text(HANDLER)
+    server = start(
+        f"""
+[janustls]
+procs = {procs}
+[port:RESUME]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {pki.files['server.pem']}
+private_key = {pki.files['server.key']}
+client_cert = require
+addca = {tmp_path / 'root.pem'}
+crl = {crl}
+handler = h:serve
+""",
+        procs,
+    )
+    try:
+        ctx = client_context(pki, None, tls=version)
+        ctx.load_cert_chain(tmp_path / "carol.pem", tmp_path / "carol.key")
+        port = server.port("RESUME")
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+            assert first_line(s) == "carol 2"
+            s.sendall(b"bye\n")
+            session = s.session
+        # Revoke carol and rebuild the port (what a CRL refresh or a reload does).
+        root.revoke(client)
+        crl.write_bytes(root.crl_pem())
+        from janustls.reload import rebuild_port, replace_port
+
+        in_reactor(lambda: replace_port(server.service, rebuild_port(server.service, "RESUME")))
+        mark = events.mark()
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            assert s.session_reused, "the shared ticket key should let the session resume"
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                if not first_line(s):
+                    raise ConnectionError("closed")
+        e = events.wait_for(mark, "janustls.refused", "RESUME")
+        assert e["reason"] == "revoked"
+        assert "resumed session" in str(e["refusal"])
+    finally:
+        server.stop()
+
+
+def test_session_without_certificate_after_the_port_came_to_require_one(pki, reactor, procs, events, shared_keys):
+    """A session from before `client_cert = require` carries no certificate: refused."""
+    from janustls.config import parse_definitions
+
+    (procs / "h.py").write_text(HANDLER)
+
+    def text(mode: str) -> str:
+        return f"""
+[janustls]
+procs = {procs}
+[port:COMES]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {pki.files['server.pem']}
+private_key = {pki.files['server.key']}
+client_cert = {mode}
+addca = {pki.files['root.ca']}
+handler = h:serve
+"""
+
+    server = start(text("none"), procs)
+    try:
+        port = server.port("COMES")
+        ctx = client_context(pki, None, tls="1.3")
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+            assert first_line(s) == "None 0"
+            s.sendall(b"bye\n")
+            session = s.session
+        # The same listen description, now requiring a certificate (a reload keeps the socket).
+        new = parse_definitions(text("require"), source="test.ini", base=procs)
+        assert in_reactor(lambda: server.service.reload(new)) is True
+        mark = events.mark()
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            assert s.session_reused
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                if not first_line(s):
+                    raise ConnectionError("closed")
+        e = events.wait_for(mark, "janustls.refused", "COMES")
+        assert e["reason"] == "no_certificate"
+    finally:
+        server.stop()
