@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-from janustls.config import load_definitions
+from janustls.config import load_definitions, load_partially
 from janustls.errors import ConfigErrors
 
 __all__ = ["main"]
@@ -22,8 +22,14 @@ def describe(file: str, out: TextIO) -> int:
     from janustls.service import build_ports
 
     try:
-        definitions = load_definitions(file)
-        built = build_ports(definitions, reactor)
+        # The file's own mistakes, then the files its sound ports name: all in one run.
+        definitions, errors = load_partially(file)
+        try:
+            built = build_ports(definitions, reactor)
+        except ConfigErrors as e:
+            errors = [*errors, *e.errors]
+        if errors:
+            raise ConfigErrors(errors)
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1

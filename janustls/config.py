@@ -25,7 +25,9 @@ __all__ = [
     "StatusDefinition",
     "Definitions",
     "parse_definitions",
+    "parse_partially",
     "load_definitions",
+    "load_partially",
     "port_from_options",
     "listen_address",
 ]
@@ -385,6 +387,19 @@ class _PortReader:
 
 def parse_definitions(text: str, source: str = "<string>", base: Path | None = None) -> Definitions:
     """Parse port-definition text; raise ConfigErrors listing every mistake."""
+    definitions, errors = parse_partially(text, source, base)
+    if errors:
+        raise ConfigErrors(errors)
+    return definitions
+
+
+def parse_partially(text: str, source: str = "<string>", base: Path | None = None) -> tuple[Definitions, list[ConfigError]]:
+    """The mistakes, and the definitions with only the ports whose sections have none.
+
+    `janustls check` builds those ports too, so one run reports both the file's own
+    mistakes and the problems of the certificates, keys and handlers it names.  Raises
+    ConfigErrors only when the file cannot be read as INI at all.
+    """
     errors = _Collector(source)
     base = base if base is not None else Path.cwd()
     parser = configparser.ConfigParser(
@@ -484,21 +499,31 @@ def parse_definitions(text: str, source: str = "<string>", base: Path | None = N
 
     if not ports and not errors.errors:
         errors.add(None, None, "defines no port (add a [port:NAME] section)")
-    if errors.errors:
-        raise ConfigErrors(errors.errors)
-    return Definitions(source=source, procs=procs, ports=tuple(ports), status=status, web=web)
+    faulty = {e.section for e in errors.errors}
+    clean = tuple(p for p in ports if p.section not in faulty)
+    return Definitions(source=source, procs=procs, ports=clean, status=status, web=web), errors.errors
 
 
-def load_definitions(path: str | os.PathLike[str]) -> Definitions:
-    """Read a port-definition file; errors name the file."""
+def _read(path: str | os.PathLike[str]) -> tuple[str, Path]:
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        return p.read_text(encoding="utf-8"), p
     except OSError as e:
         raise ConfigErrors([ConfigError(str(p), None, None, f"cannot be read: {e.strerror or e}")])
     except UnicodeDecodeError as e:
         raise ConfigErrors([ConfigError(str(p), None, None, f"is not UTF-8 text: {e}")])
+
+
+def load_definitions(path: str | os.PathLike[str]) -> Definitions:
+    """Read a port-definition file; errors name the file."""
+    text, p = _read(path)
     return parse_definitions(text, source=str(p), base=p.resolve().parent)
+
+
+def load_partially(path: str | os.PathLike[str]) -> tuple[Definitions, list[ConfigError]]:
+    """`parse_partially` for a file (for `janustls check`)."""
+    text, p = _read(path)
+    return parse_partially(text, source=str(p), base=p.resolve().parent)
 
 
 def port_from_options(

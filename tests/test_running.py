@@ -209,6 +209,18 @@ def test_check_bad_material(pki, lib):
     assert f"{ini}: [port:WHO] handler:" in err and "nothere.py does not exist" in err
 
 
+def test_check_reports_file_mistakes_and_material_problems_in_one_run(pki, lib):
+    """A mistake in one port's section, and a missing PEM in another's: both at once."""
+    text = port_section(pki, "A", tls_min="1.4") + port_section(pki, "B", certificate="missing.pem")
+    ini = write_ini(lib, text)
+    r = subprocess.run([str(BIN / "janustls"), "check", str(ini)], capture_output=True, timeout=60)
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert f"{ini}: [port:A] tls_min: is '1.4'" in err
+    assert f"{ini}: [port:B] certificate: file {lib / 'missing.pem'} does not exist" in err
+    assert "2 errors" in err
+
+
 # -- an encrypted server key -------------------------------------------------------------------------------
 
 
