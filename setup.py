@@ -9,7 +9,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # the version the tests run on
     # package_dir "" = "." makes `pip install -e .` put the checkout itself on sys.path,
     # where Twisted looks for twisted/plugins/ (a finder-based editable install hides it).
     package_dir={"": "."},
