@@ -12,7 +12,7 @@ import enum
 import fnmatch
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -546,8 +546,3 @@ def port_from_options(
     if errors.errors or port is None:
         raise ConfigErrors(errors.errors)
     return port
-
-
-def with_changes(port: PortDefinition, **changes: object) -> PortDefinition:
-    """A copy of a definition with some values replaced (embedding code, tests)."""
-    return replace(port, **changes)  # type: ignore[arg-type]

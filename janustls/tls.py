@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
@@ -365,7 +365,3 @@ def build_port_tls(port: PortDefinition) -> PortTLS:
         return PortTLS(port, material, trust)
     except SSL.Error as e:
         raise ConfigErrors([ConfigError(port.source, port.section, "certificate", f"OpenSSL refused it: {e}")])
-
-
-def chain_summary(chain: Sequence[x509.Certificate]) -> str:
-    return " <- ".join(_subject(c) for c in chain)

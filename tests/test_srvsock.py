@@ -134,6 +134,12 @@ async def mixed(sock):
     sock.write(b"".join(out))
 
 
+async def exact(sock):
+    """readexactly: waits for all n bytes, however they arrive."""
+    sock.write(await sock.readexactly(6) + b"|")
+    sock.write(await sock.readexactly(6) + b"|")
+
+
 async def hold(sock):
     """Say ok, then echo lines until the client goes."""
     sock.write(b"ok\\n")
@@ -164,7 +170,7 @@ def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_srvsock")
     (procs / "h.py").write_text(HANDLERS)
     ini = f"[janustls]\nprocs = {procs}\n"
-    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner", "mixed"):
+    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner", "mixed", "exact"):
         ini += _port(name.upper(), pki, f"h:{name}")
     ini += _port("LIMITED", pki, "h:hold", "max_connections = 2")
     ini += _port("IDLE", pki, "h:hold", "idle_timeout = 0.5")
@@ -227,6 +233,15 @@ def test_handler_awaiting_every_kind_of_thing(server, pki):
         time.sleep(0.05)
         s.sendall(b"abcd" + b"x" * (MAX_LINE + 10))
         assert read_to_eof(s) == b"first\nlater\nfired\nfailed 'caught'\nabcd\ntoo long\n"
+
+
+def test_readexactly(server, pki):
+    with connect(server.port("EXACT"), pki) as s:
+        for piece in (b"ab", b"cd", b"efgh"):
+            s.sendall(piece)
+            time.sleep(0.02)
+        s.sendall(b"tail")
+        assert read_to_eof(s) == b"abcdef|ghtail|"
 
 
 def test_handler_returning_deferred(server, pki):
