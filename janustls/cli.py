@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from janustls.config import load_definitions, load_partially
 from janustls.errors import ConfigErrors
@@ -57,16 +57,125 @@ def describe(file: str, out: TextIO) -> int:
     return 0
 
 
-def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
-    from janustls.pki import write_dev_pki
+#: The subcommands of `janustls pki`; anything else after `pki` is the directory of the older form.
+PKI_COMMANDS = ("init", "issue", "revoke", "list")
+PKI_WARNING = "Development only: every key is written unencrypted; never use these certificates in production."
 
-    pki = write_dev_pki(Path(directory), clients=clients or ("alice",))
-    out.write(f"development PKI in {pki.directory}:\n")
-    out.write(f"  root CA        {pki.root}\n  intermediate   {pki.intermediate} (CRL {pki.crl})\n")
-    out.write(f"  server         {pki.server_chain} + {pki.server_key} (localhost, 127.0.0.1)\n")
+
+def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
+    """`janustls pki DIR [--client NAME ...]`: a new PKI, or the missing clients of an existing one."""
+    from janustls.pki import DevCA, PKIError, write_dev_pki
+
+    path = Path(directory)
+    try:
+        existed = DevCA.exists(path)
+        before = {c["name"] for c in DevCA.open(path).certificates} if existed else set()
+        pki = write_dev_pki(path, clients=clients or ("alice",))
+    except (PKIError, OSError) as e:
+        print(f"janustls pki: {e}", file=sys.stderr)
+        return 1
+    if existed:
+        out.write(f"{pki.directory} already holds a development CA: kept as it is (see janustls pki --help)\n")
+    else:
+        out.write(f"development PKI in {pki.directory}:\n")
+        out.write(f"  root CA        {pki.root}\n  intermediate   {pki.intermediate} (CRL {pki.crl})\n")
+        out.write(f"  server         {pki.server_chain} + {pki.server_key} (localhost, 127.0.0.1)\n")
     for name, paths in pki.clients.items():
-        out.write(f"  client {name:<8}{paths['chain']} + {paths['key']}, {paths['p12']} (no password)\n")
+        state = "already issued" if name in before else "(no password)"
+        out.write(f"  client {name:<8}{paths['chain']} + {paths['key']}, {paths['p12']} {state}\n")
+    out.write(PKI_WARNING + "\n")
     return 0
+
+
+def run_pki(args: argparse.Namespace, out: TextIO) -> int:
+    """`janustls pki init|issue|revoke|list`: a development CA whose state lives in DIR."""
+    import os
+
+    from janustls.pki import DevCA, PKIError
+
+    path = Path(args.directory)
+    try:
+        if args.pki_command == "init":
+            dev = DevCA.init(path, args.name, force=args.force)
+            out.write(f"development CA {dev.name!r} in {path}:\n")
+            out.write(f"  root CA        {path / 'ca' / 'root.pem'}\n")
+            out.write(f"  intermediate   {path / 'ca' / 'intermediate.pem'} (CRL {path / 'ca' / 'intermediate.crl'})\n")
+            out.write(f"  server         {path / 'server' / 'chain.pem'} + {path / 'server' / 'key.pem'} (localhost, 127.0.0.1)\n")
+            out.write(f"next: janustls pki issue {path} NAME\n{PKI_WARNING}\n")
+            return 0
+        dev = DevCA.open(path)
+        if args.pki_command == "issue":
+            password = b""
+            if args.p12_password_env:
+                value = os.environ.get(args.p12_password_env)
+                if not value:
+                    raise PKIError(f"--p12-password-env: the environment variable {args.p12_password_env} is not set or empty")
+                password = value.encode()
+            paths = dev.issue(args.name, emails=args.email, dns=args.dns, uris=args.uri, days=args.days, p12_password=password)
+            entry = dev.find(args.name)
+            assert entry is not None
+            out.write(f"issued {args.name} (serial {entry['serial']}, until {entry['not_after'][:10]}):\n")
+            out.write(f"  {paths['chain']} (certificate and intermediate) + {paths['key']}\n")
+            out.write(f"  {paths['p12']} ({'password from ' + args.p12_password_env if password else 'no password'})\n")
+            return 0
+        if args.pki_command == "revoke":
+            entry = dev.revoke(args.target)
+            out.write(
+                f"revoked {entry['name']} (serial {entry['serial']}); {path / 'ca' / 'intermediate.crl'} now lists "
+                f"{len(dev.inter.revoked)} revocation(s), CRL number {dev.state['crl_number']}\n"
+                "ports that name this CRL (crl =) pick it up on reload, or at once when they watch it\n"
+            )
+            return 0
+        rows = dev.listing()
+        out.write(f"development CA {dev.name!r} in {path}; CRL number {dev.state['crl_number']}\n")
+        width = max([len(c["name"]) for c, _ in rows] + [4])
+        out.write(f"{'NAME':<{width}}  {'KIND':<6}  {'SERIAL':<40}  {'NOT AFTER':<10}  STATUS\n")
+        for c, status in rows:
+            out.write(f"{c['name']:<{width}}  {c['kind']:<6}  {c['serial']:<40}  {c['not_after'][:10]}  {status}\n")
+        return 0
+    except (PKIError, OSError) as e:
+        print(f"janustls pki {args.pki_command}: {e}", file=sys.stderr)
+        return 1
+
+
+def pki_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """`janustls pki` with its subcommands, and the older `janustls pki DIR [--client NAME]` form."""
+    text = (
+        "A small development CA: a root, an intermediate with its CRL, a server certificate for localhost, "
+        "and client certificates, kept in DIR so the commands compose across runs. " + PKI_WARNING
+    )
+    pki = sub.add_parser(
+        "pki",
+        help="a development CA: init, issue, revoke, list (keys unencrypted: development only)",
+        description=text,
+        usage="janustls pki {init,issue,revoke,list} DIR ...\n       janustls pki DIR [--client NAME ...]",
+        epilog="janustls pki DIR [--client NAME ...]: makes a PKI in a new DIR with those clients (default alice); "
+        "in an existing one, issues only the clients it lacks and never replaces the CA.",
+    )
+    cmds = pki.add_subparsers(dest="pki_command", required=True, metavar="{init,issue,revoke,list}")
+    init = cmds.add_parser("init", help="make the CA in DIR (refuses an existing one unless --force)", description=text)
+    init.add_argument("directory", metavar="DIR")
+    init.add_argument("--name", help="the CA's name (its subjects: NAME Root CA, NAME Intermediate CA); "
+                      "default: 'janustls dev' and a random id, so two PKIs never share a name")  # fmt: skip
+    init.add_argument("--force", action="store_true", help="replace an existing CA (everything it issued stops verifying)")
+    issue = cmds.add_parser("issue", help="issue a client certificate: DIR/client/NAME.pem, .key, .p12", description=text)
+    issue.add_argument("directory", metavar="DIR")
+    issue.add_argument("name", metavar="NAME", help="the certificate's CN and file name")
+    issue.add_argument("--email", action="append", default=[], help="an email SAN (repeatable; default NAME@example.test)")
+    issue.add_argument("--dns", action="append", default=[], help="a DNS SAN (repeatable)")
+    issue.add_argument("--uri", action="append", default=[], help="a URI SAN, e.g. spiffe://example.test/NAME (repeatable)")
+    issue.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    issue.add_argument("--p12-password-env", metavar="VAR", help="encrypt NAME.p12 with the password in this environment variable "
+                       "(default: no password)")  # fmt: skip
+    revoke = cmds.add_parser("revoke", help="revoke by NAME or SERIAL (hex); the CRL keeps every earlier revocation", description=text)
+    revoke.add_argument("directory", metavar="DIR")
+    revoke.add_argument("target", metavar="NAME|SERIAL")
+    listing = cmds.add_parser("list", help="what the CA issued: serials, revoked, expiring within 30 days", description=text)
+    listing.add_argument("directory", metavar="DIR")
+    legacy = argparse.ArgumentParser(prog="janustls pki", description=text)
+    legacy.add_argument("directory", metavar="DIR")
+    legacy.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
+    return pki, legacy
 
 
 def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
@@ -207,9 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a port-definition file and say what it would run")
     check.add_argument("file")
-    pki = sub.add_parser("pki", help="make a development PKI (CA, intermediate, server and client certificates)")
-    pki.add_argument("directory")
-    pki.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
+    _, pki_legacy = pki_parsers(sub)
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
     demo.add_argument("file", nargs="?", default=str(DEMO_FILE))
     demo.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event")
@@ -229,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("--json", action="store_true", help="print the /status document as it came")
     reload = sub.add_parser("reload", help="make a running server re-read its port-definition file (SIGHUP)")
     reload.add_argument("--pidfile", default="twistd.pid", help="the server's pid file (default twistd.pid)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "pki" and argv[1] not in PKI_COMMANDS and not argv[1].startswith("-"):
+        old = pki_legacy.parse_args(argv[1:])
+        return make_pki(old.directory, old.client, sys.stdout)
     args = parser.parse_args(argv)
     if args.command == "status":
         return show_status(args.url, args.port_def, args.json, sys.stdout)
@@ -239,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return describe(args.file, sys.stdout)
     if args.command == "pki":
-        return make_pki(args.directory, args.client, sys.stdout)
+        return run_pki(args, sys.stdout)
     return run_demo(args.file, sys.stdout, args.log_format)
 
 
