@@ -20,6 +20,7 @@ def describe(file: str, out: TextIO) -> int:
     from twisted.internet import reactor
 
     from janustls.service import build_ports
+    from janustls.trust import port_trust_warnings
 
     try:
         # The file's own mistakes, then the files its sound ports name: all in one run.
@@ -53,6 +54,8 @@ def describe(file: str, out: TextIO) -> int:
                   f"idle_timeout {p.idle_timeout:g}s" if p.idle_timeout else "",
                   f"handshake_timeout {p.handshake_timeout:g}s"]  # fmt: skip
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
+        for warning in port_trust_warnings(p, tls.trust):
+            out.write(f"  WARNING      {warning}\n")
     out.write("\nOK\n")
     return 0
 
@@ -229,10 +232,20 @@ def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
     return 0
 
 
-def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None) -> int:
+def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None) -> int:
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
+    import os
+
     from janustls.errors import MaterialError
     from janustls.explain import explain, format_verdict
+
+    password: bytes | None = None
+    if password_env:
+        value = os.environ.get(password_env)
+        if value is None:
+            print(f"janustls explain: --password-env: the environment variable {password_env} is not set", file=sys.stderr)
+            return 1
+        password = value.encode()
 
     try:
         definitions = load_definitions(file)
@@ -245,7 +258,7 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | 
         print(f"janustls explain: {file} defines no port {port} (ports: {names})", file=sys.stderr)
         return 1
     try:
-        verdict = explain(definitions, port, client_pem, peer)
+        verdict = explain(definitions, port, client_pem, peer, password)
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
@@ -323,12 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain = sub.add_parser(
         "explain",
         help="say whether a port would accept a client certificate chain, and if not why (no server needed)",
-        description="Exit status: 0 accepted, 2 refused, 1 error. CLIENT_PEM holds what the client sends: "
-        "its certificate, then its intermediates (an empty file: no certificate).",
+        description="Exit status: 0 accepted, 2 refused, 1 error. CLIENT holds what the client sends: "
+        "its certificate, then its intermediates, as PEM, DER or PKCS#12 (an empty file: no certificate). "
+        "It also warns about trusted CAs that share a name and CRLs signed by another key than their issuer's.",
     )
     explain.add_argument("file")
     explain.add_argument("port")
-    explain.add_argument("client_pem")
+    explain.add_argument("client_pem", metavar="CLIENT", help="PEM (leaf, then intermediates), DER, or PKCS#12 (.p12)")
+    explain.add_argument("--password-env", metavar="VAR", help="the environment variable holding a PKCS#12 file's password")
     explain.add_argument("--peer", metavar="IP", help="the client's address, for identity rules that name addresses")
     status = sub.add_parser("status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates")
     status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
@@ -346,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "reload":
         return send_reload(args.pidfile)
     if args.command == "explain":
-        return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer)
+        return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env)
     if args.command == "check":
         return describe(args.file, sys.stdout)
     if args.command == "pki":

@@ -21,12 +21,13 @@ from OpenSSL import crypto
 from janustls import _openssl
 from janustls.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
 from janustls.identity import Policy, Subject
+from janustls.errors import MaterialError
 from janustls.materials import load_certificates
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.tls import CRL_HAS_EXPIRED, PortTLS, build_port_tls
 from janustls.trust import check_key_strength
 
-__all__ = ["Verdict", "explain_chain", "explain", "format_verdict"]
+__all__ = ["Verdict", "explain_chain", "explain", "format_verdict", "load_client_chain", "missing_intermediate"]
 
 #: X509_V_ERR numbers OpenSSL reports while walking the chain from the anchor down
 #: (signature and validity time), after the verify callback has already seen, with
@@ -211,18 +212,101 @@ def _depth_refusal(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusa
     return Refusal(reason, depth, _subject(cert), _openssl.verify_error_string(22))
 
 
-def explain(definitions: Definitions | str | Path, port: str, client_pem: str | Path, peer_ip: str | None = None) -> Verdict:
-    """The verdict of a port of a definition file on the chain in a PEM file (leaf first)."""
+def load_client_chain(path: Path, password: bytes | None = None) -> list[x509.Certificate]:
+    """What a client holds, leaf first: PEM (the leaf, then its intermediates), DER (one
+    certificate) or PKCS#12 (its certificate, then the others it carries).  An empty file
+    stands for a client that sends no certificate.  Anything else is one MaterialError line.
+    """
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise MaterialError(f"cannot read it: {e.strerror or e}") from None
+    if not data.strip():
+        return []
+    if b"-----BEGIN" in data:
+        return load_certificates(path)
+    try:
+        return [x509.load_der_x509_certificate(data)]
+    except ValueError:
+        pass
+    try:
+        _, cert, others = pkcs12.load_key_and_certificates(data, password)
+    except ValueError:
+        if password is None:
+            raise MaterialError(
+                "neither a PEM or DER certificate nor a PKCS#12 file without a password "
+                "(for a protected .p12, name the variable holding its password with --password-env)"
+            ) from None
+        raise MaterialError("neither a PEM or DER certificate nor a PKCS#12 file this password opens") from None
+    except Exception as e:  # noqa: BLE001  unsupported PKCS#12 algorithms and the like: one line, no traceback
+        raise MaterialError(f"an unreadable PKCS#12 file ({type(e).__name__})") from None
+    if cert is None:
+        raise MaterialError("a PKCS#12 file without a certificate")
+    return [cert, *(c for c in others if c != cert)]
+
+
+def _port_certificates(defs: Definitions) -> list[x509.Certificate]:
+    """Every certificate the definition file names (CAs and server chains): where a missing
+    intermediate can be found."""
+    found: list[x509.Certificate] = []
+    for port in defs.ports:
+        for path in (*port.addca, *((port.certificate,) if port.certificate else ())):
+            try:
+                found.extend(c for c in load_certificates(Path(path)) if c not in found)
+            except (MaterialError, OSError):
+                continue
+    return found
+
+
+def missing_intermediate(tls: PortTLS, presented: Sequence[x509.Certificate], known: Sequence[x509.Certificate]) -> str | None:
+    """A note when the leaf's issuer is not a CA of the port, the client did not send it, and
+    a certificate the port has (its own chain, the file's CAs) would complete the chain."""
+    if not presented:
+        return None
+    leaf = presented[0]
+    if any(ca.subject == leaf.issuer for ca in tls.trust.cas) or any(c.subject == leaf.issuer for c in presented[1:]):
+        return None
+    pool = [*tls.material.chain, *known]
+    for issuer in (c for c in pool if c.subject == leaf.issuer and _issued_by(leaf, c)):
+        chain = tls.trust.complete_chain(issuer, pool)
+        if chain:
+            return (
+                f"missing intermediate: the leaf's issuer {issuer.subject.rfc4514_string()} is not a CA of this port, "
+                f"but it chains to {chain[-1].subject.rfc4514_string()}, which is: the client must send it after its "
+                "certificate (a PEM file with the leaf, then the intermediate; openssl s_client sends only the "
+                "-cert leaf unless given -cert_chain FILE)"
+            )
+    return None
+
+
+def explain(
+    definitions: Definitions | str | Path,
+    port: str,
+    client_pem: str | Path,
+    peer_ip: str | None = None,
+    password: bytes | None = None,
+) -> Verdict:
+    """The verdict of a port of a definition file on the chain in a PEM, DER or PKCS#12 file
+    (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide."""
     from janustls.ports.access import build_policy
+    from janustls.trust import port_trust_warnings
 
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
     definition = defs.port(port)
     tls = build_port_tls(definition)
     policy = build_policy(definition, defs.procs)
     path = Path(client_pem)
-    # An empty file stands for a client that sends no certificate.
-    certs = load_certificates(path) if path.read_bytes().strip() else []
-    return explain_chain(tls, certs, policy, peer_ip)
+    certs = load_client_chain(path, password)
+    verdict = explain_chain(tls, certs, policy, peer_ip)
+    notes = list(verdict.notes)
+    if verdict.refusal is not None and verdict.refusal.reason is Reason.UNKNOWN_CA:
+        hint = missing_intermediate(tls, certs, _port_certificates(defs))
+        if hint is not None:
+            notes.append(hint)
+    notes += [f"warning: {w}" for w in port_trust_warnings(definition, tls.trust, [*verdict.chain, *certs])]
+    return replace(verdict, notes=tuple(notes))
 
 
 def format_verdict(v: Verdict) -> str:

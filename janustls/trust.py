@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
@@ -21,7 +21,7 @@ from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.materials import load_certificates, load_crls
 from janustls.reasons import Reason
 
-__all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS"]
+__all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS", "trust_warnings", "port_trust_warnings"]
 
 MIN_RSA_BITS = 2048
 _MAX_REMEMBERED = 1024
@@ -243,3 +243,63 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return bool(cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value.ca)
     except x509.ExtensionNotFound:
         return False
+
+
+def _short(cert: x509.Certificate) -> str:
+    return f"{cert.subject.rfc4514_string()} (SHA-256 {fingerprint(cert).hex()[:16]}...)"
+
+
+def _crl_signed_by(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return bool(crl.is_signature_valid(ca.public_key()))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
+def trust_warnings(
+    cas: Sequence[x509.Certificate],
+    crls: Sequence[tuple[str, x509.CertificateRevocationList]],
+    chain: Sequence[x509.Certificate] = (),
+) -> list[str]:
+    """What is legal but breaks clients: OpenSSL finds issuers and CRLs by name, so two
+    trusted CAs with one subject, or a CRL whose issuer name is a CA's but whose signature
+    is another key's, make it refuse good clients ("CRL signature failure").
+
+    `crls` pairs each CRL with where it came from (its file); `chain` adds the CAs of a
+    client's chain (intermediates the port does not list) to the CAs a CRL is checked against.
+    """
+    warnings: list[str] = []
+    by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+    for ca in cas:
+        if ca not in by_subject.setdefault(ca.subject, []):
+            by_subject[ca.subject].append(ca)
+    for subject, same in by_subject.items():
+        if len(same) > 1:
+            keys = ", ".join(f"SHA-256 {fingerprint(c).hex()[:16]}..." for c in same)
+            warnings.append(
+                f"{len(same)} trusted CAs share the subject {subject.rfc4514_string()} ({keys}): OpenSSL looks "
+                "issuers and CRLs up by name, so one CA's CRL can refuse the other's clients; give each CA its "
+                "own name (janustls pki init --name)"
+            )
+    known = list(cas) + [c for c in chain if _is_ca(c) and c not in cas]
+    for source, crl in crls:
+        for ca in known:
+            if ca.subject == crl.issuer and not _crl_signed_by(crl, ca):
+                warnings.append(
+                    f"the CRL {source} names {crl.issuer.rfc4514_string()} as its issuer but is not signed by "
+                    f"the key of the CA {_short(ca)}: that CA's clients are refused (CRL signature failure)"
+                )
+    return warnings
+
+
+def port_trust_warnings(port: PortDefinition, trust: PortTrust, chain: Sequence[x509.Certificate] = ()) -> list[str]:
+    """`trust_warnings` for a port, naming each CRL by its file."""
+    crls: list[tuple[str, x509.CertificateRevocationList]] = []
+    for path in port.crl:
+        try:
+            crls.extend((str(path), crl) for crl in load_crls(path))
+        except MaterialError:
+            continue  # reported as an error where the port is built
+    from_files = [crl.public_bytes(serialization.Encoding.DER) for _, crl in crls]
+    crls += [("(fetched from crl_url)", crl) for crl in trust.crls if crl.public_bytes(serialization.Encoding.DER) not in from_files]
+    return trust_warnings(trust.cas, crls, chain)

@@ -157,3 +157,89 @@ def test_format_verdict(setup, pki):
     v = explain(path, "DIRECT", pki.cert("alice"))
     text = format_verdict(v)
     assert "REFUSED (chain_too_long" in text and "depth" in text
+
+
+# -- reading what a client holds, and the hints an operator needs --------------------------------------
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run([str(Path(sys.executable).parent / "janustls"), *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})  # fmt: skip
+
+
+def test_explain_reads_der_and_pkcs12(setup, pki, tmp_path):
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    _, path = setup
+    der = tmp_path / "direct.der"
+    der.write_bytes(pki.issued["direct"].cert.public_bytes(Encoding.DER))
+    out = run_cli("explain", str(path), "REQUEST", str(der))
+    assert out.returncode == 0 and "ACCEPTED" in out.stdout, out.stdout + out.stderr
+    p12 = tmp_path / "alice.p12"
+    p12.write_bytes(pki.issued["alice"].pkcs12(b"pw"))
+    out = run_cli("explain", str(path), "REQUEST", str(p12), "--password-env", "ALICE_P12", env={"ALICE_P12": "pw"})
+    assert out.returncode == 0 and "ACCEPTED" in out.stdout and "CN=alice" in out.stdout, out.stdout + out.stderr
+    nopw = run_cli("explain", str(path), "REQUEST", str(p12))
+    assert nopw.returncode == 1 and "--password-env" in nopw.stderr
+    assert len(nopw.stderr.strip().splitlines()) == 1, nopw.stderr
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x30\x82\x01\x00 not a certificate at all")
+    bad = run_cli("explain", str(path), "REQUEST", str(junk))
+    assert bad.returncode == 1 and str(junk) in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and "ParseError" not in bad.stderr, bad.stderr
+
+
+def test_explain_names_the_missing_intermediate(setup, pki, tmp_path):
+    """A leaf sent without its intermediate (`openssl s_client -cert` alone): the intermediate is named."""
+    _, path = setup
+    leaf = tmp_path / "alice-leaf.pem"
+    leaf.write_bytes(pki.issued["alice"].cert_pem)
+    out = run_cli("explain", str(path), "REQUEST", str(leaf))
+    assert out.returncode == 2 and "unknown_ca" in out.stdout
+    assert "missing intermediate" in out.stdout and "CN=Test Intermediate CA" in out.stdout, out.stdout
+    assert "-cert_chain" in out.stdout
+    # A certificate of a CA the port does not have gets no such hint.
+    other = run_cli("explain", str(path), "REQUEST", str(pki.cert("othera")))
+    assert other.returncode == 2 and "missing intermediate" not in other.stdout
+
+
+def test_check_and_explain_warn_about_cas_sharing_a_name(tmp_path):
+    """Two trusted CAs with one subject, and a CRL carrying a CA's name but signed by another key:
+    the handshake refuses the first CA's clients (CRL signature failure); check and explain say why."""
+    from janustls.pki import CA
+
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "ok.py").write_text(OK)
+    a, b = CA.create("Same Root"), CA.create("Same Root")
+    server = a.server("localhost", "127.0.0.1")
+    server.write(tmp_path, "server")
+    client = a.issue("user")
+    client.write(tmp_path, "user")
+    (tmp_path / "a.pem").write_bytes(a.cert_pem)
+    (tmp_path / "b.pem").write_bytes(b.cert_pem)
+    (tmp_path / "b.crl").write_bytes(b.crl_pem())
+    ini = tmp_path / "ports.ini"
+    ini.write_text(f"""[janustls]
+procs = {procs}
+
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {tmp_path}/server.pem
+private_key = {tmp_path}/server.key
+client_cert = require
+addca = {tmp_path}/a.pem {tmp_path}/b.pem
+crl = {tmp_path}/b.crl
+handler = ok:serve
+""")
+    checked = run_cli("check", str(ini))
+    assert checked.returncode == 0, checked.stderr
+    warnings = [line for line in checked.stdout.splitlines() if "warning" in line.lower()]
+    assert any("CN=Same Root" in w and "share" in w for w in warnings), checked.stdout
+    assert any("CRL" in w and str(tmp_path / "b.crl") in w and "not signed" in w for w in warnings), checked.stdout
+    explained = run_cli("explain", str(ini), "SECURE", str(tmp_path / "user.pem"))
+    assert explained.returncode == 2 and "bad_signature" in explained.stdout, explained.stdout
+    assert "share" in explained.stdout and "not signed" in explained.stdout, explained.stdout
