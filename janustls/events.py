@@ -72,7 +72,12 @@ CATALOGUE: dict[str, str] = {
     "build); each worker resumes only its own sessions (worker, error)",
     "janustls.shutdown.draining": "shutting down: ports closed, open connections get until the deadline (open, seconds)",
     "janustls.shutdown.done": "shutdown finished (left: connections still open at the deadline, then closed)",
-    **{r.event_id: f"a client was refused: {r.description}" for r in Reason},
+    **{
+        r.event_id: f"a client was refused: {r.description} (port, peer, reason, depth and subject of the "
+        "certificate at fault; serial (hex), fingerprint (SHA-256) and issuer of the client's own certificate, "
+        "when it sent one; rule, when an identity or web rule refused)"
+        for r in Reason
+    },
 }
 
 

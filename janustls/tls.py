@@ -26,7 +26,7 @@ from janustls.materials import ServerMaterial, load_server_material
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.trust import PortTrust, load_port_trust
 
-__all__ = ["PortTLS", "PortTLSProtocol", "build_port_tls", "refusal_for_failure", "DEFAULT_CIPHERS"]
+__all__ = ["PortTLS", "PortTLSProtocol", "build_port_tls", "refusal_for_failure", "refused_leaf", "DEFAULT_CIPHERS"]
 
 #: AEAD suites with forward secrecy only (TLS 1.2; TLS 1.3 suites are all AEAD).
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -330,6 +330,24 @@ def refusal_for_failure(tls_protocol: PortTLSProtocol, failure: Failure | None) 
         if "peer did not return a certificate" in text or "certificate required" in text:
             return Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description)
     return None
+
+
+def refused_leaf(tls_protocol: Any) -> x509.Certificate | None:
+    """The client's own certificate on a refused connection, or None when it sent none.
+
+    The peer certificate when the handshake completed (a resumed session, an identity
+    rule, a web port answering SSLCERTERR); otherwise the chain OpenSSL built before it
+    refused (it keeps it even then), whose first certificate is the one the client sent.
+    """
+    try:
+        connection = tls_protocol.getHandle()
+        der = _openssl.peer_certificate_der(connection)
+        if der is None:
+            chain = _openssl.verified_chain_der(connection)
+            der = chain[0] if chain else None
+        return x509.load_der_x509_certificate(der) if der is not None else None
+    except Exception:  # noqa: BLE001  a log detail: never the reason a refusal goes unlogged
+        return None
 
 
 def failure_text(failure: Failure | None) -> str:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from cryptography import x509
 from twisted.internet import defer, threads
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -22,6 +23,7 @@ from twisted.python.failure import Failure
 from janustls.config import PortDefinition
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
+from janustls.ports import refusals
 from janustls.identity import Policy, PolicyError, Subject, Verdict, parse_policy
 from janustls.procedures import load_callable
 from janustls.reasons import Reason, Refusal
@@ -135,19 +137,9 @@ def decide(policy: Policy, subject: Subject, reactor: Any = None) -> defer.Defer
     return defer.succeed(check(subject))
 
 
-def log_refusal(port: str, peer: str, refusal: Refusal, rule: str) -> None:
-    emit(
-        refusal.reason.event_id,
-        "port {port}: refused {peer}: {refusal}",
-        LogLevel.warn,
-        port=port,
-        peer=peer,
-        refusal=refusal,
-        reason=refusal.reason.value,
-        depth=refusal.depth,
-        subject=refusal.subject,
-        rule=rule,
-    )
+def log_refusal(port: str, peer: str, refusal: Refusal, rule: str, leaf: x509.Certificate | None = None) -> None:
+    """An identity rule's (or a web exception rule's) refusal, logged by `janustls.ports.refusals`."""
+    refusals.log_refusal(port, peer, refusal, leaf, rule=rule)
 
 
 class PortAccess:
@@ -168,7 +160,8 @@ class PortAccess:
             refusal = verdict.refusal(subject)
             assert refusal is not None
             protocol.factory.runtime.refused += 1
-            log_refusal(self.port.name, protocol.peer_text(), refusal, verdict.rule)
+            chain = conn.verified_chain
+            log_refusal(self.port.name, protocol.peer_text(), refusal, verdict.rule, chain[0] if chain else None)
             protocol.close()
 
         d.addCallback(done)

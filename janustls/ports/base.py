@@ -25,7 +25,8 @@ from janustls.connection import Connection
 from janustls.midconn import CertificateRequest, can_request
 from janustls.events import emit
 from janustls.reasons import Reason, Refusal
-from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure
+from janustls.ports.refusals import log_refusal
+from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
 
 __all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
 
@@ -285,17 +286,7 @@ class PortProtocol(Protocol):
         refusal = refusal_for_failure(self.transport, reason)
         if refusal is not None:
             rt.refused += 1
-            emit(
-                refusal.reason.event_id,
-                "port {port}: refused {peer}: {refusal}",
-                LogLevel.warn,
-                port=rt.port.name,
-                peer=peer,
-                refusal=refusal,
-                reason=refusal.reason.value,
-                depth=refusal.depth,
-                subject=refusal.subject,
-            )
+            log_refusal(rt.port.name, peer, refusal, refused_leaf(self.transport))
             return
         if reason is not None and isinstance(reason.value, SSL.Error):
             emit(

@@ -48,7 +48,7 @@ from janustls.ports.access import build_policy, decide, log_refusal, peer_ip, re
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address_text
 from janustls.reasons import Reason, Refusal
 from janustls.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
-from janustls.tls import refusal_for_failure
+from janustls.tls import refusal_for_failure, refused_leaf
 
 if TYPE_CHECKING:
     from janustls.config import WebRuleLine
@@ -414,7 +414,7 @@ class WebProtocol(PortProtocol):
             found = (Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), f"[{port.section}] client_cert = require")
         if found is not None:
             self.factory.runtime.refused += 1
-            log_refusal(port.name, _address_text(conn.peer), found[1], found[2])
+            log_refusal(port.name, _address_text(conn.peer), found[1], found[2], refused_leaf(self.transport))
         self._gate = (leaf, found)
         return found
 
@@ -747,7 +747,8 @@ class WebFactory(PortFactory):
         refusal = verdict.refusal(self._subject(request))
         assert refusal is not None
         self.runtime.refused += 1
-        log_refusal(self.runtime.port.name, _address_text(request.connection.peer), refusal, verdict.rule)
+        chain = request.connection.verified_chain
+        log_refusal(self.runtime.port.name, _address_text(request.connection.peer), refusal, verdict.rule, chain[0] if chain else None)
         self._exception(request, Exc.FORBIDDEN, refusal, verdict.rule)
 
     def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None:
