@@ -219,3 +219,44 @@ def test_cli_errors_are_one_line(tmp_path):
                         str(d / "ca" / "intermediate.pem"), str(d / "server" / "chain.pem")],
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_openssl_cert_sends_only_the_leaf_and_the_demo_says_so(tmp_path, procs):
+    """`openssl s_client -cert chain.pem` sends the leaf alone (refused: unknown_ca); with
+    `-cert_chain` the intermediate goes too.  The demo's connect hint says so."""
+    d = tmp_path / "pki"
+    assert jt("pki", "init", str(d)).returncode == 0 and jt("pki", "issue", str(d), "alice").returncode == 0
+    s = start(port_ini(procs, d, f"{d}/ca/root.pem", f"{d}/ca/intermediate.crl"), procs)
+    c = d / "client"
+    try:
+        base = ["openssl", "s_client", "-connect", f"127.0.0.1:{s.port('SECURE')}", "-CAfile", str(d / "ca" / "root.pem"),
+                "-cert", str(c / "alice.pem"), "-key", str(c / "alice.key"), "-quiet"]  # fmt: skip
+        mark = EVENTS.mark()
+        leaf_only = subprocess.run(base, capture_output=True, timeout=30, input=b"")
+        assert b"ok" not in leaf_only.stdout
+        assert EVENTS.wait_for(mark, "janustls.refused", port="SECURE")["reason"] == "unknown_ca"
+        chained = subprocess.run(base + ["-cert_chain", str(c / "alice.pem")], capture_output=True, timeout=30, input=b"")
+        assert b"ok" in chained.stdout, chained.stderr
+    finally:
+        s.stop()
+
+    # The demo, on free ports, prints its hint and serves; stopped once the hint is out.
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    repo = Path(__file__).parents[1] / "procs"
+    for name in ("whoami.py", "echo.py"):
+        shutil.copy(repo / name, demo / name)
+    (demo / "demo.ini").write_text((repo / "demo.ini").read_text().replace("tcp:8443:", "tcp:0:").replace("tcp:8444:", "tcp:0:"))
+    proc = subprocess.Popen([JANUSTLS, "demo", str(demo / "demo.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    hint = ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            hint += line
+            if "Ctrl-C" in line:
+                break
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "-cert_chain" in hint
+    assert "sends only the leaf" in hint, hint
