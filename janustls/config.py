@@ -62,6 +62,22 @@ class CRLExpired(str, enum.Enum):
     TOLERATE = "tolerate"
 
 
+class OCSPScope(str, enum.Enum):
+    """Which client certificates an OCSP responder is asked about: none, the leaf, or every
+    certificate below the trust anchor."""
+
+    NONE = "none"
+    LEAF = "leaf"
+    CHAIN = "chain"
+
+
+class OCSPFail(str, enum.Enum):
+    """What a port does when no usable OCSP answer comes (unreachable, garbage, stale, unknown)."""
+
+    REFUSE = "refuse"
+    TOLERATE = "tolerate"
+
+
 class ForwardIdentity(str, enum.Enum):
     NONE = "none"
     PROXY_V2 = "proxy-v2"
@@ -76,6 +92,8 @@ DEFAULT_REQUEST_TIMEOUT = 5.0
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_CRL_REFRESH = 60.0
+DEFAULT_OCSP_TIMEOUT = 5.0
+DEFAULT_CERT_REFRESH = 60.0
 
 
 @dataclass(frozen=True)
@@ -113,6 +131,12 @@ class PortDefinition:
     crl_url: tuple[str, ...] = ()
     crl_expired: CRLExpired = CRLExpired.REFUSE
     max_connections_per_client: int | None = None
+    ocsp: OCSPScope = OCSPScope.NONE
+    ocsp_responder: str | None = None
+    ocsp_timeout: float = DEFAULT_OCSP_TIMEOUT
+    ocsp_fail: OCSPFail = OCSPFail.REFUSE
+    ocsp_staple: bool = False
+    cert_refresh: float = DEFAULT_CERT_REFRESH
     # Where each key was set, for errors raised later (file contents, start-up).
     section: str = ""
 
@@ -159,6 +183,7 @@ PORT_KEYS = frozenset(
         "request_timeout", "max_cert_size", "session_cache", "handler", "allow",
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
         "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
+        "ocsp", "ocsp_responder", "ocsp_timeout", "ocsp_fail", "ocsp_staple", "cert_refresh",
     }
 )  # fmt: skip
 TYPE_ONLY_KEYS = {
@@ -348,6 +373,12 @@ class _PortReader:
         if pw_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", pw_env):
             self.error("private_key_password_env", f"is {pw_env!r}; expected an environment variable name")
         depth = self.number("verify_depth", None, integer=True, low=1, high=100)
+        ocsp_scope = self.choice("ocsp", OCSPScope, OCSPScope.NONE)
+        if ocsp_scope is not OCSPScope.NONE and mode is ClientCertMode.NONE:
+            self.error("ocsp", f"is {ocsp_scope.value} on a port that asks for no client certificate (client_cert = none)")  # type: ignore[attr-defined]
+        responder = self.get("ocsp_responder")
+        if responder is not None and not re.match(r"^https?://[^/\s]+", responder):
+            self.error("ocsp_responder", f"is {responder!r}; expected an http:// or https:// URL")
         values = dict(
             name=name,
             type=port_type or PortType.SRVSOCK,
@@ -381,6 +412,12 @@ class _PortReader:
             crl_url=crl_urls,
             crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
             max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
+            ocsp=ocsp_scope,
+            ocsp_responder=responder,
+            ocsp_timeout=float(self.number("ocsp_timeout", DEFAULT_OCSP_TIMEOUT, integer=False, low=0.1, high=60)),  # type: ignore[arg-type]
+            ocsp_fail=self.choice("ocsp_fail", OCSPFail, OCSPFail.REFUSE),
+            ocsp_staple=self.boolean("ocsp_staple", False),
+            cert_refresh=float(self.number("cert_refresh", DEFAULT_CERT_REFRESH, integer=False, low=0)),  # type: ignore[arg-type]
         )
         return PortDefinition(**values)  # type: ignore[arg-type]
 

@@ -65,6 +65,18 @@ CATALOGUE: dict[str, str] = {
     "janustls.crl.fetch_failed": "a CRL could not be fetched from its crl_url (unreachable, not a CRL, a bad "
     "signature, older than the cached one); the cached copy stays in use (port, url, error)",
     "janustls.crl.expired": "a CRL's nextUpdate has passed (port, issuer, next_update, policy: tolerate or refuse)",
+    "janustls.ocsp.answer": "an OCSP responder was asked about a client certificate (port, url, subject, serial, "
+    "status: good, revoked or unavailable, cause, next_update); the verified answer is cached until nextUpdate",
+    "janustls.ocsp.tolerated": "no usable OCSP answer about a client certificate, admitted because ocsp_fail = "
+    "tolerate (port, url, subject, depth, cause)",
+    "janustls.staple.fetched": "a port fetched a fresh OCSP response about its own certificate and staples it "
+    "(port, url, next_update)",
+    "janustls.staple.failed": "a port could not get a usable OCSP response about its own certificate; it serves "
+    "without a staple and retries (port, url, cause, retry)",
+    "janustls.cert.rotated": "a port's certificate or private_key file changed and the new pair serves new "
+    "connections (port, serial, not_after)",
+    "janustls.cert.rotation_failed": "a changed certificate or private_key file cannot be used (broken, mismatched, "
+    "expired); the port keeps serving the old pair (port, paths, error)",
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",
     "janustls.workers.exited": "a worker process ended (worker, pid, status)",

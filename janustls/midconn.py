@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from janustls import _openssl
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
-from janustls.reasons import Reason
+from janustls.reasons import Reason, Refusal
 from janustls.tls import refusal_for_failure
 
 if TYPE_CHECKING:
@@ -120,11 +120,28 @@ class CertificateRequest:
             answered = not self._conn.renegotiate_pending()
         if not answered:
             return
-        chain = self.protocol.factory.runtime.tls.verified_chain(self._conn)
-        if chain:
-            self._finish(Outcome.CERTIFICATE, chain, chain[0].subject.rfc4514_string())
-        else:
+        rt = self.protocol.factory.runtime
+        chain = rt.tls.verified_chain(self._conn)
+        if not chain:
             self._finish(Outcome.NO_CERTIFICATE, [], "the client sent no certificate")
+            return
+        verdict = rt.ocsp.judge(chain) if rt.ocsp is not None else None
+        if isinstance(verdict, defer.Deferred):
+            self._tls.after_receive = None  # answered; the OCSP verdict decides
+            verdict.addCallback(self._judged, chain)
+            return
+        self._judged(verdict, chain)
+
+    def _judged(self, refusal: Refusal | None, chain: list[x509.Certificate]) -> None:
+        """The OCSP verdict on a certificate given mid-connection, as at the handshake."""
+        if self._done:
+            return
+        if refusal is None:
+            self._finish(Outcome.CERTIFICATE, chain, chain[0].subject.rfc4514_string())
+            return
+        self._tls.refusal = refusal
+        self._finish(Outcome.REFUSED, [], str(refusal), refusal.reason)
+        self._tls.abortConnection()
 
     def _expired(self) -> None:
         self._timer = None

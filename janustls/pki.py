@@ -21,14 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from janustls.materials import PrivateKey
 
 __all__ = ["CA", "Issued", "KeyType", "make_key", "self_signed", "write_dev_pki", "DevPKI", "DevCA", "PKIError"]
 
 KeyType = Literal["ec", "rsa2048", "rsa1024", "dsa"]
-Usage = Literal["client", "server", "both", "none"]
+Usage = Literal["client", "server", "both", "none", "ocsp"]
 
 _DAY = datetime.timedelta(days=1)
 
@@ -184,10 +184,16 @@ class CA:
             )
         )
 
-    def intermediate(self, name: str = "janustls Development Intermediate CA", *, key_type: KeyType = "ec") -> CA:
+    def intermediate(
+        self, name: str = "janustls Development Intermediate CA", *, key_type: KeyType = "ec", ocsp_url: str | None = None
+    ) -> CA:
+        """`ocsp_url`: the responder named in its Authority Information Access (asked about it)."""
         key = make_key(key_type)
+        builder = self._builder(_name(name, "janustls development"), key.public_key(), None, None, 1825)
+        if ocsp_url is not None:
+            builder = builder.add_extension(_aia(ocsp_url), critical=False)
         cert = (
-            self._builder(_name(name, "janustls development"), key.public_key(), None, None, 1825)
+            builder
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_ca_key_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -211,8 +217,11 @@ class CA:
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
         days: int = 825,
+        ocsp_url: str | None = None,
     ) -> Issued:
-        """A leaf certificate for a client (clientAuth), a server (serverAuth), both, or neither."""
+        """A leaf certificate for a client (clientAuth), a server (serverAuth), both, neither, or
+        an OCSP responder this CA delegates to (`ocsp`: OCSPSigning).  `ocsp_url`: the
+        responder named in the certificate's Authority Information Access."""
         key = make_key(key_type)
         builder = self._builder(
             _name(common_name, organization, units, email_in_subject), key.public_key(), not_before, not_after, days
@@ -236,8 +245,11 @@ class CA:
             "server": [ExtendedKeyUsageOID.SERVER_AUTH],
             "both": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             "none": [ExtendedKeyUsageOID.CODE_SIGNING],
+            "ocsp": [ExtendedKeyUsageOID.OCSP_SIGNING],
         }[usage]
         builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        if ocsp_url is not None:
+            builder = builder.add_extension(_aia(ocsp_url), critical=False)
         names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         names += [x509.RFC822Name(e) for e in emails]
@@ -303,6 +315,12 @@ def self_signed(common_name: str, *, usage: Usage = "client", key_type: KeyType 
         .sign(key, _hash_for(key))
     )
     return Issued(cert, key)
+
+
+def _aia(ocsp_url: str) -> x509.AuthorityInformationAccess:
+    return x509.AuthorityInformationAccess(
+        [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url))]
+    )
 
 
 def _ca_key_usage() -> x509.KeyUsage:

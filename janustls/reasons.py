@@ -25,6 +25,7 @@ class Reason(str, enum.Enum):
     SERVER_CERTIFICATE = "server_certificate"
     BAD_SIGNATURE = "bad_signature"
     CRL_UNAVAILABLE = "crl_unavailable"
+    OCSP_UNAVAILABLE = "ocsp_unavailable"
     NOT_ALLOWED = "not_allowed"
     INVALID = "invalid"
 
@@ -50,6 +51,8 @@ _DESCRIPTIONS = {
     Reason.SERVER_CERTIFICATE: "the client presented this server's own certificate",
     Reason.BAD_SIGNATURE: "a signature in the chain does not verify",
     Reason.CRL_UNAVAILABLE: "no usable CRL for a certificate of the chain (missing, expired, not yet valid)",
+    Reason.OCSP_UNAVAILABLE: "no usable OCSP answer for a certificate of the chain (responder unreachable, "
+    "a response that does not verify, stale, or unknown) and ocsp_fail = refuse",
     Reason.NOT_ALLOWED: "the certificate is trusted but an identity rule does not allow it",
     Reason.INVALID: "the certificate chain is invalid",
 }

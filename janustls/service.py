@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTi
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.config import Definitions, PortDefinition, PortType, WebRuleLine
+from janustls.config import Definitions, OCSPScope, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
@@ -108,6 +108,10 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
                 errors.append(ConfigError(port.source, port.section, "handler", str(h)))
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
+    if port.ocsp is not OCSPScope.NONE:
+        from janustls.ocspcheck import OCSPChecker
+
+        runtime.ocsp = OCSPChecker(port, reactor)
     try:
         factory = wrap_factory(runtime, procs, web)
     except ConfigErrors as e:

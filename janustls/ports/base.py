@@ -78,6 +78,8 @@ class PortRuntime:
         self.refused = 0
         #: The port's `allow =` gate (`janustls.ports.access.PortAccess`); web ports answer FORBIDDEN instead.
         self.access: Any = None
+        #: The port's OCSP policy (`janustls.ocspcheck.OCSPChecker`) when `ocsp` is on.
+        self.ocsp: Any = None
 
 
 def _address_text(address: IAddress | None) -> str:
@@ -102,6 +104,9 @@ class PortProtocol(Protocol):
     #: The end of a connection that never served was logged already (timeout, resumed refusal).
     _outcome_logged = False
     _request: CertificateRequest | None = None
+    #: Application bytes that arrived while the connection waits for an OCSP verdict.
+    _held: list[bytes] | None = None
+    _gone = False
 
     def connectionMade(self) -> None:
         rt = self.factory.runtime
@@ -141,6 +146,40 @@ class PortProtocol(Protocol):
         chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
         if not chain and self._refuse_resumed(rt):
             return
+        if chain and rt.ocsp is not None:
+            verdict = rt.ocsp.judge(chain.certificates)
+            if isinstance(verdict, defer.Deferred):
+                # Held, not blocked: the reactor serves others until the responder answers.
+                self._held = []
+                verdict.addCallback(self._ocsp_judged, chain, handle)
+                return
+            if verdict is not None:
+                self._refuse_after_handshake(verdict)
+                return
+        self._admit(chain, handle)
+
+    def _ocsp_judged(self, refusal: Refusal | None, chain: Any, handle: SSL.Connection) -> None:
+        held, self._held = self._held or [], None
+        if self._gone or self.transport.disconnecting:
+            return
+        if refusal is not None:
+            self._refuse_after_handshake(refusal)
+            return
+        self._admit(chain, handle)
+        for data in held:
+            if self._gone:
+                break
+            self.dataReceived(data)
+
+    def _refuse_after_handshake(self, refusal: Refusal) -> None:
+        """A completed handshake whose certificate the port refuses now (OCSP): logged, closed."""
+        self.transport.refusal = refusal
+        self._log_failed_handshake(None)
+        self._outcome_logged = True
+        self.transport.abortConnection()
+
+    def _admit(self, chain: Any, handle: SSL.Connection) -> None:
+        rt = self.factory.runtime
         rt.tls.trust.count_signed(chain.certificates)
         rt.accepted += 1
         conn = Connection(
@@ -201,6 +240,9 @@ class PortProtocol(Protocol):
         """Subclasses start serving here."""
 
     def dataReceived(self, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append(data)
+            return
         self._bytes_in += len(data)
         if self._idle_timer is not None:
             self._last_activity = self.factory.runtime.reactor.seconds()
@@ -251,6 +293,8 @@ class PortProtocol(Protocol):
     # -- the end ---------------------------------------------------------------------------
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._gone = True
+        self._held = None
         if self._deadlines is not None:
             self._deadlines.discard(self)
             self._deadlines = None

@@ -32,7 +32,7 @@ def leaf_fields(leaf: x509.Certificate | None) -> dict[str, str | None]:
 
 def log_refusal(port: str, peer: str, refusal: Refusal, leaf: x509.Certificate | None, **extra: Any) -> None:
     """Emit the refusal's event: port, peer, reason, depth, subject of the certificate at
-    fault, the leaf's serial, fingerprint and issuer (None without a certificate), and `extra`
+    fault, the detail (the cause in words), the leaf's serial, fingerprint and issuer (None without a certificate), and `extra`
     (the identity rule that refused, for one)."""
     fields = leaf_fields(leaf)
     text = "port {port}: refused {peer}: {refusal}"
@@ -48,6 +48,7 @@ def log_refusal(port: str, peer: str, refusal: Refusal, leaf: x509.Certificate |
         reason=refusal.reason.value,
         depth=refusal.depth,
         subject=refusal.subject,
+        detail=refusal.detail,
         **fields,
         **extra,
     )

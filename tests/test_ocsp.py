@@ -1,0 +1,339 @@
+"""OCSP for client certificates: a real responder on 127.0.0.1, real TLS 1.2 and 1.3 clients."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+
+from janustls import ocsp
+from janustls.pki import CA, Issued
+from tests.ocsp_responder import Responder, closed_port_url
+from tests.support import EVENTS, start
+
+HANDLER = '''
+def serve(sock):
+    sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
+'''
+
+
+@pytest.fixture(scope="module")
+def cas() -> tuple[CA, CA]:
+    root = CA.create("OCSP Test Root")
+    return root, root.intermediate("OCSP Test Intermediate")
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Path:
+    d = tmp_path / "procs"
+    d.mkdir()
+    (d / "h.py").write_text(HANDLER)
+    return d
+
+
+class Setup:
+    def __init__(self, tmp: Path, cas: tuple[CA, CA], responder: Responder) -> None:
+        self.tmp, self.root, self.inter, self.responder = tmp, cas[0], cas[1], responder
+        (tmp / "root.pem").write_bytes(self.root.cert_pem)
+        server = self.inter.server("localhost", "127.0.0.1")
+        self.server_files = server.write(tmp / "server", "server")
+
+    def client(self, name: str, url: str | None = None) -> tuple[Path, Path, Issued]:
+        issued = self.inter.issue(name, ocsp_url=url or self.responder.url)
+        paths = issued.write(self.tmp / "clients", name)
+        return paths["chain"], paths["key"], issued
+
+    def ini(self, procs: Path, extra: str = "") -> str:
+        return f"""
+[janustls]
+procs = {procs}
+[port:OC]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {self.server_files['chain']}
+private_key = {self.server_files['key']}
+client_cert = require
+addca = {self.tmp / 'root.pem'}
+handler = h:serve
+ocsp = leaf
+{extra or "ocsp_timeout = 2"}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path: Path, cas: tuple[CA, CA]) -> Any:
+    responder = Responder(cas[1])
+    yield Setup(tmp_path, cas, responder)
+    responder.stop()
+
+
+def hello(port: int, cert: Path, key: Path, tls: str = "1.3", timeout: float = 10.0) -> str:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if tls == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    try:
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout), server_hostname="localhost") as s:
+            return s.recv(100).decode().strip() or "closed"
+    except (ssl.SSLError, ConnectionError) as e:
+        return f"refused: {e}"
+
+
+def refusal(mark: int, reason: str) -> dict[str, Any]:
+    return EVENTS.wait_for(mark, f"janustls.refused.{reason}", "OC", timeout=10)
+
+
+# -- the pure module, without I/O -------------------------------------------------------
+
+
+def test_judge_response_rules(cas: tuple[CA, CA]) -> None:
+    root, inter = cas
+    r = Responder(inter)
+    try:
+        leaf = inter.issue("unit")
+        nonce = ocsp.new_nonce()
+        req = ocsp.build_request(leaf.cert, inter.cert, nonce)
+        good = ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce)
+        assert good.status is ocsp.Status.GOOD and good.expires is not None
+        wrong_nonce = ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=b"x" * 16)
+        assert wrong_nonce.status is ocsp.Status.UNAVAILABLE and "nonce" in wrong_nonce.cause
+        other = inter.issue("other")
+        assert "another certificate" in ocsp.judge_response(r.answer(req), other.cert, inter.cert).cause
+        r.status[leaf.cert.serial_number] = "revoked"
+        assert ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).status is ocsp.Status.REVOKED
+        r.status.clear()
+        r.default = "unknown"
+        assert "unknown" in ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).cause
+        r.default = "good"
+        r.signer = "wrong_key"
+        assert "signature" in ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).cause
+        r.signer = "delegated"
+        assert ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).status is ocsp.Status.GOOD
+        r.signer = "delegated_noeku"
+        assert "OCSP-signing" in ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).cause
+        r.signer = "issuer"
+        r.stale = True
+        assert "stale" in ocsp.judge_response(r.answer(req), leaf.cert, inter.cert, nonce=nonce).cause
+        # Within the skew, a response just past nextUpdate still counts; past it, not.
+        r.stale = False
+        answer = r.answer(req)
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3600 + 100)
+        assert ocsp.judge_response(answer, leaf.cert, inter.cert, now=later).status is ocsp.Status.GOOD
+        much_later = later + datetime.timedelta(seconds=600)
+        assert ocsp.judge_response(answer, leaf.cert, inter.cert, now=much_later).status is ocsp.Status.UNAVAILABLE
+        assert "not an OCSP response" in ocsp.judge_response(b"garbage", leaf.cert, inter.cert).cause
+    finally:
+        r.stop()
+
+
+def test_cache_is_bounded_and_expires() -> None:
+    cache = ocsp.OCSPCache(max_entries=3)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    soon = now + datetime.timedelta(seconds=60)
+    for i in range(5):
+        cache.put(("u", b"k", i), ocsp.Verdict(ocsp.Status.GOOD, expires=soon))
+    assert len(cache) == 3 and cache.get(("u", b"k", 0), now) is None and cache.get(("u", b"k", 4), now) is not None
+    assert cache.get(("u", b"k", 4), soon + datetime.timedelta(seconds=1)) is None
+    cache.put(("u", b"k", 9), ocsp.Verdict(ocsp.Status.UNAVAILABLE, "down"))
+    assert cache.get(("u", b"k", 9), now) is None  # no answer is never cached
+
+
+def test_cert_id_matches_cryptography(cas: tuple[CA, CA]) -> None:
+    from cryptography.x509 import ocsp as x509_ocsp
+
+    leaf = cas[1].issue("id")
+    req = x509_ocsp.OCSPRequestBuilder().add_certificate(leaf.cert, cas[1].cert, hashes.SHA1()).build()
+    assert ocsp.cert_id(leaf.cert, cas[1].cert) == (req.issuer_key_hash, leaf.cert.serial_number)
+
+
+# -- real responder, real TLS ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_good_is_accepted_and_cached(setup: Setup, procs: Path, tls: str) -> None:
+    cert, key, _ = setup.client(f"good{tls}")
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        port = server.port("OC")
+        assert hello(port, cert, key, tls) == f"hi good{tls}"
+        assert setup.responder.requests == 1
+        assert setup.responder.nonces[-1] is not None
+        assert hello(port, cert, key, tls) == f"hi good{tls}"
+        assert setup.responder.requests == 1  # the cache answered the second connection
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_revoked_is_refused_and_logged(setup: Setup, procs: Path, tls: str) -> None:
+    cert, key, issued = setup.client(f"revoked{tls}")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        mark = EVENTS.mark()
+        result = hello(server.port("OC"), cert, key, tls)
+        assert not result.startswith("hi"), result
+        event = refusal(mark, "revoked")
+        assert "by OCSP" in event["detail"] and event["depth"] == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(
+    "setting, cause",
+    [
+        ("unknown", "unknown"),
+        ("wrong_key", "signature does not verify"),
+        ("stale", "stale"),
+        ("delegated_noeku", "OCSP-signing"),
+        ("garbage", "not an OCSP response"),
+    ],
+)
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_no_usable_answer_is_refused(setup: Setup, procs: Path, tls: str, setting: str, cause: str) -> None:
+    cert, key, _ = setup.client(f"{setting}{tls}")
+    r = setup.responder
+    if setting == "unknown":
+        r.default = "unknown"
+    elif setting == "stale":
+        r.stale = True
+    elif setting == "garbage":
+        r.garbage = True
+    else:
+        r.signer = setting
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        mark = EVENTS.mark()
+        assert not hello(server.port("OC"), cert, key, tls).startswith("hi")
+        event = refusal(mark, "ocsp_unavailable")
+        assert cause in event["detail"], event["detail"]
+    finally:
+        server.stop()
+
+
+def test_delegated_responder_with_the_usage_is_accepted(setup: Setup, procs: Path) -> None:
+    cert, key, _ = setup.client("delegated")
+    setup.responder.signer = "delegated"
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        assert hello(server.port("OC"), cert, key) == "hi delegated"
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_responder_down_refuse_or_tolerate(setup: Setup, procs: Path, tls: str) -> None:
+    down = closed_port_url()
+    cert, key, _ = setup.client(f"down{tls}", url=down)
+    server = start(setup.ini(procs, "ocsp_fail = refuse\nocsp_timeout = 2"), setup.tmp)
+    try:
+        mark = EVENTS.mark()
+        assert not hello(server.port("OC"), cert, key, tls).startswith("hi")
+        assert down in refusal(mark, "ocsp_unavailable")["detail"]
+    finally:
+        server.stop()
+    server = start(setup.ini(procs, "ocsp_fail = tolerate\nocsp_timeout = 2"), setup.tmp)
+    try:
+        mark = EVENTS.mark()
+        assert hello(server.port("OC"), cert, key, tls) == f"hi down{tls}"
+        assert EVENTS.wait_for(mark, "janustls.ocsp.tolerated", "OC")["url"] == down
+    finally:
+        server.stop()
+
+
+def test_ocsp_responder_key_overrides_the_certificate(setup: Setup, procs: Path) -> None:
+    cert, key, _ = setup.client("override", url=closed_port_url())
+    server = start(setup.ini(procs, f"ocsp_responder = {setup.responder.url}"), setup.tmp)
+    try:
+        assert hello(server.port("OC"), cert, key) == "hi override"
+        assert setup.responder.requests == 1
+    finally:
+        server.stop()
+
+
+def test_chain_asks_about_the_intermediate_too(tmp_path: Path, procs: Path) -> None:
+    root = CA.create("Chain OCSP Root")
+    root_responder = Responder(root)
+    inter = root.intermediate("Chain OCSP Intermediate", ocsp_url=root_responder.url)
+    responder = Responder(inter)
+    try:
+        s = Setup(tmp_path, (root, inter), responder)
+        cert, key, _ = s.client("chained")
+        server = start(s.ini(procs).replace("ocsp = leaf", "ocsp = chain"), tmp_path)
+        try:
+            assert hello(server.port("OC"), cert, key) == "hi chained"
+            assert responder.requests == 1 and root_responder.requests == 1  # the root itself is never asked
+            root_responder.status[inter.cert.serial_number] = "revoked"
+            from janustls.ocspcheck import CACHE
+
+            CACHE.clear()
+            mark = EVENTS.mark()
+            assert not hello(server.port("OC"), cert, key).startswith("hi")
+            assert refusal(mark, "revoked")["depth"] == 1
+        finally:
+            server.stop()
+    finally:
+        responder.stop()
+        root_responder.stop()
+
+
+def test_concurrent_lookups_share_one_request(setup: Setup, procs: Path) -> None:
+    cert, key, _ = setup.client("together")
+    setup.responder.delay = 1.0
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        port = server.port("OC")
+        results: list[str] = []
+        threads = [threading.Thread(target=lambda: results.append(hello(port, cert, key))) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(15)
+        assert results == ["hi together"] * 4
+        assert setup.responder.requests == 1
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_slow_responder_costs_only_its_client(setup: Setup, procs: Path, tls: str) -> None:
+    slow_cert, slow_key, _ = setup.client(f"slow{tls}")
+    fast_cert, fast_key, _ = setup.client(f"fast{tls}")
+    server = start(setup.ini(procs, "ocsp_timeout = 10"), setup.tmp)
+    try:
+        port = server.port("OC")
+        assert hello(port, fast_cert, fast_key, tls) == f"hi fast{tls}"  # its answer is cached now
+        setup.responder.delay = 3.0
+        slow: list[tuple[str, float]] = []
+
+        def slow_client() -> None:
+            t0 = time.monotonic()
+            slow.append((hello(port, slow_cert, slow_key, tls), time.monotonic() - t0))
+
+        t = threading.Thread(target=slow_client)
+        t.start()
+        time.sleep(0.3)
+        latencies = []
+        while t.is_alive() and len(latencies) < 50:
+            t0 = time.monotonic()
+            assert hello(port, fast_cert, fast_key, tls) == f"hi fast{tls}"
+            latencies.append(time.monotonic() - t0)
+        t.join(15)
+        assert slow and slow[0][0] == f"hi slow{tls}" and slow[0][1] >= 2.5, slow
+        assert len(latencies) >= 5, latencies
+        assert max(latencies) < 1.0, latencies  # never waited for the stalled responder
+        print(f"TLS {tls}: {len(latencies)} handshakes during the 3 s stall, max {max(latencies) * 1000:.1f} ms, "
+              f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")  # fmt: skip
+    finally:
+        server.stop()
