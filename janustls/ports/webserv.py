@@ -215,6 +215,16 @@ class JanusRequest(Request):
         self.gone = True
         super().connectionLost(reason)
 
+    # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.janus_protocol.progress()
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if not self.finished and not self.gone:
+            self.janus_protocol.progress()
+        super().finish()
+
 
 def wants_json(accept: bytes | str | None) -> bool:
     if not accept:
@@ -361,6 +371,9 @@ class WebProtocol(PortProtocol):
     #: Set first thing when the connection is lost, before a pending certificate request
     #: answers (Chromium drops the connection when asked, then retries on a new one).
     lost = False
+    #: idle_timeout counts from the last whole request received or answered (and output
+    #: the client took): a client trickling a request byte by byte gains nothing.
+    bytes_are_progress = False
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
