@@ -16,14 +16,16 @@ from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IPushProducer
 from twisted.protocols.tls import TLSMemoryBIOProtocol, _ProducerMembrane
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls import _openssl
 from janustls.certinfo import EMPTY_CHAIN, CertChain
 from janustls.clienthello import MAX_HELLO, ClientHello, parse_client_hello
-from janustls.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
+from janustls.config import DEFAULT_WRITE_BUFFER_HIGH, ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.events import emit
 from janustls.materials import ServerMaterial, load_server_material
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.trust import PortTrust, load_port_trust
@@ -48,7 +50,7 @@ CRL_HAS_EXPIRED = 12
 
 #: Unsent output (bytes, per connection) above which janustls stops reading from the client
 #: and pauses the application's producer, until the client has taken all of it.
-WRITE_BUFFER_HIGH = 262144
+WRITE_BUFFER_HIGH = DEFAULT_WRITE_BUFFER_HIGH  # the port key write_buffer_high
 #: Seconds a closing connection may go without the client taking any of its remaining
 #: output (or answering the TLS close) before it is aborted.
 CLOSE_GRACE = 5.0
@@ -265,6 +267,16 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
             self._close_unsent = left
             self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
             return
+        runtime = getattr(self.factory, "runtime", None)
+        emit(
+            "janustls.conn.close_forced",
+            "port {port}: aborted {peer}: its close was held up for {seconds}s ({unsent} bytes unsent)",
+            LogLevel.info,
+            port=runtime.port.name if runtime is not None else None,
+            peer=str(self.getPeer()),
+            seconds=grace,
+            unsent=left,
+        )
         self.abortConnection()
 
     def _cancel_close_timer(self) -> None:

@@ -249,3 +249,16 @@ def test_trickling_client_does_not_outlive_idle_timeout(web, pki, events):
                 break
         assert closed, "a trickling client kept its connection past idle_timeout"
     events.wait_for(mark, "janustls.conn.idle_timeout", "IDLEWEB")
+
+
+def test_write_buffer_high_is_a_checked_port_key(pki, tmp_path):
+    from janustls.config import parse_definitions
+    from janustls.errors import ConfigErrors
+
+    def text(value: str) -> str:
+        return f"[janustls]\nprocs = {tmp_path}\n" + port_text(pki, "W", 0, "srvsock", f"handler = h:serve\nwrite_buffer_high = {value}")
+
+    (tmp_path / "h.py").write_text(ECHO)
+    assert parse_definitions(text("65536"), source="t.ini", base=tmp_path).ports[0].write_buffer_high == 65536
+    with pytest.raises(ConfigErrors, match="write_buffer_high"):
+        parse_definitions(text("100"), source="t.ini", base=tmp_path)
