@@ -89,6 +89,8 @@ HANDLER_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 5.0
+#: janustls.tls.WRITE_BUFFER_HIGH: 256 KiB of unsent output per connection.
+DEFAULT_WRITE_BUFFER_HIGH = 262144
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_CRL_REFRESH = 60.0
@@ -120,6 +122,8 @@ class PortDefinition:
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_cert_size: int = DEFAULT_MAX_CERT_SIZE
+    #: Unsent output per connection (bytes) above which the client is no longer read.
+    write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     session_cache: bool = True
     handler: str | None = None
     allow: str | None = None
@@ -183,6 +187,7 @@ PORT_KEYS = frozenset(
         "request_timeout", "max_cert_size", "session_cache", "handler", "allow",
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
         "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
+        "write_buffer_high",
         "ocsp", "ocsp_responder", "ocsp_timeout", "ocsp_fail", "ocsp_staple", "cert_refresh",
     }
 )  # fmt: skip
@@ -401,6 +406,7 @@ class _PortReader:
             handshake_timeout=float(self.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
             request_timeout=float(self.number("request_timeout", DEFAULT_REQUEST_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
             max_cert_size=self.number("max_cert_size", DEFAULT_MAX_CERT_SIZE, integer=True, low=256),
+            write_buffer_high=self.number("write_buffer_high", DEFAULT_WRITE_BUFFER_HIGH, integer=True, low=4096, high=2**30),
             session_cache=self.boolean("session_cache", True),
             handler=handler,
             allow=self.get("allow"),

@@ -167,6 +167,14 @@ class Connection:
     def close(self) -> None:
         self._protocol.close()
 
+    def drain(self) -> defer.Deferred[None]:
+        """Fires when the client's unsent output is back under the port's high-water mark.
+
+        `write()` never blocks: a handler that writes much without reading (which would
+        stop it being fed) awaits this between writes to keep its memory bounded.
+        """
+        return self._protocol.drained()
+
     def read(self, n: int = 65536) -> defer.Deferred[bytes]:
         """Up to `n` bytes as soon as any are there; b"" at end of stream."""
         if n <= 0:
@@ -227,6 +235,7 @@ class Connection:
             return defer.fail(e)
         if data is not None:
             self._after_read()
+            self._protocol.progress()
             return defer.succeed(data)
         d: defer.Deferred[bytes] = ReadDeferred()
         self._waiting = (d, take)
@@ -248,6 +257,7 @@ class Connection:
             d = self._waiting[0]
             self._waiting = None
             self._read_size = 0
+            self._protocol.progress()
             _deliver(d, bytes(data))
             return
         self._buffer += data
@@ -276,6 +286,7 @@ class Connection:
             self._waiting = None
             self._read_size = 0
             self._after_read()
+            self._protocol.progress()
             _deliver(d, data)
 
     def __repr__(self) -> str:

@@ -26,7 +26,9 @@ CATALOGUE: dict[str, str] = {
     "janustls.conn.closed": "a connection ended (port, peer, bytes in/out, seconds)",
     "janustls.conn.limit": "a connection was refused: the port's max_connections is reached, or with "
     "limit_key = max_connections_per_client, that client address's share",
-    "janustls.conn.idle_timeout": "a connection was closed after idle_timeout seconds without traffic",
+    "janustls.conn.idle_timeout": "a connection was closed after idle_timeout seconds without application progress",
+    "janustls.conn.close_forced": "a closing connection was aborted: its client took none of the remaining "
+    "output, or did not answer the TLS close, for the close grace period (port, peer, unsent bytes)",
     "janustls.handshake.timeout": "a client did not finish its handshake within handshake_timeout",
     "janustls.handshake.failed": "a handshake failed for a reason other than the client certificate "
     "(protocol version, ciphers, garbage; Janus SSLPROTOCOLERR)",

@@ -11,22 +11,29 @@ import time
 from typing import Any, Callable
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IPushProducer
+from twisted.protocols.tls import TLSMemoryBIOProtocol, _ProducerMembrane
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls import _openssl
 from janustls.certinfo import EMPTY_CHAIN, CertChain
 from janustls.clienthello import MAX_HELLO, ClientHello, parse_client_hello
-from janustls.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
+from janustls.config import DEFAULT_WRITE_BUFFER_HIGH, ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.events import emit
 from janustls.materials import ServerMaterial, load_server_material
 from janustls.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.trust import PortTrust, load_port_trust
 
-__all__ = ["PortTLS", "PortTLSProtocol", "build_port_tls", "refusal_for_failure", "refused_leaf", "DEFAULT_CIPHERS"]
+__all__ = [
+    "PortTLS", "PortTLSProtocol", "build_port_tls", "refusal_for_failure", "refused_leaf",
+    "DEFAULT_CIPHERS", "CLOSE_GRACE", "WRITE_BUFFER_HIGH",
+]  # fmt: skip
 
 #: AEAD suites with forward secrecy only (TLS 1.2; TLS 1.3 suites are all AEAD).
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -40,6 +47,34 @@ _VERIFY_MODES = {
 _CHECK_CACHE_SIZE = 2048
 #: X509_V_ERR_CRL_HAS_EXPIRED: the one error `crl_expired = tolerate` overrides.
 CRL_HAS_EXPIRED = 12
+
+#: Unsent output (bytes, per connection) above which janustls stops reading from the client
+#: and pauses the application's producer, until the client has taken all of it.
+WRITE_BUFFER_HIGH = DEFAULT_WRITE_BUFFER_HIGH  # the port key write_buffer_high
+#: Seconds a closing connection may go without the client taking any of its remaining
+#: output (or answering the TLS close) before it is aborted.
+CLOSE_GRACE = 5.0
+
+
+@implementer(IPushProducer)
+class _OutputGate:
+    """Registered with the socket for the connection's whole life: the socket's own
+    back-pressure (unsent output above its buffer size, drained again), passed to the TLS
+    protocol, which stops reading from the client and pauses the application's producer."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, tls: PortTLSProtocol) -> None:
+        self.tls = tls
+
+    def pauseProducing(self) -> None:
+        self.tls._output_full()
+
+    def resumeProducing(self) -> None:
+        self.tls._output_drained()
+
+    def stopProducing(self) -> None:
+        self.tls._output_stopped()
 
 
 class PortTLSProtocol(TLSMemoryBIOProtocol):
@@ -61,10 +96,198 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     _hello_parsed: ClientHello | None = None
     _buffers_released = False
 
+    #: Why reading from the client is paused ("app": the application layer; "output":
+    #: unsent output above the high-water mark); reading resumes when none is left.
+    _holds: frozenset[str] = frozenset()
+    _output_held = False
+    _close_timer: IDelayedCall | None = None
+    _close_unsent = -1
+    _drain_waiters: list[defer.Deferred[None]] | None = None
+    #: Seconds a close may be held up before it is forced; None leaves it to the port type.
+    close_grace: float | None = CLOSE_GRACE
+
     def makeConnection(self, transport: Any) -> None:
         if self.factory.keep_client_hello:
             self._hello = b""
+        runtime = getattr(self.factory, "runtime", None)
+        high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
+        transport.bufferSize = high  # the socket pauses its producer above this
+        transport.registerProducer(_OutputGate(self), True)
         super().makeConnection(transport)
+
+    # -- back-pressure ---------------------------------------------------------------------------
+    #
+    # Twisted's TLS protocol registers the application's producer with the socket, one at a
+    # time, and only when the application registers one: output written without a producer
+    # (a srvsock handler's writes) then has no bound.  Here the socket always has the gate;
+    # the application's producer (twisted.web's channel, a proxy's backend) sits behind it.
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._lostTLSConnection:
+            producer.stopProducing()
+            return
+        if self._producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer}, because producer {self._producer} was never unregistered.")
+        if not streaming:
+            from twisted.internet._producer_helpers import _PullToPush
+
+            producer = pull = _PullToPush(producer, self)
+        self._producer = _ProducerMembrane(producer)
+        if not streaming:
+            pull.startStreaming()
+        if self._output_held:
+            self._producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        if self._producer is None:
+            return
+        from twisted.internet._producer_helpers import _PullToPush
+
+        if isinstance(self._producer._producer, _PullToPush):
+            self._producer._producer.stopStreaming()
+        self._producer = None
+        if self.disconnecting and not self._appSendBuffer:
+            self._shutdownTLS()
+
+    def pauseProducing(self) -> None:
+        """The application asks to stop reading from the client."""
+        self._hold("app")
+
+    def resumeProducing(self) -> None:
+        self._release("app")
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def _hold(self, why: str) -> None:
+        if why not in self._holds:
+            if not self._holds and self.transport is not None:
+                self.transport.pauseProducing()
+            self._holds = self._holds | {why}
+
+    def _release(self, why: str) -> None:
+        if why in self._holds:
+            self._holds = self._holds - {why}
+            if not self._holds and self.transport is not None:
+                self.transport.resumeProducing()
+
+    @property
+    def output_full(self) -> bool:
+        """Whether the client's unsent output is above the high-water mark."""
+        return self._output_held
+
+    def unsent(self) -> int:
+        """Bytes written to the client that the socket has not sent yet (best effort)."""
+        t = self.transport
+        try:
+            return len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._appSendBuffer))
+        except (AttributeError, TypeError):
+            return 0
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
+        if not self._output_held or self._lostTLSConnection or self.disconnecting:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append(d)
+        return d
+
+    def _output_full(self) -> None:
+        self._output_held = True
+        self._hold("output")
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def _output_drained(self) -> None:
+        self._output_held = False
+        t = self.transport
+        if t is not None and t.disconnecting:
+            # Closing: the socket resumes a paused producer instead of closing; step aside.
+            t.unregisterProducer()
+            return
+        self._release("output")
+        progress = getattr(self.wrappedProtocol, "progress", None)
+        if progress is not None:
+            progress()  # the client took its output
+        if self._producer is not None and not self._appSendBuffer:
+            self._producer.resumeProducing()
+        self._fire_drained()
+
+    def _output_stopped(self) -> None:
+        if self._producer is not None:
+            self._producer.stopProducing()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for d in waiters or ():
+            d.callback(None)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """Close after what is already written, with a TLS close_notify; guaranteed.
+
+        Twisted's TLS protocol waits for the application's producer to unregister (a
+        twisted.web channel never does before its connection is lost) and for the
+        client's answering close_notify: the producer is let go here, and a connection
+        whose client takes none of its remaining output for `close_grace` seconds (does
+        not read, or does not answer the close) is aborted.
+        """
+        if self.disconnecting or not self.connected:
+            return
+        if self._producer is not None:
+            self.unregisterProducer()
+        super().loseConnection()
+        self._arm_close_timer()
+
+    def abortConnection(self) -> None:
+        self._cancel_close_timer()
+        super().abortConnection()
+
+    def _arm_close_timer(self) -> None:
+        grace = self.close_grace
+        if grace is None or self._close_timer is not None or not self.connected:
+            return
+        runtime = getattr(self.factory, "runtime", None)
+        clock = getattr(runtime, "reactor", None)
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self._close_unsent = self.unsent()
+        self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)  # type: ignore[union-attr]
+
+    def _close_overdue(self, clock: Any, grace: float) -> None:
+        self._close_timer = None
+        if not self.connected:
+            return
+        left = self.unsent()
+        if 0 < left < self._close_unsent:  # the client is still taking its output
+            self._close_unsent = left
+            self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
+            return
+        runtime = getattr(self.factory, "runtime", None)
+        emit(
+            "janustls.conn.close_forced",
+            "port {port}: aborted {peer}: its close was held up for {seconds}s ({unsent} bytes unsent)",
+            LogLevel.info,
+            port=runtime.port.name if runtime is not None else None,
+            peer=str(self.getPeer()),
+            seconds=grace,
+            unsent=left,
+        )
+        self.abortConnection()
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_close_timer()
+        self._fire_drained()
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._hello is not None and not self._handshakeDone and len(self._hello) < MAX_HELLO:
@@ -222,15 +445,7 @@ class PortTLS:
                 )
             return self.tolerate_refused
         der = _openssl.certificate_der(cert)
-        key = (der, depth)
-        if key in self._checked:
-            reason = self._checked[key]
-        else:
-            parsed = self._parsed(der)
-            reason = self.trust.check(parsed, len(der), depth)
-            if len(self._checked) >= _CHECK_CACHE_SIZE:
-                self._checked.clear()
-            self._checked[key] = reason
+        reason = self._check(der, depth)
         if reason is not None:
             if state.refusal is None:
                 state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
@@ -238,6 +453,37 @@ class PortTLS:
         if depth == 0:
             state.leaf_der = der
         return True
+
+    def _check(self, der: bytes, depth: int) -> Reason | None:
+        """janustls's own checks of one certificate at its depth (`PortTrust.check`), cached.
+
+        The one judgement of a certificate: the verify callback asks it during a full
+        handshake, `_judge_resumed` for each certificate of a resumed session.
+        """
+        key = (der, depth)
+        try:
+            return self._checked[key]
+        except KeyError:
+            pass
+        reason = self.trust.check(self._parsed(der), len(der), depth)
+        if len(self._checked) >= _CHECK_CACHE_SIZE:
+            self._checked.clear()
+        self._checked[key] = reason
+        return reason
+
+    def _judge_resumed(self, certs: list[x509.Certificate], *, revocation: bool) -> tuple[Reason, int] | None:
+        """A resumed session's chain judged as a fresh handshake would judge it now.
+
+        OpenSSL verifies nothing when a session resumes.  Each certificate goes through
+        `_check` (size, depth, key strength, usage: what the verify callback applies),
+        then `PortTrust.resumed_problem` does what OpenSSL does on a full handshake:
+        dates, CRL presence and freshness (`crl_expired`), revocation.
+        """
+        for depth, cert in enumerate(certs):
+            reason = self._check(cert.public_bytes(serialization.Encoding.DER), depth)
+            if reason is not None:
+                return reason, depth
+        return self.trust.resumed_problem(certs, revocation=revocation)
 
     def verified_chain(self, connection: SSL.Connection) -> list[x509.Certificate]:
         """The client's chain, leaf to anchor; rebuilt for a resumed session; [] without one."""
@@ -279,11 +525,13 @@ class PortTLS:
             return EMPTY_CHAIN
         known = self._by_leaf.get(leaf_der)
         if known is not None:
+            # Verified by this Context (same CAs and CRLs): dates, CRL freshness and the
+            # per-certificate checks may still have changed their verdict since.
             chain, valid_from, valid_until = known
-            if valid_from <= time.time() <= valid_until:
-                return chain
-            certs = list(chain.certificates)  # verified by this Context, out of date since
-            problem = self.trust.resumed_problem(certs, revocation=False)
+            if valid_from <= time.time() <= valid_until and not self.trust.crls:
+                return chain  # nothing of the verdict can have changed
+            certs = list(chain.certificates)
+            problem = self._judge_resumed(certs, revocation=False)
         else:
             leaf = self._parsed(leaf_der)
             rest = connection.get_peer_cert_chain(as_cryptography=True) or []
@@ -292,7 +540,7 @@ class PortTLS:
             if not certs:
                 tls.refusal = Refusal(Reason.UNKNOWN_CA, 0, _subject(leaf), "a resumed session's certificate chains to no CA of this port")
                 return EMPTY_CHAIN
-            problem = self.trust.resumed_problem(certs)
+            problem = self._judge_resumed(certs, revocation=True)
         if problem is not None:
             reason, depth = problem
             tls.refusal = Refusal(reason, depth, _subject(certs[depth]), f"{reason.description} (resumed session)")

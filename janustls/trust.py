@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from janustls.config import CRLCheck, PortDefinition
+from janustls.config import CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.materials import load_certificates, load_crls
 from janustls.reasons import Reason
@@ -73,6 +73,7 @@ class PortTrust:
     verify_depth: int | None = None
     max_cert_size: int = 16384
     server_fingerprints: frozenset[bytes] = frozenset()
+    crl_expired: CRLExpired = CRLExpired.REFUSE
     #: Janus STATUSCA NumSigned: accepted client chains per trust anchor (by fingerprint).
     signed: collections.Counter[bytes] = field(default_factory=collections.Counter)
 
@@ -144,11 +145,13 @@ class PortTrust:
                 self._counted[id(chain)] = (chain, fp)
 
     def resumed_problem(self, chain: Sequence[x509.Certificate], *, revocation: bool = True) -> tuple[Reason, int] | None:
-        """What is wrong now with a chain a resumed session carries: (reason, depth) or None.
+        """What OpenSSL would find wrong now with a chain: (reason, depth) or None.
 
-        Validity dates at every level, and (with `revocation`) this port's CRLs for the
-        certificates `crl_check` covers: a session made before a CRL listed its client,
-        or before the certificate expired, must not come back as that client.
+        Validity dates at every level; for the certificates `crl_check` covers (when the
+        port has CRLs): a CRL of their issuer must be there and current (unless
+        `crl_expired = tolerate`), and (with `revocation`) must not list them.  A session
+        made before a CRL listed its client, or before a certificate or CRL expired,
+        must not come back as that client.
         """
         now = datetime.datetime.now(datetime.timezone.utc)
         checked = len(chain) if self.crl_check is CRLCheck.CHAIN else 1
@@ -157,10 +160,19 @@ class PortTrust:
                 return Reason.EXPIRED, depth
             if cert.not_valid_before_utc > now:
                 return Reason.NOT_YET_VALID, depth
-            if revocation and depth < checked and depth < len(chain) - 1:
-                for crl in self.crls:
-                    if crl.issuer == cert.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
-                        return Reason.REVOKED, depth
+            if not self.crls or depth >= checked or depth >= len(chain) - 1:
+                continue
+            crls = [crl for crl in self.crls if crl.issuer == cert.issuer]
+            if not crls:
+                return Reason.CRL_UNAVAILABLE, depth  # OpenSSL: unable to get certificate CRL
+            for crl in crls:
+                if crl.last_update_utc > now:
+                    return Reason.CRL_UNAVAILABLE, depth  # CRL is not yet valid
+                stale = crl.next_update_utc is not None and crl.next_update_utc < now
+                if stale and self.crl_expired is CRLExpired.REFUSE:
+                    return Reason.CRL_UNAVAILABLE, depth  # CRL has expired
+                if revocation and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                    return Reason.REVOKED, depth
         return None
 
     def complete_chain(
@@ -234,6 +246,7 @@ def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificat
         crl_check=port.crl_check,
         verify_depth=port.verify_depth,
         max_cert_size=port.max_cert_size,
+        crl_expired=port.crl_expired,
         server_fingerprints=frozenset(fingerprint(c) for c in server_chain[:1]),
     )
 

@@ -133,3 +133,77 @@ handler = h:serve
         assert e["reason"] == "no_certificate"
     finally:
         server.stop()
+
+
+def _strict_port(procs, pki, tmp_path, extra: str) -> str:
+    return f"""
+[janustls]
+procs = {procs}
+[port:STRICT]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {pki.files['server.pem']}
+private_key = {pki.files['server.key']}
+client_cert = require
+addca = {tmp_path / 'root.pem'}
+handler = h:serve
+{extra}
+"""
+
+
+@pytest.mark.parametrize("change", ["verify_depth", "max_cert_size", "stale_crl"])
+def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, events, shared_keys, tmp_path, change):
+    """After a reload that tightens the port's trust, a resumed session is judged like a fresh
+    handshake with the same chain: verify_depth, max_cert_size, a stale CRL (crl_expired = refuse)."""
+    import datetime
+
+    from janustls.config import parse_definitions
+
+    root = CA.create("Strict Root")
+    inter = root.intermediate("Strict Intermediate")
+    client = inter.issue("dave")
+    (tmp_path / "root.pem").write_bytes(root.cert_pem)
+    client.write(tmp_path, "dave")
+    crl = tmp_path / "strict.crl"
+    crl.write_bytes(inter.crl_pem())
+    (procs / "h.py").write_text(HANDLER)
+    crl_lines = f"crl = {crl}\ncrl_expired = refuse\n" if change == "stale_crl" else ""
+    server = start(_strict_port(procs, pki, tmp_path, crl_lines), procs)
+    try:
+        ctx = client_context(pki, None, tls="1.3")
+        ctx.load_cert_chain(tmp_path / "dave.pem", tmp_path / "dave.key")
+        port = server.port("STRICT")
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+            assert first_line(s) == "dave 3"
+            s.sendall(b"bye\n")
+            session = s.session
+        if change == "verify_depth":
+            extra = "verify_depth = 1\n"
+        elif change == "max_cert_size":
+            extra = "max_cert_size = 300\n"
+        else:
+            past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+            crl.write_bytes(inter.crl_pem(last_update=past - datetime.timedelta(days=1), next_update=past))
+            extra = crl_lines
+        new = parse_definitions(_strict_port(procs, pki, tmp_path, extra), source="test.ini", base=procs)
+        assert in_reactor(lambda: server.service.reload(new)) is True
+        # A fresh handshake with the same chain is refused ...
+        mark = events.mark()
+        with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+                if not first_line(s):
+                    raise ConnectionError("closed")
+        fresh = events.wait_for(mark, "janustls.refused", "STRICT")
+        # ... and so is the resumed session, for the same reason.
+        mark = events.mark()
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+            assert s.session_reused, "the shared ticket key should let the session resume"
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                if not first_line(s):
+                    raise ConnectionError("closed")
+        e = events.wait_for(mark, "janustls.refused", "STRICT")
+        assert e["reason"] == fresh["reason"]
+        assert "resumed session" in str(e["refusal"])
+    finally:
+        server.stop()

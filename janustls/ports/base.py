@@ -107,6 +107,10 @@ class PortProtocol(Protocol):
     #: Application bytes that arrived while the connection waits for an OCSP verdict.
     _held: list[bytes] | None = None
     _gone = False
+    #: Whether any bytes from the client count as progress for idle_timeout.  Port types
+    #: with units of their own (a handler's completed read, a whole HTTP request) say
+    #: False and call `progress()` themselves, so a client trickling bytes gains nothing.
+    bytes_are_progress = True
 
     def connectionMade(self) -> None:
         rt = self.factory.runtime
@@ -151,6 +155,7 @@ class PortProtocol(Protocol):
             if isinstance(verdict, defer.Deferred):
                 # Held, not blocked: the reactor serves others until the responder answers.
                 self._held = []
+                self.transport.pauseProducing()  # what is already read waits in _held; no more is read
                 verdict.addCallback(self._ocsp_judged, chain, handle)
                 return
             if verdict is not None:
@@ -165,6 +170,7 @@ class PortProtocol(Protocol):
         if refusal is not None:
             self._refuse_after_handshake(refusal)
             return
+        self.transport.resumeProducing()
         self._admit(chain, handle)
         for data in held:
             if self._gone:
@@ -244,20 +250,41 @@ class PortProtocol(Protocol):
             self._held.append(data)
             return
         self._bytes_in += len(data)
-        if self._idle_timer is not None:
+        if self.bytes_are_progress and self._idle_timer is not None:
             self._last_activity = self.factory.runtime.reactor.seconds()
         self.bytes_received(data)
+
+    def progress(self) -> None:
+        """A unit of application progress: idle_timeout counts from the last one.
+
+        Called for a completed read of a srvsock handler, a whole web request received
+        or answered, output accepted below the high-water mark, and the client taking
+        its pending output (the TLS protocol calls it when the output drains).  Nothing
+        counts while the client's unsent output is above the high-water mark.
+        """
+        if self._idle_timer is not None and not self.transport.output_full:
+            self._last_activity = self.factory.runtime.reactor.seconds()
 
     def bytes_received(self, data: bytes) -> None:
         """Subclasses take the client's application bytes here."""
 
     def send(self, data: bytes) -> None:
-        if self._idle_timer is not None:
-            self._last_activity = self.factory.runtime.reactor.seconds()
+        self.progress()
         self.transport.write(data)
 
     def close(self) -> None:
+        """Close the connection: after what is written, forcibly once the close is held up.
+
+        The one way every limit and timeout ends a connection; the TLS protocol's
+        `loseConnection` (which twisted.web's channel also calls) lets go of the
+        application's producer and aborts a client that takes none of its remaining
+        output, or does not answer the TLS close, within `CLOSE_GRACE` seconds.
+        """
         self.transport.loseConnection()
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires when the client's unsent output is under the high-water mark."""
+        return self.transport.drained()
 
     def pause_reading(self) -> None:
         self.transport.pauseProducing()

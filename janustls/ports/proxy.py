@@ -448,6 +448,9 @@ class ProxyTLSProtocol(PortTLSProtocol):
     """
 
     _read_closed = False
+    #: A proxy's close may leave the client's direction relaying: it forces its own
+    #: closes (`ProxyProtocol._abort_later`, CLOSE_GRACE of this module).
+    close_grace = None
 
     def _flushReceiveBIO(self) -> None:
         wrapped = self.wrappedProtocol

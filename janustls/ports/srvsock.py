@@ -87,6 +87,8 @@ class HandlerRun:
 
 class SrvsockProtocol(PortProtocol):
     factory: SrvsockFactory
+    #: idle_timeout counts from the handler's last completed read or write (`Connection`).
+    bytes_are_progress = False
 
     def connection_ready(self, connection: Connection) -> None:
         handler = self.factory.handler

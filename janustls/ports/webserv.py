@@ -215,6 +215,16 @@ class JanusRequest(Request):
         self.gone = True
         super().connectionLost(reason)
 
+    # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.janus_protocol.progress()
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if not self.finished and not self.gone:
+            self.janus_protocol.progress()
+        super().finish()
+
 
 def wants_json(accept: bytes | str | None) -> bool:
     if not accept:
@@ -340,11 +350,38 @@ class _Dispatch(Resource):
         return self.factory.serve(request)
 
 
+class _Channel(http.HTTPChannel):
+    """twisted.web's HTTP/1.1 channel, which does not start the next pipelined request
+    while the client's unsent output is above the high-water mark.
+
+    The channel answers the requests of one read in a loop; a client that pipelines
+    small requests for large responses without reading them would otherwise turn each
+    read into megabytes of output.  Parsing stops between requests instead (reading
+    from the client is paused meanwhile, so what waits stays within one read) until the
+    output drains.
+    """
+
+    def _output_full(self) -> bool:
+        return bool(getattr(self.transport, "output_full", False))
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and self._output_full():
+            self.paused = True  # LineReceiver: no further line is parsed until resumed
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.paused and not self._output_full():
+            self.paused = False
+            self.dataReceived(b"")  # the requests already read, in order
+
+
 class _Site(Site):
     """No per-request access log line (the events and the status listener count requests)."""
 
     noisy = False
     requestFactory = JanusRequest
+    protocol = _Channel
 
     def log(self, request: Any) -> None:
         pass
@@ -361,6 +398,9 @@ class WebProtocol(PortProtocol):
     #: Set first thing when the connection is lost, before a pending certificate request
     #: answers (Chromium drops the connection when asked, then retries on a new one).
     lost = False
+    #: idle_timeout counts from the last whole request received or answered (and output
+    #: the client took): a client trickling a request byte by byte gains nothing.
+    bytes_are_progress = False
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
