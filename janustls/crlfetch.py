@@ -3,9 +3,9 @@
 Each URL has a cache file in the procedure library's `.crl-cache/` directory, and the
 port-definition reader lists that file among the port's CRLs, so everything else
 (trust, the CRL watcher's swap on change, explain, status) treats it as any CRL file.
-What this module adds is getting the file: once at start (blocking, before the ports
-are built; a URL that cannot be fetched and has no cached copy is a located error),
-then every `crl_refresh` seconds in the background with conditional requests
+What this module adds is getting the file, on Twisted's HTTP client (never a blocking
+call on the reactor): at start and then every `crl_refresh` seconds in the background
+(the CRL watcher), with conditional requests
 (ETag / Last-Modified, so an unchanged CRL costs a 304).  A fetched CRL is used only
 if it parses, verifies when its issuer is a CA added to the port (OpenSSL verifies the
 others against the client's chain), and is not older than the cached one (no replay of
@@ -17,19 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from cryptography import x509
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
+from janustls import httpfetch
 from janustls.config import Definitions, PortDefinition, crl_cache_path
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.materials import load_certificates
 
-__all__ = ["cache_path", "prefetch", "fetch", "CACHE_DIR", "FETCH_TIMEOUT"]
+__all__ = ["cache_path", "prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
 
 CACHE_DIR = ".crl-cache"
 FETCH_TIMEOUT = 10.0
@@ -72,14 +73,9 @@ def _issued_by_port_ca(crl: x509.CertificateRevocationList, port: PortDefinition
     return False if known else None
 
 
-def fetch(port: PortDefinition, url: str, procs: Path, timeout: float = FETCH_TIMEOUT) -> str:
-    """Fetch one CRL URL into its cache file: "changed", "unchanged"; raises MaterialError.
-
-    Blocking (urllib): call it at start, or from a thread.
-    """
-    path = cache_path(procs, url)
+def _conditional_headers(path: Path) -> dict[str, str]:
+    headers: dict[str, str] = {}
     meta_file = _meta_path(path)
-    headers = {"User-Agent": "janustls"}
     if path.exists() and meta_file.exists():
         try:
             meta = json.loads(meta_file.read_text())
@@ -89,17 +85,37 @@ def fetch(port: PortDefinition, url: str, procs: Path, timeout: float = FETCH_TI
             headers["If-None-Match"] = meta["etag"]
         if meta.get("last_modified"):
             headers["If-Modified-Since"] = meta["last_modified"]
-    request = urllib.request.Request(url, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http and https only, checked by the reader)
-            data = response.read(MAX_CRL_BYTES + 1)
-            etag, modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
-    except urllib.error.HTTPError as e:
-        if e.code == 304:
+    return headers
+
+
+def fetch(port: PortDefinition, url: str, procs: Path, reactor: Any, timeout: float = FETCH_TIMEOUT) -> defer.Deferred[str]:
+    """Fetch one CRL URL into its cache file, on Twisted's HTTP client (the reactor never
+    waits): fires "changed" or "unchanged"; fails with MaterialError."""
+    path = cache_path(procs, url)
+    d = httpfetch.fetch(reactor, url, headers=_conditional_headers(path), timeout=timeout, max_size=MAX_CRL_BYTES)
+
+    def got(answer: httpfetch.Fetched) -> str:
+        if answer.code == 304:
             return "unchanged"
-        raise MaterialError(f"cannot fetch {url}: HTTP {e.code} {e.reason}")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise MaterialError(f"cannot fetch {url}: {getattr(e, 'reason', e)}")
+        if answer.code != 200:
+            raise MaterialError(f"cannot fetch {url}: HTTP {answer.code}")
+        return store(port, url, procs, answer.body, answer.headers.get("etag"), answer.headers.get("last-modified"))
+
+    def failed(failure: Failure) -> None:
+        if failure.check(MaterialError):
+            failure.raiseException()
+        raise MaterialError(failure.getErrorMessage())
+
+    return d.addCallback(got).addErrback(failed)
+
+
+def store(port: PortDefinition, url: str, procs: Path, data: bytes, etag: str | None, modified: str | None) -> str:
+    """Check a fetched CRL and replace the cache file atomically: "changed" or "unchanged".
+
+    Raises MaterialError for anything that is not a usable, newer-or-equal CRL.
+    """
+    path = cache_path(procs, url)
+    meta_file = _meta_path(path)
     if len(data) > MAX_CRL_BYTES:
         raise MaterialError(f"{url} sent more than {MAX_CRL_BYTES} bytes")
     try:
@@ -131,48 +147,49 @@ def _urls(ports: Iterable[PortDefinition]) -> list[tuple[PortDefinition, str]]:
     return [(p, url) for p in ports for url in p.crl_url]
 
 
-def prefetch(definitions: Definitions, ports: Sequence[PortDefinition] | None = None) -> None:
-    """Before ports are built: fetch the CRL URLs that have no cached copy yet (blocking).
+def missing(definitions: Definitions, ports: Sequence[PortDefinition] | None = None) -> list[tuple[PortDefinition, str]]:
+    """The CRL URLs that have no cached copy yet: their port refuses the clients that need
+    the CRL (crl_unavailable) until the first fetch arrives."""
+    return [(p, url) for p, url in _urls(ports if ports is not None else definitions.ports)
+            if not cache_path(definitions.procs, url).exists()]  # fmt: skip
 
-    Cached ones are refreshed in the background by the CRL watcher, so a start or a
-    reload never waits for a server that already gave its CRL once.
+
+def prefetch(definitions: Definitions, reactor: Any, ports: Sequence[PortDefinition] | None = None) -> defer.Deferred[None]:
+    """Fetch the CRL URLs that have no cached copy yet, all at once, each bounded by
+    FETCH_TIMEOUT; fires when all have answered (failures are logged, never raised).
+
+    A reload waits on this (the reactor keeps serving meanwhile) so that a new URL is
+    in force as the new definitions take over; a cached one is refreshed by the watcher.
     """
-    errors: list[ConfigError] = []
-    for port, url in _urls(ports if ports is not None else definitions.ports):
-        if cache_path(definitions.procs, url).exists():
-            continue
-        try:
-            outcome = fetch(port, url, definitions.procs)
-        except MaterialError as e:
-            if cache_path(definitions.procs, url).exists():
-                emit("janustls.crl.fetch_failed", "port {port}: {error}; using the cached copy", port=port.name,
-                     url=url, error=str(e))  # fmt: skip
-                continue
-            errors.append(ConfigError(port.source, port.section, "crl_url", f"{e} (and no cached copy)"))
-            continue
-        emit("janustls.crl.fetched", "port {port}: CRL from {url}: {outcome}", port=port.name, url=url, outcome=outcome)
-    if errors:
-        raise ConfigErrors(errors)
+
+    def one(port: PortDefinition, url: str) -> defer.Deferred[None]:
+        d = fetch(port, url, definitions.procs, reactor)
+        d.addCallback(lambda outcome: _fetched(port, url, outcome))
+        d.addErrback(lambda f: _fetch_failed(port, url, f, "no cached copy yet: its CA's clients are refused until it arrives"))
+        return d
+
+    ds = [one(port, url) for port, url in missing(definitions, ports)]
+    return defer.gatherResults(ds).addCallback(lambda _: None)
 
 
-def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> Any:
-    """In the background: fetch a port's CRL URLs in the reactor's thread pool; failures are logged."""
-    from twisted.internet import threads
+def _fetched(port: PortDefinition, url: str, outcome: str) -> None:
+    emit("janustls.crl.fetched", "port {port}: CRL from {url}: {outcome}", port=port.name, url=url, outcome=outcome)
 
-    def one(url: str) -> Any:
-        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), fetch, port, url, definitions.procs)
 
-        def done(outcome: str) -> None:
-            if outcome == "changed":
-                emit("janustls.crl.fetched", "port {port}: CRL from {url}: {outcome}", port=port.name, url=url,
-                     outcome=outcome)  # fmt: skip
+def _fetch_failed(port: PortDefinition, url: str, failure: Failure, effect: str) -> None:
+    emit("janustls.crl.fetch_failed", "port {port}: {error}; {effect}", port=port.name, url=url,
+         error=failure.getErrorMessage(), effect=effect)  # fmt: skip
 
-        def failed(failure: Any) -> None:
-            emit("janustls.crl.fetch_failed", "port {port}: {error}; keeping the cached copy", port=port.name,
-                 url=url, error=failure.getErrorMessage())  # fmt: skip
 
-        return d.addCallbacks(done, failed)
+def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> defer.Deferred[Any]:
+    """In the background: fetch a port's CRL URLs; failures are logged."""
 
-    from twisted.internet import defer
+    def one(url: str) -> defer.Deferred[None]:
+        path = cache_path(definitions.procs, url)
+        effect = "keeping the cached copy" if path.exists() else "no cached copy yet: its CA's clients are refused until it arrives"
+        d = fetch(port, url, definitions.procs, reactor)
+        d.addCallback(lambda outcome: _fetched(port, url, outcome) if outcome == "changed" else None)
+        d.addErrback(lambda f: _fetch_failed(port, url, f, effect))
+        return d
 
     return defer.DeferredList([one(url) for url in port.crl_url])

@@ -87,25 +87,32 @@ class CRLWatcher(service.Service):
             if now - self._last_check.get(port.name, -1e18) < port.crl_refresh * 0.999:
                 continue
             self._last_check[port.name] = now
-            changed = []
-            for path in port.crl:
-                key = (port.name, str(path))
-                state = _stat(path)
-                if key not in self._seen:
-                    self._seen[key] = state
-                elif self._seen[key] != state:
-                    self._seen[key] = state
-                    changed.append(str(path))
-            if changed:
-                self._refresh(port.name, changed)
+            self._poll_files(port)
             if port.crl_url and self.fetch and self._reactor is not None:
                 from janustls.crlfetch import refresh
 
-                refresh(self.svc.definitions, port, self._reactor)  # in a thread; the next poll sees a change
+                # Asynchronous (Twisted's HTTP client); a changed file is taken at once.
+                refresh(self.svc.definitions, port, self._reactor).addCallback(lambda _, p=port: self._poll_files(p))
             if not self.quiet:
                 self._check_stale(port.name)
         if self._loop is not None:
             self._loop.interval = self.interval()
+
+    def _poll_files(self, port: Any) -> None:
+        """Stat a port's CRL files; changed ones rebuild the port."""
+        if self.svc.running is False and self._loop is None:
+            return
+        changed = []
+        for path in port.crl:
+            key = (port.name, str(path))
+            state = _stat(path)
+            if key not in self._seen:
+                self._seen[key] = state
+            elif self._seen[key] != state:
+                self._seen[key] = state
+                changed.append(str(path))
+        if changed:
+            self._refresh(port.name, changed)
 
     def _refresh(self, name: str, paths: list[str]) -> None:
         from janustls.reload import rebuild_port, replace_port

@@ -63,6 +63,12 @@ def _failed(source: str, errors: list[str]) -> bool:
     return False
 
 
+def svc_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
 @defer.inlineCallbacks
 def reload_service(svc: JanusService, definitions: Definitions | None = None, why: str = "call") -> Any:
     """Reload `svc` from its definition file (or from `definitions`); fires True when swapped."""
@@ -72,6 +78,10 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     try:
         tickets.reload_master()  # a rotated ticket key file takes effect with the new Contexts
         new_defs = definitions if definitions is not None else load_definitions(source)
+        if any(p.crl_url for p in new_defs.ports):
+            from janustls.crlfetch import prefetch
+
+            yield prefetch(new_defs, reactor or svc_reactor())  # new CRL URLs; the ports keep serving meanwhile
         built = build_ports(new_defs, reactor)
     except MaterialError as e:
         return _failed(source, [str(e)])

@@ -125,13 +125,6 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
 def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort]:
     errors: list[ConfigError] = []
     built: list[BuiltPort] = []
-    if any(p.crl_url for p in definitions.ports):
-        from janustls.crlfetch import prefetch
-
-        try:
-            prefetch(definitions)  # CRL URLs without a cached copy yet (blocking, once)
-        except ConfigErrors as e:
-            errors.extend(e.errors)
     for port in definitions.ports:
         try:
             built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ())))

@@ -411,7 +411,7 @@ class PortTLS:
             # needs this flag for that.  Only then: it also ends every chain at the first
             # added CA, which would shorten chains whose root is added too.
             store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        if self.trust.crls:
+        if self.trust.crls or self.trust.crl_pending:
             flags = crypto.X509StoreFlags.CRL_CHECK
             if self.trust.crl_check is CRLCheck.CHAIN:
                 flags |= crypto.X509StoreFlags.CRL_CHECK_ALL

@@ -74,6 +74,8 @@ class PortTrust:
     max_cert_size: int = 16384
     server_fingerprints: frozenset[bytes] = frozenset()
     crl_expired: CRLExpired = CRLExpired.REFUSE
+    #: A CRL of a crl_url has not arrived yet: CRL checking is on all the same (fail closed).
+    crl_pending: bool = False
     #: Janus STATUSCA NumSigned: accepted client chains per trust anchor (by fingerprint).
     signed: collections.Counter[bytes] = field(default_factory=collections.Counter)
 
@@ -225,7 +227,11 @@ def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificat
         except MaterialError as e:
             errors.append(ConfigError(port.source, port.section, "addca", str(e)))
     crls: list[x509.CertificateRevocationList] = []
+    pending = False
     for path in port.crl:
+        if path.parent.name == ".crl-cache" and port.crl_url and not path.exists():
+            pending = True  # a crl_url not fetched yet: its CA's clients are refused until it is
+            continue
         try:
             crls.extend(load_crls(path))
         except MaterialError as e:
@@ -248,6 +254,7 @@ def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificat
         max_cert_size=port.max_cert_size,
         crl_expired=port.crl_expired,
         server_fingerprints=frozenset(fingerprint(c) for c in server_chain[:1]),
+        crl_pending=pending,
     )
 
 

@@ -183,9 +183,11 @@ crl_refresh = 0.3
 handler = h:serve
 """
     try:
-        s = start(ini, procs)  # the first fetch happens before the port is built
+        mark0 = events.mark()
+        s = start(ini, procs)  # the first fetch happens as the port starts, asynchronously
         try:
             port = s.port("SECURE")
+            events.wait_for(mark0, "janustls.crl.reloaded", "SECURE")
             assert hello(port, pki, "revoked") == "hi revoked"
             time.sleep(1.0)
             assert (304, dp.requests[-1][1]) == dp.requests[-1]  # unchanged: conditional requests, 304s
@@ -209,13 +211,74 @@ handler = h:serve
             assert hello(port, pki, "revoked").startswith("refused")
         finally:
             s.stop()
-        # No distribution point and no cached copy: a located error, nothing starts.
-        from janustls.config import parse_definitions
-        from janustls.errors import ConfigErrors
-        from janustls.service import JanusService
-
-        with pytest.raises(ConfigErrors, match=r"crl_url: cannot fetch .*no cached copy"):
-            JanusService(parse_definitions(ini.replace(url, url.replace("/inter.crl", "/other.crl")).replace(
-                f"127.0.0.1:{listening.getHost().port}", "127.0.0.1:1"), source="t.ini", base=procs))  # fmt: skip
+        # No distribution point and no cached copy: the port serves at once (nothing waits
+        # for the URL), refuses the clients that need the CRL, and says why.
+        mark = events.mark()
+        unreachable = ini.replace(url, url.replace("/inter.crl", "/other.crl")).replace(
+            f"127.0.0.1:{listening.getHost().port}", "127.0.0.1:1")  # fmt: skip
+        t0 = time.monotonic()
+        s = start(unreachable, procs)
+        try:
+            assert time.monotonic() - t0 < 2.0
+            e = events.wait_for(mark, "janustls.crl.fetch_failed", "SECURE")
+            assert "no cached copy" in e["effect"]
+            assert hello(s.port("SECURE"), pki, "alice").startswith("refused")
+            events.wait_for(mark, "janustls.refused.crl_unavailable", "SECURE")
+        finally:
+            s.stop()
     finally:
+        in_reactor(listening.stopListening)
+
+
+def test_reload_with_a_slow_crl_url_never_freezes_serving(pki, reactor, procs, events):
+    """A reload that adds a crl_url waits for its first fetch without stopping the reactor."""
+    from twisted.internet import reactor as r
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    from janustls.config import parse_definitions
+    from tests.support import in_reactor
+
+    data = pki.inter.crl_pem()
+
+    class Slow(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> Any:
+            def answer() -> None:
+                request.write(data)
+                request.finish()
+
+            r.callLater(3.0, answer)
+            return NOT_DONE_YET
+
+    listening = in_reactor(lambda: TCP4ServerEndpoint(r, 0, interface="127.0.0.1").listen(Site(Slow())))
+    url = f"http://127.0.0.1:{listening.getHost().port}/slow.crl"
+    crl = procs / "inter.crl"
+    crl.write_bytes(dataclasses.replace(pki.inter, revoked=[]).crl_pem())  # lists nobody; the URL's lists "revoked"
+    ini = port_ini(pki, procs, crl)
+    s = start(ini, procs)
+    try:
+        port = s.port("SECURE")
+        assert hello(port, pki, "revoked") == "hi revoked"
+        mark = events.mark()
+        new = parse_definitions(ini + f"crl_url = {url}\n", source="test.ini", base=procs)
+        done: list[bool] = []
+        r.callFromThread(lambda: s.service.reload(new).addCallback(done.append))
+        time.sleep(0.3)
+        latencies = []
+        while not done and len(latencies) < 200:
+            t0 = time.monotonic()
+            assert hello(port, pki, "alice") == "hi alice"
+            latencies.append(time.monotonic() - t0)
+        deadline = time.monotonic() + 10
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done == [True]
+        assert len(latencies) >= 5 and max(latencies) < 1.0, latencies
+        events.wait_for(mark, "janustls.crl.fetched", "SECURE")
+        assert hello(port, pki, "revoked").startswith("refused")  # the new URL's CRL is in force
+    finally:
+        s.stop()
         in_reactor(listening.stopListening)
