@@ -263,7 +263,7 @@ def test_reload_with_a_slow_crl_url_never_freezes_serving(pki, reactor, procs, e
         port = s.port("SECURE")
         assert hello(port, pki, "revoked") == "hi revoked"
         mark = events.mark()
-        new = parse_definitions(ini + f"crl_url = {url}\n", source="test.ini", base=procs)
+        new = parse_definitions(ini.replace(f"crl = {crl}", f"crl_url = {url}"), source="test.ini", base=procs)
         done: list[bool] = []
         r.callFromThread(lambda: s.service.reload(new).addCallback(done.append))
         time.sleep(0.3)
