@@ -123,6 +123,9 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     from janustls.crlwatch import ensure_watcher
 
     ensure_watcher(svc, svc._reactor)  # noqa: SLF001  # a port with CRL files may have been added
+    from janustls.certwatch import ensure_cert_watcher
+
+    ensure_cert_watcher(svc, svc._reactor)  # noqa: SLF001
     emit(
         "janustls.reload.done",
         "reloaded {source}: {nkept} port(s) kept with new settings, added {added}, removed {removed}",

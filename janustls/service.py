@@ -221,6 +221,9 @@ class JanusService(service.MultiService):
         from janustls.crlwatch import ensure_watcher
 
         ensure_watcher(self, reactor)
+        from janustls.certwatch import ensure_cert_watcher
+
+        ensure_cert_watcher(self, reactor)  # certificate and key files rotated on change
         if definitions.status is not None:
             from janustls.status import StatusService
 
