@@ -108,6 +108,11 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
                 errors.append(ConfigError(port.source, port.section, "handler", str(h)))
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
+    if port.ocsp_staple:
+        from janustls.staple import stapler_for
+
+        runtime.stapler = stapler_for(port, tls.material.chain, reactor)
+        tls.staple_source = runtime.stapler.current
     if port.ocsp is not OCSPScope.NONE:
         from janustls.ocspcheck import OCSPChecker
 
@@ -201,6 +206,8 @@ class PortService(service.Service):
     def stopService(self) -> Any:
         service.Service.stopService(self)
         self._binding = self._opened = None  # a restart binds again
+        if self.built.runtime.stapler is not None:
+            self.built.runtime.stapler.stop()
         if self.listening is not None:
             listening, self.listening = self.listening, None
             emit("janustls.port.stopped", "port {port}: stopped", port=self.name)

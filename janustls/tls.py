@@ -421,7 +421,17 @@ class PortTLS:
             # more here and let `PortTrust.check` give the precise verdict.
             ctx.set_verify_depth(port.verify_depth)
         ctx.set_verify(self.verify_mode, self.verify)
+        if port.ocsp_staple:
+            ctx.set_ocsp_server_callback(self._staple)
         return ctx
+
+    #: The current OCSP response to staple (`janustls.staple.Stapler.current`), set when the port is built.
+    staple_source: Callable[[], bytes] | None = None
+
+    def _staple(self, connection: SSL.Connection, data: Any) -> bytes:
+        """OpenSSL asks for a staple (the client sent status_request): the current one, or none."""
+        source = self.staple_source
+        return source() if source is not None else b""
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
         connection = SSL.Connection(self.context, None)

@@ -34,6 +34,7 @@ class Responder:
     garbage: bool = False
     validity: float = 3600.0
     requests: int = 0
+    port: int = 0
     nonces: list[bytes | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -50,7 +51,7 @@ class Responder:
         self._noeku = self.ca.issue("not an OCSP responder", usage="client")
         self._lock = threading.Lock()
         handler = _handler(self)
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="ocsp-responder")
         self.thread.start()
@@ -127,12 +128,16 @@ def _handler(responder: Responder) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def closed_port_url() -> str:
-    """A URL on 127.0.0.1 where nothing listens (a responder that is down)."""
+def free_port() -> int:
     import socket
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
+    port = int(s.getsockname()[1])
     s.close()
-    return f"http://127.0.0.1:{port}/ocsp"
+    return port
+
+
+def closed_port_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens (a responder that is down)."""
+    return f"http://127.0.0.1:{free_port()}/ocsp"

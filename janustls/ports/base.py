@@ -80,6 +80,8 @@ class PortRuntime:
         self.access: Any = None
         #: The port's OCSP policy (`janustls.ocspcheck.OCSPChecker`) when `ocsp` is on.
         self.ocsp: Any = None
+        #: The port's OCSP stapler (`janustls.staple.Stapler`) when `ocsp_staple = yes`.
+        self.stapler: Any = None
 
 
 def _address_text(address: IAddress | None) -> str:
