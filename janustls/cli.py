@@ -56,6 +56,12 @@ def describe(file: str, out: TextIO) -> int:
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
         for warning in port_trust_warnings(p, tls.trust):
             out.write(f"  WARNING      {warning}\n")
+        from janustls.ocsp import ocsp_warnings
+
+        if p.ocsp.value != "none":
+            out.write(f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n")
+        for warning in ocsp_warnings(p.ocsp.value, p.ocsp_responder, p.ocsp_staple, tls.trust.cas, tls.material.chain):
+            out.write(f"  WARNING      {warning}\n")
     out.write("\nOK\n")
     return 0
 

@@ -74,6 +74,12 @@ MIDCONN = Counter(
     ["port", "outcome"],
     registry=REGISTRY,
 )
+OCSP_ANSWERS = Counter(
+    "janustls_ocsp_answers",
+    "OCSP responders' answers about client certificates, by status (good, revoked, unavailable)",
+    ["port", "status"],
+    registry=REGISTRY,
+)
 EVENTS = Counter("janustls_events", "Every catalogued log event, by identifier", ["event_id"], registry=REGISTRY)
 
 
@@ -113,6 +119,8 @@ def observe(event: dict[str, Any]) -> None:
         LIMITED.labels(port, str(event.get("limit_key") or "max_connections")).inc()
     elif eid.startswith("janustls.request."):
         midconn_request(port, _last(eid))
+    elif eid == "janustls.ocsp.answer":
+        OCSP_ANSWERS.labels(port, str(event.get("status") or "")).inc()
     elif eid in ("janustls.reload.done", "janustls.reload.failed"):
         RELOADS.labels(_last(eid)).inc()
 
@@ -177,6 +185,12 @@ class StateCollector(Collector):
                 if r.next_update_utc is not None:
                     crl.add_metric([name, r.issuer.rfc4514_string()], _ts(r.next_update_utc))
             tcp.add_metric([name], float(len(getattr(b.factory, "protocols", ()))))
+        if self._live:
+            from janustls.ocspcheck import CACHE
+
+            cache = GaugeMetricFamily("janustls_ocsp_cache_entries", "Verified OCSP answers held in memory (all ports)")
+            cache.add_metric([], len(CACHE))
+            yield cache
         yield from (cert, ca, crl, signed, tcp) if self._live else (cert, ca, crl)
 
 

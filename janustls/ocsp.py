@@ -281,3 +281,28 @@ def asked_about(chain: Sequence[x509.Certificate], scope: str) -> list[tuple[x50
     below the trust anchor (`chain`); the anchor itself never."""
     pairs = [(chain[i], chain[i + 1]) for i in range(len(chain) - 1)]
     return pairs[:1] if scope == "leaf" else pairs
+
+
+def ocsp_warnings(
+    scope: str, responder: str | None, staple: bool, cas: Sequence[x509.Certificate], server_chain: Sequence[x509.Certificate]
+) -> list[str]:
+    """What `janustls check` says about a port's OCSP settings: certificates with no responder to ask."""
+    warnings: list[str] = []
+    if scope != "none" and responder is None:
+        warnings.append(
+            f"ocsp = {scope} without ocsp_responder: a client certificate that names no OCSP responder "
+            "(Authority Information Access) gets no answer, and ocsp_fail decides"
+        )
+        if scope == "chain":
+            for ca in cas:
+                # Asked about: an added intermediate whose issuer is added too (otherwise it is the anchor).
+                asked = ca.issuer != ca.subject and any(c.subject == ca.issuer for c in cas)
+                if asked and responder_url(ca) is None:
+                    warnings.append(f"ocsp = chain: the CA {ca.subject.rfc4514_string()} names no OCSP responder to ask about it")
+    if staple and server_chain:
+        leaf = server_chain[0]
+        if responder is None and responder_url(leaf) is None:
+            warnings.append("ocsp_staple = yes, but the server certificate names no OCSP responder and ocsp_responder is not set: nothing is stapled")
+        if not any(c.subject == leaf.issuer for c in server_chain[1:]):
+            warnings.append("ocsp_staple = yes, but the certificate file holds no issuer after the leaf: nothing is stapled")
+    return warnings

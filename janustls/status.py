@@ -77,7 +77,23 @@ def port_document(b: BuiltPort, now: datetime.datetime) -> dict[str, Any]:
             }
             for crl in tls.trust.crls
         ],
+        **_ocsp_document(b),
     }
+
+
+def _ocsp_document(b: BuiltPort) -> dict[str, Any]:
+    """OCSP settings, verdicts and the shared cache; the staple's state (only where they are on)."""
+    doc: dict[str, Any] = {}
+    p = b.definition
+    if p.ocsp.value != "none":
+        from janustls.ocspcheck import ocsp_state
+
+        refused = dict(b.runtime.ocsp.refused) if b.runtime.ocsp is not None else {}
+        doc["ocsp"] = {"scope": p.ocsp.value, "fail": p.ocsp_fail.value, "responder": p.ocsp_responder,
+                       "refused": refused, "cache": ocsp_state()}  # fmt: skip
+    if b.runtime.stapler is not None:
+        doc["ocsp_staple"] = b.runtime.stapler.state()
+    return doc
 
 
 def status_document(ports: Sequence[BuiltPort], extra: dict[str, Any] | None = None) -> dict[str, Any]:

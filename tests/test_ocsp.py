@@ -337,3 +337,34 @@ def test_slow_responder_costs_only_its_client(setup: Setup, procs: Path, tls: st
               f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms")  # fmt: skip
     finally:
         server.stop()
+
+
+def test_status_metrics_and_check_show_ocsp(setup: Setup, procs: Path, tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from tests.ocsp_responder import free_port
+
+    cert, key, _ = setup.client("shown")
+    status_port = free_port()
+    ini = setup.ini(procs) + f"[status]\nlisten = tcp:{status_port}:interface=127.0.0.1\n"
+    server = start(ini, setup.tmp)
+    try:
+        assert hello(server.port("OC"), cert, key) == "hi shown"
+        doc = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5).read())
+        oc = next(p for p in doc["ports"] if p["name"] == "OC")
+        assert oc["ocsp"]["scope"] == "leaf" and oc["ocsp"]["cache"]["cache_entries"] >= 1
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=5).read().decode()
+        assert 'janustls_ocsp_answers_total{port="OC",status="good"}' in metrics
+        assert "janustls_ocsp_cache_entries" in metrics
+    finally:
+        server.stop()
+    # janustls check: no responder to ask for the stapled certificate.
+    import subprocess
+    import sys
+
+    path = tmp_path / "check.ini"
+    path.write_text(setup.ini(procs) + "ocsp_staple = yes\n")
+    done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(path)], capture_output=True, text=True, timeout=60)
+    assert "OCSP         leaf" in done.stdout, done.stdout + done.stderr
+    assert "server certificate names no OCSP responder" in done.stdout
