@@ -379,8 +379,8 @@ class _PortReader:
             self.error("private_key_password_env", f"is {pw_env!r}; expected an environment variable name")
         depth = self.number("verify_depth", None, integer=True, low=1, high=100)
         ocsp_scope = self.choice("ocsp", OCSPScope, OCSPScope.NONE)
-        if ocsp_scope is not OCSPScope.NONE and mode is ClientCertMode.NONE:
-            self.error("ocsp", f"is {ocsp_scope.value} on a port that asks for no client certificate (client_cert = none)")  # type: ignore[attr-defined]
+        if ocsp_scope is not OCSPScope.NONE and not addca:
+            self.error("ocsp", f"is {ocsp_scope.value} on a port that trusts no CA for client certificates (addca =)")  # type: ignore[attr-defined]
         responder = self.get("ocsp_responder")
         if responder is not None and not re.match(r"^https?://[^/\s]+", responder):
             self.error("ocsp_responder", f"is {responder!r}; expected an http:// or https:// URL")

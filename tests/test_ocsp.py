@@ -368,3 +368,86 @@ def test_status_metrics_and_check_show_ocsp(setup: Setup, procs: Path, tmp_path:
     done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(path)], capture_output=True, text=True, timeout=60)
     assert "OCSP         leaf" in done.stdout, done.stdout + done.stderr
     assert "server certificate names no OCSP responder" in done.stdout
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_resumed_session_is_judged_again(setup: Setup, procs: Path, tls: str) -> None:
+    from janustls.ocspcheck import CACHE
+
+    cert, key, issued = setup.client(f"resumed{tls}")
+    server = start(setup.ini(procs), setup.tmp)
+    try:
+        port = server.port("OC")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if tls == "1.2":
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        else:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(cert, key)
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost") as s:
+            assert s.recv(100) == f"hi resumed{tls}\n".encode()
+            session = s.session
+        setup.responder.status[issued.cert.serial_number] = "revoked"
+        CACHE.clear()  # as when the cached answer reaches its nextUpdate
+        mark = EVENTS.mark()
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost",
+                             session=session) as s:  # fmt: skip
+            try:
+                data = s.recv(100)
+            except (ssl.SSLError, ConnectionError):
+                data = b""
+            assert s.session_reused
+        assert data == b""
+        assert "by OCSP" in refusal(mark, "revoked")["detail"]
+    finally:
+        server.stop()
+
+
+MIDCONN_HANDLER = '''
+async def serve(sock):
+    sock.write(b"hello\\n")
+    while True:
+        line = await sock.readline()
+        if not line:
+            return
+        cert = await sock.request_certificate()
+        sock.write(("got %s\\n" % sock.cert_info("CN")).encode())
+'''
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_mid_connection_certificate_is_judged_by_ocsp(setup: Setup, procs: Path, tls: str) -> None:
+    (procs / "m.py").write_text(MIDCONN_HANDLER)
+    good, good_key, _ = setup.client(f"midgood{tls}")
+    bad, bad_key, issued = setup.client(f"midbad{tls}")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    ini = setup.ini(procs).replace("client_cert = require", "client_cert = none").replace("h:serve", "m:serve")
+    server = start(ini, setup.tmp)
+    try:
+        for cert, key, expected in ((good, good_key, f"got midgood{tls}"), (bad, bad_key, "")):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            if tls == "1.2":
+                ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+            else:
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+                ctx.post_handshake_auth = True
+            ctx.load_cert_chain(cert, key)
+            mark = EVENTS.mark()
+            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port("OC")), timeout=10), server_hostname="localhost") as s:
+                f = s.makefile("rb", buffering=0)
+                assert f.readline() == b"hello\n"
+                s.sendall(b"ask\n")
+                try:
+                    answer = f.readline().decode().strip()
+                except (ssl.SSLError, ConnectionError):
+                    answer = ""
+            assert answer == expected
+            if not expected:
+                event = EVENTS.wait_for(mark, "janustls.request.refused", "OC", timeout=10)
+                assert event["reason"] == "revoked" and "by OCSP" in event["detail"]
+    finally:
+        server.stop()

@@ -345,12 +345,12 @@ def test_listen_api(pki, lib, reactor):
 
 
 def test_janus_service_api(pki, lib, reactor):
-    """`JanusService(definitions)` is a Twisted MultiService of every port."""
+    """`JanusService(definitions)` is a Twisted MultiService of every port (and the watcher of their certificate files)."""
     definitions = parse_definitions(
         f"[janustls]\nprocs = {lib}\n" + port_section(pki, "A") + port_section(pki, "B", client_cert="none"), base=lib
     )
     service = janustls.JanusService(definitions)
-    assert sorted(s.name for s in service) == ["A", "B"]
+    assert sorted(s.name for s in service) == ["A", "B", "cert-watch"]
     in_reactor(service.startService)
     try:
         a = service.listening_port("a").getHost().port
