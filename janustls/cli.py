@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from janustls.config import load_definitions, load_partially
 from janustls.errors import ConfigErrors
@@ -34,6 +34,7 @@ def describe(file: str, out: TextIO) -> int:
         print(e, file=sys.stderr)
         return 1
     out.write(f"{file}: {len(built)} port(s), procedure library {definitions.procs}\n")
+    warnings: list[str] = []
     for b in built:
         p = b.definition
         tls = b.runtime.tls
@@ -53,8 +54,23 @@ def describe(file: str, out: TextIO) -> int:
                   f"idle_timeout {p.idle_timeout:g}s" if p.idle_timeout else "",
                   f"handshake_timeout {p.handshake_timeout:g}s"]  # fmt: skip
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
+        warnings += _page_warnings(b, definitions)
+    for w in warnings:
+        out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")
     return 0
+
+
+def _page_warnings(built: Any, definitions: Any) -> list[str]:
+    """Page rules whose directory holds key material or the port-definition file."""
+    from janustls.ports.webserv import WebFactory, page_exposures
+
+    inner = getattr(built.factory, "wrappedFactory", None)
+    if not isinstance(inner, WebFactory):
+        return []
+    return [f"{rule.describe(inner.table.section)} could serve {path} (key material or the port-definition file); "
+            "janustls refuses it, but move it out of the served directory"
+            for rule, path in page_exposures(inner, definitions.key_material())]  # fmt: skip
 
 
 def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:

@@ -647,3 +647,24 @@ def ssl_want_read() -> type:
     import ssl
 
     return ssl.SSLWantReadError
+
+
+# -- janustls check ----------------------------------------------------------------------------
+
+
+def test_check_warns_when_a_page_rule_could_serve_keys(pki, reactor, tmp_path):
+    import io
+
+    from janustls.cli import describe
+
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    write_tree(procs, pki)
+    ini = procs / "ports.ini"
+    ini.write_text(f"[janustls]\nprocs = .\n[port:W]\n{PORT.format(root=pki.files['root.ca'])}\n[web:W]\nON /lib/* = page *\nON /static/* = page static/*\n")
+    out = io.StringIO()
+    assert describe(str(ini), out) == 0
+    text = out.getvalue()
+    assert "warning: [web:W] ON /lib/* = page * could serve" in text
+    assert str((procs / "pki" / "server" / "key.pem").resolve()) in text and str(ini.resolve()) in text
+    assert "ON /static/*" not in text.split("warning:", 1)[1]

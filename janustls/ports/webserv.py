@@ -342,6 +342,25 @@ class PageCache:
         return page
 
 
+def page_exposures(factory: WebFactory, files: Sequence[Path]) -> list[tuple[Rule, Path]]:
+    """(rule, file) pairs where a page rule's directory holds a file janustls reads as key material.
+
+    Such files are never served, but a served directory is the wrong home for them
+    (`janustls check` warns).
+    """
+    found: list[tuple[Rule, Path]] = []
+    rules = [*factory.table.rules, *factory.table.exceptions.values()]
+    for rule in rules:
+        if rule.action is not Action.PAGE:
+            continue
+        root = os.path.realpath(factory.pages.root / (rule.page_root if "*" in rule.target else rule.target))
+        for f in files:
+            real = os.path.realpath(factory.pages.root / f)
+            if _inside(real, root):
+                found.append((rule, Path(real)))
+    return found
+
+
 # -- WSGI with mod_ssl's variables ----------------------------------------------------------------
 
 
