@@ -35,6 +35,7 @@ def describe(file: str, out: TextIO) -> int:
         print(e, file=sys.stderr)
         return 1
     out.write(f"{file}: {len(built)} port(s), procedure library {definitions.procs}\n")
+    warnings: list[str] = []
     for b in built:
         p = b.definition
         tls = b.runtime.tls
@@ -56,8 +57,23 @@ def describe(file: str, out: TextIO) -> int:
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
         for warning in port_trust_warnings(p, tls.trust):
             out.write(f"  WARNING      {warning}\n")
+        warnings += _page_warnings(b, definitions)
+    for w in warnings:
+        out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")
     return 0
+
+
+def _page_warnings(built: Any, definitions: Any) -> list[str]:
+    """Page rules whose directory holds key material or the port-definition file."""
+    from janustls.ports.webserv import WebFactory, page_exposures
+
+    inner = getattr(built.factory, "wrappedFactory", None)
+    if not isinstance(inner, WebFactory):
+        return []
+    return [f"{rule.describe(inner.table.section)} could serve {path} (key material or the port-definition file); "
+            "janustls refuses it, but move it out of the served directory"
+            for rule, path in page_exposures(inner, definitions.key_material())]  # fmt: skip
 
 
 #: The subcommands of `janustls pki`; anything else after `pki` is the directory of the older form.

@@ -78,6 +78,12 @@ DEFAULT_WRITE_BUFFER_HIGH = 262144
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_CRL_REFRESH = 60.0
+# HTTP limits of webserv ports (docs/security.md): every one closes the connection when hit.
+DEFAULT_HEADER_TIMEOUT = 20.0
+DEFAULT_BODY_TIMEOUT = 120.0
+DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,12 @@ class PortDefinition:
     crl_url: tuple[str, ...] = ()
     crl_expired: CRLExpired = CRLExpired.REFUSE
     max_connections_per_client: int | None = None
+    # webserv only: HTTP-level limits (seconds; 0 = no limit for the timeouts)
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_body: int = DEFAULT_MAX_BODY
     # Where each key was set, for errors raised later (file contents, start-up).
     section: str = ""
 
@@ -148,6 +160,14 @@ class Definitions:
     status: StatusDefinition | None = None
     web: Mapping[str, tuple[WebRuleLine, ...]] = field(default_factory=dict)
 
+    def key_material(self) -> tuple[Path, ...]:
+        """Every file janustls reads as key material, and this file: never served as a page."""
+        paths: list[Path] = [Path(self.source)] if self.source and not self.source.startswith("<") else []
+        for p in self.ports:
+            paths += [x for x in (p.certificate, p.private_key) if x != Path()]
+            paths += [*p.addca, *p.crl]
+        return tuple(paths)
+
     def port(self, name: str) -> PortDefinition:
         for p in self.ports:
             if p.name == name.upper():
@@ -164,6 +184,7 @@ PORT_KEYS = frozenset(
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
         "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
         "write_buffer_high",
+        "header_timeout", "body_timeout", "keepalive_timeout", "max_header_bytes", "max_body",
     }
 )  # fmt: skip
 TYPE_ONLY_KEYS = {
@@ -171,6 +192,11 @@ TYPE_ONLY_KEYS = {
     "connect": PortType.PROXY,
     "connect_timeout": PortType.PROXY,
     "forward_identity": PortType.PROXY,
+    "header_timeout": PortType.WEBSERV,
+    "body_timeout": PortType.WEBSERV,
+    "keepalive_timeout": PortType.WEBSERV,
+    "max_header_bytes": PortType.WEBSERV,
+    "max_body": PortType.WEBSERV,
 }
 JANUS_KEYS = frozenset({"procs"})
 STATUS_KEYS = frozenset({"listen"})
@@ -387,6 +413,11 @@ class _PortReader:
             crl_url=crl_urls,
             crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
             max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
+            header_timeout=float(self.number("header_timeout", DEFAULT_HEADER_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            body_timeout=float(self.number("body_timeout", DEFAULT_BODY_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            keepalive_timeout=float(self.number("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            max_header_bytes=self.number("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20),
+            max_body=self.number("max_body", DEFAULT_MAX_BODY, integer=True, low=0),
         )
         return PortDefinition(**values)  # type: ignore[arg-type]
 

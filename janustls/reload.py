@@ -143,4 +143,4 @@ def rebuild_port(svc: JanusService, name: str) -> BuiltPort:
     """Build one port of the running definitions again (its files re-read); ConfigErrors on failure."""
     definitions = svc.definitions
     port = definitions.port(name)
-    return build_port(port, definitions.procs, svc._reactor, definitions.web.get(port.name, ()))  # noqa: SLF001
+    return build_port(port, definitions.procs, svc._reactor, definitions.web.get(port.name, ()), definitions.key_material())  # noqa: SLF001

@@ -48,10 +48,11 @@ def _reactor() -> Any:
     return reactor
 
 
-def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = ()) -> PortTLSFactory:
+def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> PortTLSFactory:
     """The TLS factory serving one port, its application factory chosen by the port's type.
 
-    `web`: the port's `[web:NAME]` rule lines (webserv ports).
+    `web`: the port's `[web:NAME]` rule lines (webserv ports); `protected`: the files of
+    the whole definition that are never served as pages (`Definitions.key_material`).
     """
     port = runtime.port
     inner: PortFactory
@@ -76,7 +77,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
     elif port.type is PortType.WEBSERV:
         from janustls.ports.webserv import WebFactory
 
-        inner = WebFactory(runtime, procs, web)
+        inner = WebFactory(runtime, procs, web, protected=protected)
     else:
         raise ConfigErrors(
             [ConfigError(port.source, port.section, "type", f"{port.type.value} ports are not available in this version")]
@@ -84,7 +85,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
     return PortTLSFactory(runtime, inner)
 
 
-def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = ()) -> BuiltPort:
+def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> BuiltPort:
     """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
     reactor = reactor or _reactor()
     errors: list[ConfigError] = []
@@ -109,7 +110,7 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
     try:
-        factory = wrap_factory(runtime, procs, web)
+        factory = wrap_factory(runtime, procs, web, protected)
     except ConfigErrors as e:
         errors.extend(e.errors)
     if errors:
@@ -130,7 +131,7 @@ def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort
             errors.extend(e.errors)
     for port in definitions.ports:
         try:
-            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ())))
+            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ()), definitions.key_material()))
         except ConfigErrors as e:
             errors.extend(e.errors)
     if errors:
