@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -82,7 +81,7 @@ handler = benchecho:serve
     return int(listening.getHost().port)
 
 
-def serve(kind: str, directory: Path, log: str, profile_out: Path | None) -> None:
+def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffered: bool = False) -> None:
     common.begin_logging(directory, kind, log)
 
     def start() -> int:
@@ -92,7 +91,7 @@ def serve(kind: str, directory: Path, log: str, profile_out: Path | None) -> Non
             return _serve_janustls(directory)
         # The bare server does not set MODE_RELEASE_BUFFERS (janustls does); `bare-release`
         # is the memory reference with it.
-        return common.listen_bare(reactor, directory, common.bare_echo_factory(), release_buffers=kind == "bare-release")
+        return common.listen_bare(reactor, directory, common.bare_echo_factory(), release_buffers=kind == "bare-release", buffered=buffered)
 
     common.run_reactor(start, profile_out)
 
@@ -196,99 +195,6 @@ SUSPECTS = (
 )
 
 
-def profile_server(kind: str, script: str, directory: Path, log: str, pin: common.Pinning, pool: common.ClientPool,
-                   clients: int, handshakes: int) -> tuple[Path, int, float]:
-    """Run `handshakes` full handshakes (split over `clients` clients) against a fresh `kind` under cProfile."""
-    out = directory / f"{kind}.prof"
-    server = common.start_server(script, kind, ["--dir", str(directory), "--log", log, "--profile-out", str(out)], pin.servers)
-    try:
-        assignment = [(i, server.port) for i in range(clients)]
-        pool.run(assignment, "handshake", limit=5)  # warm-up, not profiled
-        pool.wait(assignment)
-        per_client = max(handshakes // clients, 1)
-        os.kill(server.pid, signal.SIGUSR1)
-        time.sleep(0.1)
-        cpu0 = common.cpu_seconds(server.pid)
-        pool.run(assignment, "handshake", limit=per_client)
-        pool.wait(assignment)
-        time.sleep(0.3)  # the last closes reach the server
-        cpu = common.cpu_seconds(server.pid) - cpu0
-        os.kill(server.pid, signal.SIGUSR2)
-        server.wait_line("PROFILED")
-    finally:
-        server.stop()
-    total = per_client * clients
-    return out, total, cpu * 1e6 / total
-
-
-def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float], unprofiled: dict[str, float]) -> str:
-    rows = {"janustls": common.profile_rows(janus[0]), "bare": common.profile_rows(bare[0])}
-    n = {"janustls": janus[1], "bare": bare[1]}
-    own = {k: sum(tt for _nc, tt, _ct in r.values()) * 1e6 / n[k] for k, r in rows.items()}
-    out = []
-    out.append(f"cProfile, full handshakes (TLS 1.3, mutual): janustls {n['janustls']}, bare {n['bare']}, "
-               "each server alone and loaded the same way; figures are profiled us per handshake "
-               "(cProfile inflates Python code more than C: compare shares and differences)")
-    out.append(f"  profiled time per handshake: janustls {own['janustls']:.0f} us, bare {own['bare']:.0f} us, "
-               f"difference {own['janustls'] - own['bare']:.0f} us ({own['janustls'] / own['bare']:.3f}x); "
-               f"process CPU while profiled: janustls {janus[2]:.0f} us, bare {bare[2]:.0f} us")
-    if unprofiled:
-        out.append("  unprofiled (paired run above): " + ", ".join(f"{k} {v:.0f} us" for k, v in unprofiled.items()))
-
-    def by_area(r: dict[Any, tuple[int, float, float]], total: int) -> dict[str, float]:
-        acc: dict[str, float] = {}
-        for key, (_nc, tt, _ct) in r.items():
-            acc[common.area(key)] = acc.get(common.area(key), 0.0) + tt * 1e6 / total
-        return acc
-
-    areas = {k: by_area(rows[k], n[k]) for k in rows}
-    names = sorted(set(areas["janustls"]) | set(areas["bare"]),
-                   key=lambda a: -(areas["janustls"].get(a, 0) - areas["bare"].get(a, 0)))
-    out.append("")
-    out.append(f"  {'own time by area':<44} {'janustls us':>11} {'share':>6} {'bare us':>9} {'share':>6} {'extra us':>9}")
-    for a in names:
-        j, b = areas["janustls"].get(a, 0.0), areas["bare"].get(a, 0.0)
-        if max(j, b) < 1.0:
-            continue
-        out.append(f"  {a[:44]:<44} {j:11.1f} {100 * j / own['janustls']:5.1f}% {b:9.1f} {100 * b / own['bare']:5.1f}% {j - b:9.1f}")
-
-    keys = set(rows["janustls"]) | set(rows["bare"])
-
-    def per(k: str, key: Any, col: int) -> float:
-        v = rows[k].get(key)
-        return v[col] * 1e6 / n[k] if v else 0.0
-
-    diffs = sorted(keys, key=lambda key: -(per("janustls", key, 1) - per("bare", key, 1)))
-    out.append("")
-    out.append(f"  {'own time by function, largest extra first':<64} {'janustls':>9} {'bare':>8} {'extra':>8} {'calls/hs':>9}")
-    for key in diffs[:30]:
-        j, b = per("janustls", key, 1), per("bare", key, 1)
-        calls = rows["janustls"].get(key, (0,))[0] / n["janustls"]
-        out.append(f"  {common.short_name(key)[:64]:<64} {j:9.1f} {b:8.1f} {j - b:8.1f} {calls:9.2f}")
-
-    out.append("")
-    out.append(f"  {'janustls code, inclusive time per handshake':<64} {'cum us':>8} {'share':>6} {'calls/hs':>9}")
-    janus_keys = [k for k in rows["janustls"] if "janustls" in Path(k[0]).parts]
-    for key in sorted(janus_keys, key=lambda k: -rows["janustls"][k][2])[:30]:
-        ct = per("janustls", key, 2)
-        if ct < 0.5:
-            break
-        calls = rows["janustls"][key][0] / n["janustls"]
-        out.append(f"  {common.short_name(key)[:64]:<64} {ct:8.1f} {100 * ct / own['janustls']:5.1f}% {calls:9.2f}")
-
-    out.append("")
-    out.append(f"  {'named per-handshake work (inclusive; nested rows overlap)':<58} {'cum us':>8} {'share':>6} {'calls/hs':>9}  function")
-    for label, suffix, name in SUSPECTS:
-        found = [k for k in rows["janustls"] if k[0].endswith(suffix) and k[2] == name]
-        if not found:
-            out.append(f"  {label:<58} {'-':>8} {'':>6} {'':>9}  {suffix}:{name} (not called)")
-            continue
-        ct = sum(per("janustls", k, 2) for k in found)
-        calls = sum(rows["janustls"][k][0] for k in found) / n["janustls"]
-        out.append(f"  {label:<58} {ct:8.1f} {100 * ct / own['janustls']:5.1f}% {calls:9.2f}  {suffix}:{name}")
-    return "\n".join(out)
-
-
 # -- the run ---------------------------------------------------------------------------------------------
 
 
@@ -303,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-rounds", type=int, default=None, help="paired windows per sweep point (default 5)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
     ap.add_argument("--connections", type=int, default=None, help="idle connections for the memory figure (default 2000; 0: skip)")
+    ap.add_argument(
+        "--bare-buffered", action="store_true",
+        help="bare servers use TLSMemoryBIOFactory's default BufferingTLSTransport (small writes sent on the next "
+        "reactor turn) instead of TLSMemoryBIOProtocol, which janustls ports use",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate cores")
     ap.add_argument(
         "--log", choices=("discard", "file"), default="discard",
@@ -317,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.serve:
-        serve(args.serve, args.dir, args.log, args.profile_out)
+        serve(args.serve, args.dir, args.log, args.profile_out, args.bare_buffered)
         return 0
 
     quick = args.quick
@@ -347,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pin.note)
     print(
         f"{clients} client processes per server (Python ssl, TLS 1.3); {rounds} paired round(s) of {window:g} s "
-        f"after {ramp:g} s of load; ratio: median of the per-round ratios; log events: {args.log}"
+        f"after {ramp:g} s of load; ratio: median of the per-round ratios; log events: {args.log}; bare TLS protocol: {'BufferingTLSTransport' if args.bare_buffered else 'TLSMemoryBIOProtocol (as janustls)'}"
         f"{'  [--quick: smoke run, figures not meaningful]' if quick else ''}"
     )
     sys.stdout.flush()
@@ -369,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, ServerProcess] = {}
         try:
             for kind in ("janustls", "bare", "bare2"):
-                servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log], pin.servers)
+                servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
             pair = (servers["janustls"], servers["bare"])
             control = (servers["bare2"], servers["bare"])
             # Warm-up: imports, first handshakes, the allocator's first arenas.
@@ -387,18 +298,19 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.profile:
                 n_prof = min(clients, 8)
-                janus = profile_server("janustls", script, directory, args.log, pin, pool, n_prof, profile_handshakes)
-                bare = profile_server("bare", script, directory, args.log, pin, pool, n_prof, profile_handshakes)
+                extra = ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])]
+                janus = common.profile_server("janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes)
+                bare = common.profile_server("bare", script, extra, directory, pin, pool, n_prof, profile_handshakes)
                 unprofiled = {}
                 if "handshake" in results:
                     p = results["handshake"][0]
                     unprofiled = {"janustls": p.median_us(0), "bare": p.median_us(1)}
-                profile_text = profile_report(janus, bare, unprofiled)
+                profile_text = common.profile_report(janus, bare, unprofiled, SUSPECTS)
 
             # Memory: a fresh process per server, one at a time.
             if connections:
                 for kind in ("janustls", "bare", "bare-release"):
-                    servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log], pin.servers)
+                    servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
                     memory[kind] = measure_memory(servers[kind], pool, connections)
                     servers.pop(kind).stop()
         finally:

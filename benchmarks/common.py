@@ -656,3 +656,97 @@ def area(key: tuple[str, int, str]) -> str:
     if Path(filename).name.startswith("bench") or "procs" in parts or "janustls-bench" in filename:
         return "benchmark handler"
     return "stdlib/other: " + Path(filename).name
+
+
+def profile_server(kind: str, script: str, args: Sequence[str], directory: Path, pin: Pinning, pool: ClientPool,
+                   clients: int, handshakes: int) -> tuple[Path, int, float]:
+    """Run `handshakes` full handshakes (split over `clients` clients) against a fresh `kind` under cProfile."""
+    out = directory / f"{kind}.prof"
+    server = start_server(script, kind, [*args, "--profile-out", str(out)], pin.servers)
+    try:
+        assignment = [(i, server.port) for i in range(clients)]
+        pool.run(assignment, "handshake", limit=5)  # warm-up, not profiled
+        pool.wait(assignment)
+        per_client = max(handshakes // clients, 1)
+        os.kill(server.pid, signal.SIGUSR1)
+        time.sleep(0.1)
+        cpu0 = cpu_seconds(server.pid)
+        pool.run(assignment, "handshake", limit=per_client)
+        pool.wait(assignment)
+        time.sleep(0.3)  # the last closes reach the server
+        cpu = cpu_seconds(server.pid) - cpu0
+        os.kill(server.pid, signal.SIGUSR2)
+        server.wait_line("PROFILED")
+    finally:
+        server.stop()
+    total = per_client * clients
+    return out, total, cpu * 1e6 / total
+
+
+def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float], unprofiled: dict[str, float],
+                   suspects: Sequence[tuple[str, str, str]] = ()) -> str:
+    rows = {"janustls": profile_rows(janus[0]), "bare": profile_rows(bare[0])}
+    n = {"janustls": janus[1], "bare": bare[1]}
+    own = {k: sum(tt for _nc, tt, _ct in r.values()) * 1e6 / n[k] for k, r in rows.items()}
+    out = []
+    out.append(f"cProfile, full handshakes (TLS 1.3, mutual): janustls {n['janustls']}, bare {n['bare']}, "
+               "each server alone and loaded the same way; figures are profiled us per handshake "
+               "(cProfile inflates Python code more than C: compare shares and differences)")
+    out.append(f"  profiled time per handshake: janustls {own['janustls']:.0f} us, bare {own['bare']:.0f} us, "
+               f"difference {own['janustls'] - own['bare']:.0f} us ({own['janustls'] / own['bare']:.3f}x); "
+               f"process CPU while profiled: janustls {janus[2]:.0f} us, bare {bare[2]:.0f} us")
+    if unprofiled:
+        out.append("  unprofiled (paired run above): " + ", ".join(f"{k} {v:.0f} us" for k, v in unprofiled.items()))
+
+    def by_area(r: dict[Any, tuple[int, float, float]], total: int) -> dict[str, float]:
+        acc: dict[str, float] = {}
+        for key, (_nc, tt, _ct) in r.items():
+            acc[area(key)] = acc.get(area(key), 0.0) + tt * 1e6 / total
+        return acc
+
+    areas = {k: by_area(rows[k], n[k]) for k in rows}
+    names = sorted(set(areas["janustls"]) | set(areas["bare"]),
+                   key=lambda a: -(areas["janustls"].get(a, 0) - areas["bare"].get(a, 0)))
+    out.append("")
+    out.append(f"  {'own time by area':<44} {'janustls us':>11} {'share':>6} {'bare us':>9} {'share':>6} {'extra us':>9}")
+    for a in names:
+        j, b = areas["janustls"].get(a, 0.0), areas["bare"].get(a, 0.0)
+        if max(j, b) < 1.0:
+            continue
+        out.append(f"  {a[:44]:<44} {j:11.1f} {100 * j / own['janustls']:5.1f}% {b:9.1f} {100 * b / own['bare']:5.1f}% {j - b:9.1f}")
+
+    keys = set(rows["janustls"]) | set(rows["bare"])
+
+    def per(k: str, key: Any, col: int) -> float:
+        v = rows[k].get(key)
+        return v[col] * 1e6 / n[k] if v else 0.0
+
+    diffs = sorted(keys, key=lambda key: -(per("janustls", key, 1) - per("bare", key, 1)))
+    out.append("")
+    out.append(f"  {'own time by function, largest extra first':<64} {'janustls':>9} {'bare':>8} {'extra':>8} {'calls/hs':>9}")
+    for key in diffs[:30]:
+        j, b = per("janustls", key, 1), per("bare", key, 1)
+        calls = rows["janustls"].get(key, (0,))[0] / n["janustls"]
+        out.append(f"  {short_name(key)[:64]:<64} {j:9.1f} {b:8.1f} {j - b:8.1f} {calls:9.2f}")
+
+    out.append("")
+    out.append(f"  {'janustls code, inclusive time per handshake':<64} {'cum us':>8} {'share':>6} {'calls/hs':>9}")
+    janus_keys = [k for k in rows["janustls"] if "janustls" in Path(k[0]).parts]
+    for key in sorted(janus_keys, key=lambda k: -rows["janustls"][k][2])[:30]:
+        ct = per("janustls", key, 2)
+        if ct < 0.5:
+            break
+        calls = rows["janustls"][key][0] / n["janustls"]
+        out.append(f"  {short_name(key)[:64]:<64} {ct:8.1f} {100 * ct / own['janustls']:5.1f}% {calls:9.2f}")
+
+    out.append("")
+    out.append(f"  {'named per-handshake work (inclusive; nested rows overlap)':<58} {'cum us':>8} {'share':>6} {'calls/hs':>9}  function")
+    for label, suffix, name in suspects:
+        found = [k for k in rows["janustls"] if k[0].endswith(suffix) and k[2] == name]
+        if not found:
+            out.append(f"  {label:<58} {'-':>8} {'':>6} {'':>9}  {suffix}:{name} (not called)")
+            continue
+        ct = sum(per("janustls", k, 2) for k in found)
+        calls = sum(rows["janustls"][k][0] for k in found) / n["janustls"]
+        out.append(f"  {label:<58} {ct:8.1f} {100 * ct / own['janustls']:5.1f}% {calls:9.2f}  {suffix}:{name}")
+    return "\n".join(out)
