@@ -234,10 +234,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_status(args.url, args.port_def, args.json, sys.stdout)
     if args.command == "reload":
         return send_reload(args.pidfile)
-    if args.command == "explain":
-        return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer)
-    if args.command == "check":
-        return describe(args.file, sys.stdout)
+    if args.command in ("check", "explain"):
+        try:
+            if args.command == "explain":
+                return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer)
+            return describe(args.file, sys.stdout)
+        except Exception as e:  # a bug or an unforeseen input: one line and a failing status, no traceback
+            text = " ".join(str(e).split()) or "(no detail)"
+            print(f"janustls {args.command}: {args.file}: unexpected {type(e).__name__}: {text}", file=sys.stderr)
+            return 1
     if args.command == "pki":
         return make_pki(args.directory, args.client, sys.stdout)
     return run_demo(args.file, sys.stdout, args.log_format)

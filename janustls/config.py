@@ -30,6 +30,7 @@ __all__ = [
     "load_partially",
     "port_from_options",
     "listen_address",
+    "listen_problem",
 ]
 
 
@@ -204,6 +205,38 @@ def listen_address(description: str) -> tuple[str, str, str] | None:
     return None
 
 
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def listen_problem(description: str) -> str | None:
+    """What is wrong with a listen value that Twisted would only find when binding, or None.
+
+    Port numbers of tcp, tcp6 and ssl endpoints are range-checked (0 to 65535); a
+    systemd endpoint, whose socket exists only when systemd starts the server, is
+    checked for its syntax (domain, index= or name=) without being used.
+    """
+    parts = re.split(r"(?<!\\):", description.strip())
+    kind = parts[0].strip().lower()
+    args = [p for p in parts[1:] if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit() or kind.startswith("-"):
+        kind, args = "tcp", [parts[0]] + args
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = (kwargs.get("port") or (args[0] if args else "")).strip()
+        if not re.fullmatch(r"[0-9]+", port) or int(port) > 65535:
+            return f"has port {port!r}; a port number is 0 to 65535 (0: any free port)"
+    elif kind == "systemd":
+        domain = kwargs.get("domain", args[0] if args else "").strip()
+        if domain.upper() not in _SYSTEMD_DOMAINS:
+            return f"has systemd domain {domain!r}; expected one of {', '.join(_SYSTEMD_DOMAINS)}"
+        index = kwargs.get("index")
+        if index is None and not kwargs.get("name"):
+            return "is a systemd endpoint without index= or name= (the socket systemd passes)"
+        if index is not None and not re.fullmatch(r"[0-9]+", index.strip()):
+            return f"has systemd index {index!r}; expected a number from 0"
+    return None
+
+
 def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
     if a[0] != b[0] or a[2] != b[2]:
         return False
@@ -305,6 +338,9 @@ class _PortReader:
         listen = self.get("listen")
         if listen is None and "listen" not in o and not embedded:
             self.error("listen", "is missing; give a Twisted endpoint, e.g. tcp:8443:interface=127.0.0.1")
+        problem = listen_problem(listen) if listen else None
+        if problem:
+            self.error("listen", problem)
         cert = self.get("certificate")
         key = self.get("private_key")
         mode = self.choice("client_cert", ClientCertMode, ClientCertMode.NONE)
@@ -453,6 +489,9 @@ def parse_partially(text: str, source: str = "<string>", base: Path | None = Non
                 errors.add(section, "listen", "is missing; e.g. listen = tcp:9100:interface=127.0.0.1")
             else:
                 status = StatusDefinition(listen=opts["listen"].strip())
+                problem = listen_problem(status.listen)
+                if problem:
+                    errors.add(section, "listen", problem)
         elif section.lower() == "addca":
             for pattern, value in parser[section].items():
                 files = _split_paths(value)

@@ -44,6 +44,9 @@ CATALOGUE: dict[str, str] = {
     "janustls.proxy.header_received": "a PROXY v1/v2 header named the client (port, peer, via: the balancer)",
     "janustls.proxy.header_invalid": "a connection on a proxy_protocol = yes port had no valid PROXY header "
     "and was closed (port, peer, detail)",
+    "janustls.proxy.bad_server_name": "a client's SNI name is no host name (a label over 63 characters, an empty "
+    "label, non-ASCII bytes); a forward_identity = proxy-v2 port sent the header without PP2_TYPE_AUTHORITY "
+    "(port, peer, detail)",
     "janustls.request.certificate": "a mid-connection certificate request got a verified certificate",
     "janustls.request.no_certificate": "a mid-connection certificate request got no certificate",
     "janustls.request.refused": "a mid-connection certificate request got a certificate the port refused "
