@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
 
 from janustls.config import load_definitions, load_partially
 from janustls.errors import ConfigErrors
@@ -154,7 +154,8 @@ def status_url(target: str | None, port_def: str | None) -> str:
     if target:
         url = target if "://" in target else f"http://{target}"
         return url if url.rstrip("/").endswith("/status") else url.rstrip("/") + "/status"
-    definitions = load_definitions(port_def or "ports.ini")
+    # Only [status] is needed: a file with mistakes elsewhere (a reload about to be refused) still names it.
+    definitions, _ = load_partially(port_def or "ports.ini")
     if definitions.status is None:
         raise ValueError(f"{definitions.source} has no [status] section")
     address = listen_address(definitions.status.listen)
@@ -164,11 +165,32 @@ def status_url(target: str | None, port_def: str | None) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{address[2]}/status"
 
 
-def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO) -> int:
-    """Fetch /status from a running server and print it as tables (or as it came)."""
+def _fetch_status(url: str) -> dict[str, Any]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        doc = json.loads(response.read())
+    if not isinstance(doc, dict):
+        raise ValueError("not a janustls /status document")
+    return doc
+
+
+def _pidfile_pid(pidfile: str) -> int | None:
+    """The pid in a pidfile; None when there is no such file."""
+    try:
+        return int(Path(pidfile).read_text().strip())
+    except FileNotFoundError:
+        return None
+
+
+def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO, pidfile: str = "twistd.pid") -> int:
+    """Fetch /status from a running server and print it as tables (or as it came).
+
+    The answer is checked against the pidfile: another process on the status address is
+    an error, and without a pidfile the command says it cannot tell."""
     import json
     import urllib.error
-    import urllib.request
 
     from janustls.status import format_status
 
@@ -178,28 +200,80 @@ def show_status(target: str | None, port_def: str | None, as_json: bool, out: Te
         print(f"janustls status: {e}", file=sys.stderr)
         return 1
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            doc = json.loads(response.read())
+        doc = _fetch_status(url)
     except (urllib.error.URLError, OSError, ValueError) as e:
         print(f"janustls status: cannot read {url}: {e}", file=sys.stderr)
+        return 1
+    try:
+        expected = _pidfile_pid(pidfile)
+    except (OSError, ValueError) as e:
+        print(f"janustls status: {pidfile}: {e}", file=sys.stderr)
+        return 1
+    if expected is None:
+        print(f"janustls status: no pidfile {pidfile}: cannot tell whether pid {doc.get('pid')} at {url} "
+              "is the server you mean (give --pidfile)", file=sys.stderr)  # fmt: skip
+    elif doc.get("pid") != expected:
+        print(f"janustls status: {url} answers for pid {doc.get('pid')}, but {pidfile} names pid {expected}: "
+              "another process holds that address, or the pidfile is stale", file=sys.stderr)  # fmt: skip
         return 1
     out.write(json.dumps(doc, indent=2) + "\n" if as_json else format_status(doc))
     return 0
 
 
-def send_reload(pidfile: str) -> int:
-    """Send SIGHUP to the server whose pid is in `pidfile` (twistd writes twistd.pid)."""
+def send_reload(pidfile: str, target: str | None = None, port_def: str | None = None, timeout: float = 30.0) -> int:
+    """SIGHUP to the server in `pidfile`, then wait (at most `timeout` seconds) for the outcome
+    on its status listener.  0: applied; 1: refused or cannot send; 2: no answer."""
     import os
     import signal
+    import time
+    import urllib.error
 
     try:
-        pid = int(Path(pidfile).read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        pid = _pidfile_pid(pidfile)
+        if pid is None:
+            raise FileNotFoundError("no such file (the server's pidfile; twistd writes twistd.pid)")
     except (OSError, ValueError) as e:
         print(f"janustls reload: {pidfile}: {e}", file=sys.stderr)
         return 1
-    print(f"sent SIGHUP to {pid}: it reloads its port-definition file (see its log: janustls.reload.done or .failed)")
-    return 0
+    url: str | None = None
+    before: dict[str, Any] | None = None
+    if target or port_def:
+        try:
+            url = status_url(target, port_def)
+            before = _fetch_status(url)
+        except (ConfigErrors, ValueError, urllib.error.URLError, OSError) as e:
+            print(f"janustls reload: cannot read the status listener: {e}", file=sys.stderr)
+            return 1
+        if before.get("pid") != pid:
+            print(f"janustls reload: {url} answers for pid {before.get('pid')}, not pid {pid} of {pidfile}", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"janustls reload: pid {pid} ({pidfile}): {e}", file=sys.stderr)
+        return 1
+    if url is None or before is None:
+        print(f"sent SIGHUP to {pid}; its outcome cannot be known here (give the status listener: "
+              "--port-def FILE or its URL); see the log: janustls.reload.done or .failed", file=sys.stderr)  # fmt: skip
+        return 2
+    finished = int((before.get("reload") or {}).get("finished", 0))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            state = _fetch_status(url).get("reload") or {}
+        except (urllib.error.URLError, OSError, ValueError):
+            continue  # the status listener itself may be moving
+        if int(state.get("finished", 0)) > finished:
+            if state.get("outcome") == "done":
+                print(f"reloaded: pid {pid} serves the new definitions")
+                return 0
+            print(f"reload refused by pid {pid}; nothing changed:", file=sys.stderr)
+            for line in state.get("errors") or []:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+    print(f"janustls reload: sent SIGHUP to {pid}, but no outcome within {timeout:g}s (see its log)", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,13 +301,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
     status.add_argument("--json", action="store_true", help="print the /status document as it came")
-    reload = sub.add_parser("reload", help="make a running server re-read its port-definition file (SIGHUP)")
+    status.add_argument("--pidfile", default="twistd.pid", help="the server's pid file, checked against the pid that answers (default twistd.pid)")
+    reload = sub.add_parser(
+        "reload",
+        help="make a running server re-read its port-definition file (SIGHUP) and wait for the outcome",
+        description="Exit status: 0 applied, 1 refused (the errors are printed) or cannot be sent, "
+        "2 no answer within --timeout, or no status listener to ask (--port-def or URL).",
+    )
+    reload.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     reload.add_argument("--pidfile", default="twistd.pid", help="the server's pid file (default twistd.pid)")
+    reload.add_argument("--port-def", help="the definition file whose [status] listen to ask for the outcome")
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the outcome (default 30)")
     args = parser.parse_args(argv)
     if args.command == "status":
-        return show_status(args.url, args.port_def, args.json, sys.stdout)
+        return show_status(args.url, args.port_def, args.json, sys.stdout, args.pidfile)
     if args.command == "reload":
-        return send_reload(args.pidfile)
+        return send_reload(args.pidfile, args.url, args.port_def, args.timeout)
     if args.command in ("check", "explain"):
         try:
             if args.command == "explain":

@@ -110,6 +110,8 @@ class ServerRoot(service.MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             raise SystemExit(f"janustls: {e}") from None
+        except Exception as e:  # any listener that cannot be bound, the status listener included
+            raise SystemExit(f"janustls: cannot start: {type(e).__name__}: {e}") from None
 
     def startService(self) -> None:
         if self._reactor is None:

@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -43,7 +42,7 @@ from janustls import tickets
 from janustls.config import Definitions, load_definitions
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.service import BuiltPort, build_ports
+from janustls.service import BuiltPort, build_ports, server_endpoint
 
 __all__ = ["WorkersService", "AdoptedEndpoint", "worker_main", "ENV_WORKER"]
 
@@ -234,12 +233,16 @@ class WorkersService(service.MultiService):
 
         ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
 
+    def _status_service(self, definitions: Definitions) -> Any:
+        from janustls.status import StatusService
+
+        assert definitions.status is not None
+        return StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
+                             extra=lambda: {"workers": [w.pid for w in self._current]})  # fmt: skip
+
     def _add_status(self, definitions: Definitions) -> None:
         if definitions.status is not None:
-            from janustls.status import StatusService
-
-            StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
-                          extra=lambda: {"workers": [w.pid for w in self._current]}).setServiceParent(self)  # fmt: skip
+            self._status_service(definitions).setServiceParent(self)
 
     def _private_ticket_key(self) -> str:
         path = os.path.join(self._runtime_dir, "ticket.key")
@@ -270,7 +273,7 @@ class WorkersService(service.MultiService):
                 if tcp is not None and hasattr(socket, "SO_REUSEPORT"):
                     opened[p.name] = _ReusePortSockets(*tcp, count=self.count)
                     continue
-                listening = yield serverFromString(self.reactor, p.listen).listen(_NoConnections())
+                listening = yield server_endpoint(self.reactor, p.listen).listen(_NoConnections())
                 if not hasattr(listening, "fileno") or not hasattr(listening, "stopReading"):
                     yield listening.stopListening()
                     raise ValueError("--workers needs a tcp, tcp6 or unix listen address")
@@ -383,6 +386,9 @@ class WorkersService(service.MultiService):
         emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
         try:
             new_defs = definitions if definitions is not None else load_definitions(source)
+            from janustls.procedures import forget_modules
+
+            forget_modules(new_defs.procs)  # validate the handler files as they are now
             built = build_ports(new_defs, self._reactor)
             if self.ticket_key is not None:
                 tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
@@ -398,6 +404,16 @@ class WorkersService(service.MultiService):
             opened = yield self._open(added)
         except ConfigErrors as e:
             return self._failed(source, [str(x) for x in e.errors])
+        status_moved = new_defs.status != self.definitions.status
+        new_status: Any = None
+        if status_moved and new_defs.status is not None:
+            new_status = self._status_service(new_defs)
+            try:
+                new_status.adopt((yield new_status.open()))
+            except Exception as e:  # refused as a whole: the old listener and sockets stay
+                for sockets in opened.values():
+                    yield sockets.stopListening()
+                return self._failed(source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))])
         closing = {n: self._sockets.pop(n) for n in removed}
         self._sockets.update(opened)
         for b in built:
@@ -406,14 +422,14 @@ class WorkersService(service.MultiService):
         for n in removed:
             if n not in names:
                 self._listen_of.pop(n, None)
-        old_status = self.definitions.status
         self.definitions, self.ports = new_defs, built
-        if new_defs.status != old_status:
+        if status_moved:
             try:
                 yield defer.maybeDeferred(self.removeService, self.getServiceNamed("status"))
             except KeyError:
                 pass
-            self._add_status(new_defs)
+            if new_status is not None:
+                new_status.setServiceParent(self)
         from janustls.crlwatch import ensure_watcher
 
         ensure_watcher(self, self._reactor, quiet=True)
