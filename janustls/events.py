@@ -71,6 +71,10 @@ CATALOGUE: dict[str, str] = {
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",
     "janustls.workers.exited": "a worker process ended (worker, pid, status)",
+    "janustls.workers.crash_loop": "a worker keeps ending before it serves; its next start waits longer "
+    "(worker, fails, delay in seconds)",
+    "janustls.workers.gave_up": "every worker ended before serving CRASH_LIMIT times in a row and none serves: the "
+    "parent stops with a non-zero exit status (limit, code)",
     "janustls.tickets.unavailable": "session ticket keys cannot be shared here (no way to set them in this OpenSSL "
     "build); each worker resumes only its own sessions (worker, error)",
     "janustls.shutdown.draining": "shutting down: ports closed, open connections get until the deadline (open, seconds)",

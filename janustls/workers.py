@@ -51,7 +51,13 @@ ENV_WORKER = "JANUSTLS_WORKER"
 _READY_FD = 3
 _FIRST_SOCKET_FD = 4
 _READY_TIMEOUT = 60.0
-_RESPAWN_DELAY = 1.0
+_RESPAWN_DELAY = 0.5
+#: A worker that keeps dying before it serves is started again after 0.5, 1, 2, 4... seconds (at most this).
+_RESPAWN_MAX_DELAY = 30.0
+#: When every worker has died this many times in a row before serving, and none serves, the parent gives up.
+CRASH_LIMIT = 5
+#: The parent's exit status when it gives up.
+EXIT_CRASH_LOOP = 3
 
 
 @implementer(IStreamServerEndpoint)
@@ -158,6 +164,9 @@ class _Worker(protocol.ProcessProtocol):
         #: Fires when the worker no longer accepts (it said so, or it ended).
         self.draining: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
+        #: It said it serves (a worker that dies before that is a failed start).
+        self.served = False
+        self.alive = True
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -167,6 +176,8 @@ class _Worker(protocol.ProcessProtocol):
         if childFD == _READY_FD:
             self._buffer += data
             if b"ready" in self._buffer and not self.ready.called:
+                self.served = True
+                self.parent._served(self)  # noqa: SLF001
                 self.ready.callback(None)
             if b"draining" in self._buffer and not self.draining.called:
                 self.draining.callback(None)
@@ -178,6 +189,7 @@ class _Worker(protocol.ProcessProtocol):
             pass
 
     def processEnded(self, reason: Failure) -> None:
+        self.alive = False
         status = getattr(reason.value, "status", None)
         if not self.ready.called:
             self.ready.errback(RuntimeError(f"worker {self.index} ended before serving (status {status})"))
@@ -228,6 +240,7 @@ class WorkersService(service.MultiService):
         self._all: set[_Worker] = set()
         self._generation = 0
         self._stopping = False
+        self._failed_starts: dict[int, int] = {}
         self._add_status(definitions)
         from janustls.crlwatch import ensure_watcher
 
@@ -291,7 +304,10 @@ class WorkersService(service.MultiService):
 
     def _spawn(self, index: int, generation: int) -> _Worker:
         worker = _Worker(self, index, generation)
-        args = [sys.executable, "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
+        # -P: the working directory is not put on sys.path, so a stray (or planted) module
+        # there cannot shadow the standard library in a worker; the package's own root is
+        # given explicitly below.
+        args = [sys.executable, "-P", "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
                 "--log-format", self.log_format, "--drain-timeout", str(self.drain_timeout)]  # fmt: skip
         if self.log_path:
             args += ["--logfile", self.log_path]
@@ -329,12 +345,42 @@ class WorkersService(service.MultiService):
             except Exception:  # metrics are best effort
                 pass
         if worker in self._current and not self._stopping:
-            # A crash: replace it in its generation after a pause (no busy loop).
+            fails = 0 if worker.served else self._failed_starts.get(worker.index, 0) + 1
+            self._failed_starts[worker.index] = fails
+            if self._crash_loop():
+                self._give_up()
+                return
+            # A crash: replace it in its generation after a pause that grows while it keeps
+            # failing to start (no busy loop).
+            delay = min(_RESPAWN_DELAY * 2 ** max(fails - 1, 0), _RESPAWN_MAX_DELAY)
+            if fails >= 2:
+                emit("janustls.workers.crash_loop",
+                     "worker {worker} ended before serving {fails} times in a row; next start in {delay:g}s",
+                     LogLevel.error, worker=worker.index, fails=fails, delay=delay, status=status)  # fmt: skip
+
             def respawn() -> None:
                 if worker in self._current and not self._stopping:
                     self._current[self._current.index(worker)] = self._spawn(worker.index, worker.generation)
 
-            self.reactor.callLater(_RESPAWN_DELAY, respawn)
+            self.reactor.callLater(delay, respawn)
+
+    def _served(self, worker: _Worker) -> None:
+        self._failed_starts[worker.index] = 0
+
+    def _crash_loop(self) -> bool:
+        """Every worker slot failed CRASH_LIMIT starts in a row, and no worker process serves."""
+        if any(w.served and w.alive for w in self._all):
+            return False
+        return all(self._failed_starts.get(i, 0) >= CRASH_LIMIT for i in range(self.count))
+
+    def _give_up(self) -> None:
+        from janustls.operate import exit_status_at_end
+
+        emit("janustls.workers.gave_up",
+             "no worker stays up: each ended before serving {limit} times in a row; stopping (exit status {code})",
+             LogLevel.critical, limit=CRASH_LIMIT, code=EXIT_CRASH_LOOP)  # fmt: skip
+        exit_status_at_end(EXIT_CRASH_LOOP)
+        self.reactor.stop()
 
     # -- service -------------------------------------------------------------------------
 

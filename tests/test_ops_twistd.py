@@ -58,10 +58,10 @@ handler = h:serve
 class Twistd:
     """twistd in the foreground with JSON logs on stdout, read line by line."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(self, args: list[str], cwd: Path, python_flags: tuple[str, ...] = ()) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", TWISTD, *args], cwd=cwd, env=env,
+            [sys.executable, *python_flags, "-c", TWISTD, *args], cwd=cwd, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         self.lines: queue.Queue[str] = queue.Queue()
