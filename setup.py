@@ -12,9 +12,11 @@ setup(
     python_requires=">=3.11",  # the version the tests run on
     # package_dir "" = "." makes `pip install -e .` put the checkout itself on sys.path,
     # where Twisted looks for twisted/plugins/ (a finder-based editable install hides it).
-    package_dir={"": "."},
-    packages=["janustls", "janustls.ports", "twisted.plugins"],
-    package_data={"janustls": ["py.typed"]},
+    # janustls.demo is procs/ of the checkout (the demo's definition file and handlers),
+    # so that `janustls demo` runs from a wheel; its PKI is written where it is run.
+    package_dir={"": ".", "janustls.demo": "procs"},
+    packages=["janustls", "janustls.ports", "janustls.demo", "twisted.plugins"],
+    package_data={"janustls": ["py.typed"], "janustls.demo": ["demo.ini"]},
     include_package_data=False,
     install_requires=[
         "twisted>=24.7,<27",
@@ -25,7 +27,7 @@ setup(
         "prometheus-client>=0.20,<1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0"],
     },
     entry_points={"console_scripts": ["janustls = janustls.cli:main"]},
     classifiers=[

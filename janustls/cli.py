@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -69,7 +70,35 @@ def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
     return 0
 
 
-def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
+def _packaged_demo() -> Path | None:
+    """The demo's definition file as installed (a wheel) or in the checkout (an editable install)."""
+    import janustls
+
+    here = Path(janustls.__file__).resolve().parent
+    for candidate in (here / "demo" / "demo.ini", here.parent / "procs" / "demo.ini"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def demo_definitions(file: str | None, cwd: Path) -> Any:
+    """The demo's definitions: FILE, else ./procs/demo.ini, else the installed copy with its
+    PKI under `cwd` (pki/, beside where a checkout keeps procs/)."""
+    from janustls.config import parse_definitions
+
+    if file is not None:
+        return load_definitions(file)
+    local = cwd / DEMO_FILE
+    if local.is_file():
+        return load_definitions(local)
+    packaged = _packaged_demo()
+    if packaged is None:
+        raise FileNotFoundError(f"no {DEMO_FILE} here and no demo installed with janustls")
+    text = packaged.read_text(encoding="utf-8").replace("= ../pki/", f"= {(cwd / 'pki').resolve()}/")
+    return parse_definitions(text, source=str(packaged), base=packaged.parent)
+
+
+def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     """Make the demo's PKI on first run, explain how to connect, and serve in the foreground."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
@@ -77,21 +106,28 @@ def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
     from janustls.pki import write_dev_pki
     from janustls.service import JanusService
 
-    path = Path(file)
-    if not path.is_file():
-        print(f"janustls demo: {file} not found (run it from the project checkout)", file=sys.stderr)
-        return 1
-    pki_dir = path.parent / "pki"
-    if not (pki_dir / "server" / "chain.pem").exists():
-        write_dev_pki(pki_dir, clients=("alice",))
-        out.write(f"made a development PKI in {pki_dir}\n")
     try:
-        service = JanusService(load_definitions(path))
+        definitions = demo_definitions(file, Path.cwd())
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
-    c = pki_dir / "client"
-    ca = pki_dir / "ca" / "root.pem"
+    except OSError as e:
+        print(f"janustls demo: {e}", file=sys.stderr)
+        return 1
+    # The PKI is where the first port's certificate is: <pki>/server/chain.pem.
+    chain = definitions.ports[0].certificate
+    pki_dir = Path(os.path.normpath(chain)).parent.parent
+    if not chain.exists():
+        write_dev_pki(pki_dir, clients=("alice",))
+        out.write(f"made a development PKI in {pki_dir}\n")
+    try:
+        service = JanusService(definitions)
+    except ConfigErrors as e:
+        print(e, file=sys.stderr)
+        return 1
+    shown = Path(os.path.relpath(pki_dir)) if not os.path.relpath(pki_dir).startswith("..") else pki_dir
+    c = shown / "client"
+    ca = shown / "ca" / "root.pem"
     ports = {b.definition.name: b.definition.listen for b in service.ports}
     out.write(
         "\njanustls demo: mutual-TLS ports\n"
@@ -276,8 +312,25 @@ def send_reload(pidfile: str, target: str | None = None, port_def: str | None = 
     return 2
 
 
+def version_text() -> str:
+    """`janustls --version`: this package and what it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import OpenSSL
+    import twisted
+
+    import janustls
+
+    try:
+        mine = version("janustls")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        mine = janustls.__version__
+    return f"janustls {mine} (Twisted {twisted.__version__}, pyOpenSSL {OpenSSL.__version__}, {OpenSSL.SSL.SSLeay_version(OpenSSL.SSL.SSLEAY_VERSION).decode()})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="janustls", description="Mutual-TLS ports on Twisted.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a port-definition file and say what it would run")
     check.add_argument("file")
@@ -285,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     pki.add_argument("directory")
     pki.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
-    demo.add_argument("file", nargs="?", default=str(DEMO_FILE))
+    demo.add_argument("file", nargs="?", default=None,
+                      help=f"default {DEMO_FILE} when it exists, else the demo installed with janustls (its PKI in ./pki)")
     demo.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event")
     explain = sub.add_parser(
         "explain",
