@@ -10,11 +10,12 @@ from __future__ import annotations
 import configparser
 import enum
 import fnmatch
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from janustls.errors import ConfigError, ConfigErrors
 
@@ -104,7 +105,8 @@ class PortDefinition:
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     max_cert_size: int = DEFAULT_MAX_CERT_SIZE
     session_cache: bool = True
-    handler: str | None = None
+    #: MODULE:CALLABLE of the procedure library, or (embedding) the callable itself.
+    handler: str | Callable[..., Any] | None = None
     allow: str | None = None
     proxy_protocol: bool = False
     connect: str | None = None
@@ -580,8 +582,17 @@ def port_from_options(
     """
     errors = _Collector(source)
     section = f"port:{name}"
-    reader = _PortReader(errors, section, dict(options), procs or Path.cwd())
+    opts: dict[str, Any] = dict(options)
+    # Embedding code may give the srvsock handler as the callable itself, not MODULE:CALLABLE.
+    handler = opts.get("handler")
+    if handler is not None and not isinstance(handler, str):
+        if not callable(handler):
+            raise ConfigErrors([ConfigError(source, section, "handler", f"is {handler!r}; expected MODULE:CALLABLE or a callable")])
+        opts["handler"] = "embedded:handler"  # validated as given; replaced by the callable below
+    reader = _PortReader(errors, section, opts, procs or Path.cwd())
     port = reader.read(name.upper(), (), source, embedded=embedded)
     if errors.errors or port is None:
         raise ConfigErrors(errors.errors)
+    if handler is not None and not isinstance(handler, str):
+        port = dataclasses.replace(port, handler=handler)
     return port

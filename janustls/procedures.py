@@ -73,8 +73,10 @@ def forget_modules(procs: Path) -> list[str]:
     return dropped
 
 
-def load_callable(procs: Path, reference: str) -> Any:
-    """The callable named by `MODULE:CALLABLE` in the procedure library."""
+def load_callable(procs: Path, reference: Any) -> Any:
+    """The callable named by `MODULE:CALLABLE` in the procedure library (a callable is itself)."""
+    if callable(reference):
+        return reference
     module, _, attr = reference.partition(":")
     mod = _load_module(procs, module)
     target: Any = mod

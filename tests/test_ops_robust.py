@@ -229,3 +229,32 @@ def test_reload_refused_when_new_status_listener_cannot_bind(pki, procs, events)
     finally:
         held.close()
         s.stop()
+
+
+# -- embedding ------------------------------------------------------------------------------------
+
+
+def test_embedded_port_takes_a_callable_handler(pki, reactor):
+    """The Python API: a srvsock port whose handler is a function of the application."""
+    from janustls import listen
+    from janustls.config import port_from_options
+
+    seen: list[str | None] = []
+
+    def serve(sock: Any) -> None:
+        seen.append(sock.cert_info("CN"))
+        sock.write(b"from a callable\n")
+
+    f = pki.files
+    port = port_from_options("EMB", {"type": "srvsock", "listen": "tcp:0:interface=127.0.0.1", "handler": serve,
+                                     "certificate": str(f["server.pem"]), "private_key": str(f["server.key"]),
+                                     "client_cert": "require", "addca": str(f["root.ca"])})  # fmt: skip
+    listening = in_reactor(lambda: listen(port))
+    try:
+        with client_context(pki, "alice", tls="1.3").wrap_socket(
+            socket.create_connection(("127.0.0.1", listening.getHost().port), timeout=5), server_hostname="localhost"
+        ) as c:
+            assert c.recv(100) == b"from a callable\n"
+        assert seen == ["alice"]
+    finally:
+        in_reactor(listening.stopListening)
