@@ -1,6 +1,22 @@
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithDemo(build_py):
+    """The demo (procs/demo.ini and its handlers) goes into the wheel as janustls/demo/, so that
+    `janustls demo` runs where no checkout is; its PKI is written where it is run.  (A mapped
+    package would turn `pip install -e .` into a finder-based install that hides twisted/plugins.)"""
+
+    DEMO = ("demo.ini", "echo.py", "whoami.py")
+
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "janustls" / "demo"
+        self.mkpath(str(target))
+        for name in self.DEMO:
+            self.copy_file(str(Path("procs") / name), str(target / name))
 
 setup(
     name="janustls",
@@ -12,11 +28,10 @@ setup(
     python_requires=">=3.11",  # the version the tests run on
     # package_dir "" = "." makes `pip install -e .` put the checkout itself on sys.path,
     # where Twisted looks for twisted/plugins/ (a finder-based editable install hides it).
-    # janustls.demo is procs/ of the checkout (the demo's definition file and handlers),
-    # so that `janustls demo` runs from a wheel; its PKI is written where it is run.
-    package_dir={"": ".", "janustls.demo": "procs"},
-    packages=["janustls", "janustls.ports", "janustls.demo", "twisted.plugins"],
-    package_data={"janustls": ["py.typed"], "janustls.demo": ["demo.ini"]},
+    package_dir={"": "."},
+    packages=["janustls", "janustls.ports", "twisted.plugins"],
+    package_data={"janustls": ["py.typed"]},
+    cmdclass={"build_py": BuildWithDemo},
     include_package_data=False,
     install_requires=[
         "twisted>=24.7,<27",
