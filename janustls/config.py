@@ -10,11 +10,12 @@ from __future__ import annotations
 import configparser
 import enum
 import fnmatch
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from janustls.errors import ConfigError, ConfigErrors
 
@@ -30,6 +31,7 @@ __all__ = [
     "load_partially",
     "port_from_options",
     "listen_address",
+    "listen_problem",
 ]
 
 
@@ -113,7 +115,8 @@ class PortDefinition:
     #: Unsent output per connection (bytes) above which the client is no longer read.
     write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     session_cache: bool = True
-    handler: str | None = None
+    #: MODULE:CALLABLE of the procedure library, or (embedding) the callable itself.
+    handler: str | Callable[..., Any] | None = None
     allow: str | None = None
     proxy_protocol: bool = False
     connect: str | None = None
@@ -235,6 +238,38 @@ def listen_address(description: str) -> tuple[str, str, str] | None:
     return None
 
 
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def listen_problem(description: str) -> str | None:
+    """What is wrong with a listen value that Twisted would only find when binding, or None.
+
+    Port numbers of tcp, tcp6 and ssl endpoints are range-checked (0 to 65535); a
+    systemd endpoint, whose socket exists only when systemd starts the server, is
+    checked for its syntax (domain, index= or name=) without being used.
+    """
+    parts = re.split(r"(?<!\\):", description.strip())
+    kind = parts[0].strip().lower()
+    args = [p for p in parts[1:] if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit() or kind.startswith("-"):
+        kind, args = "tcp", [parts[0]] + args
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = (kwargs.get("port") or (args[0] if args else "")).strip()
+        if not re.fullmatch(r"[0-9]+", port) or int(port) > 65535:
+            return f"has port {port!r}; a port number is 0 to 65535 (0: any free port)"
+    elif kind == "systemd":
+        domain = kwargs.get("domain", args[0] if args else "").strip()
+        if domain.upper() not in _SYSTEMD_DOMAINS:
+            return f"has systemd domain {domain!r}; expected one of {', '.join(_SYSTEMD_DOMAINS)}"
+        index = kwargs.get("index")
+        if index is None and not kwargs.get("name"):
+            return "is a systemd endpoint without index= or name= (the socket systemd passes)"
+        if index is not None and not re.fullmatch(r"[0-9]+", index.strip()):
+            return f"has systemd index {index!r}; expected a number from 0"
+    return None
+
+
 def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
     if a[0] != b[0] or a[2] != b[2]:
         return False
@@ -336,6 +371,9 @@ class _PortReader:
         listen = self.get("listen")
         if listen is None and "listen" not in o and not embedded:
             self.error("listen", "is missing; give a Twisted endpoint, e.g. tcp:8443:interface=127.0.0.1")
+        problem = listen_problem(listen) if listen else None
+        if problem:
+            self.error("listen", problem)
         cert = self.get("certificate")
         key = self.get("private_key")
         mode = self.choice("client_cert", ClientCertMode, ClientCertMode.NONE)
@@ -490,6 +528,9 @@ def parse_partially(text: str, source: str = "<string>", base: Path | None = Non
                 errors.add(section, "listen", "is missing; e.g. listen = tcp:9100:interface=127.0.0.1")
             else:
                 status = StatusDefinition(listen=opts["listen"].strip())
+                problem = listen_problem(status.listen)
+                if problem:
+                    errors.add(section, "listen", problem)
         elif section.lower() == "addca":
             for pattern, value in parser[section].items():
                 files = _split_paths(value)
@@ -578,8 +619,17 @@ def port_from_options(
     """
     errors = _Collector(source)
     section = f"port:{name}"
-    reader = _PortReader(errors, section, dict(options), procs or Path.cwd())
+    opts: dict[str, Any] = dict(options)
+    # Embedding code may give the srvsock handler as the callable itself, not MODULE:CALLABLE.
+    handler = opts.get("handler")
+    if handler is not None and not isinstance(handler, str):
+        if not callable(handler):
+            raise ConfigErrors([ConfigError(source, section, "handler", f"is {handler!r}; expected MODULE:CALLABLE or a callable")])
+        opts["handler"] = "embedded:handler"  # validated as given; replaced by the callable below
+    reader = _PortReader(errors, section, opts, procs or Path.cwd())
     port = reader.read(name.upper(), (), source, embedded=embedded)
     if errors.errors or port is None:
         raise ConfigErrors(errors.errors)
+    if handler is not None and not isinstance(handler, str):
+        port = dataclasses.replace(port, handler=handler)
     return port

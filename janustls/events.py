@@ -55,6 +55,9 @@ CATALOGUE: dict[str, str] = {
     "janustls.proxy.header_received": "a PROXY v1/v2 header named the client (port, peer, via: the balancer)",
     "janustls.proxy.header_invalid": "a connection on a proxy_protocol = yes port had no valid PROXY header "
     "and was closed (port, peer, detail)",
+    "janustls.proxy.bad_server_name": "a client's SNI name is no host name (a label over 63 characters, an empty "
+    "label, non-ASCII bytes); a forward_identity = proxy-v2 port sent the header without PP2_TYPE_AUTHORITY "
+    "(port, peer, detail)",
     "janustls.request.certificate": "a mid-connection certificate request got a verified certificate",
     "janustls.request.no_certificate": "a mid-connection certificate request got no certificate",
     "janustls.request.refused": "a mid-connection certificate request got a certificate the port refused "
@@ -79,6 +82,10 @@ CATALOGUE: dict[str, str] = {
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",
     "janustls.workers.exited": "a worker process ended (worker, pid, status)",
+    "janustls.workers.crash_loop": "a worker keeps ending before it serves; its next start waits longer "
+    "(worker, fails, delay in seconds)",
+    "janustls.workers.gave_up": "every worker ended before serving CRASH_LIMIT times in a row and none serves: the "
+    "parent stops with a non-zero exit status (limit, code)",
     "janustls.tickets.unavailable": "session ticket keys cannot be shared here (no way to set them in this OpenSSL "
     "build); each worker resumes only its own sessions (worker, error)",
     "janustls.shutdown.draining": "shutting down: ports closed, open connections get until the deadline (open, seconds)",

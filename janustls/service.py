@@ -13,9 +13,11 @@ from typing import Any, Sequence
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IReactorTime, IStreamServerEndpoint
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from janustls.config import Definitions, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
@@ -85,15 +87,54 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
     return PortTLSFactory(runtime, inner)
 
 
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if not isinstance(e, ValueError) or not text else text
+
+
+@implementer(IStreamServerEndpoint)
+class _AtListenEndpoint:
+    """An endpoint parsed when it listens: a systemd socket exists only in the process
+    systemd started, so `janustls check` (and a build before start) must not look for it."""
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self._reactor = reactor
+        self._description = description
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        def parse_and_listen() -> Any:
+            try:
+                endpoint = serverFromString(self._reactor or _global_reactor(), self._description)
+            except IndexError:
+                raise CannotListenError(None, self._description, "no such socket was passed by systemd "
+                                        "(run under socket activation, or check index=/name=)") from None  # fmt: skip
+            return endpoint.listen(factory)
+
+        return defer.maybeDeferred(parse_and_listen)
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """The server endpoint of a listen value; systemd endpoints are resolved when they listen."""
+    if description.strip().lower().startswith("systemd:"):
+        return _AtListenEndpoint(reactor, description)
+    return serverFromString(reactor, description)  # type: ignore[no-any-return]
+
+
 def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> BuiltPort:
     """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
     reactor = reactor or _reactor()
     errors: list[ConfigError] = []
     endpoint: IStreamServerEndpoint | None = None
     try:
-        endpoint = serverFromString(reactor, port.listen)
-    except (ValueError, KeyError, TypeError) as e:
-        errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {e}"))
+        endpoint = server_endpoint(reactor, port.listen)
+    except Exception as e:  # a plugin's parser may raise anything: a located error, not a traceback
+        errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {_why(e)}"))
     if endpoint is not None and port.proxy_protocol:
         endpoint = ProxyHeaderEndpoint(endpoint)  # a PROXY v1/v2 header precedes TLS
     try:
