@@ -1,6 +1,22 @@
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithDemo(build_py):
+    """The demo (procs/demo.ini and its handlers) goes into the wheel as janustls/demo/, so that
+    `janustls demo` runs where no checkout is; its PKI is written where it is run.  (A mapped
+    package would turn `pip install -e .` into a finder-based install that hides twisted/plugins.)"""
+
+    DEMO = ("demo.ini", "echo.py", "whoami.py")
+
+    def run(self) -> None:
+        super().run()
+        target = Path(self.build_lib) / "janustls" / "demo"
+        self.mkpath(str(target))
+        for name in self.DEMO:
+            self.copy_file(str(Path("procs") / name), str(target / name))
 
 setup(
     name="janustls",
@@ -15,6 +31,7 @@ setup(
     package_dir={"": "."},
     packages=["janustls", "janustls.ports", "twisted.plugins"],
     package_data={"janustls": ["py.typed"]},
+    cmdclass={"build_py": BuildWithDemo},
     include_package_data=False,
     install_requires=[
         "twisted>=24.7,<27",
@@ -25,7 +42,7 @@ setup(
         "prometheus-client>=0.20,<1",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0"],
     },
     entry_points={"console_scripts": ["janustls = janustls.cli:main"]},
     classifiers=[

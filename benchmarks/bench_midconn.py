@@ -28,6 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import cpu_seconds  # noqa: E402
+
 HANDLER = '''
 async def serve(sock):
     sock.write(b"hi\\n")
@@ -82,11 +86,6 @@ session_cache = no
     return ini
 
 
-def cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def context(d: Path, version: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(d / "root.pem")
@@ -132,21 +131,21 @@ def run(n: int, rounds: int) -> None:
                 for version in ("1.3", "1.2"):
                     ctx = context(d, version)
                     # a fresh full mutual-TLS handshake, n times
-                    c0, t0 = cpu(proc.pid), time.perf_counter()
+                    c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                     for _ in range(n):
                         full_handshake(require_port, ctx)
                     results.setdefault((version, "full"), []).append(
-                        ((time.perf_counter() - t0) / n, (cpu(proc.pid) - c0) / n)
+                        ((time.perf_counter() - t0) / n, (cpu_seconds(proc.pid) - c0) / n)
                     )
                     # n established connections without a certificate, then one request each
                     conns = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", ask_port)), server_hostname="localhost") for _ in range(n)]
                     for s in conns:
                         assert readline(s) == b"hi\n"
-                    c0, t0 = cpu(proc.pid), time.perf_counter()
+                    c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
                     for s in conns:
                         request(s)
                     results.setdefault((version, "request"), []).append(
-                        ((time.perf_counter() - t0) / n, (cpu(proc.pid) - c0) / n)
+                        ((time.perf_counter() - t0) / n, (cpu_seconds(proc.pid) - c0) / n)
                     )
                     for s in conns:
                         s.close()

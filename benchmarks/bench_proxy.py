@@ -39,8 +39,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import cpu_seconds  # noqa: E402
+
 SERVERS = ("janustls", "bare")
-BARE_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 PP2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
@@ -95,13 +99,6 @@ def run_backend() -> None:
 # -- the servers (run as `bench_proxy.py --serve KIND --dir DIR --backend-port N`) ----------------
 
 
-def _begin_logging(directory: Path, kind: str) -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    out = open(directory / f"{kind}.log", "a", encoding="utf-8")
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
-
-
 def _serve_janustls(directory: Path, backend: int) -> int:
     from janustls.config import parse_definitions
     from janustls.service import JanusService
@@ -129,35 +126,8 @@ tls_max = 1.3
 
 
 def _serve_bare(directory: Path, backend: int, reactor: Any) -> int:
-    import hashlib
-
-    from OpenSSL import SSL, crypto
     from twisted.internet.endpoints import TCP4ClientEndpoint
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
     from twisted.internet.protocol import Factory, Protocol
-    from twisted.protocols.tls import TLSMemoryBIOFactory
-    from zope.interface import implementer
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-    ctx.set_cipher_list(BARE_CIPHERS.encode("ascii"))
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)  # as janustls sets it
-    ctx.use_certificate_chain_file(str(directory / "server" / "server.pem"))
-    ctx.use_privatekey_file(str(directory / "server" / "server.key"))
-    ctx.check_privatekey()
-    ctx.set_session_id(hashlib.sha256(b"bare:BENCH").digest()[:32])
-    root = directory / "ca" / "root.pem"
-    ctx.load_verify_locations(str(root))
-    with open(root, "rb") as f:
-        ctx.add_client_ca(crypto.load_certificate(crypto.FILETYPE_PEM, f.read()).to_cryptography())
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: bool(a[-1]))
-
-    @implementer(IOpenSSLServerConnectionCreator)
-    class Creator:
-        def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-            return SSL.Connection(ctx, None)
 
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", backend)
 
@@ -211,15 +181,13 @@ def _serve_bare(directory: Path, backend: int, reactor: Any) -> int:
         protocol = Front
         noisy = False
 
-    tls = TLSMemoryBIOFactory(Creator(), False, FrontFactory())
-    tls.noisy = False
-    return int(reactor.listenTCP(0, tls, backlog=1024, interface="127.0.0.1").getHost().port)
+    return common.listen_bare(reactor, directory, FrontFactory())
 
 
 def serve(kind: str, directory: Path, backend: int) -> None:
     from twisted.internet import reactor
 
-    _begin_logging(directory, kind)
+    common.begin_logging(directory, kind, "file")
 
     def start() -> None:
         port = _serve_janustls(directory, backend) if kind == "janustls" else _serve_bare(directory, backend, reactor)
@@ -267,12 +235,6 @@ def client_transfer(directory: str, index: int, port: int, size: int) -> float:
 # -- the driver --------------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_process(args: list[str]) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -281,17 +243,6 @@ def start_process(args: list[str]) -> tuple[subprocess.Popen[str], int]:
         proc.kill()
         raise RuntimeError(f"{args}: did not start ({line!r})")
     return proc, int(line.split()[1])
-
-
-def make_pki(directory: Path, clients: int) -> None:
-    from janustls.pki import CA
-
-    root = CA.create("Bench Root CA")
-    (directory / "ca").mkdir(parents=True, exist_ok=True)
-    (directory / "ca" / "root.pem").write_bytes(root.cert_pem)
-    root.server("localhost", "127.0.0.1").write(directory / "server", "server")
-    for i in range(clients):
-        root.issue(f"client{i}").write(directory / "clients", f"client{i}", p12=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = a.rounds or (1 if a.quick else 7)
     with tempfile.TemporaryDirectory(prefix="bench-proxy-") as tmp:
         directory = Path(tmp)
-        make_pki(directory, a.clients)
+        common.make_pki(directory, a.clients, intermediate=False)
         backend, backend_port = start_process(["--backend"])
         servers = {k: start_process(["--serve", k, "--dir", tmp, "--backend-port", str(backend_port)]) for k in SERVERS}
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in SERVERS}

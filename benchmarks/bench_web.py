@@ -1,65 +1,67 @@
 #!/usr/bin/env python3
-"""janustls `webserv` beside a bare twisted.web resource: server CPU per keep-alive HTTP request.
+"""janustls `webserv` beside a bare twisted.web server, measured in pairs: CPU per HTTPS request.
 
 Both servers require a client certificate (same root, same EC P-256 server and client
 certificates from `janustls.pki`, TLS 1.3, same suites) and answer `GET /who` with the
 client certificate's CN:
 
   janustls  a webserv port, `ON /who = call views:who` where `who(request)` returns
-            `request.cert_info("CN")`; the rule table, exception handling and the
-            connection object in the path, connection events logged to a text file
+            `request.cert_info("CN")`: the rule table, exception handling and the
+            connection object in the path
   bare      twisted.protocols.tls.TLSMemoryBIOFactory around a pyOpenSSL Context with the
             same settings, wrapping twisted.web's Site; the resource reads the CN from the
             peer certificate itself on every request
-            (`getHandle().get_peer_certificate(as_cryptography=True)`)
+  bare2     a second copy of `bare`: the control (should read 1.00)
 
-Neither writes a per-request access log line (twisted.web's Site log is turned off in
-both), so the figure is the request handling itself.  Connections are made before the
-measurement; then each client sends requests one after another on its keep-alive
-connections.  Server CPU is utime+stime from /proc/PID/stat; rounds alternate between
-the servers and the median is reported.  `--profile` adds a cProfile run of the
-janustls server: where its time per request goes.
+Neither writes a per-request access log line.  Workloads: a full mutual-TLS handshake with
+one request (connect, GET /who, close), the same resumed with a TLS 1.3 ticket, and a
+keep-alive request on an established connection.  Both servers of a pair are loaded at the
+same time in the same windows; see benchmarks/README.md.
 
-    python benchmarks/bench_web.py            # the full run (about a minute)
-    python benchmarks/bench_web.py --quick    # a smoke run (seconds)
+    python benchmarks/bench_web.py              # the full run (about 5 minutes)
+    python benchmarks/bench_web.py --quick      # a smoke run (seconds)
+    python benchmarks/bench_web.py --profile    # also: cProfile per handshake, side by side
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
-import platform
-import pstats
-import signal
-import socket
-import ssl
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-SERVERS = ("janustls", "bare")
-CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+from common import Driver, Paired, ServerProcess, tls_connect  # noqa: E402
+
 VIEWS = '''\
 def who(request):
     return request.cert_info("CN")
 '''
 REQUEST = b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n"
+WORKLOADS = ("handshake", "resumed", "keepalive")
+LABELS = {
+    "handshake": "full handshake + request, TLS 1.3 (us CPU)",
+    "resumed": "resumed handshake + request (us CPU)",
+    "keepalive": "keep-alive request reading the CN (us CPU)",
+}
+SUSPECTS = (
+    ("verify callback (per certificate)", "janustls/tls.py", "verify"),
+    ("chain lookup / parse", "janustls/tls.py", "client_chain"),
+    ("signed-certificate counting", "janustls/trust.py", "count_signed"),
+    ("log events (emit)", "janustls/events.py", "emit"),
+    ("BIO release", "janustls/_openssl.py", "release_bio_buffers"),
+    ("handshakeCompleted (all of it)", "janustls/ports/base.py", "handshakeCompleted"),
+    ("connectionLost (all of it)", "janustls/ports/base.py", "connectionLost"),
+    ("TLS connection creation", "janustls/tls.py", "serverConnectionForTLS"),
+)
 
 
 # -- servers (run as `bench_web.py --serve KIND --dir DIR`) ----------------------------------------
-
-
-def _log_to(directory: Path, kind: str) -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    out = open(directory / f"{kind}.log", "a", encoding="utf-8")  # noqa: SIM115 - lives with the process
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(out)], redirectStandardIO=False)
 
 
 def _serve_janustls(directory: Path, reactor: Any) -> int:
@@ -73,10 +75,10 @@ procs = {directory}
 [port:WEB]
 type = webserv
 listen = tcp:0:interface=127.0.0.1:backlog=1024
-certificate = {directory / 'server.pem'}
-private_key = {directory / 'server.key'}
+certificate = {directory / 'server' / 'server.pem'}
+private_key = {directory / 'server' / 'server.key'}
 client_cert = require
-addca = {directory / 'root.pem'}
+addca = {directory / 'ca' / 'root.pem'}
 [web:WEB]
 ON /who = call views:who
 """
@@ -85,34 +87,10 @@ ON /who = call views:who
     return int(port.getHost().port)
 
 
-def _serve_bare(directory: Path, reactor: Any) -> int:
-    from cryptography import x509
+def _bare_site() -> Any:
     from cryptography.x509.oid import NameOID
-    from OpenSSL import SSL, crypto
-    from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
-    from twisted.protocols.tls import TLSMemoryBIOFactory
     from twisted.web.resource import Resource
     from twisted.web.server import Site
-    from zope.interface import implementer
-
-    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    ctx.set_cipher_list(CIPHERS.encode())
-    ctx.use_certificate_chain_file(str(directory / "server.pem"))
-    ctx.use_privatekey_file(str(directory / "server.key"))
-    ctx.set_session_id(b"bench-bare")
-    root = x509.load_pem_x509_certificate((directory / "root.pem").read_bytes())
-    ctx.get_cert_store().add_cert(crypto.X509.from_cryptography(root))
-    ctx.add_client_ca(root)
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *a: bool(a[-1]))
-
-    @implementer(IOpenSSLServerConnectionCreator)
-    class Creator:
-        def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
-            return SSL.Connection(ctx, None)
 
     class Who(Resource):
         isLeaf = True
@@ -128,50 +106,26 @@ def _serve_bare(directory: Path, reactor: Any) -> int:
 
     site = QuietSite(Who(), timeout=None)
     site.noisy = False
-    tls = TLSMemoryBIOFactory(Creator(), False, site)
-    tls.noisy = False
-    return int(reactor.listenTCP(0, tls, backlog=1024, interface="127.0.0.1").getHost().port)
+    return site
 
 
-def serve(kind: str, directory: Path, profile: Path | None) -> None:
-    from twisted.internet import reactor
+def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffered: bool = False) -> None:
+    common.begin_logging(directory, kind, log)
 
-    _log_to(directory, kind)
+    def start() -> int:
+        from twisted.internet import reactor
 
-    def start() -> None:
-        port = (_serve_janustls if kind == "janustls" else _serve_bare)(directory, reactor)
-        sys.stdout.write(f"{port}\n")
-        sys.stdout.flush()
+        if kind == "janustls":
+            return _serve_janustls(directory, reactor)
+        return common.listen_bare(reactor, directory, _bare_site(), buffered=buffered)
 
-    reactor.callWhenRunning(start)
-    if profile is not None:
-        # Profile only while the clients measure: SIGUSR1 starts, SIGUSR2 stops and writes.
-        import cProfile
-        import signal
-
-        profiler = cProfile.Profile()
-        signal.signal(signal.SIGUSR1, lambda *_: profiler.enable())
-
-        def stop(*_: Any) -> None:
-            profiler.disable()
-            profiler.dump_stats(str(profile))
-
-        signal.signal(signal.SIGUSR2, stop)
-    reactor.run(installSignalHandlers=profile is None)  # type: ignore[attr-defined]
+    common.run_reactor(start, profile_out)
 
 
 # -- clients ---------------------------------------------------------------------------------------
 
 
-def _context(directory: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(str(directory / "root.pem"))
-    ctx.load_cert_chain(str(directory / "client.pem"), str(directory / "client.key"))
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    return ctx
-
-
-def _read_response(s: ssl.SSLSocket, buf: bytearray) -> bytes:
+def _read_response(s: Any, buf: bytearray) -> bytes:
     while True:
         end = buf.find(b"\r\n\r\n")
         if end >= 0:
@@ -198,168 +152,180 @@ def _read_response(s: ssl.SSLSocket, buf: bytearray) -> bytes:
         buf += chunk
 
 
-def client_worker(port: int, directory: str, connections: int, requests: int, go: Any, done: Any) -> None:
-    """Open the connections, wait for `go`, send `requests` requests round-robin, report."""
-    ctx = _context(Path(directory))
-    socks = []
-    for _ in range(connections):
-        raw = socket.create_connection(("127.0.0.1", port))
-        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s = ctx.wrap_socket(raw, server_hostname="localhost")
-        s.sendall(REQUEST)  # the first request: the server sees the certificate, warms caches
-        socks.append((s, bytearray()))
-    for s, buf in socks:
-        assert _read_response(s, buf) == b"alice"
-    go.wait()
-    for i in range(requests):
-        s, buf = socks[i % connections]
+class WebDriver(Driver):
+    def __init__(self, directory: Path, index: int) -> None:
+        super().__init__(directory, index)
+        self.ctx = common.client_context(directory, index)
+        self.cn = f"client{index}".encode()
+
+    def _request(self, s: Any, buf: bytearray) -> None:
         s.sendall(REQUEST)
-        _read_response(s, buf)
-    done.put(requests)
-    for s, _ in socks:
-        s.close()
+        body = _read_response(s, buf)
+        if body != self.cn:
+            raise RuntimeError(f"GET /who answered {body!r}, not {self.cn!r}")
 
+    def _open(self, port: int, session: Any = None) -> Any:
+        s = tls_connect(port, self.ctx, session)
+        self._request(s, bytearray())
+        return s
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    def prepare(self, workload: str, port: int) -> Any:
+        if workload == "handshake":
+            return [workload, port]
+        if workload == "resumed":
+            s = self._open(port)
+            session = s.session
+            s.close()
+            return [workload, port, session, 0]
+        if workload == "keepalive":
+            return [workload, self._open(port), bytearray()]
+        raise ValueError(workload)
 
+    def step(self, state: list[Any]) -> int:
+        workload = state[0]
+        if workload == "handshake":
+            self._open(state[1]).close()
+        elif workload == "resumed":
+            s = self._open(state[1], state[2])
+            if not s.session_reused:
+                state[3] += 1
+            state[2] = s.session
+            s.close()
+        else:
+            self._request(state[1], state[2])
+        return 1
 
-def start_server(kind: str, directory: Path, profile: Path | None = None) -> tuple[subprocess.Popen[str], int]:
-    extra = ["--profile-out", str(profile)] if profile else []
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", kind, "--dir", str(directory), *extra],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip():
-        proc.kill()
-        raise RuntimeError(f"the {kind} server did not start")
-    return proc, int(line)
+    def finish(self, state: list[Any]) -> int:
+        if state[0] == "keepalive":
+            state[1].close()
+        return state[3] if state[0] == "resumed" else 0
 
-
-def measure(pid: int, port: int, directory: Path, workers: int, connections: int, requests: int, profile: bool = False) -> float:
-    """Server CPU microseconds per request (`profile`: bracket the run with SIGUSR1/SIGUSR2)."""
-    mp = get_context("fork")
-    go = mp.Event()
-    done = mp.Queue()
-    procs = [
-        mp.Process(target=client_worker, args=(port, str(directory), connections, requests, go, done)) for _ in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    time.sleep(0.3 + 0.02 * workers * connections)  # connections made and first requests answered
-    if profile:
-        os.kill(pid, signal.SIGUSR1)
-        time.sleep(0.1)
-    before = cpu_seconds(pid)
-    go.set()
-    total = sum(done.get(timeout=600) for _ in procs)
-    after = cpu_seconds(pid)
-    if profile:
-        os.kill(pid, signal.SIGUSR2)
-        time.sleep(0.5)
-    for p in procs:
-        p.join()
-    return (after - before) * 1e6 / total
-
-
-def make_pki(directory: Path) -> None:
-    from janustls.pki import CA
-
-    root = CA.create("Bench Root CA")
-    inter = root.intermediate("Bench Intermediate CA")
-    (directory / "root.pem").write_bytes(root.cert_pem)
-    server = inter.server("localhost", "127.0.0.1")
-    (directory / "server.pem").write_bytes(server.chain_pem)
-    (directory / "server.key").write_bytes(server.key_pem)
-    client = inter.issue("alice")
-    (directory / "client.pem").write_bytes(client.chain_pem)
-    (directory / "client.key").write_bytes(client.key_pem)
-
-
-def profile_janustls(directory: Path, workers: int, connections: int, requests: int, top: int) -> str:
-    """Run the janustls server under cProfile; its functions by own time, per request."""
-    out = directory / "janustls.prof"
-    proc, port = start_server("janustls", directory, out)
-    try:
-        measure(proc.pid, port, directory, 1, 1, 50)  # warm-up, not profiled
-        measure(proc.pid, port, directory, workers, connections, requests, profile=True)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-    total = workers * requests
-    stream = io.StringIO()
-    stats = pstats.Stats(str(out), stream=stream)
-    rows = []
-    for (filename, line, name), (_cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        rows.append((tt, ct, nc, f"{Path(filename).name}:{line}({name})", filename))
-    rows.sort(reverse=True)
-    overall = sum(r[0] for r in rows)
-    janus = sum(r[0] for r in rows if f"{os.sep}janustls{os.sep}" in r[4] or "janustls_procs" in r[4] or r[4].endswith("views.py"))
-    lines = [
-        f"cProfile of the janustls server, {total} requests (profiling inflates every figure; compare shares):",
-        f"  all server time: {overall * 1e6 / total:.1f} us/request; in janustls code itself: "
-        f"{janus * 1e6 / total:.1f} us/request ({100 * janus / overall:.1f}%)",
-        f"  {'own us/req':>10} {'cum us/req':>10} {'calls/req':>9}  function",
-    ]
-    for tt, ct, nc, label, _ in rows[:top]:
-        lines.append(f"  {tt * 1e6 / total:10.2f} {ct * 1e6 / total:10.2f} {nc / total:9.2f}  {label}")
-    lines.append("  janustls functions:")
-    for tt, ct, nc, label, filename in rows:
-        if f"{os.sep}janustls{os.sep}" in filename or filename.endswith("views.py"):
-            if tt * 1e6 / total >= 0.05:
-                lines.append(f"  {tt * 1e6 / total:10.2f} {ct * 1e6 / total:10.2f} {nc / total:9.2f}  {label}")
-    return "\n".join(lines)
+    def hold(self, port: int) -> Any:
+        return self._open(port)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    ap.add_argument("--quick", action="store_true", help="a smoke run: few requests, one round")
-    ap.add_argument("--profile", action="store_true", help="also profile the janustls server (cProfile)")
-    ap.add_argument("--rounds", type=int, default=None)
-    ap.add_argument("--requests", type=int, default=None, help="requests per client process and round")
-    ap.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: tiny windows (seconds)")
+    ap.add_argument("--rounds", type=int, default=None, help="paired windows per workload (default 15; 1 with --quick)")
+    ap.add_argument("--window", type=float, default=None, help="seconds per measured window (default 2.0)")
+    ap.add_argument("--ramp", type=float, default=None, help="seconds of load before each window (default 0.5)")
+    ap.add_argument("--clients", type=int, default=None, help="client processes per server (default 12)")
+    ap.add_argument("--sweep", default=None, help="client counts per server for the full-handshake sweep (default 4,8,12,16; '' for none)")
+    ap.add_argument("--sweep-rounds", type=int, default=None, help="paired windows per sweep point (default 5)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
+    ap.add_argument(
+        "--bare-buffered", action="store_true",
+        help="bare servers use TLSMemoryBIOFactory's default BufferingTLSTransport (small writes sent on the next "
+        "reactor turn) instead of TLSMemoryBIOProtocol, which janustls ports use",
+    )
+    ap.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate cores")
+    ap.add_argument("--log", choices=("discard", "file"), default="discard", help="log events: dropped by the observer (default) or a text file")
+    ap.add_argument("--profile", action="store_true", help="also profile both servers per full handshake + request (cProfile), side by side")
+    ap.add_argument("--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)")
+    ap.add_argument("--serve", choices=("janustls", "bare", "bare2"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--profile-out", dest="profile_out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.dir, args.profile_out)
+        serve(args.serve, args.dir, args.log, args.profile_out, args.bare_buffered)
         return 0
 
-    workers, connections = (1, 2) if args.quick else (2, 4)
-    requests = args.requests or (1000 if args.quick else 12000)
-    rounds = args.rounds or (1 if args.quick else 3)
-    print("janustls webserv vs bare twisted.web: server CPU per keep-alive HTTPS request reading the client CN")
-    print(f"machine: {os.cpu_count()} cores shared by servers and clients, {platform.machine()}, Python {platform.python_version()}")
-    print(f"{workers} client processes x {connections} keep-alive TLS 1.3 connections, {requests} requests each per round, {rounds} round(s)")
+    quick = args.quick
+    rounds = args.rounds or (1 if quick else 15)
+    window = args.window or (0.3 if quick else 2.0)
+    ramp = args.ramp if args.ramp is not None else (0.2 if quick else 0.5)
+    clients = args.clients or (2 if quick else 12)
+    sweep_text = args.sweep if args.sweep is not None else ("" if quick else "4,8,12,16")
+    sweep = [int(x) for x in sweep_text.split(",") if x.strip()]
+    sweep_rounds = args.sweep_rounds or (1 if quick else 5)
+    profile_handshakes = args.profile_handshakes or (60 if quick else 3000)
+    workloads = [w for w in args.workloads.split(",") if w]
+    for w in workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r}")
+
+    common.raise_nofile()
+    started = time.monotonic()
+    pin = common.plan_pinning(not args.no_pin)
+    script = os.path.abspath(__file__)
+    print("janustls webserv vs bare twisted.web: server CPU per HTTPS request reading the client CN, measured in pairs")
+    print(common.machine_line())
+    print(pin.note)
+    print(
+        f"{clients} client processes per server (Python ssl, TLS 1.3); {rounds} paired round(s) of {window:g} s "
+        f"after {ramp:g} s of load; ratio: median of the per-round ratios; log events: {args.log}; bare TLS protocol: {'BufferingTLSTransport' if args.bare_buffered else 'TLSMemoryBIOProtocol (as janustls)'}"
+        f"{'  [--quick: smoke run, figures not meaningful]' if quick else ''}"
+    )
+    sys.stdout.flush()
+
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    results: dict[str, tuple[Paired, Paired]] = {}
+    sweep_results: list[tuple[int, Paired]] = []
+    profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench_web.") as tmp:
         directory = Path(tmp)
-        make_pki(directory)
-        servers = {kind: start_server(kind, directory) for kind in SERVERS}
+        n_clients = 2 * max([clients, *sweep])
+        common.make_pki(directory, n_clients)
+        pool = common.ClientPool(WebDriver, directory, n_clients, pin.clients)
+        servers: dict[str, ServerProcess] = {}
         try:
-            for _kind, (proc, port) in servers.items():  # warm-up
-                measure(proc.pid, port, directory, 1, 1, 50)
-            figures: dict[str, list[float]] = {kind: [] for kind in SERVERS}
-            for _ in range(rounds):
-                for kind, (proc, port) in servers.items():
-                    figures[kind].append(measure(proc.pid, port, directory, workers, connections, requests))
+            for kind in ("janustls", "bare", "bare2"):
+                servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
+            pair = (servers["janustls"], servers["bare"])
+            control = (servers["bare2"], servers["bare"])
+            for w in workloads:  # warm-up
+                common.run_pairs(pool, [pair, control], w, min(clients, 2), 1, min(window, 0.3), 0.1)
+            for w in workloads:
+                results[w] = tuple(common.run_pairs(pool, [pair, control], w, clients, rounds, window, ramp, progress))  # type: ignore[assignment]
+            for count in sweep:
+                (p,) = common.run_pairs(pool, [pair], "handshake", count, sweep_rounds, window, ramp, progress)
+                sweep_results.append((count, p))
+            for s in servers.values():
+                s.stop()
+            servers.clear()
+            if args.profile:
+                n_prof = min(clients, 8)
+                extra = ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])]
+                janus = common.profile_server("janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes)
+                bare = common.profile_server("bare", script, extra, directory, pin, pool, n_prof, profile_handshakes)
+                unprofiled = {}
+                if "handshake" in results:
+                    p = results["handshake"][0]
+                    unprofiled = {"janustls": p.median_us(0), "bare": p.median_us(1)}
+                profile_text = common.profile_report(janus, bare, unprofiled, SUSPECTS)
         finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(30)
-        med = {kind: statistics.median(v) for kind, v in figures.items()}
+            for s in servers.values():
+                s.stop()
+            pool.close()
+
+    print()
+    print("A = janustls webserv, B = bare twisted.web; control rows: A = bare copy, B = bare (should read 1.00)")
+    print("us: median server CPU per operation; A/B: median of per-round ratios; busy: server CPU / wall time (1.00 = a core)")
+    print(common.RATIO_HEADER)
+    print("-" * len(common.RATIO_HEADER))
+    for w in workloads:
+        p, c = results[w]
+        print(common.ratio_line(LABELS[w], p))
+        print(common.ratio_line(f"  control: bare/bare, {w}", c))
+    if sweep_results:
         print()
-        print(f"{'server':10} {'us CPU/request (median)':>24}   rounds")
-        for kind in SERVERS:
-            print(f"{kind:10} {med[kind]:24.1f}   " + " ".join(f"{x:.1f}" for x in figures[kind]))
-        ratio = med["janustls"] / med["bare"]
-        print(f"\nratio janustls/bare: {ratio:.2f}x (target: at most 1.00x) -> {'OK' if ratio <= 1.0 else 'OVER TARGET'}")
-        if args.profile:
-            print()
-            print(profile_janustls(directory, workers, connections, max(requests // 2, 200), 25))
+        print("full handshake + request, janustls/bare against client processes per server:")
+        for count, p in sweep_results:
+            print(common.ratio_line(f"  {count:2d} clients per server ({len(p.windows)} rounds)", p))
+    print()
+    for w in workloads:
+        p, c = results[w]
+        print(f"{w} janustls/bare per round: " + " ".join(f"{r:.3f}" for r in p.ratios))
+        print(f"{w} control per round:       " + " ".join(f"{r:.3f}" for r in c.ratios))
+    if profile_text:
+        print()
+        print(profile_text)
+    print()
+    print("targets: CPU janustls/bare <= 1.05 for a handshake; keep-alive at most 1.00")
+    print(f"elapsed: {time.monotonic() - started:.0f}s")
     return 0
 
 

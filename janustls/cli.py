@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -35,6 +36,7 @@ def describe(file: str, out: TextIO) -> int:
         print(e, file=sys.stderr)
         return 1
     out.write(f"{file}: {len(built)} port(s), procedure library {definitions.procs}\n")
+    warnings: list[str] = []
     for b in built:
         p = b.definition
         tls = b.runtime.tls
@@ -62,8 +64,23 @@ def describe(file: str, out: TextIO) -> int:
             out.write(f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n")
         for warning in ocsp_warnings(p.ocsp.value, p.ocsp_responder, p.ocsp_staple, tls.trust.cas, tls.material.chain):
             out.write(f"  WARNING      {warning}\n")
+        warnings += _page_warnings(b, definitions)
+    for w in warnings:
+        out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")
     return 0
+
+
+def _page_warnings(built: Any, definitions: Any) -> list[str]:
+    """Page rules whose directory holds key material or the port-definition file."""
+    from janustls.ports.webserv import WebFactory, page_exposures
+
+    inner = getattr(built.factory, "wrappedFactory", None)
+    if not isinstance(inner, WebFactory):
+        return []
+    return [f"{rule.describe(inner.table.section)} could serve {path} (key material or the port-definition file); "
+            "janustls refuses it, but move it out of the served directory"
+            for rule, path in page_exposures(inner, definitions.key_material())]  # fmt: skip
 
 
 #: The subcommands of `janustls pki`; anything else after `pki` is the directory of the older form.
@@ -187,7 +204,35 @@ def pki_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentPar
     return pki, legacy
 
 
-def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
+def _packaged_demo() -> Path | None:
+    """The demo's definition file as installed (a wheel) or in the checkout (an editable install)."""
+    import janustls
+
+    here = Path(janustls.__file__).resolve().parent
+    for candidate in (here / "demo" / "demo.ini", here.parent / "procs" / "demo.ini"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def demo_definitions(file: str | None, cwd: Path) -> Any:
+    """The demo's definitions: FILE, else ./procs/demo.ini, else the installed copy with its
+    PKI under `cwd` (pki/, beside where a checkout keeps procs/)."""
+    from janustls.config import parse_definitions
+
+    if file is not None:
+        return load_definitions(file)
+    local = cwd / DEMO_FILE
+    if local.is_file():
+        return load_definitions(local)
+    packaged = _packaged_demo()
+    if packaged is None:
+        raise FileNotFoundError(f"no {DEMO_FILE} here and no demo installed with janustls")
+    text = packaged.read_text(encoding="utf-8").replace("= ../pki/", f"= {(cwd / 'pki').resolve()}/")
+    return parse_definitions(text, source=str(packaged), base=packaged.parent)
+
+
+def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     """Make the demo's PKI on first run, explain how to connect, and serve in the foreground."""
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
@@ -195,21 +240,28 @@ def run_demo(file: str, out: TextIO, log_format: str = "text") -> int:
     from janustls.pki import write_dev_pki
     from janustls.service import JanusService
 
-    path = Path(file)
-    if not path.is_file():
-        print(f"janustls demo: {file} not found (run it from the project checkout)", file=sys.stderr)
-        return 1
-    pki_dir = path.parent / "pki"
-    if not (pki_dir / "server" / "chain.pem").exists():
-        write_dev_pki(pki_dir, clients=("alice",))
-        out.write(f"made a development PKI in {pki_dir}\n")
     try:
-        service = JanusService(load_definitions(path))
+        definitions = demo_definitions(file, Path.cwd())
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
-    c = pki_dir / "client"
-    ca = pki_dir / "ca" / "root.pem"
+    except OSError as e:
+        print(f"janustls demo: {e}", file=sys.stderr)
+        return 1
+    # The PKI is where the first port's certificate is: <pki>/server/chain.pem.
+    chain = definitions.ports[0].certificate
+    pki_dir = Path(os.path.normpath(chain)).parent.parent
+    if not chain.exists():
+        write_dev_pki(pki_dir, clients=("alice",))
+        out.write(f"made a development PKI in {pki_dir}\n")
+    try:
+        service = JanusService(definitions)
+    except ConfigErrors as e:
+        print(e, file=sys.stderr)
+        return 1
+    shown = Path(os.path.relpath(pki_dir)) if not os.path.relpath(pki_dir).startswith("..") else pki_dir
+    c = shown / "client"
+    ca = shown / "ca" / "root.pem"
     ports = {b.definition.name: b.definition.listen for b in service.ports}
     out.write(
         "\njanustls demo: mutual-TLS ports\n"
@@ -286,7 +338,8 @@ def status_url(target: str | None, port_def: str | None) -> str:
     if target:
         url = target if "://" in target else f"http://{target}"
         return url if url.rstrip("/").endswith("/status") else url.rstrip("/") + "/status"
-    definitions = load_definitions(port_def or "ports.ini")
+    # Only [status] is needed: a file with mistakes elsewhere (a reload about to be refused) still names it.
+    definitions, _ = load_partially(port_def or "ports.ini")
     if definitions.status is None:
         raise ValueError(f"{definitions.source} has no [status] section")
     address = listen_address(definitions.status.listen)
@@ -296,11 +349,32 @@ def status_url(target: str | None, port_def: str | None) -> str:
     return f"http://{'[' + host + ']' if ':' in host else host}:{address[2]}/status"
 
 
-def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO) -> int:
-    """Fetch /status from a running server and print it as tables (or as it came)."""
+def _fetch_status(url: str) -> dict[str, Any]:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as response:
+        doc = json.loads(response.read())
+    if not isinstance(doc, dict):
+        raise ValueError("not a janustls /status document")
+    return doc
+
+
+def _pidfile_pid(pidfile: str) -> int | None:
+    """The pid in a pidfile; None when there is no such file."""
+    try:
+        return int(Path(pidfile).read_text().strip())
+    except FileNotFoundError:
+        return None
+
+
+def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO, pidfile: str = "twistd.pid") -> int:
+    """Fetch /status from a running server and print it as tables (or as it came).
+
+    The answer is checked against the pidfile: another process on the status address is
+    an error, and without a pidfile the command says it cannot tell."""
     import json
     import urllib.error
-    import urllib.request
 
     from janustls.status import format_status
 
@@ -310,38 +384,108 @@ def show_status(target: str | None, port_def: str | None, as_json: bool, out: Te
         print(f"janustls status: {e}", file=sys.stderr)
         return 1
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            doc = json.loads(response.read())
+        doc = _fetch_status(url)
     except (urllib.error.URLError, OSError, ValueError) as e:
         print(f"janustls status: cannot read {url}: {e}", file=sys.stderr)
+        return 1
+    try:
+        expected = _pidfile_pid(pidfile)
+    except (OSError, ValueError) as e:
+        print(f"janustls status: {pidfile}: {e}", file=sys.stderr)
+        return 1
+    if expected is None:
+        print(f"janustls status: no pidfile {pidfile}: cannot tell whether pid {doc.get('pid')} at {url} "
+              "is the server you mean (give --pidfile)", file=sys.stderr)  # fmt: skip
+    elif doc.get("pid") != expected:
+        print(f"janustls status: {url} answers for pid {doc.get('pid')}, but {pidfile} names pid {expected}: "
+              "another process holds that address, or the pidfile is stale", file=sys.stderr)  # fmt: skip
         return 1
     out.write(json.dumps(doc, indent=2) + "\n" if as_json else format_status(doc))
     return 0
 
 
-def send_reload(pidfile: str) -> int:
-    """Send SIGHUP to the server whose pid is in `pidfile` (twistd writes twistd.pid)."""
+def send_reload(pidfile: str, target: str | None = None, port_def: str | None = None, timeout: float = 30.0) -> int:
+    """SIGHUP to the server in `pidfile`, then wait (at most `timeout` seconds) for the outcome
+    on its status listener.  0: applied; 1: refused or cannot send; 2: no answer."""
     import os
     import signal
+    import time
+    import urllib.error
 
     try:
-        pid = int(Path(pidfile).read_text().strip())
-        os.kill(pid, signal.SIGHUP)
+        pid = _pidfile_pid(pidfile)
+        if pid is None:
+            raise FileNotFoundError("no such file (the server's pidfile; twistd writes twistd.pid)")
     except (OSError, ValueError) as e:
         print(f"janustls reload: {pidfile}: {e}", file=sys.stderr)
         return 1
-    print(f"sent SIGHUP to {pid}: it reloads its port-definition file (see its log: janustls.reload.done or .failed)")
-    return 0
+    url: str | None = None
+    before: dict[str, Any] | None = None
+    if target or port_def:
+        try:
+            url = status_url(target, port_def)
+            before = _fetch_status(url)
+        except (ConfigErrors, ValueError, urllib.error.URLError, OSError) as e:
+            print(f"janustls reload: cannot read the status listener: {e}", file=sys.stderr)
+            return 1
+        if before.get("pid") != pid:
+            print(f"janustls reload: {url} answers for pid {before.get('pid')}, not pid {pid} of {pidfile}", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"janustls reload: pid {pid} ({pidfile}): {e}", file=sys.stderr)
+        return 1
+    if url is None or before is None:
+        print(f"sent SIGHUP to {pid}; its outcome cannot be known here (give the status listener: "
+              "--port-def FILE or its URL); see the log: janustls.reload.done or .failed", file=sys.stderr)  # fmt: skip
+        return 2
+    finished = int((before.get("reload") or {}).get("finished", 0))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            state = _fetch_status(url).get("reload") or {}
+        except (urllib.error.URLError, OSError, ValueError):
+            continue  # the status listener itself may be moving
+        if int(state.get("finished", 0)) > finished:
+            if state.get("outcome") == "done":
+                print(f"reloaded: pid {pid} serves the new definitions")
+                return 0
+            print(f"reload refused by pid {pid}; nothing changed:", file=sys.stderr)
+            for line in state.get("errors") or []:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+    print(f"janustls reload: sent SIGHUP to {pid}, but no outcome within {timeout:g}s (see its log)", file=sys.stderr)
+    return 2
+
+
+def version_text() -> str:
+    """`janustls --version`: this package and what it runs on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import OpenSSL
+    import twisted
+
+    import janustls
+
+    try:
+        mine = version("janustls")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        mine = janustls.__version__
+    return f"janustls {mine} (Twisted {twisted.__version__}, pyOpenSSL {OpenSSL.__version__}, {OpenSSL.SSL.SSLeay_version(OpenSSL.SSL.SSLEAY_VERSION).decode()})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="janustls", description="Mutual-TLS ports on Twisted.")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("check", help="validate a port-definition file and say what it would run")
     check.add_argument("file")
     _, pki_legacy = pki_parsers(sub)
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
-    demo.add_argument("file", nargs="?", default=str(DEMO_FILE))
+    demo.add_argument("file", nargs="?", default=None,
+                      help=f"default {DEMO_FILE} when it exists, else the demo installed with janustls (its PKI in ./pki)")
     demo.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event")
     explain = sub.add_parser(
         "explain",
@@ -359,21 +503,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
     status.add_argument("--json", action="store_true", help="print the /status document as it came")
-    reload = sub.add_parser("reload", help="make a running server re-read its port-definition file (SIGHUP)")
+    status.add_argument("--pidfile", default="twistd.pid", help="the server's pid file, checked against the pid that answers (default twistd.pid)")
+    reload = sub.add_parser(
+        "reload",
+        help="make a running server re-read its port-definition file (SIGHUP) and wait for the outcome",
+        description="Exit status: 0 applied, 1 refused (the errors are printed) or cannot be sent, "
+        "2 no answer within --timeout, or no status listener to ask (--port-def or URL).",
+    )
+    reload.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     reload.add_argument("--pidfile", default="twistd.pid", help="the server's pid file (default twistd.pid)")
+    reload.add_argument("--port-def", help="the definition file whose [status] listen to ask for the outcome")
+    reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the outcome (default 30)")
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] == "pki" and argv[1] not in PKI_COMMANDS and not argv[1].startswith("-"):
         old = pki_legacy.parse_args(argv[1:])
         return make_pki(old.directory, old.client, sys.stdout)
     args = parser.parse_args(argv)
     if args.command == "status":
-        return show_status(args.url, args.port_def, args.json, sys.stdout)
+        return show_status(args.url, args.port_def, args.json, sys.stdout, args.pidfile)
     if args.command == "reload":
-        return send_reload(args.pidfile)
-    if args.command == "explain":
-        return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env)
-    if args.command == "check":
-        return describe(args.file, sys.stdout)
+        return send_reload(args.pidfile, args.url, args.port_def, args.timeout)
+    if args.command in ("check", "explain"):
+        try:
+            if args.command == "explain":
+                return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env)
+            return describe(args.file, sys.stdout)
+        except Exception as e:  # a bug or an unforeseen input: one line and a failing status, no traceback
+            text = " ".join(str(e).split()) or "(no detail)"
+            print(f"janustls {args.command}: {args.file}: unexpected {type(e).__name__}: {text}", file=sys.stderr)
+            return 1
     if args.command == "pki":
         return run_pki(args, sys.stdout)
     return run_demo(args.file, sys.stdout, args.log_format)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import configparser
 import enum
 import fnmatch
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from janustls.errors import ConfigError, ConfigErrors
 
@@ -30,6 +31,7 @@ __all__ = [
     "load_partially",
     "port_from_options",
     "listen_address",
+    "listen_problem",
 ]
 
 
@@ -94,6 +96,12 @@ DEFAULT_WRITE_BUFFER_HIGH = 262144
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_CRL_REFRESH = 60.0
+# HTTP limits of webserv ports (docs/security.md): every one closes the connection when hit.
+DEFAULT_HEADER_TIMEOUT = 20.0
+DEFAULT_BODY_TIMEOUT = 120.0
+DEFAULT_KEEPALIVE_TIMEOUT = 30.0
+DEFAULT_MAX_HEADER_BYTES = 16384
+DEFAULT_MAX_BODY = 10 * 1024 * 1024
 DEFAULT_OCSP_TIMEOUT = 5.0
 DEFAULT_CERT_REFRESH = 60.0
 
@@ -125,7 +133,8 @@ class PortDefinition:
     #: Unsent output per connection (bytes) above which the client is no longer read.
     write_buffer_high: int = DEFAULT_WRITE_BUFFER_HIGH
     session_cache: bool = True
-    handler: str | None = None
+    #: MODULE:CALLABLE of the procedure library, or (embedding) the callable itself.
+    handler: str | Callable[..., Any] | None = None
     allow: str | None = None
     proxy_protocol: bool = False
     connect: str | None = None
@@ -135,6 +144,12 @@ class PortDefinition:
     crl_url: tuple[str, ...] = ()
     crl_expired: CRLExpired = CRLExpired.REFUSE
     max_connections_per_client: int | None = None
+    # webserv only: HTTP-level limits (seconds; 0 = no limit for the timeouts)
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_body: int = DEFAULT_MAX_BODY
     ocsp: OCSPScope = OCSPScope.NONE
     ocsp_responder: str | None = None
     ocsp_timeout: float = DEFAULT_OCSP_TIMEOUT
@@ -172,6 +187,14 @@ class Definitions:
     status: StatusDefinition | None = None
     web: Mapping[str, tuple[WebRuleLine, ...]] = field(default_factory=dict)
 
+    def key_material(self) -> tuple[Path, ...]:
+        """Every file janustls reads as key material, and this file: never served as a page."""
+        paths: list[Path] = [Path(self.source)] if self.source and not self.source.startswith("<") else []
+        for p in self.ports:
+            paths += [x for x in (p.certificate, p.private_key) if x != Path()]
+            paths += [*p.addca, *p.crl]
+        return tuple(paths)
+
     def port(self, name: str) -> PortDefinition:
         for p in self.ports:
             if p.name == name.upper():
@@ -188,6 +211,7 @@ PORT_KEYS = frozenset(
         "proxy_protocol", "connect", "connect_timeout", "forward_identity",
         "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
         "write_buffer_high",
+        "header_timeout", "body_timeout", "keepalive_timeout", "max_header_bytes", "max_body",
         "ocsp", "ocsp_responder", "ocsp_timeout", "ocsp_fail", "ocsp_staple", "cert_refresh",
     }
 )  # fmt: skip
@@ -196,6 +220,11 @@ TYPE_ONLY_KEYS = {
     "connect": PortType.PROXY,
     "connect_timeout": PortType.PROXY,
     "forward_identity": PortType.PROXY,
+    "header_timeout": PortType.WEBSERV,
+    "body_timeout": PortType.WEBSERV,
+    "keepalive_timeout": PortType.WEBSERV,
+    "max_header_bytes": PortType.WEBSERV,
+    "max_body": PortType.WEBSERV,
 }
 JANUS_KEYS = frozenset({"procs"})
 STATUS_KEYS = frozenset({"listen"})
@@ -231,6 +260,38 @@ def listen_address(description: str) -> tuple[str, str, str] | None:
     if kind == "unix":
         address = kwargs.get("address") or (args[0] if args else "")
         return ("unix", "", address)
+    return None
+
+
+_SYSTEMD_DOMAINS = ("INET", "INET6", "UNIX")
+
+
+def listen_problem(description: str) -> str | None:
+    """What is wrong with a listen value that Twisted would only find when binding, or None.
+
+    Port numbers of tcp, tcp6 and ssl endpoints are range-checked (0 to 65535); a
+    systemd endpoint, whose socket exists only when systemd starts the server, is
+    checked for its syntax (domain, index= or name=) without being used.
+    """
+    parts = re.split(r"(?<!\\):", description.strip())
+    kind = parts[0].strip().lower()
+    args = [p for p in parts[1:] if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit() or kind.startswith("-"):
+        kind, args = "tcp", [parts[0]] + args
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = (kwargs.get("port") or (args[0] if args else "")).strip()
+        if not re.fullmatch(r"[0-9]+", port) or int(port) > 65535:
+            return f"has port {port!r}; a port number is 0 to 65535 (0: any free port)"
+    elif kind == "systemd":
+        domain = kwargs.get("domain", args[0] if args else "").strip()
+        if domain.upper() not in _SYSTEMD_DOMAINS:
+            return f"has systemd domain {domain!r}; expected one of {', '.join(_SYSTEMD_DOMAINS)}"
+        index = kwargs.get("index")
+        if index is None and not kwargs.get("name"):
+            return "is a systemd endpoint without index= or name= (the socket systemd passes)"
+        if index is not None and not re.fullmatch(r"[0-9]+", index.strip()):
+            return f"has systemd index {index!r}; expected a number from 0"
     return None
 
 
@@ -335,6 +396,9 @@ class _PortReader:
         listen = self.get("listen")
         if listen is None and "listen" not in o and not embedded:
             self.error("listen", "is missing; give a Twisted endpoint, e.g. tcp:8443:interface=127.0.0.1")
+        problem = listen_problem(listen) if listen else None
+        if problem:
+            self.error("listen", problem)
         cert = self.get("certificate")
         key = self.get("private_key")
         mode = self.choice("client_cert", ClientCertMode, ClientCertMode.NONE)
@@ -418,6 +482,11 @@ class _PortReader:
             crl_url=crl_urls,
             crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
             max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
+            header_timeout=float(self.number("header_timeout", DEFAULT_HEADER_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            body_timeout=float(self.number("body_timeout", DEFAULT_BODY_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            keepalive_timeout=float(self.number("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            max_header_bytes=self.number("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20),
+            max_body=self.number("max_body", DEFAULT_MAX_BODY, integer=True, low=0),
             ocsp=ocsp_scope,
             ocsp_responder=responder,
             ocsp_timeout=float(self.number("ocsp_timeout", DEFAULT_OCSP_TIMEOUT, integer=False, low=0.1, high=60)),  # type: ignore[arg-type]
@@ -496,6 +565,9 @@ def parse_partially(text: str, source: str = "<string>", base: Path | None = Non
                 errors.add(section, "listen", "is missing; e.g. listen = tcp:9100:interface=127.0.0.1")
             else:
                 status = StatusDefinition(listen=opts["listen"].strip())
+                problem = listen_problem(status.listen)
+                if problem:
+                    errors.add(section, "listen", problem)
         elif section.lower() == "addca":
             for pattern, value in parser[section].items():
                 files = _split_paths(value)
@@ -584,8 +656,17 @@ def port_from_options(
     """
     errors = _Collector(source)
     section = f"port:{name}"
-    reader = _PortReader(errors, section, dict(options), procs or Path.cwd())
+    opts: dict[str, Any] = dict(options)
+    # Embedding code may give the srvsock handler as the callable itself, not MODULE:CALLABLE.
+    handler = opts.get("handler")
+    if handler is not None and not isinstance(handler, str):
+        if not callable(handler):
+            raise ConfigErrors([ConfigError(source, section, "handler", f"is {handler!r}; expected MODULE:CALLABLE or a callable")])
+        opts["handler"] = "embedded:handler"  # validated as given; replaced by the callable below
+    reader = _PortReader(errors, section, opts, procs or Path.cwd())
     port = reader.read(name.upper(), (), source, embedded=embedded)
     if errors.errors or port is None:
         raise ConfigErrors(errors.errors)
+    if handler is not None and not isinstance(handler, str):
+        port = dataclasses.replace(port, handler=handler)
     return port

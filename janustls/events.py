@@ -38,7 +38,16 @@ CATALOGUE: dict[str, str] = {
     "FORBIDDEN) or its default page (port, peer, path, exception, reason, cause: the rule or setting)",
     "janustls.web.fallback": "a client that cannot be asked for a certificate mid-connection was redirected to the "
     "rule's fallback= URL (port, peer, path, why, url)",
-    "janustls.web.body_too_large": "a request body held while asking for a certificate exceeded the rule's max_body: 413",
+    "janustls.web.body_too_large": "a request body exceeded the rule's max_body (or the port's): 413, and the connection closed",
+    "janustls.web.bad_path": "a request path that cannot be normalised safely (encoded separator, NUL, `;`, invalid or "
+    "overlong UTF-8, a segment ending in a dot or space, climbing above /): 400",
+    "janustls.web.bad_request": "a request that cannot be read (bad request line, conflicting or malformed framing): 400, closed",
+    "janustls.web.headers_too_large": "a header line or header section over max_header_bytes: 431, and the connection closed",
+    "janustls.web.header_timeout": "a client did not finish its request headers within header_timeout: closed",
+    "janustls.web.body_timeout": "a client did not finish its request body within body_timeout: closed",
+    "janustls.web.keepalive_timeout": "a connection waited keepalive_timeout for its next request: closed",
+    "janustls.web.page_refused": "a page rule was asked for a file janustls never serves (key material, the port-definition "
+    "file, a dotfile, a PEM private key, or a file outside the rule's directory): 404",
     "janustls.proxy.connected": "a proxy port connected a client to its backend (port, peer, subject, backend)",
     "janustls.proxy.backend_failed": "a proxy port could not reach its backend (refused, connect_timeout, DNS); "
     "the client was closed cleanly, the port keeps serving (port, peer, backend, cause)",
@@ -46,6 +55,9 @@ CATALOGUE: dict[str, str] = {
     "janustls.proxy.header_received": "a PROXY v1/v2 header named the client (port, peer, via: the balancer)",
     "janustls.proxy.header_invalid": "a connection on a proxy_protocol = yes port had no valid PROXY header "
     "and was closed (port, peer, detail)",
+    "janustls.proxy.bad_server_name": "a client's SNI name is no host name (a label over 63 characters, an empty "
+    "label, non-ASCII bytes); a forward_identity = proxy-v2 port sent the header without PP2_TYPE_AUTHORITY "
+    "(port, peer, detail)",
     "janustls.request.certificate": "a mid-connection certificate request got a verified certificate",
     "janustls.request.no_certificate": "a mid-connection certificate request got no certificate",
     "janustls.request.refused": "a mid-connection certificate request got a certificate the port refused "
@@ -82,6 +94,10 @@ CATALOGUE: dict[str, str] = {
     "janustls.log.json": "JSON log lines begin (format: one JSON object per line, each with event_id)",
     "janustls.workers.started": "the parent started a worker process (worker, pid)",
     "janustls.workers.exited": "a worker process ended (worker, pid, status)",
+    "janustls.workers.crash_loop": "a worker keeps ending before it serves; its next start waits longer "
+    "(worker, fails, delay in seconds)",
+    "janustls.workers.gave_up": "every worker ended before serving CRASH_LIMIT times in a row and none serves: the "
+    "parent stops with a non-zero exit status (limit, code)",
     "janustls.tickets.unavailable": "session ticket keys cannot be shared here (no way to set them in this OpenSSL "
     "build); each worker resumes only its own sessions (worker, error)",
     "janustls.shutdown.draining": "shutting down: ports closed, open connections get until the deadline (open, seconds)",

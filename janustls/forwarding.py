@@ -2,8 +2,10 @@
 
 A web rule `ON /api/* = forward http://127.0.0.1:5050/api/*` sends the request on to
 a plain HTTP backend with the client's identity in `X-SSL-Client-*` headers.  Every
-incoming header with that prefix is removed first, so a client cannot forge one; the
-backend must only be reachable through janustls.
+incoming header whose name reads as one janustls sets is removed first, in any case and
+with `_` or `-` (many servers, WSGI and CGI among them, read `X-SSL-Client_CN` as
+`X-SSL-Client-CN`), so a client cannot forge one; the backend must only be reachable
+through janustls.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 from janustls.certinfo import CertChain
 from janustls.reasons import Refusal
 
-__all__ = ["HEADER_PREFIX", "Backend", "parse_backend", "identity_headers", "is_identity_header"]
+__all__ = ["HEADER_PREFIX", "FORWARDED_HEADERS", "Backend", "parse_backend", "identity_headers", "is_identity_header", "canonical_header"]
 
 HEADER_PREFIX = "X-SSL-Client-"
-_PREFIX_LOWER = HEADER_PREFIX.lower().encode("ascii")
+_PREFIX_CANON = b"x-ssl-client"
+#: Other request headers janustls sets on a forwarded request (incoming ones are removed).
+FORWARDED_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-proto"})
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,15 @@ def parse_backend(url: str) -> Backend:
     return Backend(parts.hostname, port, path)
 
 
+def canonical_header(name: bytes) -> bytes:
+    """A header name as servers that fold case and `_`/`-` read it."""
+    return name.strip().lower().replace(b"_", b"-")
+
+
 def is_identity_header(name: bytes) -> bool:
     """Whether a request header is one janustls owns (removed from what clients send)."""
-    return name.lower().startswith(_PREFIX_LOWER)
+    canon = canonical_header(name)
+    return canon.startswith(_PREFIX_CANON) or canon in FORWARDED_HEADERS
 
 
 def identity_headers(chain: CertChain, refusal: Refusal | None = None) -> dict[str, str]:

@@ -23,7 +23,7 @@ from twisted.logger import ILogObserver
 from janustls.events import emit
 from janustls.logs import log_observer
 
-__all__ = ["ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
+__all__ = ["exit_status_at_end", "ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
 
 #: Seconds open connections get to finish after a shutdown starts.
 DEFAULT_DRAIN_TIMEOUT = 10.0
@@ -49,6 +49,22 @@ def drain(ports: Iterable[Any], seconds: float, reactor: Any) -> Any:
         protocol.abortConnection()
     emit("janustls.shutdown.done", "shutdown: done; {left} connection(s) closed at the deadline", left=len(still))
     return len(still)
+
+
+def exit_status_at_end(code: int) -> None:
+    """End the process with `code` once twistd has finished (it removed its pidfile); twistd
+    itself ends with 0 after any reactor stop, which a service manager takes for success."""
+    import atexit
+
+    def end() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed stream: nothing more to say
+                pass
+        os._exit(code)
+
+    atexit.register(end)
 
 
 def install_sighup(reload: Callable[[], Any], reactor: Any) -> bool:
@@ -110,6 +126,8 @@ class ServerRoot(service.MultiService):
             super().privilegedStartService()
         except CannotListenError as e:
             raise SystemExit(f"janustls: {e}") from None
+        except Exception as e:  # any listener that cannot be bound, the status listener included
+            raise SystemExit(f"janustls: cannot start: {type(e).__name__}: {e}") from None
 
     def startService(self) -> None:
         if self._reactor is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from janustls.errors import JanusError
 
-__all__ = ["ProcedureError", "load_callable"]
+__all__ = ["ProcedureError", "load_callable", "forget_modules"]
 
 _PREFIX = "janustls_procs"
 
@@ -39,15 +39,44 @@ def _load_module(procs: Path, module: str) -> ModuleType:
         sys.path.append(str(procs))
     sys.modules[name] = mod
     try:
-        spec.loader.exec_module(mod)
+        # From the source every time: a file changed within the second its cached
+        # bytecode was written (same size) would otherwise run as it was.
+        exec(compile(path.read_bytes(), str(path), "exec", dont_inherit=True), mod.__dict__)  # noqa: S102
     except Exception as e:
         del sys.modules[name]
         raise ProcedureError(f"importing {path} failed: {type(e).__name__}: {e}") from e
     return mod
 
 
-def load_callable(procs: Path, reference: str) -> Any:
-    """The callable named by `MODULE:CALLABLE` in the procedure library."""
+def forget_modules(procs: Path) -> list[str]:
+    """Drop the loaded modules of a procedure library, so the next load reads the files again.
+
+    A reload calls this first: a changed handler file (or a sibling module it imports by
+    plain name) is used by the new definitions.  Connections already open keep the
+    functions they started with.  Returns the names dropped.
+    """
+    root = procs.resolve()
+    prefix = f"{_PREFIX}.{abs(hash(str(root)))}."
+    dropped = []
+    for name, mod in list(sys.modules.items()):
+        path = getattr(mod, "__file__", None)
+        inside = False
+        if path:
+            try:
+                inside = Path(path).resolve().is_relative_to(root)
+            except (OSError, ValueError):
+                inside = False
+        if name.startswith(prefix) or inside:
+            del sys.modules[name]
+            dropped.append(name)
+    importlib.invalidate_caches()
+    return dropped
+
+
+def load_callable(procs: Path, reference: Any) -> Any:
+    """The callable named by `MODULE:CALLABLE` in the procedure library (a callable is itself)."""
+    if callable(reference):
+        return reference
     module, _, attr = reference.partition(":")
     mod = _load_module(procs, module)
     target: Any = mod

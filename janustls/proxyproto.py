@@ -16,11 +16,13 @@ Two directions:
 from __future__ import annotations
 
 import ipaddress
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = [
+    "authority_from_sni",
     "V2_SIGNATURE",
     "V1_MAX_LENGTH",
     "PP2_TYPE_ALPN",
@@ -133,6 +135,28 @@ class ProxyHeader:
 
 
 # -- building -----------------------------------------------------------------------------
+
+
+_LABEL = re.compile(rb"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def authority_from_sni(name: bytes | None) -> tuple[bytes | None, str | None]:
+    """The PP2_TYPE_AUTHORITY value for a client's SNI name: (value, None), or (None, why not).
+
+    The client chooses these bytes freely; only an ASCII host name (labels of 1 to 63
+    letters, digits, `-` or `_`, at most 253 characters; a trailing dot is dropped) is
+    passed on.  This never raises: anything else is reported, not forwarded.
+    """
+    if not name:
+        return None, None
+    host = name[:-1] if name.endswith(b".") else name
+    if len(host) > 253:
+        return None, f"server name of {len(name)} bytes is longer than a host name (253)"
+    for label in host.split(b"."):
+        if not _LABEL.fullmatch(label):
+            shown = label[:70].decode("ascii", "backslashreplace")
+            return None, f"server name label {shown!r} is not a host name label (1 to 63 ASCII letters, digits, - or _)"
+    return host, None
 
 
 def _tlv(kind: int, value: bytes) -> bytes:

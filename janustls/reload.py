@@ -21,6 +21,7 @@ from janustls.config import Definitions, load_definitions
 from janustls import tickets
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
+from janustls.procedures import forget_modules
 from janustls.service import BuiltPort, PortService, build_port, build_ports
 
 if TYPE_CHECKING:
@@ -78,6 +79,7 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     try:
         tickets.reload_master()  # a rotated ticket key file takes effect with the new Contexts
         new_defs = definitions if definitions is not None else load_definitions(source)
+        forget_modules(new_defs.procs)  # changed handler files are read again
         if any(p.crl_url for p in new_defs.ports):
             from janustls.crlfetch import prefetch
 
@@ -104,6 +106,16 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
             opened[name] = yield b.endpoint.listen(b.factory)
         except Exception as e:  # any listen failure aborts the whole reload
             errors.append(str(ConfigError(b.definition.source, b.definition.section, "listen", f"cannot listen: {e}")))
+    status_moved = new_defs.status != svc.definitions.status
+    new_status: Any = None
+    if not errors and status_moved and new_defs.status is not None:
+        from janustls.status import StatusService
+
+        new_status = StatusService(new_defs.status.listen, lambda: svc.ports, reactor)
+        try:
+            new_status.adopt((yield new_status.open()))
+        except Exception as e:  # refused as a whole: the old listener and ports stay
+            errors.append(str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}")))
     if errors:
         for listening in opened.values():
             yield listening.stopListening()
@@ -116,10 +128,9 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     for name in added:
         PortService(new[name], listening=opened[name]).setServiceParent(svc)
     svc.ports = [old[n] if n in kept else new[n] for n in new]
-    old_status = svc.definitions.status
     svc.definitions = new_defs
-    if new_defs.status != old_status:
-        yield _replace_status(svc, new_defs)
+    if status_moved:
+        yield _replace_status(svc, new_status)
     from janustls.crlwatch import ensure_watcher
 
     ensure_watcher(svc, svc._reactor)  # noqa: SLF001  # a port with CRL files may have been added
@@ -139,21 +150,20 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
 
 
 @defer.inlineCallbacks
-def _replace_status(svc: JanusService, definitions: Definitions) -> Any:
-    from janustls.status import StatusService
-
+def _replace_status(svc: JanusService, new_status: Any) -> Any:
+    """The old status listener stops; `new_status` (already bound by `open`), if any, starts."""
     try:
         current = svc.getServiceNamed("status")
     except KeyError:
         current = None
     if current is not None:
         yield defer.maybeDeferred(svc.removeService, current)
-    if definitions.status is not None:
-        StatusService(definitions.status.listen, lambda: svc.ports, svc._reactor).setServiceParent(svc)  # noqa: SLF001
+    if new_status is not None:
+        new_status.setServiceParent(svc)
 
 
 def rebuild_port(svc: JanusService, name: str) -> BuiltPort:
     """Build one port of the running definitions again (its files re-read); ConfigErrors on failure."""
     definitions = svc.definitions
     port = definitions.port(name)
-    return build_port(port, definitions.procs, svc._reactor, definitions.web.get(port.name, ()))  # noqa: SLF001
+    return build_port(port, definitions.procs, svc._reactor, definitions.web.get(port.name, ()), definitions.key_material())  # noqa: SLF001

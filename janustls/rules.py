@@ -102,7 +102,9 @@ class Rule:
     client_cert: str | None = None
     fallback: str | None = None
     allow: Policy | None = None
-    max_body: int = DEFAULT_HOLD_LIMIT
+    #: The rule's own `max_body=`; None: the port's `max_body` (and at most
+    #: DEFAULT_HOLD_LIMIT on a `client_cert=` rule, whose body is held while asking).
+    max_body: int | None = None
     content_type: str | None = None
     #: The loaded callable for call/wsgi actions (filled by the adapter's resolver).
     handler: Any = None
@@ -121,6 +123,18 @@ class Rule:
     def prefix(self) -> str:
         """The literal part of the URL before its first `*` (the mount point of a wsgi app)."""
         return self.url.split("*", 1)[0]
+
+    @property
+    def page_root(self) -> str:
+        """The directory a `page` target with `*` is confined to (its text before the `*`, up to the last /)."""
+        head = self.target.split("*", 1)[0]
+        return head.rsplit("/", 1)[0] if "/" in head else ""
+
+    def body_limit(self, port_default: int) -> int:
+        """The largest request body this rule accepts."""
+        if self.max_body is not None:
+            return self.max_body
+        return min(port_default, DEFAULT_HOLD_LIMIT) if self.client_cert else port_default
 
     def match(self, method: str, path: str) -> tuple[str, ...] | None:
         """The wildcard parts when the rule matches, else None."""

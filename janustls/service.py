@@ -13,9 +13,11 @@ from typing import Any, Sequence
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IReactorCore, IReactorTime, IStreamServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IReactorTime, IStreamServerEndpoint
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from janustls.config import Definitions, OCSPScope, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
@@ -48,10 +50,11 @@ def _reactor() -> Any:
     return reactor
 
 
-def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = ()) -> PortTLSFactory:
+def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> PortTLSFactory:
     """The TLS factory serving one port, its application factory chosen by the port's type.
 
-    `web`: the port's `[web:NAME]` rule lines (webserv ports).
+    `web`: the port's `[web:NAME]` rule lines (webserv ports); `protected`: the files of
+    the whole definition that are never served as pages (`Definitions.key_material`).
     """
     port = runtime.port
     inner: PortFactory
@@ -76,7 +79,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
     elif port.type is PortType.WEBSERV:
         from janustls.ports.webserv import WebFactory
 
-        inner = WebFactory(runtime, procs, web)
+        inner = WebFactory(runtime, procs, web, protected=protected)
     else:
         raise ConfigErrors(
             [ConfigError(port.source, port.section, "type", f"{port.type.value} ports are not available in this version")]
@@ -84,15 +87,54 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
     return PortTLSFactory(runtime, inner)
 
 
-def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = ()) -> BuiltPort:
+def _why(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if not isinstance(e, ValueError) or not text else text
+
+
+@implementer(IStreamServerEndpoint)
+class _AtListenEndpoint:
+    """An endpoint parsed when it listens: a systemd socket exists only in the process
+    systemd started, so `janustls check` (and a build before start) must not look for it."""
+
+    def __init__(self, reactor: Any, description: str) -> None:
+        self._reactor = reactor
+        self._description = description
+
+    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
+        def parse_and_listen() -> Any:
+            try:
+                endpoint = serverFromString(self._reactor or _global_reactor(), self._description)
+            except IndexError:
+                raise CannotListenError(None, self._description, "no such socket was passed by systemd "
+                                        "(run under socket activation, or check index=/name=)") from None  # fmt: skip
+            return endpoint.listen(factory)
+
+        return defer.maybeDeferred(parse_and_listen)
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+    """The server endpoint of a listen value; systemd endpoints are resolved when they listen."""
+    if description.strip().lower().startswith("systemd:"):
+        return _AtListenEndpoint(reactor, description)
+    return serverFromString(reactor, description)  # type: ignore[no-any-return]
+
+
+def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> BuiltPort:
     """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
     reactor = reactor or _reactor()
     errors: list[ConfigError] = []
     endpoint: IStreamServerEndpoint | None = None
     try:
-        endpoint = serverFromString(reactor, port.listen)
-    except (ValueError, KeyError, TypeError) as e:
-        errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {e}"))
+        endpoint = server_endpoint(reactor, port.listen)
+    except Exception as e:  # a plugin's parser may raise anything: a located error, not a traceback
+        errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {_why(e)}"))
     if endpoint is not None and port.proxy_protocol:
         endpoint = ProxyHeaderEndpoint(endpoint)  # a PROXY v1/v2 header precedes TLS
     try:
@@ -118,7 +160,7 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
 
         runtime.ocsp = OCSPChecker(port, reactor)
     try:
-        factory = wrap_factory(runtime, procs, web)
+        factory = wrap_factory(runtime, procs, web, protected)
     except ConfigErrors as e:
         errors.extend(e.errors)
     if errors:
@@ -132,7 +174,7 @@ def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort
     built: list[BuiltPort] = []
     for port in definitions.ports:
         try:
-            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ())))
+            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ()), definitions.key_material()))
         except ConfigErrors as e:
             errors.extend(e.errors)
     if errors:

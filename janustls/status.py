@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel
 from twisted.web.resource import Resource
@@ -96,10 +95,35 @@ def _ocsp_document(b: BuiltPort) -> dict[str, Any]:
     return doc
 
 
+#: This process's reloads, from its `janustls.reload.*` events: what `janustls reload` waits for.
+RELOADS: dict[str, Any] = {"started": 0, "finished": 0, "outcome": None, "errors": [], "time": None}
+_reloads_watched = False
+
+
+def _watch_reload(event: dict[str, Any]) -> None:
+    event_id = event.get("event_id")
+    if event_id == "janustls.reload.started":
+        RELOADS["started"] += 1
+    elif event_id in ("janustls.reload.done", "janustls.reload.failed"):
+        RELOADS.update(finished=RELOADS["finished"] + 1, outcome=event_id.rsplit(".", 1)[1],
+                       errors=list(event.get("errors") or []), time=_iso(datetime.datetime.now(datetime.timezone.utc)))  # fmt: skip
+
+
+def watch_reloads() -> None:
+    """Record reload outcomes from now on (once per process)."""
+    global _reloads_watched
+    if not _reloads_watched:
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(_watch_reload)
+        _reloads_watched = True
+
+
 def status_document(ports: Sequence[BuiltPort], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status JSON document for a set of running ports."""
     now = datetime.datetime.now(datetime.timezone.utc)
-    doc: dict[str, Any] = {"time": _iso(now), "pid": os.getpid(), "ports": [port_document(b, now) for b in ports]}
+    doc: dict[str, Any] = {"time": _iso(now), "pid": os.getpid(), "reload": dict(RELOADS),
+                           "ports": [port_document(b, now) for b in ports]}  # fmt: skip
     if extra:
         doc.update(extra)
     return doc
@@ -194,6 +218,7 @@ class StatusService(service.Service):
         self.started = time.time()
         self._reactor = reactor
         self.listening: IListeningPort | None = None
+        self._opened: IListeningPort | None = None
 
     def site(self) -> Site:
         root = Resource()
@@ -210,22 +235,49 @@ class StatusService(service.Service):
         site.log = lambda request: None  # type: ignore[method-assign]  # scrapes are not news
         return site
 
-    @defer.inlineCallbacks
-    def startService(self) -> Any:
-        service.Service.startService(self)
-        metrics.install_observer()
+    def open(self) -> defer.Deferred[IListeningPort]:
+        """Bind the listener (before the service starts, so a reload can refuse an address that is
+        taken while nothing has changed yet); `janustls.status.failed` when it cannot."""
         if self._reactor is None:
             from twisted.internet import reactor
 
             self._reactor = reactor
-        endpoint = serverFromString(self._reactor, self.listen)
-        try:
-            self.listening = yield endpoint.listen(self.site())
-        except Exception as e:
+        from janustls.service import server_endpoint
+
+        def failed(failure: Any) -> Any:
             emit("janustls.status.failed", "status: cannot listen on {listen}: {error}", LogLevel.critical,
-                 listen=self.listen, error=str(e))  # fmt: skip
-            raise
-        emit("janustls.status.listening", "status: /status and /metrics on {address}", address=str(self.listening.getHost()))
+                 listen=self.listen, error=failure.getErrorMessage())  # fmt: skip
+            return failure
+
+        d = defer.maybeDeferred(lambda: server_endpoint(self._reactor, self.listen).listen(self.site()))
+        return d.addErrback(failed)
+
+    def adopt(self, listening: IListeningPort) -> None:
+        """Serve on a listener `open` bound."""
+        self._opened = listening
+
+    def privilegedStartService(self) -> None:
+        """Bind here, like the ports: a status address that cannot be bound stops the start."""
+        service.Service.privilegedStartService(self)
+        if self._opened is None:
+            failures: list[Any] = []
+            self.open().addCallbacks(self.adopt, failures.append)
+            if failures:
+                failures[0].raiseException()
+
+    def startService(self) -> Any:
+        service.Service.startService(self)
+        metrics.install_observer()
+        watch_reloads()
+        if self._opened is not None:
+            self._serving(self._opened)
+            self._opened = None
+            return defer.succeed(None)
+        return self.open().addCallback(self._serving)
+
+    def _serving(self, listening: IListeningPort) -> None:
+        self.listening = listening
+        emit("janustls.status.listening", "status: /status and /metrics on {address}", address=str(listening.getHost()))
 
     def stopService(self) -> Any:
         service.Service.stopService(self)

@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -43,7 +42,7 @@ from janustls import tickets
 from janustls.config import Definitions, load_definitions
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.service import BuiltPort, build_ports
+from janustls.service import BuiltPort, build_ports, server_endpoint
 
 __all__ = ["WorkersService", "AdoptedEndpoint", "worker_main", "ENV_WORKER"]
 
@@ -52,7 +51,13 @@ ENV_WORKER = "JANUSTLS_WORKER"
 _READY_FD = 3
 _FIRST_SOCKET_FD = 4
 _READY_TIMEOUT = 60.0
-_RESPAWN_DELAY = 1.0
+_RESPAWN_DELAY = 0.5
+#: A worker that keeps dying before it serves is started again after 0.5, 1, 2, 4... seconds (at most this).
+_RESPAWN_MAX_DELAY = 30.0
+#: When every worker has died this many times in a row before serving, and none serves, the parent gives up.
+CRASH_LIMIT = 5
+#: The parent's exit status when it gives up.
+EXIT_CRASH_LOOP = 3
 
 
 @implementer(IStreamServerEndpoint)
@@ -159,6 +164,9 @@ class _Worker(protocol.ProcessProtocol):
         #: Fires when the worker no longer accepts (it said so, or it ended).
         self.draining: defer.Deferred[None] = defer.Deferred()
         self.ended: defer.Deferred[None] = defer.Deferred()
+        #: It said it serves (a worker that dies before that is a failed start).
+        self.served = False
+        self.alive = True
         self._buffer = b""
 
     def connectionMade(self) -> None:
@@ -168,6 +176,8 @@ class _Worker(protocol.ProcessProtocol):
         if childFD == _READY_FD:
             self._buffer += data
             if b"ready" in self._buffer and not self.ready.called:
+                self.served = True
+                self.parent._served(self)  # noqa: SLF001
                 self.ready.callback(None)
             if b"draining" in self._buffer and not self.draining.called:
                 self.draining.callback(None)
@@ -179,6 +189,7 @@ class _Worker(protocol.ProcessProtocol):
             pass
 
     def processEnded(self, reason: Failure) -> None:
+        self.alive = False
         status = getattr(reason.value, "status", None)
         if not self.ready.called:
             self.ready.errback(RuntimeError(f"worker {self.index} ended before serving (status {status})"))
@@ -229,17 +240,22 @@ class WorkersService(service.MultiService):
         self._all: set[_Worker] = set()
         self._generation = 0
         self._stopping = False
+        self._failed_starts: dict[int, int] = {}
         self._add_status(definitions)
         from janustls.crlwatch import ensure_watcher
 
         ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
 
+    def _status_service(self, definitions: Definitions) -> Any:
+        from janustls.status import StatusService
+
+        assert definitions.status is not None
+        return StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
+                             extra=lambda: {"workers": [w.pid for w in self._current]})  # fmt: skip
+
     def _add_status(self, definitions: Definitions) -> None:
         if definitions.status is not None:
-            from janustls.status import StatusService
-
-            StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
-                          extra=lambda: {"workers": [w.pid for w in self._current]}).setServiceParent(self)  # fmt: skip
+            self._status_service(definitions).setServiceParent(self)
 
     def _private_ticket_key(self) -> str:
         path = os.path.join(self._runtime_dir, "ticket.key")
@@ -270,7 +286,7 @@ class WorkersService(service.MultiService):
                 if tcp is not None and hasattr(socket, "SO_REUSEPORT"):
                     opened[p.name] = _ReusePortSockets(*tcp, count=self.count)
                     continue
-                listening = yield serverFromString(self.reactor, p.listen).listen(_NoConnections())
+                listening = yield server_endpoint(self.reactor, p.listen).listen(_NoConnections())
                 if not hasattr(listening, "fileno") or not hasattr(listening, "stopReading"):
                     yield listening.stopListening()
                     raise ValueError("--workers needs a tcp, tcp6 or unix listen address")
@@ -288,7 +304,10 @@ class WorkersService(service.MultiService):
 
     def _spawn(self, index: int, generation: int) -> _Worker:
         worker = _Worker(self, index, generation)
-        args = [sys.executable, "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
+        # -P: the working directory is not put on sys.path, so a stray (or planted) module
+        # there cannot shadow the standard library in a worker; the package's own root is
+        # given explicitly below.
+        args = [sys.executable, "-P", "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
                 "--log-format", self.log_format, "--drain-timeout", str(self.drain_timeout)]  # fmt: skip
         if self.log_path:
             args += ["--logfile", self.log_path]
@@ -326,12 +345,42 @@ class WorkersService(service.MultiService):
             except Exception:  # metrics are best effort
                 pass
         if worker in self._current and not self._stopping:
-            # A crash: replace it in its generation after a pause (no busy loop).
+            fails = 0 if worker.served else self._failed_starts.get(worker.index, 0) + 1
+            self._failed_starts[worker.index] = fails
+            if self._crash_loop():
+                self._give_up()
+                return
+            # A crash: replace it in its generation after a pause that grows while it keeps
+            # failing to start (no busy loop).
+            delay = min(_RESPAWN_DELAY * 2 ** max(fails - 1, 0), _RESPAWN_MAX_DELAY)
+            if fails >= 2:
+                emit("janustls.workers.crash_loop",
+                     "worker {worker} ended before serving {fails} times in a row; next start in {delay:g}s",
+                     LogLevel.error, worker=worker.index, fails=fails, delay=delay, status=status)  # fmt: skip
+
             def respawn() -> None:
                 if worker in self._current and not self._stopping:
                     self._current[self._current.index(worker)] = self._spawn(worker.index, worker.generation)
 
-            self.reactor.callLater(_RESPAWN_DELAY, respawn)
+            self.reactor.callLater(delay, respawn)
+
+    def _served(self, worker: _Worker) -> None:
+        self._failed_starts[worker.index] = 0
+
+    def _crash_loop(self) -> bool:
+        """Every worker slot failed CRASH_LIMIT starts in a row, and no worker process serves."""
+        if any(w.served and w.alive for w in self._all):
+            return False
+        return all(self._failed_starts.get(i, 0) >= CRASH_LIMIT for i in range(self.count))
+
+    def _give_up(self) -> None:
+        from janustls.operate import exit_status_at_end
+
+        emit("janustls.workers.gave_up",
+             "no worker stays up: each ended before serving {limit} times in a row; stopping (exit status {code})",
+             LogLevel.critical, limit=CRASH_LIMIT, code=EXIT_CRASH_LOOP)  # fmt: skip
+        exit_status_at_end(EXIT_CRASH_LOOP)
+        self.reactor.stop()
 
     # -- service -------------------------------------------------------------------------
 
@@ -383,6 +432,9 @@ class WorkersService(service.MultiService):
         emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
         try:
             new_defs = definitions if definitions is not None else load_definitions(source)
+            from janustls.procedures import forget_modules
+
+            forget_modules(new_defs.procs)  # validate the handler files as they are now
             built = build_ports(new_defs, self._reactor)
             if self.ticket_key is not None:
                 tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
@@ -398,6 +450,16 @@ class WorkersService(service.MultiService):
             opened = yield self._open(added)
         except ConfigErrors as e:
             return self._failed(source, [str(x) for x in e.errors])
+        status_moved = new_defs.status != self.definitions.status
+        new_status: Any = None
+        if status_moved and new_defs.status is not None:
+            new_status = self._status_service(new_defs)
+            try:
+                new_status.adopt((yield new_status.open()))
+            except Exception as e:  # refused as a whole: the old listener and sockets stay
+                for sockets in opened.values():
+                    yield sockets.stopListening()
+                return self._failed(source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))])
         closing = {n: self._sockets.pop(n) for n in removed}
         self._sockets.update(opened)
         for b in built:
@@ -406,14 +468,14 @@ class WorkersService(service.MultiService):
         for n in removed:
             if n not in names:
                 self._listen_of.pop(n, None)
-        old_status = self.definitions.status
         self.definitions, self.ports = new_defs, built
-        if new_defs.status != old_status:
+        if status_moved:
             try:
                 yield defer.maybeDeferred(self.removeService, self.getServiceNamed("status"))
             except KeyError:
                 pass
-            self._add_status(new_defs)
+            if new_status is not None:
+                new_status.setServiceParent(self)
         from janustls.crlwatch import ensure_watcher
 
         ensure_watcher(self, self._reactor, quiet=True)

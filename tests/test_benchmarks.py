@@ -1,7 +1,7 @@
-"""The benchmark runs: `benchmarks/bench_srvsock.py --quick` prints its table.
+"""The benchmark runs: `--quick` smoke runs of the paired benchmarks print their tables.
 
-Speed is measured by the benchmark, never asserted here: this only checks that the
-script, its servers and its client processes work together.
+Speed is measured by the benchmarks, never asserted here: this only checks that the
+scripts, their servers and their client processes work together.
 """
 
 from __future__ import annotations
@@ -10,23 +10,44 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_srvsock.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_bench_srvsock_quick_prints_the_table() -> None:
+def _run(script: str, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"], capture_output=True, text=True, timeout=180, check=False
+        [sys.executable, str(BENCHMARKS / script), "--quick", *args],
+        capture_output=True, text=True, timeout=240, check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    text = out.stdout
-    assert "janustls/bare" in text
-    for row in (
-        "full handshake, TLS 1.3",
-        "resumed handshake, TLS 1.3",
-        "echo round trip",
-        "memory per idle connection (KiB RSS)",
-    ):
-        line = next((l for l in text.splitlines() if l.startswith(row)), None)
-        assert line is not None, f"no {row!r} row in:\n{text}"
-        assert len(line.split()) >= 4, line
-    assert "CPU cores" in text
+    return out.stdout
+
+
+def _row(text: str, start: str) -> str:
+    line = next((l for l in text.splitlines() if l.startswith(start)), None)
+    assert line is not None, f"no {start!r} row in:\n{text}"
+    return line
+
+
+def test_bench_srvsock_quick_prints_the_paired_table() -> None:
+    text = _run("bench_srvsock.py")
+    assert "CPU cores" in text and "CPU pinning" in text
+    for row in ("full handshake, TLS 1.3", "resumed handshake, TLS 1.3", "echo round trip"):
+        assert len(_row(text, row).split()) >= 8
+    for workload in ("handshake", "resumed", "echo"):
+        assert len(_row(text, f"  control: bare/bare, {workload}").split()) >= 8
+    assert "clients per server" in text
+    assert len(_row(text, "memory per idle connection (KiB RSS)").split()) >= 8
+
+
+def test_bench_web_quick_prints_the_paired_table() -> None:
+    text = _run("bench_web.py")
+    for row in ("full handshake + request", "resumed handshake + request", "keep-alive request"):
+        assert len(_row(text, row).split()) >= 8
+    assert "control: bare/bare, keepalive" in text
+
+
+def test_bench_srvsock_profile_compares_both_servers() -> None:
+    text = _run("bench_srvsock.py", "--workloads", "handshake", "--connections", "0", "--sweep", "", "--profile")
+    assert "own time by area" in text
+    assert "janustls code, inclusive time per handshake" in text
+    assert "named per-handshake work" in text

@@ -19,9 +19,10 @@ PROCS = Path(__file__).resolve().parent.parent / "procs"
 
 @pytest.fixture(scope="module")
 def demo(reactor, tmp_path_factory):
-    d = tmp_path_factory.mktemp("webdemo")
+    top = tmp_path_factory.mktemp("webdemo")
+    d = top / "procs"  # the layout of the checkout: procs/ and, beside it, pki/
     shutil.copytree(PROCS / "web", d / "web", ignore=shutil.ignore_patterns("__pycache__"))
-    pki = write_dev_pki(d / "pki", clients=("alice",))
+    pki = write_dev_pki(top / "pki", clients=("alice",))
     ini = (PROCS / "web.ini").read_text()
     (d / "web.ini").write_text(ini)
     text = ini.replace("tcp:8445:", "tcp:0:").replace("tcp:8446:", "tcp:0:")

@@ -53,6 +53,7 @@ from janustls.proxyproto import (
     PP2_TYPE_AUTHORITY,
     VERIFY_NO_CERTIFICATE,
     SSLInfo,
+    authority_from_sni,
     build_v2,
 )
 from janustls.tls import PortTLSProtocol, failure_text
@@ -111,7 +112,7 @@ def identity_header(
     *,
     server_cert: x509.Certificate,
     resumed: bool,
-    authority: str | None,
+    authority: bytes | None,
 ) -> bytes:
     """The PROXY v2 header for one client: its address and PP2_TYPE_SSL with what TLS verified.
 
@@ -133,7 +134,7 @@ def identity_header(
         key_alg=_key_alg(server_cert),
         client_cert=leaf.public_bytes(Encoding.DER) if leaf is not None else None,
     )
-    tlvs = [(PP2_TYPE_AUTHORITY, authority.encode("idna"))] if authority else []
+    tlvs = [(PP2_TYPE_AUTHORITY, authority)] if authority else []
     return build_v2(_host_port(source), _host_port(destination), ssl=ssl, tlvs=tlvs)
 
 
@@ -248,7 +249,10 @@ class ProxyProtocol(PortProtocol):
         assert transport is not None
         if rt.port.forward_identity is ForwardIdentity.PROXY_V2:
             handle = self.transport.getHandle()
-            name = handle.get_servername()
+            authority, why = authority_from_sni(handle.get_servername())
+            if why is not None:
+                emit("janustls.proxy.bad_server_name", "port {port}: {peer} sent a {detail}; forwarded without PP2_TYPE_AUTHORITY",
+                     LogLevel.warn, port=rt.port.name, peer=_address_text(self.peer_address()), detail=why)  # fmt: skip
             transport.write(
                 identity_header(
                     self.connection,
@@ -256,7 +260,7 @@ class ProxyProtocol(PortProtocol):
                     self.transport.getHost(),
                     server_cert=rt.tls.material.leaf,
                     resumed=_openssl.session_reused(handle),
-                    authority=name.decode("ascii", "replace") if name else None,
+                    authority=authority,
                 )
             )
         if self._pending:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
 import html
 import inspect
 import json
@@ -49,6 +50,7 @@ from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address
 from janustls.reasons import Reason, Refusal
 from janustls.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
 from janustls.tls import refusal_for_failure, refused_leaf
+from janustls.webpath import PathError, encode, normalise
 
 if TYPE_CHECKING:
     from janustls.config import WebRuleLine
@@ -130,8 +132,11 @@ class JanusRequest(Request):
     rule: Rule | None = None
     _body_size = 0
     _hold_limit: int | None = None
+    _body_limit: int | None = None
     over_limit = False
     gone = False
+    #: The request path in its normal form (janustls.webpath), set when the request is served.
+    normal_path: str | None = None
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
@@ -190,24 +195,31 @@ class JanusRequest(Request):
         """Whether the Accept header prefers JSON to HTML."""
         return wants_json(self.getHeader("accept"))
 
-    # The body is held (bounded) while a certificate is requested mid-connection.
+    # Every body is bounded by its rule's max_body (the port's by default): a declared
+    # length over it is refused before any byte is stored, a chunked one when it passes it.
     def gotLength(self, length: int | None) -> None:
         proto = self.janus_protocol
-        if not proto.factory.table.uses_client_cert:
-            return super().gotLength(length)
         command, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
+        limit = proto.factory.runtime.port.max_body
         if isinstance(command, bytes) and isinstance(path, bytes):
-            self._hold_limit = proto.factory.hold_limit(command, path)
-            if self._hold_limit is not None and length is not None and length > self._hold_limit:
-                self.over_limit = True
+            limit = proto.factory.body_limit(command, path)
+            if proto.factory.table.uses_client_cert:
+                self._hold_limit = proto.factory.hold_limit(command, path)
+        self._body_limit = limit
+        if length is not None and length > limit:
+            self.over_limit = True
+            self.content = io.BytesIO()
+            self.channel.refuse_body(self, limit)
+            return
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.over_limit:
             return
         self._body_size += len(data)
-        if self._hold_limit is not None and self._body_size > self._hold_limit:
+        if self._body_limit is not None and self._body_size > self._body_limit:
             self.over_limit = True
+            self.channel.refuse_body(self, self._body_limit)
             return
         super().handleContentChunk(data)
 
@@ -261,27 +273,54 @@ class _Page:
     stamp: tuple[int, int]
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 class PageCache:
-    """Files of the procedure library, read once and re-read when they change (stat per request)."""
+    """Files of the procedure library, read once and re-read when they change (stat per request).
 
-    def __init__(self, procs: Path) -> None:
+    Never served: a file outside the directory a rule names (symlinks resolved), a file
+    janustls reads as key material or the port-definition file (`protected`), a dotfile,
+    and a file holding a PEM private key.
+    """
+
+    def __init__(self, procs: Path, protected: Sequence[Path] = ()) -> None:
         self.root = Path(os.path.realpath(procs))
+        self.protected = frozenset(os.path.realpath(self.root / p) for p in protected)
         self._pages: dict[str, _Page] = {}
-        self._paths: dict[str, str | None] = {}
+        self._paths: dict[tuple[str, str], str | None] = {}
 
-    def _resolve(self, relative: str) -> str | None:
-        path = self._paths.get(relative, "")
+    def _resolve(self, relative: str, within: str) -> str | None:
+        key = (relative, within)
+        path = self._paths.get(key, "")
         if path == "":
+            root = os.path.realpath(self.root / within)
             real = os.path.realpath(self.root / relative)
-            inside = real == str(self.root) or real.startswith(str(self.root) + os.sep)
-            path = real if inside else None  # None: outside the procedure library
+            path = None  # None: refused
+            if _inside(root, str(self.root)) and _inside(real, root) and real not in self.protected:
+                rest = os.path.relpath(real, root).split(os.sep)
+                if not any(part.startswith(".") and part != "." for part in rest):
+                    path = real
             if len(self._paths) > 4096:
                 self._paths.clear()
-            self._paths[relative] = path
+            self._paths[key] = path
         return path
 
-    def get(self, relative: str) -> _Page | None:
-        path = self._resolve(relative)
+    def refused(self, relative: str, within: str = "") -> bool:
+        """Whether a page exists but is one janustls never serves."""
+        path = self._resolve(relative, within)
+        if path is None:
+            return os.path.exists(self.root / relative)
+        try:
+            with open(path, "rb") as f:
+                return b"PRIVATE KEY-----" in f.read(1 << 20)
+        except OSError:
+            return False
+
+    def get(self, relative: str, within: str = "") -> _Page | None:
+        """The page at `relative` (to the procedure library), confined to the directory `within`."""
+        path = self._resolve(relative, within)
         if path is None:
             return None
         try:
@@ -299,6 +338,8 @@ class PageCache:
                 body = f.read()
         except OSError:
             return None
+        if b"PRIVATE KEY-----" in body:
+            return None
         ctype, encoding = mimetypes.guess_type(path)
         ctype = ctype or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
@@ -311,6 +352,25 @@ class PageCache:
         return page
 
 
+def page_exposures(factory: WebFactory, files: Sequence[Path]) -> list[tuple[Rule, Path]]:
+    """(rule, file) pairs where a page rule's directory holds a file janustls reads as key material.
+
+    Such files are never served, but a served directory is the wrong home for them
+    (`janustls check` warns).
+    """
+    found: list[tuple[Rule, Path]] = []
+    rules = [*factory.table.rules, *factory.table.exceptions.values()]
+    for rule in rules:
+        if rule.action is not Action.PAGE:
+            continue
+        root = os.path.realpath(factory.pages.root / (rule.page_root if "*" in rule.target else rule.target))
+        for f in files:
+            real = os.path.realpath(factory.pages.root / f)
+            if _inside(real, root):
+                found.append((rule, Path(real)))
+    return found
+
+
 # -- WSGI with mod_ssl's variables ----------------------------------------------------------------
 
 
@@ -318,10 +378,177 @@ class JanusWSGIResource(WSGIResource):
     """twisted.web's WSGI container, with Apache mod_ssl's SSL_* variables in the environ."""
 
     def render(self, request: JanusRequest) -> int:  # type: ignore[override]
+        strip_identity_headers(request)
         response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
         response.environ.update(request.ssl_environ())
+        # PEP 3333: SCRIPT_NAME and PATH_INFO decoded, as the bytes of the normal path read as latin-1.
+        for key, value in getattr(request, "wsgi_paths", {}).items():
+            response.environ[key] = value.encode("utf-8").decode("latin-1")
         response.start()
         return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+def strip_identity_headers(request: Request) -> None:
+    """Remove every request header that reads as one janustls sets (any case, `_` or `-`)."""
+    headers = request.requestHeaders
+    for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
+        headers.removeHeader(name)
+
+
+# -- HTTP limits ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """A webserv port's HTTP limits (seconds; 0 = no limit for the timeouts)."""
+
+    header_timeout: float
+    body_timeout: float
+    keepalive_timeout: float
+    max_header_bytes: int
+
+
+_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+
+
+class JanusChannel(http.HTTPChannel):
+    """twisted.web's HTTP channel with a webserv port's timeouts and size limits.
+
+    One timer follows the request cycle: `keepalive_timeout` while waiting for a request
+    (the first included), `header_timeout` from its first byte to the end of its headers,
+    `body_timeout` for its body; none while the application answers.  Each limit answers
+    (when no response is under way) and closes through the port protocol's close.
+    """
+
+    site: _Site
+    _timer: Any = None
+    _phase = "idle"
+    closing = False
+
+    @property
+    def limits(self) -> HttpLimits:
+        return self.site.limits
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.MAX_LENGTH = self.totalHeadersSize = self.limits.max_header_bytes
+        self._enter("idle")
+
+    def _enter(self, phase: str) -> None:
+        self._phase = phase
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        seconds = {"idle": self.limits.keepalive_timeout, "header": self.limits.header_timeout,
+                   "body": self.limits.body_timeout}.get(phase, 0)  # fmt: skip
+        if seconds and not self.closing:
+            self._timer = self.site.reactor.callLater(seconds, self._expired, phase, seconds)
+
+    def _expired(self, phase: str, seconds: float) -> None:
+        self._timer = None
+        event = {"idle": "janustls.web.keepalive_timeout", "header": "janustls.web.header_timeout", "body": "janustls.web.body_timeout"}[phase]
+        self._event(event, "port {port}: closing {peer}: no complete request {what} within {seconds}s",
+                    what={"idle": "started", "header": "header section", "body": "body"}[phase], seconds=seconds)  # fmt: skip
+        self.refuse(408 if phase != "idle" else None)
+
+    def _event(self, event: str, text: str, **fields: Any) -> None:
+        proto = self._janus_protocol()
+        if proto is not None:
+            emit(event, text, port=proto.factory.runtime.port.name, peer=_address_text(proto.peer_address()), **fields)
+
+    def _janus_protocol(self) -> WebProtocol | None:
+        return getattr(self.transport, "wrappedProtocol", None)
+
+    # -- the request cycle ------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self._phase == "idle" and data:
+            self._enter("header")
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.closing:
+            return
+        if self._phase == "idle":
+            self._enter("header")
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
+            self.refuse(431)
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._event("janustls.web.headers_too_large", "port {port}: a header line of {peer} over {limit} bytes", limit=self.MAX_LENGTH)
+        self.refuse(431)
+
+    def allHeadersReceived(self) -> None:
+        self._enter("body" if self.length != 0 else "busy")
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._enter("busy")
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent and not self.closing:
+            self._enter("idle")  # a pipelined request read next moves on to "header"
+        super().requestDone(request)
+        if self.persistent and not self.closing and self._output_full():
+            self.paused = True  # LineReceiver: no further line is parsed until resumed
+
+    # -- back-pressure: no next pipelined request while the client's output is over the mark --
+    # The channel answers the requests of one read in a loop; a client that pipelines small
+    # requests for large responses without reading them would otherwise turn each read into
+    # megabytes of output.  Parsing stops between requests instead (reading from the client is
+    # paused meanwhile, so what waits stays within one read) until the output drains.
+
+    def _output_full(self) -> bool:
+        return bool(getattr(self.transport, "output_full", False))
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.paused and not self._output_full() and not self.closing:
+            self.paused = False
+            self.dataReceived(b"")  # the requests already read, in order
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self._event("janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400")
+        self.refuse(400)
+
+    def refuse_body(self, request: JanusRequest, limit: int) -> None:
+        self._event("janustls.web.body_too_large", "port {port}: body of {peer} on {path} over {limit} bytes: 413",
+                    path=(getattr(self, "_path", b"") or b"").decode("latin-1"), limit=limit)  # fmt: skip
+        self.refuse(413, f"A request on this path may carry at most {limit} bytes.")
+
+    def refuse(self, status: int | None, message: str = "") -> None:
+        """Answer `status` (unless a response is under way) and close the connection."""
+        if self.closing:
+            return
+        answering = any(getattr(r, "startedWriting", False) for r in self.requests) or len(self.requests) > 1
+        if status is not None and not answering:
+            title = _REASONS[status]
+            body = f"{status} {title}\n{message}\n".encode()
+            self.transport.write(b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (status, title.encode(), len(body), body))  # fmt: skip
+        self.loseConnection()
+
+    def loseConnection(self) -> None:
+        """Every close of the channel goes through the port protocol's close."""
+        self.closing = True
+        self.persistent = False
+        self._enter("closed")
+        proto = self._janus_protocol()
+        if proto is not None:
+            proto.close()
+        else:
+            super().loseConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closing = True
+        self._enter("closed")
+        super().connectionLost(reason)
 
 
 # -- SSLPROTOCOLERR -------------------------------------------------------------------------------------
@@ -350,38 +577,13 @@ class _Dispatch(Resource):
         return self.factory.serve(request)
 
 
-class _Channel(http.HTTPChannel):
-    """twisted.web's HTTP/1.1 channel, which does not start the next pipelined request
-    while the client's unsent output is above the high-water mark.
-
-    The channel answers the requests of one read in a loop; a client that pipelines
-    small requests for large responses without reading them would otherwise turn each
-    read into megabytes of output.  Parsing stops between requests instead (reading
-    from the client is paused meanwhile, so what waits stays within one read) until the
-    output drains.
-    """
-
-    def _output_full(self) -> bool:
-        return bool(getattr(self.transport, "output_full", False))
-
-    def requestDone(self, request: Any) -> None:
-        super().requestDone(request)
-        if self.persistent and self._output_full():
-            self.paused = True  # LineReceiver: no further line is parsed until resumed
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        if self.paused and not self._output_full():
-            self.paused = False
-            self.dataReceived(b"")  # the requests already read, in order
-
-
 class _Site(Site):
     """No per-request access log line (the events and the status listener count requests)."""
 
     noisy = False
     requestFactory = JanusRequest
-    protocol = _Channel
+    protocol = JanusChannel
+    limits: HttpLimits
 
     def log(self, request: Any) -> None:
         pass
@@ -405,6 +607,12 @@ class WebProtocol(PortProtocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.lost = True
         super().connectionLost(reason)
+
+    def close(self) -> None:
+        """Close even while twisted.web's channel is registered as the transport's producer."""
+        if getattr(self.transport, "_producer", None) is not None:
+            self.transport.unregisterProducer()
+        super().close()
 
     def connection_ready(self, connection: Connection) -> None:
         self.channel = self.factory.site.buildProtocol(self.peer_address())
@@ -464,7 +672,7 @@ class WebFactory(PortFactory):
 
     protocol = WebProtocol
 
-    def __init__(self, runtime: PortRuntime, procs: Path, lines: Sequence[WebRuleLine]) -> None:
+    def __init__(self, runtime: PortRuntime, procs: Path, lines: Sequence[WebRuleLine], *, protected: Sequence[Path] = ()) -> None:
         super().__init__(runtime)
         port = runtime.port
         self.procs = procs
@@ -482,7 +690,7 @@ class WebFactory(PortFactory):
             errors.extend(e.errors)
         if errors:
             raise ConfigErrors(errors)
-        self.pages = PageCache(procs)
+        self.pages = PageCache(procs, (*protected, Path(port.source), port.certificate, port.private_key, *port.addca, *port.crl))
         self.reactor = runtime.reactor
         # WSGI applications run in the reactor's thread pool: it lives as long as the process,
         # so connections that outlive a reload (PortTLSFactory.adopt) keep a running pool.
@@ -512,6 +720,7 @@ class WebFactory(PortFactory):
             runtime.tls.tolerate(missing, refused)
         self.site = _Site(_Dispatch(self), timeout=None)
         self.site.reactor = self.reactor
+        self.site.limits = HttpLimits(port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes)
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -526,20 +735,42 @@ class WebFactory(PortFactory):
         super().doStop()
         self.site.doStop()
 
+    def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
+        try:
+            normal = normalise(path.split(b"?", 1)[0])
+        except PathError:
+            return None  # answered 400 once the request is served
+        return self.table.resolve(method.decode("latin-1"), normal)
+
     def hold_limit(self, method: bytes, path: bytes) -> int | None:
         """The body bound for a request whose rule asks for a certificate mid-connection."""
-        res = self.table.resolve(method.decode("latin-1"), path.split(b"?", 1)[0].decode("latin-1"))
-        if res.action is not None and res.action.client_cert:
-            return res.action.max_body
+        res = self._resolve_raw(method, path)
+        if res is not None and res.action is not None and res.action.client_cert:
+            return res.action.body_limit(self.runtime.port.max_body)
         return None
+
+    def body_limit(self, method: bytes, path: bytes) -> int:
+        """The largest body a request may carry: its rule's max_body, else the port's."""
+        res = self._resolve_raw(method, path)
+        if res is not None and res.action is not None:
+            return res.action.body_limit(self.runtime.port.max_body)
+        return self.runtime.port.max_body
 
     # -- serving --------------------------------------------------------------------------------------
 
     def serve(self, request: JanusRequest) -> Any:
         """Render one request: the fast path when nothing needs waiting for, else a coroutine."""
         proto = request.janus_protocol
+        if request.normal_path is None:
+            try:
+                request.normal_path = normalise(request.path)
+            except PathError as e:
+                self._status(request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path")
+                return NOT_DONE_YET
+            # handlers see the normal form too (written back as a URL path)
+            request.path = encode(request.normal_path).encode("ascii")
         gate = proto.gate()
-        res = self.table.resolve(request.method.decode("latin-1"), request.path.decode("latin-1"))
+        res = self.table.resolve(request.method.decode("latin-1"), request.normal_path)
         rule = res.action
         verdict = proto._port_verdict
         if (
@@ -568,7 +799,7 @@ class WebFactory(PortFactory):
             # Ask first: identity rules then judge the certificate the client sends.
             request.rule, request.rule_parts = rule, res.parts
             if request.over_limit:
-                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.max_body} bytes.", event="janustls.web.body_too_large")
+                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.body_limit(self.runtime.port.max_body)} bytes.", event="janustls.web.body_too_large")
             done = await self._ask(request, rule)
             if done:
                 return None
@@ -618,7 +849,7 @@ class WebFactory(PortFactory):
             if rule.fallback:
                 emit("janustls.web.fallback", "port {port}: {peer} cannot be asked for a certificate ({why}); redirected to {url}",
                      port=self.runtime.port.name, peer=_address_text(conn.peer), why=why, url=rule.fallback, path=request.path.decode("latin-1"))  # fmt: skip
-                self._redirect(request, rule.substitute(request.rule_parts, rule.fallback), 302)
+                self._redirect(request, rule.substitute([encode(p) for p in request.rule_parts], rule.fallback), 302)
                 return True
             self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, why), rule.describe(self.table.section))
             return True
@@ -655,27 +886,38 @@ class WebFactory(PortFactory):
         if rule.action is Action.CALL:
             return self._call(request, rule, res)
         if rule.action is Action.REDIRECT:
-            self._redirect(request, rule.substitute(res.parts), rule.status or 302)
+            self._redirect(request, rule.substitute([encode(p) for p in res.parts]), rule.status or 302)
             return NOT_DONE_YET
         if rule.action is Action.PAGE:
-            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True)
+            within = rule.page_root if res.parts else rule.target
+            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within)
         if rule.action is Action.WSGI:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
         if rule.action is Action.FORWARD:
-            return self._forward(request, rule.substitute(res.parts))
+            return self._forward(request, rule.substitute([encode(p) for p in res.parts]))
         raise AssertionError(rule.action)
 
     def _forward(self, request: JanusRequest, url: str) -> Any:
         """Send the request on to an HTTP backend with the client's identity as headers.
 
-        Headers the client sent under the identity prefix are dropped first: only
-        janustls can set them.
+        Headers the client sent that read as ones janustls sets are dropped first: only
+        janustls can set them.  The body (de-chunked and bounded by max_body) goes on with
+        a Content-Length and nothing else framing it, so the backend reads exactly one request.
         """
         backend = parse_backend(url)
         headers = request.requestHeaders
-        for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
+        strip_identity_headers(request)
+        for name in (b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade", b"proxy-connection", b"keep-alive"):
             headers.removeHeader(name)
+        content = request.content
+        size = 0
+        if content is not None:
+            content.seek(0, os.SEEK_END)
+            size = content.tell()
+            content.seek(0)
+        if size or request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"):
+            headers.setRawHeaders(b"content-length", [b"%d" % size])
         conn = request.connection
         chain = conn.cert_chain
         for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
@@ -692,13 +934,14 @@ class WebFactory(PortFactory):
         return resource.render(request)
 
     def _mount(self, request: JanusRequest, rule: Rule) -> None:
-        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO)."""
+        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path."""
         prefix = rule.prefix.rstrip("/")
-        path = request.path
-        pre = [s for s in prefix.encode("latin-1").split(b"/") if s]
-        rest = path[len(prefix):] if path.decode("latin-1").startswith(prefix) else path
-        request.prepath = pre
-        request.postpath = rest.split(b"/")[1:] if rest.startswith(b"/") else ([rest] if rest else [])
+        path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
+        rest = path[len(prefix):] if path.startswith(prefix) else path
+        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]
+        request.prepath = [s.encode("utf-8") for s in prefix.split("/") if s]
+        tail = rest.encode("utf-8")
+        request.postpath = tail.split(b"/")[1:] if tail.startswith(b"/") else ([tail] if tail else [])
 
     def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         handler = rule.handler
@@ -753,9 +996,12 @@ class WebFactory(PortFactory):
             request.write(body)
         request.finish()
 
-    def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool) -> Any:
-        page = self.pages.get(relative)
+    def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool, within: str = "") -> Any:
+        page = self.pages.get(relative, within)
         if page is None:
+            if self.pages.refused(relative, within):
+                emit("janustls.web.page_refused", "port {port}: {peer} asked for {path}, which is never served",
+                     port=self.runtime.port.name, peer=_address_text(request.connection.peer), path=request.path.decode("latin-1"))  # fmt: skip
             return self._status(request, 404, "Not Found", "Nothing is served at this URL.")
         request.setHeader(b"content-type", (ctype or page.content_type).encode())
         if status is not None:
@@ -829,8 +1075,10 @@ class WebFactory(PortFactory):
             emit(event, "port {port}: {status} for {peer} on {path}", port=self.runtime.port.name, status=status,
                  peer=_address_text(request.connection.peer), path=request.path.decode("latin-1"))  # fmt: skip
         request.setResponseCode(status)
-        if status == 413:
+        if status == 413:  # the rest of the body is not read: the connection closes after the answer
             request.setHeader(b"connection", b"close")
+            if request.channel is not None:
+                request.channel.persistent = False
         if request.wants_json():
             doc: dict[str, Any] = {"status": status, "title": title, "message": message}
             if exc is not None:
