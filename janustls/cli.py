@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from janustls.config import load_definitions, load_partially
+from janustls.core.config import load_definitions, load_partially
 from janustls.errors import ConfigErrors
 
 __all__ = ["main"]
@@ -20,8 +20,8 @@ def describe(file: str, out: TextIO) -> int:
     """Validate a file completely (certificates, keys, handlers) and say what would run."""
     from twisted.internet import reactor
 
-    from janustls.service import build_ports
-    from janustls.trust import port_trust_warnings
+    from janustls.ops.service import build_ports
+    from janustls.core.trust import port_trust_warnings
 
     try:
         # The file's own mistakes, then the files its sound ports name: all in one run.
@@ -58,7 +58,7 @@ def describe(file: str, out: TextIO) -> int:
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
         for warning in port_trust_warnings(p, tls.trust):
             out.write(f"  WARNING      {warning}\n")
-        from janustls.ocsp import ocsp_warnings
+        from janustls.core.ocsp import ocsp_warnings
 
         if p.ocsp.value != "none":
             out.write(f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n")
@@ -73,7 +73,7 @@ def describe(file: str, out: TextIO) -> int:
 
 def _page_warnings(built: Any, definitions: Any) -> list[str]:
     """Page rules whose directory holds key material or the port-definition file."""
-    from janustls.ports.webserv import WebFactory, page_exposures
+    from janustls.ports.web.port import WebFactory, page_exposures
 
     inner = getattr(built.factory, "wrappedFactory", None)
     if not isinstance(inner, WebFactory):
@@ -218,7 +218,7 @@ def _packaged_demo() -> Path | None:
 def demo_definitions(file: str | None, cwd: Path) -> Any:
     """The demo's definitions: FILE, else ./procs/demo.ini, else the installed copy with its
     PKI under `cwd` (pki/, beside where a checkout keeps procs/)."""
-    from janustls.config import parse_definitions
+    from janustls.core.config import parse_definitions
 
     if file is not None:
         return load_definitions(file)
@@ -238,7 +238,7 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     from twisted.logger import globalLogBeginner
 
     from janustls.pki import write_dev_pki
-    from janustls.service import JanusService
+    from janustls.ops.service import JanusService
 
     try:
         definitions = demo_definitions(file, Path.cwd())
@@ -283,8 +283,8 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
         "Ctrl-C stops the demo.\n\n"
     )
     out.flush()
-    from janustls.logs import log_observer
-    from janustls.operate import install_sighup
+    from janustls.ops.logs import log_observer
+    from janustls.ops.operate import install_sighup
 
     globalLogBeginner.beginLoggingTo([log_observer(log_format, out)], redirectStandardIO=False)
     install_sighup(lambda: service.reload(why="signal"), reactor)
@@ -333,7 +333,7 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | 
 
 def status_url(target: str | None, port_def: str | None) -> str:
     """The /status URL: given, or from the [status] listen of a definition file."""
-    from janustls.config import listen_address
+    from janustls.core.config import listen_address
 
     if target:
         url = target if "://" in target else f"http://{target}"
@@ -376,7 +376,7 @@ def show_status(target: str | None, port_def: str | None, as_json: bool, out: Te
     import json
     import urllib.error
 
-    from janustls.status import format_status
+    from janustls.ops.status import format_status
 
     try:
         url = status_url(target, port_def)

@@ -1,7 +1,7 @@
 """Why was I refused? A port's verdict on a client chain, without a server running.
 
 The answer must be the one a handshake would give, so nothing here re-implements
-verification: the port's real pyOpenSSL Context is built by `janustls.tls`, its
+verification: the port's real pyOpenSSL Context is built by `janustls.tls.policy`, its
 certificate store (CAs, CRLs, flags) runs OpenSSL's chain verification with the
 purpose a TLS server uses, and `PortTrust.check` is applied per certificate in the
 order OpenSSL's verify callback would see them; then the port's identity rules
@@ -18,14 +18,14 @@ from typing import Sequence
 from cryptography import x509
 from OpenSSL import crypto
 
-from janustls import _openssl
-from janustls.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
-from janustls.identity import Policy, Subject
+from janustls.tls import _openssl
+from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
+from janustls.core.identity import Policy, Subject
 from janustls.errors import MaterialError
-from janustls.materials import load_certificates
-from janustls.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.tls import CRL_HAS_EXPIRED, PortTLS, build_port_tls
-from janustls.trust import check_key_strength
+from janustls.core.materials import load_certificates
+from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
+from janustls.core.trust import check_key_strength
 
 __all__ = ["Verdict", "explain_chain", "explain", "format_verdict", "load_client_chain", "missing_intermediate"]
 
@@ -291,7 +291,7 @@ def explain(
     """The verdict of a port of a definition file on the chain in a PEM, DER or PKCS#12 file
     (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide."""
     from janustls.ports.access import build_policy
-    from janustls.trust import port_trust_warnings
+    from janustls.core.trust import port_trust_warnings
 
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
     definition = defs.port(port)

@@ -18,12 +18,12 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.config import PortDefinition, load_definitions, port_from_options
-from janustls.connection import Connection
+from janustls.core.config import PortDefinition, load_definitions, port_from_options
+from janustls.ports.connection import Connection
 from janustls.errors import ConfigErrors
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory
-from janustls.service import JanusService
-from janustls.tls import PortTLS, build_port_tls
+from janustls.ops.service import JanusService
+from janustls.tls.policy import PortTLS, build_port_tls
 
 __all__ = ["Options", "JanusServiceMaker", "JanusEndpointParser", "connection_of"]
 
@@ -76,16 +76,16 @@ class JanusServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> MultiService:
-        from janustls.operate import ServerRoot, twistd_log_file, twistd_log_path
+        from janustls.ops.operate import ServerRoot, twistd_log_file, twistd_log_path
 
-        from janustls import tickets
+        from janustls.tls import tickets
         from janustls.errors import MaterialError
 
         inner: Any
         try:
             definitions = load_definitions(options["port-def"])
             if options["workers"] > 0:
-                from janustls.workers import WorkersService
+                from janustls.ops.workers import WorkersService
 
                 inner = WorkersService(definitions, options["workers"], log_format=options["log-format"],
                                        drain_timeout=options["drain-timeout"], ticket_key=options["ticket-key"],

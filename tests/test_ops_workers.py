@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from janustls import _openssl, tickets
+from janustls.tls import _openssl, tickets
 from tests.support import client_context
 from tests.test_ops_twistd import Twistd, free_port
 

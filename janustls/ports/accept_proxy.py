@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from janustls.events import emit
 from janustls.ports.base import PortTLSFactory, _address_text
-from janustls.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
+from janustls.core.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
 
 __all__ = ["ProxyHeaderProtocol", "ProxyHeaderFactory", "ProxyHeaderEndpoint"]
 

@@ -1,4 +1,4 @@
-"""The adapter between identity rules (`janustls.identity`, pure) and live connections.
+"""The adapter between identity rules (`janustls.core.identity`, pure) and live connections.
 
 It builds a port's `allow =` policy at build time (errors located), looks up the
 client's address when a `peer` term needs it (forward-confirmed reverse DNS, in a
@@ -20,16 +20,16 @@ from twisted.internet import defer, threads
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.config import PortDefinition
+from janustls.core.config import PortDefinition
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports import refusals
-from janustls.identity import Policy, PolicyError, Subject, Verdict, parse_policy
-from janustls.procedures import load_callable
-from janustls.reasons import Reason, Refusal
+from janustls.core.identity import Policy, PolicyError, Subject, Verdict, parse_policy
+from janustls.core.procedures import load_callable
+from janustls.core.reasons import Reason, Refusal
 
 if TYPE_CHECKING:
-    from janustls.connection import Connection
+    from janustls.ports.connection import Connection
     from janustls.ports.base import PortProtocol
 
 __all__ = ["PortAccess", "port_access", "reverse_names", "peer_ip", "resolver_for", "decide"]
@@ -49,7 +49,7 @@ def resolver_for(procs: Path, *, resources: bool = False) -> Callable[[str], Any
     def resolve(ref: str) -> Any:
         from twisted.web.resource import IResource
 
-        from janustls.procedures import ProcedureError, _load_module
+        from janustls.core.procedures import ProcedureError, _load_module
 
         module, _, attr = ref.partition(":")
         target: Any = _load_module(procs, module)

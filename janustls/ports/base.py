@@ -20,13 +20,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.config import ClientCertMode, PortDefinition
-from janustls.connection import Connection
-from janustls.midconn import CertificateRequest, can_request
+from janustls.core.config import ClientCertMode, PortDefinition
+from janustls.ports.connection import Connection
+from janustls.tls.midconn import CertificateRequest, can_request
 from janustls.events import emit
-from janustls.reasons import Reason, Refusal
+from janustls.core.reasons import Reason, Refusal
 from janustls.ports.refusals import log_refusal
-from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
+from janustls.tls.policy import PortTLS
+from janustls.tls.protocol import PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
 
 __all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
 
@@ -78,9 +79,9 @@ class PortRuntime:
         self.refused = 0
         #: The port's `allow =` gate (`janustls.ports.access.PortAccess`); web ports answer FORBIDDEN instead.
         self.access: Any = None
-        #: The port's OCSP policy (`janustls.ocspcheck.OCSPChecker`) when `ocsp` is on.
+        #: The port's OCSP policy (`janustls.ops.ocspcheck.OCSPChecker`) when `ocsp` is on.
         self.ocsp: Any = None
-        #: The port's OCSP stapler (`janustls.staple.Stapler`) when `ocsp_staple = yes`.
+        #: The port's OCSP stapler (`janustls.ops.staple.Stapler`) when `ocsp_staple = yes`.
         self.stapler: Any = None
 
 
@@ -295,7 +296,7 @@ class PortProtocol(Protocol):
         self.transport.resumeProducing()
 
     def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]:
-        """Ask the client for a certificate mid-connection (see `janustls.midconn`)."""
+        """Ask the client for a certificate mid-connection (see `janustls.tls.midconn`)."""
         rt = self.factory.runtime
         self._request = CertificateRequest(self, require=require, timeout=rt.port.request_timeout)
         return self._request.start()

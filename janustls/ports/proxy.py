@@ -41,12 +41,12 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls import _openssl
-from janustls.config import ForwardIdentity
-from janustls.connection import Connection
+from janustls.tls import _openssl
+from janustls.core.config import ForwardIdentity
+from janustls.ports.connection import Connection
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, _address_text
-from janustls.proxyproto import (
+from janustls.core.proxyproto import (
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
     PP2_CLIENT_SSL,
@@ -56,7 +56,7 @@ from janustls.proxyproto import (
     authority_from_sni,
     build_v2,
 )
-from janustls.tls import PortTLSProtocol, failure_text
+from janustls.tls.protocol import PortTLSProtocol, failure_text
 
 __all__ = ["PENDING_LIMIT", "ProxyFactory", "ProxyProtocol", "ProxyTLSFactory", "ProxyTLSProtocol", "backend_endpoint", "identity_header"]
 

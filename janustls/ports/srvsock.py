@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.connection import Connection, ReadDeferred
+from janustls.ports.connection import Connection, ReadDeferred
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime
 

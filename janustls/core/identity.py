@@ -44,7 +44,7 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
-from janustls.reasons import Reason, Refusal
+from janustls.core.reasons import Reason, Refusal
 
 __all__ = ["Policy", "Subject", "Verdict", "PolicyError", "parse_policy", "glob_regex", "san_pattern"]
 

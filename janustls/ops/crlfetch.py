@@ -24,11 +24,11 @@ from cryptography import x509
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from janustls import httpfetch
-from janustls.config import Definitions, PortDefinition, crl_cache_path
+from janustls.ops import httpfetch
+from janustls.core.config import Definitions, PortDefinition, crl_cache_path
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.materials import load_certificates
+from janustls.core.materials import load_certificates
 
 __all__ = ["cache_path", "prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
 

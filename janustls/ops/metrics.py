@@ -20,7 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from janustls.service import BuiltPort
+    from janustls.ops.service import BuiltPort
 
 __all__ = [
     "REGISTRY",
@@ -175,7 +175,7 @@ class StateCollector(Collector):
             leaf = tls.material.leaf
             cert.add_metric([name, leaf.subject.rfc4514_string()], _ts(leaf.not_valid_after_utc))
             counts = dict(tls.trust.signed)
-            from janustls.trust import fingerprint
+            from janustls.core.trust import fingerprint
 
             for c in tls.trust.cas:
                 subject = c.subject.rfc4514_string()
@@ -186,7 +186,7 @@ class StateCollector(Collector):
                     crl.add_metric([name, r.issuer.rfc4514_string()], _ts(r.next_update_utc))
             tcp.add_metric([name], float(len(getattr(b.factory, "protocols", ()))))
         if self._live:
-            from janustls.ocspcheck import CACHE
+            from janustls.ops.ocspcheck import CACHE
 
             cache = GaugeMetricFamily("janustls_ocsp_cache_entries", "Verified OCSP answers held in memory (all ports)")
             cache.add_metric([], len(CACHE))

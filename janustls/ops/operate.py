@@ -21,7 +21,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 
 from janustls.events import emit
-from janustls.logs import log_observer
+from janustls.ops.logs import log_observer
 
 __all__ = ["exit_status_at_end", "ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 
-from janustls.certinfo import CertChain
-from janustls.reasons import Refusal
+from janustls.core.certinfo import CertChain
+from janustls.core.reasons import Refusal
 
 __all__ = ["HEADER_PREFIX", "FORWARDED_HEADERS", "Backend", "parse_backend", "identity_headers", "is_identity_header", "canonical_header"]
 

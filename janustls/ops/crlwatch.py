@@ -3,7 +3,7 @@
 Operators (or a cron job fetching from the CA) replace CRL files in place; polling
 their modification time and size every `crl_refresh` seconds costs one stat per file
 and needs no inotify.  A changed file rebuilds its port's TLS policy exactly as a
-reload would (`janustls.reload.rebuild_port`) and swaps it in for new connections; a
+reload would (`janustls.ops.reload.rebuild_port`) and swaps it in for new connections; a
 file that cannot be used leaves the port on the CRLs it had.  A CRL whose nextUpdate
 has passed is logged once; by the port's `crl_expired` the CA's clients are then
 refused (OpenSSL's verdict, `refuse`) or the stale list is still used (`tolerate`).
@@ -23,7 +23,7 @@ from janustls.errors import ConfigErrors
 from janustls.events import emit
 
 if TYPE_CHECKING:
-    from janustls.service import JanusService
+    from janustls.ops.service import JanusService
 
 __all__ = ["CRLWatcher", "ensure_watcher"]
 
@@ -89,7 +89,7 @@ class CRLWatcher(service.Service):
             self._last_check[port.name] = now
             self._poll_files(port)
             if port.crl_url and self.fetch and self._reactor is not None:
-                from janustls.crlfetch import refresh
+                from janustls.ops.crlfetch import refresh
 
                 # Asynchronous (Twisted's HTTP client); a changed file is taken at once.
                 refresh(self.svc.definitions, port, self._reactor).addCallback(lambda _, p=port: self._poll_files(p))
@@ -115,7 +115,7 @@ class CRLWatcher(service.Service):
             self._refresh(port.name, changed)
 
     def _refresh(self, name: str, paths: list[str]) -> None:
-        from janustls.reload import rebuild_port, replace_port
+        from janustls.ops.reload import rebuild_port, replace_port
 
         try:
             rebuilt = rebuild_port(self.svc, name)

@@ -4,7 +4,7 @@ certbot, cert-manager or a Vault agent rewrite these files every few hours; poll
 modification time and size every `cert_refresh` seconds (one stat per file, no inotify)
 sees the change.  A changed pair is loaded and checked first (it parses, the key matches
 the certificate, the certificate is valid now); only then is the port rebuilt exactly as
-a reload would (`janustls.reload.rebuild_port`) and swapped in for new connections, while
+a reload would (`janustls.ops.reload.rebuild_port`) and swapped in for new connections, while
 open ones keep the pair they negotiated with.  A broken, mismatched or expired pair is
 refused and logged, and the old pair keeps serving (a writer that replaces the
 certificate before the key is seen as mismatched once, then as the new pair).
@@ -21,10 +21,10 @@ from twisted.logger import LogLevel
 
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.materials import load_server_material
+from janustls.core.materials import load_server_material
 
 if TYPE_CHECKING:
-    from janustls.service import JanusService
+    from janustls.ops.service import JanusService
 
 __all__ = ["CertWatcher", "ensure_cert_watcher"]
 
@@ -91,7 +91,7 @@ class CertWatcher(service.Service):
             self._loop.interval = self.interval()
 
     def _rotate(self, built: Any) -> None:
-        from janustls.reload import rebuild_port, replace_port
+        from janustls.ops.reload import rebuild_port, replace_port
 
         port = built.definition
         paths = sorted({str(port.certificate), str(port.private_key)})

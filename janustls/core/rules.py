@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from janustls.errors import ConfigError, ConfigErrors
-from janustls.forwarding import parse_backend
-from janustls.identity import Policy, PolicyError, parse_policy
+from janustls.core.forwarding import parse_backend
+from janustls.core.identity import Policy, PolicyError, parse_policy
 
 __all__ = [
     "Kind",
@@ -239,7 +239,7 @@ def build_table(
 ) -> RuleTable:
     """Check and compile a port's rule lines; raise ConfigErrors listing every mistake.
 
-    `lines` are `janustls.config.WebRuleLine`s (key, value).  `resolve` loads
+    `lines` are `janustls.core.config.WebRuleLine`s (key, value).  `resolve` loads
     `MODULE:CALLABLE` references from the procedure library (None: do not load).
     """
     errors: list[ConfigError] = []

@@ -2,7 +2,7 @@
 
 The response is fetched in the background from the certificate's responder (its
 Authority Information Access, or `ocsp_responder`), verified like any OCSP answer
-(`janustls.ocsp.judge_response`), stapled only while it is current and says "good", and
+(`janustls.core.ocsp.judge_response`), stapled only while it is current and says "good", and
 fetched again halfway to its nextUpdate.  While there is none the port serves without a
 staple and asks again after 1, 2, 4 ... seconds, never more than 30 s apart.  One
 stapler per port and certificate survives the port's rebuilds (a CRL change, a reload);
@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls import httpfetch
-from janustls.config import PortDefinition
+from janustls.ops import httpfetch
+from janustls.core.config import PortDefinition
 from janustls.events import emit
-from janustls.ocsp import Status, build_request, judge_response, new_nonce, responder_url
+from janustls.core.ocsp import Status, build_request, judge_response, new_nonce, responder_url
 
 __all__ = ["Stapler", "stapler_for", "MAX_RETRY"]
 

@@ -2,7 +2,7 @@
 
 Pure: this module reads the INI text and checks every value's form, but opens no
 certificate and touches no reactor.  File contents (PEM, keys, CRLs) are checked by
-`janustls.materials` when ports are built, with errors located the same way.
+`janustls.core.materials` when ports are built, with errors located the same way.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ HANDLER_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 5.0
-#: janustls.tls.WRITE_BUFFER_HIGH: 256 KiB of unsent output per connection.
+#: janustls.tls.protocol.WRITE_BUFFER_HIGH: 256 KiB of unsent output per connection.
 DEFAULT_WRITE_BUFFER_HIGH = 262144
 DEFAULT_MAX_CERT_SIZE = 16384
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -171,7 +171,7 @@ class StatusDefinition:
 
 @dataclass(frozen=True)
 class WebRuleLine:
-    """One raw line of a `[web:PORT]` table; `janustls.rules` gives it meaning."""
+    """One raw line of a `[web:PORT]` table; `janustls.core.rules` gives it meaning."""
 
     key: str
     value: str
@@ -417,7 +417,7 @@ class _PortReader:
         for url in crl_urls:
             if not re.match(r"^https?://[^/\s]+", url):
                 self.error("crl_url", f"has {url!r}; expected http:// or https:// URLs")
-        # A fetched CRL is a CRL file like the others: its cache file (janustls.crlfetch).
+        # A fetched CRL is a CRL file like the others: its cache file (janustls.ops.crlfetch).
         crls += tuple(crl_cache_path(self.procs, url) for url in crl_urls)
         tls_min = self.get("tls_min") or "1.2"
         tls_max = self.get("tls_max") or "1.3"

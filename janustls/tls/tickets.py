@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from OpenSSL import SSL
 
-from janustls import _openssl
+from janustls.tls import _openssl
 from janustls.errors import MaterialError
 
 __all__ = ["ENV_KEY_FILE", "load_master", "port_keys", "configure", "configure_from_env", "apply", "active"]
@@ -73,7 +73,7 @@ def configure(path: str | os.PathLike[str] | None) -> None:
         return
     master = load_master(path)
     if not _openssl.ticket_keys_supported():
-        raise MaterialError("this OpenSSL build gives no way to set session ticket keys (see janustls._openssl)")
+        raise MaterialError("this OpenSSL build gives no way to set session ticket keys (see janustls.tls._openssl)")
     _master, _source = master, str(path)
 
 

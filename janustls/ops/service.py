@@ -19,15 +19,15 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.config import Definitions, OCSPScope, PortDefinition, PortType, WebRuleLine
+from janustls.core.config import Definitions, OCSPScope, PortDefinition, PortType, WebRuleLine
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
 from janustls.ports.proxy import ProxyFactory, ProxyTLSFactory, backend_endpoint
 from janustls.ports.srvsock import SrvsockFactory
-from janustls.procedures import ProcedureError, load_callable
-from janustls.tls import build_port_tls
+from janustls.core.procedures import ProcedureError, load_callable
+from janustls.tls.policy import build_port_tls
 
 __all__ = ["BuiltPort", "build_port", "build_ports", "PortService", "JanusService", "listen"]
 
@@ -77,7 +77,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
             raise ConfigErrors([ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")])
         return ProxyTLSFactory(runtime, inner)  # its TLS layer passes the client's half-close on
     elif port.type is PortType.WEBSERV:
-        from janustls.ports.webserv import WebFactory
+        from janustls.ports.web.port import WebFactory
 
         inner = WebFactory(runtime, procs, web, protected=protected)
     else:
@@ -151,12 +151,12 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
         raise ConfigErrors(errors)
     runtime = PortRuntime(port, tls, reactor)
     if port.ocsp_staple:
-        from janustls.staple import stapler_for
+        from janustls.ops.staple import stapler_for
 
         runtime.stapler = stapler_for(port, tls.material.chain, reactor)
         tls.staple_source = runtime.stapler.current
     if port.ocsp is not OCSPScope.NONE:
-        from janustls.ocspcheck import OCSPChecker
+        from janustls.ops.ocspcheck import OCSPChecker
 
         runtime.ocsp = OCSPChecker(port, reactor)
     try:
@@ -267,20 +267,20 @@ class JanusService(service.MultiService):
         self._reactor = reactor
         for built in self.ports:
             PortService(built).setServiceParent(self)
-        from janustls.crlwatch import ensure_watcher
+        from janustls.ops.crlwatch import ensure_watcher
 
         ensure_watcher(self, reactor)
-        from janustls.certwatch import ensure_cert_watcher
+        from janustls.ops.certwatch import ensure_cert_watcher
 
         ensure_cert_watcher(self, reactor)  # certificate and key files rotated on change
         if definitions.status is not None:
-            from janustls.status import StatusService
+            from janustls.ops.status import StatusService
 
             StatusService(definitions.status.listen, lambda: self.ports, reactor).setServiceParent(self)
 
     def reload(self, definitions: Definitions | None = None, why: str = "call") -> defer.Deferred[bool]:
-        """Re-read the definition file (or take `definitions`), validate all of it, then swap (`janustls.reload`)."""
-        from janustls.reload import reload_service
+        """Re-read the definition file (or take `definitions`), validate all of it, then swap (`janustls.ops.reload`)."""
+        from janustls.ops.reload import reload_service
 
         return reload_service(self, definitions, why)  # type: ignore[no-any-return]
 

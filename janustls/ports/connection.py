@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IAddress
 from twisted.python.failure import Failure
 
-from janustls.certinfo import EMPTY_CHAIN, CertChain
+from janustls.core.certinfo import EMPTY_CHAIN, CertChain
 from janustls.errors import LineTooLong
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class Connection:
         return self._chain.levels()
 
     def cert_info(self, item: str, level: int = 0) -> str | None:
-        """One field of the certificate at `level` as text (see `janustls.certinfo.ITEMS`)."""
+        """One field of the certificate at `level` as text (see `janustls.core.certinfo.ITEMS`)."""
         return self._chain.info(item, level)
 
     def cert_values(self, item: str, level: int = 0) -> list[str]:

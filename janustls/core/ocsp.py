@@ -6,7 +6,7 @@ issuer or by a responder certificate the issuer gave the OCSP-signing usage, nam
 certificate asked about, echoes our nonce when it carries one, and is current (thisUpdate
 not in the future, nextUpdate not past, both with a small skew).  Anything else is "no
 answer" (`Status.UNAVAILABLE`, with the cause), which the port's `ocsp_fail` decides on.
-`janustls.ocspcheck` does the fetching.
+`janustls.ops.ocspcheck` does the fetching.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ per connection and feeds it the decrypted bytes; the channel's requests are
 `JanusRequest`s, which answer the connection object's certificate calls by delegating
 to it.  Everything that can be decided once per connection is decided once and kept
 on the protocol (the mod_ssl environ, the port's `allow` verdict, the connection-wide
-exception); the rule match is cached per (method, path) by `janustls.rules`.
+exception); the rule match is cached per (method, path) by `janustls.core.rules`.
 
 Certificate problems become responses the operator chose (exception rules):
 SSLNOCERTERR, SSLCERTERR (with the typed reason), FORBIDDEN (identity rules), and
@@ -38,22 +38,22 @@ from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 
-from janustls.certinfo import CertChain
-from janustls.config import ClientCertMode
-from janustls.connection import Connection
+from janustls.core.certinfo import CertChain
+from janustls.core.config import ClientCertMode
+from janustls.ports.connection import Connection
 from janustls.errors import CertificateRequestTimeout, ConfigError, ConfigErrors
 from janustls.events import emit
-from janustls.forwarding import identity_headers, is_identity_header, parse_backend
-from janustls.identity import Policy, Subject, Verdict
+from janustls.core.forwarding import identity_headers, is_identity_header, parse_backend
+from janustls.core.identity import Policy, Subject, Verdict
 from janustls.ports.access import build_policy, decide, log_refusal, peer_ip, resolver_for
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address_text
-from janustls.reasons import Reason, Refusal
-from janustls.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
-from janustls.tls import refusal_for_failure, refused_leaf
-from janustls.webpath import PathError, encode, normalise
+from janustls.core.reasons import Reason, Refusal
+from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
+from janustls.tls.protocol import refusal_for_failure, refused_leaf
+from janustls.core.webpath import PathError, encode, normalise
 
 if TYPE_CHECKING:
-    from janustls.config import WebRuleLine
+    from janustls.core.config import WebRuleLine
 
 __all__ = ["WebFactory", "WebProtocol", "JanusRequest", "ssl_environ", "apache_time", "ProtocolError"]
 
@@ -135,7 +135,7 @@ class JanusRequest(Request):
     _body_limit: int | None = None
     over_limit = False
     gone = False
-    #: The request path in its normal form (janustls.webpath), set when the request is served.
+    #: The request path in its normal form (janustls.core.webpath), set when the request is served.
     normal_path: str | None = None
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
@@ -1127,7 +1127,7 @@ class WebFactory(PortFactory):
             return
         if refusal_for_failure(protocol.transport, reason) is not None:
             return
-        from janustls.tls import failure_text
+        from janustls.tls.protocol import failure_text
 
         info = ProtocolError(self.runtime.port.name, _address_text(protocol.peer_address()), failure_text(reason))
         try:

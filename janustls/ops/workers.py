@@ -4,7 +4,7 @@ The parent validates the definition file, opens every port's listening socket
 itself and never accepts on it; each worker is a fresh Python process that adopts
 the sockets (`reactor.adoptStreamPort`) and serves them, so the kernel spreads
 connections across the workers.  Session tickets are encrypted with keys derived
-from one key file (`janustls.tickets`; the parent makes a private one when the
+from one key file (`janustls.tls.tickets`; the parent makes a private one when the
 operator gives none), so any worker resumes any other's sessions.
 
 A reload (SIGHUP to the parent) validates the new file in the parent; only then
@@ -38,11 +38,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 import janustls
-from janustls import tickets
-from janustls.config import Definitions, load_definitions
+from janustls.tls import tickets
+from janustls.core.config import Definitions, load_definitions
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.service import BuiltPort, build_ports, server_endpoint
+from janustls.ops.service import BuiltPort, build_ports, server_endpoint
 
 __all__ = ["WorkersService", "AdoptedEndpoint", "worker_main", "ENV_WORKER"]
 
@@ -222,7 +222,7 @@ class WorkersService(service.MultiService):
         self.log_path = log_path
         self._reactor = reactor
         self.ports: list[BuiltPort] = build_ports(definitions, reactor)  # validates everything
-        from janustls import _openssl
+        from janustls.tls import _openssl
 
         self.ticket_key: str | None = None
         if ticket_key is not None or _openssl.ticket_keys_supported():
@@ -242,12 +242,12 @@ class WorkersService(service.MultiService):
         self._stopping = False
         self._failed_starts: dict[int, int] = {}
         self._add_status(definitions)
-        from janustls.crlwatch import ensure_watcher
+        from janustls.ops.crlwatch import ensure_watcher
 
         ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
 
     def _status_service(self, definitions: Definitions) -> Any:
-        from janustls.status import StatusService
+        from janustls.ops.status import StatusService
 
         assert definitions.status is not None
         return StatusService(definitions.status.listen, lambda: self.ports, self._reactor,
@@ -307,7 +307,7 @@ class WorkersService(service.MultiService):
         # -P: the working directory is not put on sys.path, so a stray (or planted) module
         # there cannot shadow the standard library in a worker; the package's own root is
         # given explicitly below.
-        args = [sys.executable, "-P", "-m", "janustls.workers", "--port-def", self.definitions.source, "--index", str(index),
+        args = [sys.executable, "-P", "-m", "janustls.ops.workers", "--port-def", self.definitions.source, "--index", str(index),
                 "--log-format", self.log_format, "--drain-timeout", str(self.drain_timeout)]  # fmt: skip
         if self.log_path:
             args += ["--logfile", self.log_path]
@@ -374,7 +374,7 @@ class WorkersService(service.MultiService):
         return all(self._failed_starts.get(i, 0) >= CRASH_LIMIT for i in range(self.count))
 
     def _give_up(self) -> None:
-        from janustls.operate import exit_status_at_end
+        from janustls.ops.operate import exit_status_at_end
 
         emit("janustls.workers.gave_up",
              "no worker stays up: each ended before serving {limit} times in a row; stopping (exit status {code})",
@@ -387,7 +387,7 @@ class WorkersService(service.MultiService):
     @defer.inlineCallbacks
     def startService(self) -> Any:
         service.MultiService.startService(self)
-        from janustls import metrics
+        from janustls.ops import metrics
 
         metrics.install_observer()
         try:
@@ -432,7 +432,7 @@ class WorkersService(service.MultiService):
         emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
         try:
             new_defs = definitions if definitions is not None else load_definitions(source)
-            from janustls.procedures import forget_modules
+            from janustls.core.procedures import forget_modules
 
             forget_modules(new_defs.procs)  # validate the handler files as they are now
             built = build_ports(new_defs, self._reactor)
@@ -476,7 +476,7 @@ class WorkersService(service.MultiService):
                 pass
             if new_status is not None:
                 new_status.setServiceParent(self)
-        from janustls.crlwatch import ensure_watcher
+        from janustls.ops.crlwatch import ensure_watcher
 
         ensure_watcher(self, self._reactor, quiet=True)
         old, self._current = self._current, self._spawn_generation()
@@ -536,10 +536,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from twisted.internet.task import LoopingCall
     from twisted.logger import globalLogBeginner
 
-    from janustls import logs, metrics
-    from janustls.operate import drain
-    from janustls.service import JanusService
-    from janustls.trust import fingerprint
+    from janustls.ops import logs, metrics
+    from janustls.ops.operate import drain
+    from janustls.ops.service import JanusService
+    from janustls.core.trust import fingerprint
 
     out = open(args.logfile, "a", buffering=1, encoding="utf-8") if args.logfile else sys.stdout  # noqa: SIM115
     base = logs.log_observer(args.log_format, out)

@@ -4,7 +4,7 @@
 a dictionary look-up per certificate), or returns a Deferred when a responder must be
 asked; the port protocol holds the connection (no application data, no handler) until
 it fires.  Concurrent look-ups of one certificate share one request.  Verification
-rules live in `janustls.ocsp`; the HTTP exchange in `janustls.httpfetch`.
+rules live in `janustls.core.ocsp`; the HTTP exchange in `janustls.ops.httpfetch`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls import httpfetch
-from janustls.config import OCSPFail, OCSPScope, PortDefinition
+from janustls.ops import httpfetch
+from janustls.core.config import OCSPFail, OCSPScope, PortDefinition
 from janustls.events import emit
-from janustls.ocsp import OCSPCache, Status, Verdict, asked_about, build_request, cert_id, judge_response, new_nonce, responder_url
-from janustls.reasons import Reason, Refusal
+from janustls.core.ocsp import OCSPCache, Status, Verdict, asked_about, build_request, cert_id, judge_response, new_nonce, responder_url
+from janustls.core.reasons import Reason, Refusal
 
 __all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES"]
 

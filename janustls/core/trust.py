@@ -1,6 +1,6 @@
 """Per-port trust: the CAs added to a port (ADDCA), its CRLs, depth, and the checks OpenSSL lacks.
 
-No reactor and no OpenSSL handles: `janustls.tls` turns this into a pyOpenSSL store
+No reactor and no OpenSSL handles: `janustls.tls.policy` turns this into a pyOpenSSL store
 and calls `check` from its verify callback; `janustls.explain` can call the same code.
 """
 
@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
-from janustls.config import CRLCheck, CRLExpired, PortDefinition
+from janustls.core.config import CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
-from janustls.materials import load_certificates, load_crls
-from janustls.reasons import Reason
+from janustls.core.materials import load_certificates, load_crls
+from janustls.core.reasons import Reason
 
 __all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS", "trust_warnings", "port_trust_warnings"]
 

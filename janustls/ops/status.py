@@ -2,7 +2,7 @@
 
 /status is for people and scripts (ports, their CAs with NumSigned as Janus STATUSCA
 showed, open connections, certificate and CRL expiry); /metrics is the Prometheus
-exposition of `janustls.metrics`, rendered by prometheus-client.  `format_status`
+exposition of `janustls.ops.metrics`, rendered by prometheus-client.  `format_status`
 turns a /status document into the table `janustls status` prints.
 """
 
@@ -22,12 +22,12 @@ from twisted.logger import LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from janustls import metrics
+from janustls.ops import metrics
 from janustls.events import emit
-from janustls.trust import fingerprint
+from janustls.core.trust import fingerprint
 
 if TYPE_CHECKING:
-    from janustls.service import BuiltPort
+    from janustls.ops.service import BuiltPort
 
 __all__ = ["status_document", "StatusService", "format_status", "metrics_registry"]
 
@@ -85,7 +85,7 @@ def _ocsp_document(b: BuiltPort) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     p = b.definition
     if p.ocsp.value != "none":
-        from janustls.ocspcheck import ocsp_state
+        from janustls.ops.ocspcheck import ocsp_state
 
         refused = dict(b.runtime.ocsp.refused) if b.runtime.ocsp is not None else {}
         doc["ocsp"] = {"scope": p.ocsp.value, "fail": p.ocsp_fail.value, "responder": p.ocsp_responder,
@@ -242,7 +242,7 @@ class StatusService(service.Service):
             from twisted.internet import reactor
 
             self._reactor = reactor
-        from janustls.service import server_endpoint
+        from janustls.ops.service import server_endpoint
 
         def failed(failure: Any) -> Any:
             emit("janustls.status.failed", "status: cannot listen on {listen}: {error}", LogLevel.critical,

@@ -17,15 +17,15 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import LogLevel
 
-from janustls.config import Definitions, load_definitions
-from janustls import tickets
+from janustls.core.config import Definitions, load_definitions
+from janustls.tls import tickets
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.procedures import forget_modules
-from janustls.service import BuiltPort, PortService, build_port, build_ports
+from janustls.core.procedures import forget_modules
+from janustls.ops.service import BuiltPort, PortService, build_port, build_ports
 
 if TYPE_CHECKING:
-    from janustls.service import JanusService
+    from janustls.ops.service import JanusService
 
 __all__ = ["reload_service", "replace_port"]
 
@@ -81,7 +81,7 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
         new_defs = definitions if definitions is not None else load_definitions(source)
         forget_modules(new_defs.procs)  # changed handler files are read again
         if any(p.crl_url for p in new_defs.ports):
-            from janustls.crlfetch import prefetch
+            from janustls.ops.crlfetch import prefetch
 
             yield prefetch(new_defs, reactor or svc_reactor())  # new CRL URLs; the ports keep serving meanwhile
         built = build_ports(new_defs, reactor)
@@ -109,7 +109,7 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     status_moved = new_defs.status != svc.definitions.status
     new_status: Any = None
     if not errors and status_moved and new_defs.status is not None:
-        from janustls.status import StatusService
+        from janustls.ops.status import StatusService
 
         new_status = StatusService(new_defs.status.listen, lambda: svc.ports, reactor)
         try:
@@ -131,10 +131,10 @@ def reload_service(svc: JanusService, definitions: Definitions | None = None, wh
     svc.definitions = new_defs
     if status_moved:
         yield _replace_status(svc, new_status)
-    from janustls.crlwatch import ensure_watcher
+    from janustls.ops.crlwatch import ensure_watcher
 
     ensure_watcher(svc, svc._reactor)  # noqa: SLF001  # a port with CRL files may have been added
-    from janustls.certwatch import ensure_cert_watcher
+    from janustls.ops.certwatch import ensure_cert_watcher
 
     ensure_cert_watcher(svc, svc._reactor)  # noqa: SLF001
     emit(

@@ -3,7 +3,7 @@
 `--log-format json` (twistd janustls, janustls demo) writes every log event as a JSON
 line with its stable `event_id` (`janustls.events.CATALOGUE`), the rendered message
 and its fields, so log processors select events without parsing text.
-`docs/events.md` is generated from the catalogue (`python -m janustls.logs`); a test
+`docs/events.md` is generated from the catalogue (`python -m janustls.ops.logs`); a test
 keeps the two in step.
 """
 
@@ -83,7 +83,7 @@ def catalogue_markdown() -> str:
         "line with `time`, `level`, `event_id`, `message` and the fields named below.",
         "The `janustls_events_total{event_id=...}` metric counts them.",
         "",
-        "This file is generated from `janustls.events.CATALOGUE` by `python -m janustls.logs > docs/events.md`.",
+        "This file is generated from `janustls.events.CATALOGUE` by `python -m janustls.ops.logs > docs/events.md`.",
         "",
         "| event_id | meaning |",
         "|---|---|",

@@ -19,15 +19,15 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls import _openssl
+from janustls.tls import _openssl
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
-from janustls.reasons import Reason, Refusal
-from janustls.tls import refusal_for_failure
+from janustls.core.reasons import Reason, Refusal
+from janustls.tls.protocol import refusal_for_failure
 
 if TYPE_CHECKING:
     from janustls.ports.base import PortProtocol
-    from janustls.tls import PortTLSProtocol
+    from janustls.tls.protocol import PortTLSProtocol
 
 __all__ = ["Outcome", "CertificateRequest", "can_request"]
 
