@@ -66,7 +66,7 @@ SUSPECTS = (
 
 def _serve_janustls(directory: Path, reactor: Any) -> int:
     from janustls.core.config import parse_definitions
-    from janustls.ops.service import build_ports
+    from janustls.ops.build import build_ports
 
     (directory / "views.py").write_text(VIEWS)
     text = f"""

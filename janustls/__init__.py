@@ -4,7 +4,8 @@ from janustls.core.config import ClientCertMode, Definitions, PortDefinition, Po
 from janustls.ports.connection import Connection
 from janustls.errors import ConfigError, ConfigErrors, JanusError
 from janustls.core.reasons import Reason, Refusal
-from janustls.ops.service import JanusService, build_ports, listen
+from janustls.ops.build import build_ports, listen
+from janustls.ops.service import JanusService
 
 __version__ = "0.1.0"
 

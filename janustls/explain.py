@@ -26,6 +26,10 @@ from janustls.core.materials import load_certificates
 from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
 from janustls.core.trust import check_key_strength
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import pkcs12
+from janustls.ports.access import build_policy
+from janustls.core.trust import port_trust_warnings
 
 __all__ = ["Verdict", "explain_chain", "explain", "format_verdict", "load_client_chain", "missing_intermediate"]
 
@@ -55,8 +59,6 @@ def _subject(cert: x509.Certificate) -> str:
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     return cert.public_bytes(Encoding.DER)
 
 
@@ -217,8 +219,6 @@ def load_client_chain(path: Path, password: bytes | None = None) -> list[x509.Ce
     certificate) or PKCS#12 (its certificate, then the others it carries).  An empty file
     stands for a client that sends no certificate.  Anything else is one MaterialError line.
     """
-    from cryptography.hazmat.primitives.serialization import pkcs12
-
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -290,8 +290,6 @@ def explain(
 ) -> Verdict:
     """The verdict of a port of a definition file on the chain in a PEM, DER or PKCS#12 file
     (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide."""
-    from janustls.ports.access import build_policy
-    from janustls.core.trust import port_trust_warnings
 
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
     definition = defs.port(port)

@@ -22,7 +22,7 @@ from janustls.core.config import (
     port_from_options,
 )
 from janustls.errors import ConfigError, ConfigErrors
-from janustls.ops.service import build_ports
+from janustls.ops.build import build_ports
 
 BASE = Path("/srv/janus")
 

@@ -94,12 +94,12 @@ def test_check_locates_bad_endpoints_without_traceback(checked, listen, words):
 
 def test_check_turns_unexpected_errors_into_one_line(checked, monkeypatch):
     """Whatever goes wrong inside `check` is one line on stderr and exit 1, never a traceback."""
-    import janustls.ops.service
+    import janustls.cli
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("something\nunforeseen")
 
-    monkeypatch.setattr(janustls.ops.service, "build_ports", broken)
+    monkeypatch.setattr(janustls.cli, "build_ports", broken)
     code, out, err = checked("tcp:0:interface=127.0.0.1")
     assert code == 1 and err.count("\n") == 1 and "RuntimeError" in err and "something unforeseen" in err, err
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 
 from janustls.core.config import parse_definitions
 from janustls.errors import ConfigErrors
-from janustls.ops.service import build_ports
+from janustls.ops.build import build_ports
 from tests.support import client_context, in_reactor, start, talk
 
 VIEWS = '''

@@ -16,7 +16,7 @@ from janustls.core.certinfo import CertChain
 from janustls.core.config import parse_definitions
 from janustls.errors import ConfigErrors
 from janustls.core.forwarding import identity_headers, parse_backend
-from janustls.ops.service import build_ports
+from janustls.ops.build import build_ports
 from tests.support import start
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from janustls.errors import ConfigError, ConfigErrors
+import hashlib
 
 __all__ = [
     "ClientCertMode",
@@ -304,8 +305,6 @@ def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
 
 def crl_cache_path(procs: Path, url: str) -> Path:
     """Where the CRL fetched from `url` is kept: `.crl-cache/` in the procedure library."""
-    import hashlib
-
     return procs / ".crl-cache" / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".crl")
 
 

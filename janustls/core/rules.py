@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.core.forwarding import parse_backend
 from janustls.core.identity import Policy, PolicyError, parse_policy
+from dataclasses import replace
 
 __all__ = [
     "Kind",
@@ -454,6 +455,4 @@ def build_table(
 
 
 def _with(rule: Rule, **changes: Any) -> Rule:
-    from dataclasses import replace
-
     return replace(rule, **changes)

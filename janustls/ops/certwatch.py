@@ -13,18 +13,19 @@ certificate before the key is seen as mismatched once, then as the new pair).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
+from janustls._reactor import reactor_or_global
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.events import emit
+from janustls.ops.build import PortsHost
+from janustls.ops.reload import rebuild_port, replace_port
 from janustls.core.materials import load_server_material
 
-if TYPE_CHECKING:
-    from janustls.ops.service import JanusService
 
 __all__ = ["CertWatcher", "ensure_cert_watcher"]
 
@@ -44,7 +45,7 @@ class CertWatcher(service.Service):
 
     name = "cert-watch"
 
-    def __init__(self, svc: JanusService, reactor: Any = None) -> None:
+    def __init__(self, svc: PortsHost, reactor: Any = None) -> None:
         self.svc = svc
         self._reactor = reactor
         self._seen: dict[str, tuple[Any, Any]] = {}
@@ -57,10 +58,7 @@ class CertWatcher(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = reactor_or_global(self._reactor)
         self._loop = LoopingCall(self.check)
         self._loop.clock = self._reactor
         self._loop.start(self.interval(), now=True)
@@ -91,8 +89,6 @@ class CertWatcher(service.Service):
             self._loop.interval = self.interval()
 
     def _rotate(self, built: Any) -> None:
-        from janustls.ops.reload import rebuild_port, replace_port
-
         port = built.definition
         paths = sorted({str(port.certificate), str(port.private_key)})
         try:
@@ -128,7 +124,7 @@ class CertWatcher(service.Service):
         )
 
 
-def ensure_cert_watcher(svc: JanusService, reactor: Any = None) -> None:
+def ensure_cert_watcher(svc: PortsHost, reactor: Any = None) -> None:
     """Give `svc` a certificate watcher when a port has cert_refresh > 0 (and none yet)."""
     if not any(b.definition.cert_refresh > 0 for b in svc.ports):
         return

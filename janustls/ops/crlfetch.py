@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from janustls.ops import httpfetch
 from janustls.core.config import Definitions, PortDefinition, crl_cache_path
-from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.errors import MaterialError
 from janustls.events import emit
 from janustls.core.materials import load_certificates
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.application import service
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
+from janustls._reactor import reactor_or_global
 from janustls.errors import ConfigErrors
 from janustls.events import emit
+from janustls.ops.build import PortsHost
+from janustls.ops.crlfetch import refresh
+from janustls.ops.reload import rebuild_port, replace_port
 
-if TYPE_CHECKING:
-    from janustls.ops.service import JanusService
 
 __all__ = ["CRLWatcher", "ensure_watcher"]
 
@@ -43,7 +45,7 @@ class CRLWatcher(service.Service):
 
     name = "crl-watch"
 
-    def __init__(self, svc: JanusService, reactor: Any = None, quiet: bool = False) -> None:
+    def __init__(self, svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
         self.svc = svc
         self._reactor = reactor
         # The parent of worker processes keeps its /status view fresh without logging
@@ -63,10 +65,7 @@ class CRLWatcher(service.Service):
 
     def startService(self) -> None:
         service.Service.startService(self)
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = reactor_or_global(self._reactor)
         self._loop = LoopingCall(self.check)
         self._loop.clock = self._reactor
         self._loop.start(self.interval(), now=True)
@@ -89,8 +88,6 @@ class CRLWatcher(service.Service):
             self._last_check[port.name] = now
             self._poll_files(port)
             if port.crl_url and self.fetch and self._reactor is not None:
-                from janustls.ops.crlfetch import refresh
-
                 # Asynchronous (Twisted's HTTP client); a changed file is taken at once.
                 refresh(self.svc.definitions, port, self._reactor).addCallback(lambda _, p=port: self._poll_files(p))
             if not self.quiet:
@@ -115,8 +112,6 @@ class CRLWatcher(service.Service):
             self._refresh(port.name, changed)
 
     def _refresh(self, name: str, paths: list[str]) -> None:
-        from janustls.ops.reload import rebuild_port, replace_port
-
         try:
             rebuilt = rebuild_port(self.svc, name)
         except ConfigErrors as e:
@@ -163,7 +158,7 @@ class CRLWatcher(service.Service):
             )
 
 
-def ensure_watcher(svc: JanusService, reactor: Any = None, quiet: bool = False) -> None:
+def ensure_watcher(svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
     """Give `svc` a CRL watcher when one of its ports has CRL files to watch (and none yet)."""
     if not any(b.definition.crl and b.definition.crl_refresh > 0 for b in svc.ports):
         return

@@ -15,6 +15,7 @@ import sys
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent, textFileLogObserver
+from janustls.events import CATALOGUE
 
 __all__ = ["event_as_json", "json_lines_observer", "log_observer", "catalogue_markdown", "LOG_FORMATS"]
 
@@ -73,8 +74,6 @@ def log_observer(fmt: str, out: IO[str] | None = None) -> ILogObserver:
 
 def catalogue_markdown() -> str:
     """docs/events.md: every stable event identifier and what it means."""
-    from janustls.events import CATALOGUE
-
     lines = [
         "# Log events",
         "",

@@ -13,14 +13,17 @@ is imported, and the parent's /metrics adds the workers' files up.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.logger import globalLogPublisher
 
-if TYPE_CHECKING:
-    from janustls.ops.service import BuiltPort
+from janustls.core.trust import fingerprint
+from janustls.ops.build import BuiltPort
+from janustls.ops.ocspcheck import CACHE
+
 
 __all__ = [
     "REGISTRY",
@@ -132,8 +135,6 @@ def install_observer() -> None:
     """Count events from now on (once per process; later calls do nothing)."""
     global _installed
     if not _installed:
-        from twisted.logger import globalLogPublisher
-
         globalLogPublisher.addObserver(observe)
         _installed = True
 
@@ -175,8 +176,6 @@ class StateCollector(Collector):
             leaf = tls.material.leaf
             cert.add_metric([name, leaf.subject.rfc4514_string()], _ts(leaf.not_valid_after_utc))
             counts = dict(tls.trust.signed)
-            from janustls.core.trust import fingerprint
-
             for c in tls.trust.cas:
                 subject = c.subject.rfc4514_string()
                 ca.add_metric([name, subject], _ts(c.not_valid_after_utc))
@@ -186,8 +185,6 @@ class StateCollector(Collector):
                     crl.add_metric([name, r.issuer.rfc4514_string()], _ts(r.next_update_utc))
             tcp.add_metric([name], float(len(getattr(b.factory, "protocols", ()))))
         if self._live:
-            from janustls.ops.ocspcheck import CACHE
-
             cache = GaugeMetricFamily("janustls_ocsp_cache_entries", "Verified OCSP answers held in memory (all ports)")
             cache.add_metric([], len(CACHE))
             yield cache

@@ -20,8 +20,11 @@ from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
 
+from janustls._reactor import reactor_or_global
 from janustls.events import emit
 from janustls.ops.logs import log_observer
+import atexit
+from twisted.python.logfile import LogFile
 
 __all__ = ["exit_status_at_end", "ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
 
@@ -54,8 +57,6 @@ def drain(ports: Iterable[Any], seconds: float, reactor: Any) -> Any:
 def exit_status_at_end(code: int) -> None:
     """End the process with `code` once twistd has finished (it removed its pidfile); twistd
     itself ends with 0 after any reactor stop, which a service manager takes for success."""
-    import atexit
-
     def end() -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -95,8 +96,6 @@ def twistd_log_file(options: Any) -> IO[str]:
     path = twistd_log_path(options)
     if path is None:
         return sys.stdout
-    from twisted.python.logfile import LogFile
-
     return LogFile.fromFullPath(path)  # type: ignore[return-value]
 
 
@@ -130,10 +129,7 @@ class ServerRoot(service.MultiService):
             raise SystemExit(f"janustls: cannot start: {type(e).__name__}: {e}") from None
 
     def startService(self) -> None:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = reactor_or_global(self._reactor)
         if self.log_format == "json":
             emit("janustls.log.json", "JSON log lines begin", log_format_name="json")
         install_sighup(self.reload, self._reactor)
@@ -145,11 +141,6 @@ class ServerRoot(service.MultiService):
     def stopService(self) -> Any:
         """Stop listening, then let open connections finish within drain_timeout."""
         d = defer.maybeDeferred(super().stopService)
-        d.addCallback(lambda _: drain(getattr(self.inner, "ports", ()), self.drain_timeout, self._reactor or _global_reactor()))
+        d.addCallback(lambda _: drain(getattr(self.inner, "ports", ()), self.drain_timeout, reactor_or_global(self._reactor)))
         return d
 
-
-def _global_reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor

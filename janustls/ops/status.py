@@ -12,22 +12,23 @@ import datetime
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import LogLevel
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from janustls._reactor import reactor_or_global
 from janustls.ops import metrics
+from janustls.ops.build import BuiltPort, server_endpoint
+from janustls.ops.ocspcheck import ocsp_state
 from janustls.events import emit
 from janustls.core.trust import fingerprint
 
-if TYPE_CHECKING:
-    from janustls.ops.service import BuiltPort
 
 __all__ = ["status_document", "StatusService", "format_status", "metrics_registry"]
 
@@ -85,8 +86,6 @@ def _ocsp_document(b: BuiltPort) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     p = b.definition
     if p.ocsp.value != "none":
-        from janustls.ops.ocspcheck import ocsp_state
-
         refused = dict(b.runtime.ocsp.refused) if b.runtime.ocsp is not None else {}
         doc["ocsp"] = {"scope": p.ocsp.value, "fail": p.ocsp_fail.value, "responder": p.ocsp_responder,
                        "refused": refused, "cache": ocsp_state()}  # fmt: skip
@@ -113,8 +112,6 @@ def watch_reloads() -> None:
     """Record reload outcomes from now on (once per process)."""
     global _reloads_watched
     if not _reloads_watched:
-        from twisted.logger import globalLogPublisher
-
         globalLogPublisher.addObserver(_watch_reload)
         _reloads_watched = True
 
@@ -134,8 +131,6 @@ def metrics_registry(ports: Callable[[], Sequence[BuiltPort]]) -> CollectorRegis
     registry = CollectorRegistry(auto_describe=False)
     directory = metrics.multiprocess_dir()
     if directory:
-        from prometheus_client import multiprocess
-
         multiprocess.MultiProcessCollector(registry, path=directory)
     else:
         registry.register(_Forward(metrics.REGISTRY))
@@ -238,11 +233,7 @@ class StatusService(service.Service):
     def open(self) -> defer.Deferred[IListeningPort]:
         """Bind the listener (before the service starts, so a reload can refuse an address that is
         taken while nothing has changed yet); `janustls.status.failed` when it cannot."""
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        from janustls.ops.service import server_endpoint
+        self._reactor = reactor_or_global(self._reactor)
 
         def failed(failure: Any) -> Any:
             emit("janustls.status.failed", "status: cannot listen on {listen}: {error}", LogLevel.critical,

@@ -32,19 +32,29 @@ from typing import Any, Sequence
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
-from twisted.logger import LogLevel
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
+from twisted.internet.task import LoopingCall
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import LogLevel, globalLogBeginner
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-import janustls
+from janustls._reactor import reactor_or_global
+from janustls.core.trust import fingerprint
 from janustls.tls import tickets
 from janustls.core.config import Definitions, load_definitions
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
-from janustls.ops.service import BuiltPort, build_ports, server_endpoint
+from janustls.ops import logs
+from janustls.ops import reload as planner
+from janustls.ops.build import BuiltPort, build_ports, server_endpoint
+from janustls.ops.crlwatch import ensure_watcher
+from janustls.ops.operate import drain, exit_status_at_end
+from janustls.ops.service import JanusService
+from janustls.ports.accept_proxy import ProxyHeaderEndpoint
+from janustls.tls import _openssl
 
-__all__ = ["WorkersService", "AdoptedEndpoint", "worker_main", "ENV_WORKER"]
+__all__ = ["WorkersService", "worker_main", "ENV_WORKER"]
 
 #: Set in a worker's environment: its index (0..N-1).
 ENV_WORKER = "JANUSTLS_WORKER"
@@ -58,19 +68,6 @@ _RESPAWN_MAX_DELAY = 30.0
 CRASH_LIMIT = 5
 #: The parent's exit status when it gives up.
 EXIT_CRASH_LOOP = 3
-
-
-@implementer(IStreamServerEndpoint)
-class AdoptedEndpoint:
-    """Listen on a socket inherited from the parent instead of binding one."""
-
-    def __init__(self, reactor: Any, fd: int, family: int) -> None:
-        self._reactor = reactor
-        self._fd = fd
-        self._family = family
-
-    def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        return defer.execute(self._reactor.adoptStreamPort, self._fd, self._family, factory)
 
 
 def _tcp_address(description: str) -> tuple[int, str, int, int] | None:
@@ -119,8 +116,6 @@ class _ReusePortSockets:
         return self.sockets[index % len(self.sockets)].fileno()
 
     def getHost(self) -> Any:
-        from twisted.internet.address import IPv4Address, IPv6Address
-
         host, port = self.sockets[0].getsockname()[:2]
         return (IPv6Address if self.family == socket.AF_INET6 else IPv4Address)("TCP", host, port)
 
@@ -222,8 +217,6 @@ class WorkersService(service.MultiService):
         self.log_path = log_path
         self._reactor = reactor
         self.ports: list[BuiltPort] = build_ports(definitions, reactor)  # validates everything
-        from janustls.tls import _openssl
-
         self.ticket_key: str | None = None
         if ticket_key is not None or _openssl.ticket_keys_supported():
             # Without a way to set ticket keys here, workers resume only their own sessions.
@@ -235,15 +228,12 @@ class WorkersService(service.MultiService):
             except MaterialError as e:
                 raise ConfigErrors([ConfigError(definitions.source, None, None, f"--ticket-key: {e}")])
         self._sockets: dict[str, Any] = {}
-        self._listen_of: dict[str, str] = {}
         self._current: list[_Worker] = []
         self._all: set[_Worker] = set()
         self._generation = 0
         self._stopping = False
         self._failed_starts: dict[int, int] = {}
         self._add_status(definitions)
-        from janustls.ops.crlwatch import ensure_watcher
-
         ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
 
     def _status_service(self, definitions: Definitions) -> Any:
@@ -266,10 +256,7 @@ class WorkersService(service.MultiService):
 
     @property
     def reactor(self) -> Any:
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
+        self._reactor = reactor_or_global(self._reactor)
         return self._reactor
 
     # -- sockets -------------------------------------------------------------------------
@@ -316,7 +303,7 @@ class WorkersService(service.MultiService):
             fds[n] = sockets.fileno_for(index)
             family = sockets.family
             args += ["--listen", f"{name}={n}:{int(family)}"]
-        package_root = str(Path(janustls.__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])  # the directory holding janustls/
         env = dict(os.environ)
         env[ENV_WORKER] = str(index)
         if self.ticket_key is not None:
@@ -374,8 +361,6 @@ class WorkersService(service.MultiService):
         return all(self._failed_starts.get(i, 0) >= CRASH_LIMIT for i in range(self.count))
 
     def _give_up(self) -> None:
-        from janustls.ops.operate import exit_status_at_end
-
         emit("janustls.workers.gave_up",
              "no worker stays up: each ended before serving {limit} times in a row; stopping (exit status {code})",
              LogLevel.critical, limit=CRASH_LIMIT, code=EXIT_CRASH_LOOP)  # fmt: skip
@@ -398,7 +383,6 @@ class WorkersService(service.MultiService):
             return
         for b in self.ports:
             b.listening = self._sockets[b.definition.name]
-            self._listen_of[b.definition.name] = b.definition.listen
             emit("janustls.port.listening", "port {port}: {type} listening on {address} for {workers} workers",
                  port=b.definition.name, type=b.definition.type.value, address=str(b.listening.getHost()),
                  workers=self.count, mode=b.definition.client_cert.value)  # fmt: skip
@@ -429,27 +413,22 @@ class WorkersService(service.MultiService):
     def reload(self, definitions: Definitions | None = None, why: str = "call") -> Any:
         """Validate the new file here, then replace the workers by a generation that serves it."""
         source = self.definitions.source
-        emit("janustls.reload.started", "reloading {source} ({why})", source=source, why=why)
+        planner.started(source, why)
         try:
-            new_defs = definitions if definitions is not None else load_definitions(source)
-            from janustls.core.procedures import forget_modules
-
-            forget_modules(new_defs.procs)  # validate the handler files as they are now
+            new_defs = planner.read_again(source, definitions)  # validate the handler files as they are now
             built = build_ports(new_defs, self._reactor)
             if self.ticket_key is not None:
                 tickets.load_master(self.ticket_key)  # the operator may have rotated it: it must still be usable
-        except ConfigErrors as e:
-            return self._failed(source, [str(x) for x in e.errors])
-        except MaterialError as e:
-            return self._failed(source, [str(e)])
-        names = {b.definition.name for b in built}
-        kept = [b.definition.name for b in built if self._listen_of.get(b.definition.name) == b.definition.listen]
+        except (ConfigErrors, MaterialError) as e:
+            return planner.failed(source, planner.error_texts(e, source))
+        plan = planner.plan_reload({b.definition.name: b.definition for b in self.ports}, [b.definition for b in built],
+                                   shared_socket=True)  # fmt: skip
+        kept, removed = plan.kept, plan.removed
         added = [b for b in built if b.definition.name not in kept]
-        removed = [n for n in self._sockets if n not in kept]
         try:
             opened = yield self._open(added)
         except ConfigErrors as e:
-            return self._failed(source, [str(x) for x in e.errors])
+            return planner.failed(source, [str(x) for x in e.errors])
         status_moved = new_defs.status != self.definitions.status
         new_status: Any = None
         if status_moved and new_defs.status is not None:
@@ -457,17 +436,12 @@ class WorkersService(service.MultiService):
             try:
                 new_status.adopt((yield new_status.open()))
             except Exception as e:  # refused as a whole: the old listener and sockets stay
-                for sockets in opened.values():
-                    yield sockets.stopListening()
-                return self._failed(source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))])
+                yield planner.stop_listening(opened)
+                return planner.failed(source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))])
         closing = {n: self._sockets.pop(n) for n in removed}
         self._sockets.update(opened)
         for b in built:
             b.listening = self._sockets[b.definition.name]
-            self._listen_of[b.definition.name] = b.definition.listen
-        for n in removed:
-            if n not in names:
-                self._listen_of.pop(n, None)
         self.definitions, self.ports = new_defs, built
         if status_moved:
             try:
@@ -476,8 +450,6 @@ class WorkersService(service.MultiService):
                 pass
             if new_status is not None:
                 new_status.setServiceParent(self)
-        from janustls.ops.crlwatch import ensure_watcher
-
         ensure_watcher(self, self._reactor, quiet=True)
         old, self._current = self._current, self._spawn_generation()
         try:
@@ -499,16 +471,10 @@ class WorkersService(service.MultiService):
                 w.signal("KILL")
         for listening in closing.values():
             yield listening.stopListening()
-        emit("janustls.reload.done",
-             "reloaded {source}: {workers} new workers serve it; kept {kept}, added {added}, removed {removed}",
-             source=source, kept=kept, added=[b.definition.name for b in added], removed=removed,
+        planner.done(source, "reloaded {source}: {workers} new workers serve it; kept {kept}, added {added}, removed {removed}",
+             kept=kept, added=[b.definition.name for b in added], removed=removed,
              workers=self.count)  # fmt: skip
         return True
-
-    def _failed(self, source: str, errors: list[str]) -> bool:
-        emit("janustls.reload.failed", "reload of {source} failed; nothing changed:\n  {listing}", LogLevel.error,
-             source=source, errors=errors, listing="\n  ".join(errors))  # fmt: skip
-        return False
 
 
 # -- the worker process ------------------------------------------------------------------
@@ -532,14 +498,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--logfile", help="append the log here (the parent's twistd --logfile); default stdout")
     args = parser.parse_args(argv)
 
-    from twisted.internet import reactor
-    from twisted.internet.task import LoopingCall
-    from twisted.logger import globalLogBeginner
-
-    from janustls.ops import logs, metrics
-    from janustls.ops.operate import drain
-    from janustls.ops.service import JanusService
-    from janustls.core.trust import fingerprint
+    reactor = reactor_or_global()
+    from janustls.ops import metrics  # after the parent set PROMETHEUS_MULTIPROC_DIR (see `metrics`)
 
     out = open(args.logfile, "a", buffering=1, encoding="utf-8") if args.logfile else sys.stdout  # noqa: SIM115
     base = logs.log_observer(args.log_format, out)
@@ -567,10 +527,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     svc = JanusService(definitions, reactor)
     for b in svc.ports:
         fd, family = fds[b.definition.name]
-        endpoint: IStreamServerEndpoint = AdoptedEndpoint(reactor, fd, family)
+        endpoint: IStreamServerEndpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
         if b.definition.proxy_protocol:
-            from janustls.ports.accept_proxy import ProxyHeaderEndpoint
-
             endpoint = ProxyHeaderEndpoint(endpoint)
         b.endpoint = endpoint
     metrics.install_observer()

@@ -13,13 +13,14 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from cryptography import x509
 from twisted.internet import defer, threads
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
+from janustls._reactor import reactor_or_global
 from janustls.core.config import PortDefinition
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
@@ -27,10 +28,10 @@ from janustls.ports import refusals
 from janustls.core.identity import Policy, PolicyError, Subject, Verdict, parse_policy
 from janustls.core.procedures import load_callable
 from janustls.core.reasons import Reason, Refusal
-
-if TYPE_CHECKING:
-    from janustls.ports.connection import Connection
-    from janustls.ports.base import PortProtocol
+from janustls.ports.base import PortProtocol
+from janustls.ports.connection import Connection
+from twisted.web.resource import IResource
+from janustls.core.procedures import ProcedureError, _load_module
 
 __all__ = ["PortAccess", "port_access", "reverse_names", "peer_ip", "resolver_for", "decide"]
 
@@ -47,10 +48,6 @@ def resolver_for(procs: Path, *, resources: bool = False) -> Callable[[str], Any
         return lambda ref: load_callable(procs, ref)
 
     def resolve(ref: str) -> Any:
-        from twisted.web.resource import IResource
-
-        from janustls.core.procedures import ProcedureError, _load_module
-
         module, _, attr = ref.partition(":")
         target: Any = _load_module(procs, module)
         for part in attr.split("."):
@@ -105,10 +102,7 @@ def reverse_names(ip: str, reactor: Any = None) -> defer.Deferred[list[str]]:
         _names_cache[ip] = (time.monotonic(), names)
         return names
 
-    if reactor is None:
-        from twisted.internet import reactor as default
-
-        reactor = default
+    reactor = reactor_or_global(reactor)
     return threads.deferToThreadPool(reactor, reactor.getThreadPool(), _confirmed_names, ip).addCallback(store)
 
 

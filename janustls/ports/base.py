@@ -298,7 +298,10 @@ class PortProtocol(Protocol):
     def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]:
         """Ask the client for a certificate mid-connection (see `janustls.tls.midconn`)."""
         rt = self.factory.runtime
-        self._request = CertificateRequest(self, require=require, timeout=rt.port.request_timeout)
+        self._request = CertificateRequest(
+            self.transport, rt.tls, require=require, timeout=rt.port.request_timeout, reactor=rt.reactor,
+            judge=rt.ocsp.judge if rt.ocsp is not None else None, port=rt.port.name, peer=self.peer_text(),
+        )
         return self._request.start()
 
     def can_request_certificate(self) -> tuple[bool, str]:

@@ -7,7 +7,7 @@ kept for the connection's life (`CertChain`), so asking on every request costs o
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Generator
+from typing import Any, Callable, Generator, Protocol
 
 from cryptography import x509
 from twisted.internet import defer
@@ -17,10 +17,7 @@ from twisted.python.failure import Failure
 from janustls.core.certinfo import EMPTY_CHAIN, CertChain
 from janustls.errors import LineTooLong
 
-if TYPE_CHECKING:
-    from janustls.ports.base import PortProtocol
-
-__all__ = ["Connection", "MAX_LINE", "READ_BUFFER_HIGH"]
+__all__ = ["Connection", "ConnectionOwner", "MAX_LINE", "READ_BUFFER_HIGH"]
 
 #: The longest line `readline()` will assemble before failing with LineTooLong.
 MAX_LINE = 65536
@@ -56,6 +53,19 @@ def _deliver(d: defer.Deferred[bytes], data: bytes | None, error: Exception | No
         d.callback(data)
 
 
+class ConnectionOwner(Protocol):
+    """What a Connection needs from the port protocol that owns it (`ports.base.PortProtocol`)."""
+
+    def send(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def drained(self) -> defer.Deferred[None]: ...
+    def progress(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]: ...
+    def can_request_certificate(self) -> tuple[bool, str]: ...
+
+
 class Connection:
     """One client connection on a janustls port, after its handshake."""
 
@@ -66,7 +76,7 @@ class Connection:
 
     def __init__(
         self,
-        protocol: PortProtocol,
+        protocol: ConnectionOwner,
         chain: list[x509.Certificate] | CertChain,
         *,
         tls_version: str,
@@ -251,8 +261,8 @@ class Connection:
             self._paused = False
             self._protocol.resume_reading()
 
-    def _feed(self, data: bytes) -> None:
-        """Bytes from the client (called by the port protocol)."""
+    def feed(self, data: bytes) -> None:
+        """Bytes from the client.  For the owning port protocol, not for applications."""
         if data and self._read_size >= len(data) and not self._buffer and self._waiting is not None:
             d = self._waiting[0]
             self._waiting = None
@@ -266,8 +276,9 @@ class Connection:
             self._paused = True
             self._protocol.pause_reading()
 
-    def _end(self) -> None:
-        """The client's stream has ended (close, reset, or the connection was closed)."""
+    def end_of_input(self) -> None:
+        """The client's stream has ended (close, reset, or the connection was closed).  For the
+        owning port protocol, not for applications."""
         self._eof = True
         self._wake()
 

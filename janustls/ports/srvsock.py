@@ -127,11 +127,11 @@ class SrvsockProtocol(PortProtocol):
 
     def bytes_received(self, data: bytes) -> None:
         if self.connection is not None:
-            self.connection._feed(data)
+            self.connection.feed(data)
 
     def connection_ended(self, reason: Failure | None) -> None:
         if self.connection is not None:
-            self.connection._end()
+            self.connection.end_of_input()
 
 
 class SrvsockFactory(PortFactory):

@@ -10,7 +10,7 @@ never answers gets a clean outcome instead of a hung connection.
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING
+from typing import Any, Callable
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -23,11 +23,11 @@ from janustls.tls import _openssl
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
 from janustls.core.reasons import Reason, Refusal
-from janustls.tls.protocol import refusal_for_failure
+from janustls.tls.policy import PortTLS
+from janustls.tls.protocol import PortTLSProtocol, refusal_for_failure
 
-if TYPE_CHECKING:
-    from janustls.ports.base import PortProtocol
-    from janustls.tls.protocol import PortTLSProtocol
+#: The port's OCSP verdict on a chain (`ops.ocspcheck.OCSPChecker.judge`): a refusal, None, or a Deferred of either.
+Judge = Callable[[list[x509.Certificate]], Any]
 
 __all__ = ["Outcome", "CertificateRequest", "can_request"]
 
@@ -68,13 +68,20 @@ def can_request(tls: PortTLSProtocol, connection: SSL.Connection) -> tuple[bool,
 class CertificateRequest:
     """One mid-connection request on one connection (Janus: at most one per TLS session)."""
 
-    def __init__(self, protocol: PortProtocol, *, require: bool, timeout: float) -> None:
-        self.protocol = protocol
+    def __init__(self, tls: PortTLSProtocol, policy: PortTLS, *, require: bool, timeout: float, reactor: Any,
+                 judge: Judge | None, port: str, peer: str) -> None:  # fmt: skip
+        """`tls`: the connection's TLS protocol; `policy`: the port's TLS policy it was accepted
+        with (its trust judges the answer); `judge`: the port's OCSP verdict, if it checks OCSP."""
         self.require = require
         self.timeout = timeout
         self.result: defer.Deferred[list[x509.Certificate]] = defer.Deferred()
         self._timer: IDelayedCall | None = None
-        self._tls: PortTLSProtocol = protocol.transport
+        self._tls = tls
+        self._policy = policy
+        self._reactor = reactor
+        self._judge = judge
+        self._port = port
+        self._peer = peer
         self._conn: SSL.Connection = self._tls.getHandle()
         self._version = self._conn.get_protocol_version_name()
         self._done = False
@@ -106,8 +113,7 @@ class CertificateRequest:
             self._finish(Outcome.UNSUPPORTED, [], f"OpenSSL refused to ask: {e}")
             return self.result
         self._tls.after_receive = self.check
-        rt = self.protocol.factory.runtime
-        self._timer = rt.reactor.callLater(self.timeout, self._expired)
+        self._timer = self._reactor.callLater(self.timeout, self._expired)
         return self.result
 
     def check(self) -> None:
@@ -120,12 +126,11 @@ class CertificateRequest:
             answered = not self._conn.renegotiate_pending()
         if not answered:
             return
-        rt = self.protocol.factory.runtime
-        chain = rt.tls.verified_chain(self._conn)
+        chain = self._policy.verified_chain(self._conn)
         if not chain:
             self._finish(Outcome.NO_CERTIFICATE, [], "the client sent no certificate")
             return
-        verdict = rt.ocsp.judge(chain) if rt.ocsp is not None else None
+        verdict = self._judge(chain) if self._judge is not None else None
         if isinstance(verdict, defer.Deferred):
             self._tls.after_receive = None  # answered; the OCSP verdict decides
             verdict.addCallback(self._judged, chain)
@@ -167,13 +172,12 @@ class CertificateRequest:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        rt = self.protocol.factory.runtime
         emit(
             outcome.event_id,
             "port {port}: certificate request to {peer} ({version}): {outcome}: {detail}",
             LogLevel.warn if outcome in (Outcome.REFUSED, Outcome.TIMEOUT) else LogLevel.info,
-            port=rt.port.name,
-            peer=self.protocol.peer_text(),
+            port=self._port,
+            peer=self._peer,
             version=self._version,
             outcome=outcome.value,
             detail=detail,

@@ -13,23 +13,18 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL, crypto
-from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IPushProducer
-from twisted.protocols.tls import TLSMemoryBIOProtocol, _ProducerMembrane
-from twisted.logger import LogLevel
-from twisted.python.failure import Failure
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
 from janustls.tls import _openssl
 from janustls.core.certinfo import EMPTY_CHAIN, CertChain
-from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
-from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH, ClientCertMode, CRLCheck, CRLExpired, PortDefinition
+from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
-from janustls.events import emit
 from janustls.core.materials import ServerMaterial, load_server_material
 from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.core.trust import PortTrust, load_port_trust
 from janustls.tls.protocol import PortTLSProtocol
+from janustls.tls import tickets
 
 __all__ = ["PortTLS", "build_port_tls", "DEFAULT_CIPHERS"]
 
@@ -119,8 +114,6 @@ class PortTLS:
             ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             ctx.set_options(SSL.OP_NO_TICKET)
         else:
-            from janustls.tls import tickets
-
             if tickets.apply(ctx, port.name):  # keys shared by workers and machines, when configured
                 # Another process may resume this session: put the client's intermediates in
                 # the ticket so it can name the issuers (a Python callback per ticket, so

@@ -6,29 +6,23 @@ What a handshake failure means for the log (`refusal_for_failure`, `refused_leaf
 
 from __future__ import annotations
 
-import hashlib
-import time
 from typing import Any, Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from OpenSSL import SSL, crypto
+from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IOpenSSLServerConnectionCreator, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.protocols.tls import TLSMemoryBIOProtocol, _ProducerMembrane
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from janustls._reactor import reactor_or_global
 from janustls.tls import _openssl
-from janustls.core.certinfo import EMPTY_CHAIN, CertChain
 from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
-from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH, ClientCertMode, CRLCheck, CRLExpired, PortDefinition
-from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
 from janustls.events import emit
-from janustls.core.materials import ServerMaterial, load_server_material
-from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.core.trust import PortTrust, load_port_trust
+from janustls.core.reasons import Reason, Refusal
 
 __all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "WRITE_BUFFER_HIGH"]
 
@@ -237,9 +231,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         if grace is None or self._close_timer is not None or not self.connected:
             return
         runtime = getattr(self.factory, "runtime", None)
-        clock = getattr(runtime, "reactor", None)
-        if clock is None:
-            from twisted.internet import reactor as clock
+        clock = reactor_or_global(getattr(runtime, "reactor", None))
         self._close_unsent = self.unsent()
         self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)  # type: ignore[union-attr]
 

@@ -51,6 +51,7 @@ from janustls.core.reasons import Reason, Refusal
 from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
 from janustls.tls.protocol import refusal_for_failure, refused_leaf
 from janustls.core.webpath import PathError, encode, normalise
+from janustls.tls.protocol import failure_text
 
 if TYPE_CHECKING:
     from janustls.core.config import WebRuleLine
@@ -1127,8 +1128,6 @@ class WebFactory(PortFactory):
             return
         if refusal_for_failure(protocol.transport, reason) is not None:
             return
-        from janustls.tls.protocol import failure_text
-
         info = ProtocolError(self.runtime.port.name, _address_text(protocol.peer_address()), failure_text(reason))
         try:
             rule.handler(info)
