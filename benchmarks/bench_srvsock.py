@@ -188,7 +188,7 @@ SUSPECTS = (
     ("buildProtocol (janustls)", "janustls/ports/base.py", "buildProtocol"),
     ("TLS connection creation", "janustls/tls/policy.py", "serverConnectionForTLS"),
     ("ClientHello / dataReceived wrapper", "janustls/tls/protocol.py", "dataReceived"),
-    ("ticket callback", "janustls/tls/_openssl.py", "on_new_ticket"),
+    ("ticket callback", "janustls/tls/_hidden.py", "on_new_ticket"),
     ("handshakeCompleted (all of it)", "janustls/ports/base.py", "handshakeCompleted"),
     ("connectionLost (all of it)", "janustls/ports/base.py", "connectionLost"),
     ("connectionMade (janustls)", "janustls/ports/base.py", "connectionMade"),

@@ -18,18 +18,17 @@ from typing import Sequence
 from cryptography import x509
 from OpenSSL import crypto
 
-from janustls.tls import _openssl
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+
 from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
 from janustls.core.identity import Policy, Subject
-from janustls.errors import MaterialError
-from janustls.core.materials import load_certificates
+from janustls.core.materials import is_pem, load_certificates, parse_certificates
 from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
-from janustls.core.trust import check_key_strength
-from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.hazmat.primitives.serialization import pkcs12
+from janustls.core.trust import check_key_strength, issued_by, port_trust_warnings, walk_chain
+from janustls.errors import MaterialError
 from janustls.ports.access import build_policy
-from janustls.core.trust import port_trust_warnings
+from janustls.tls import _openssl
+from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
 
 __all__ = ["Verdict", "explain_chain", "explain", "format_verdict", "load_client_chain", "missing_intermediate"]
 
@@ -176,27 +175,13 @@ def _revocation(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal |
 
 def _walk(tls: PortTLS, leaf: x509.Certificate, rest: Sequence[x509.Certificate]) -> list[x509.Certificate]:
     """The chain as OpenSSL builds it (trusted issuers first), as far as it goes."""
-    chain = [leaf]
-    while len(chain) < 64:
-        current = chain[-1]
-        ca = next((c for c in tls.trust.cas if c.subject == current.issuer and _issued_by(current, c)), None)
-        if ca is not None:
-            if ca != current:
-                chain.append(ca)
-            return chain
-        parent = next((c for c in rest if c.subject == current.issuer and c not in chain and _issued_by(current, c)), None)
-        if parent is None:
-            return chain
-        chain.append(parent)
+    chain, _ = walk_chain(
+        leaf,
+        lambda c: [ca for ca in tls.trust.cas if ca.subject == c.issuer],
+        lambda c: [i for i in rest if i.subject == c.issuer],
+        steps=63,
+    )
     return chain
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except Exception:  # InvalidSignature, unsupported key types, name mismatch
-        return False
-    return True
 
 
 def _depth_refusal(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal | None:
@@ -225,10 +210,10 @@ def load_client_chain(path: Path, password: bytes | None = None) -> list[x509.Ce
         raise MaterialError(f"cannot read it: {e.strerror or e}") from None
     if not data.strip():
         return []
-    if b"-----BEGIN" in data:
+    if is_pem(data):
         return load_certificates(path)
     try:
-        return [x509.load_der_x509_certificate(data)]
+        return parse_certificates(data)  # DER: one certificate
     except ValueError:
         pass
     try:
@@ -269,7 +254,7 @@ def missing_intermediate(tls: PortTLS, presented: Sequence[x509.Certificate], kn
     if any(ca.subject == leaf.issuer for ca in tls.trust.cas) or any(c.subject == leaf.issuer for c in presented[1:]):
         return None
     pool = [*tls.material.chain, *known]
-    for issuer in (c for c in pool if c.subject == leaf.issuer and _issued_by(leaf, c)):
+    for issuer in (c for c in pool if c.subject == leaf.issuer and issued_by(leaf, c)):
         chain = tls.trust.complete_chain(issuer, pool)
         if chain:
             return (

@@ -12,11 +12,11 @@ import ssl
 
 import pytest
 
-from janustls.tls import _openssl, tickets
+from janustls.tls import _hidden, tickets
 from janustls.pki import CA
 from tests.support import client_context, in_reactor, start
 
-pytestmark = pytest.mark.skipif(not _openssl.ticket_keys_supported(), reason="no way to set ticket keys here")
+pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
 
 HANDLER = '''
 async def serve(sock):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from janustls.core.procedures import REFERENCE
 from janustls.errors import ConfigError, ConfigErrors
 import hashlib
 
@@ -32,6 +33,9 @@ __all__ = [
     "load_partially",
     "port_from_options",
     "listen_address",
+    "split_endpoint",
+    "crl_cache_path",
+    "CRL_CACHE_DIR",
     "listen_problem",
 ]
 
@@ -88,7 +92,6 @@ class ForwardIdentity(str, enum.Enum):
 
 TLS_VERSIONS = ("1.2", "1.3")
 PORT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-HANDLER_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 5.0
@@ -242,17 +245,24 @@ class _Collector:
         self.errors.append(ConfigError(self.file, section, key, message))
 
 
+def split_endpoint(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """A server endpoint description as Twisted reads it: (kind, positional arguments, key=value
+    arguments), split at unescaped colons; a bare port number is a tcp endpoint."""
+    parts = re.split(r"(?<!\\):", description.strip())
+    kind = parts[0].strip().lower()
+    args = [p for p in parts[1:] if "=" not in p]
+    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if kind.isdigit() or kind.startswith("-"):
+        kind, args = "tcp", [parts[0]] + args
+    return kind, args, kwargs
+
+
 def listen_address(description: str) -> tuple[str, str, str] | None:
     """(kind, interface, port) of a tcp-like endpoint description, to find clashes.
 
     None for kinds that cannot clash (unix paths are compared as given, port 0 never clashes).
     """
-    parts = re.split(r"(?<!\\):", description)
-    kind = parts[0].strip().lower()
-    args = [p for p in parts[1:] if "=" not in p]
-    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    if kind.isdigit():
-        kind, args = "tcp", [parts[0]] + args
+    kind, args, kwargs = split_endpoint(description)
     if kind in ("tcp", "tcp6", "ssl"):
         port = kwargs.get("port") or (args[0] if args else "")
         if port.strip() in ("", "0"):
@@ -274,12 +284,7 @@ def listen_problem(description: str) -> str | None:
     systemd endpoint, whose socket exists only when systemd starts the server, is
     checked for its syntax (domain, index= or name=) without being used.
     """
-    parts = re.split(r"(?<!\\):", description.strip())
-    kind = parts[0].strip().lower()
-    args = [p for p in parts[1:] if "=" not in p]
-    kwargs = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-    if kind.isdigit() or kind.startswith("-"):
-        kind, args = "tcp", [parts[0]] + args
+    kind, args, kwargs = split_endpoint(description)
     if kind in ("tcp", "tcp6", "ssl"):
         port = (kwargs.get("port") or (args[0] if args else "")).strip()
         if not re.fullmatch(r"[0-9]+", port) or int(port) > 65535:
@@ -303,9 +308,14 @@ def _clash(a: tuple[str, str, str], b: tuple[str, str, str]) -> bool:
     return a[1] == b[1] or a[1] in wildcard or b[1] in wildcard
 
 
+#: The directory, in the procedure library, of the CRLs fetched from `crl_url`s.
+CRL_CACHE_DIR = ".crl-cache"
+
+
 def crl_cache_path(procs: Path, url: str) -> Path:
-    """Where the CRL fetched from `url` is kept: `.crl-cache/` in the procedure library."""
-    return procs / ".crl-cache" / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".crl")
+    """Where the CRL fetched from `url` is kept (`janustls.ops.crlfetch` writes it; the port
+    reads it as one of its CRL files)."""
+    return procs / CRL_CACHE_DIR / (hashlib.sha256(url.encode()).hexdigest()[:24] + ".crl")
 
 
 def _split_paths(value: str) -> list[str]:
@@ -426,7 +436,7 @@ class _PortReader:
         if tls_min in TLS_VERSIONS and tls_max in TLS_VERSIONS and tls_min > tls_max:
             self.error("tls_max", f"is {tls_max}, below tls_min = {tls_min}")
         handler = self.get("handler")
-        if handler is not None and not HANDLER_REF.match(handler):
+        if handler is not None and not REFERENCE.match(handler):
             self.error("handler", f"is {handler!r}; expected MODULE:CALLABLE from the procedure library")
         connect = self.get("connect")
         if port_type is not None:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from janustls.errors import MaterialError
 
-__all__ = ["load_certificates", "load_private_key", "load_crls", "ServerMaterial", "load_server_material"]
+__all__ = ["is_pem", "parse_certificates", "parse_crls", "load_certificates", "load_private_key", "load_crls", "ServerMaterial", "load_server_material"]
 
 PrivateKey = Union[
     rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey
@@ -41,16 +41,46 @@ def _read(path: Path) -> bytes:
         raise MaterialError(f"cannot read {path}: {e.strerror or e}")
 
 
+def is_pem(data: bytes) -> bool:
+    """Whether `data` is PEM text (else it is read as DER): the one test of the format."""
+    return b"-----BEGIN" in data
+
+
+def parse_certificates(data: bytes) -> list[x509.Certificate]:
+    """Every certificate of PEM data (or the one of DER data); ValueError when there is none."""
+    blocks = _PEM_CERT.findall(data)
+    if blocks:
+        return [x509.load_pem_x509_certificate(b) for b in blocks]
+    if is_pem(data):
+        raise _NoPEM("certificate")
+    return [x509.load_der_x509_certificate(data)]
+
+
+def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every CRL of PEM data (or the one of DER data); ValueError when there is none."""
+    blocks = _PEM_CRL.findall(data)
+    if blocks:
+        return [x509.load_pem_x509_crl(b) for b in blocks]
+    if is_pem(data):
+        raise _NoPEM("CRL")
+    return [x509.load_der_x509_crl(data)]
+
+
+class _NoPEM(ValueError):
+    """PEM text without a block of the kind asked for."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"holds no PEM {kind}")
+
+
 def load_certificates(path: Path) -> list[x509.Certificate]:
     """Every certificate in a PEM file (or the one in a DER file), in file order."""
     data = _read(path)
-    blocks = _PEM_CERT.findall(data)
     try:
-        if blocks:
-            return [x509.load_pem_x509_certificate(b) for b in blocks]
-        if b"-----BEGIN" in data:
-            raise MaterialError(f"{path} holds no PEM certificate")
-        return [x509.load_der_x509_certificate(data)]
+        return parse_certificates(data)
+    except _NoPEM:
+        raise MaterialError(f"{path} holds no PEM certificate")
     except ValueError as e:
         raise MaterialError(f"{path} is not a valid certificate: {e}")
 
@@ -80,13 +110,10 @@ def load_private_key(path: Path, password: bytes | None) -> PrivateKey:
 def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
     """Every CRL in a PEM file, or the one in a DER file."""
     data = _read(path)
-    blocks = _PEM_CRL.findall(data)
     try:
-        if blocks:
-            return [x509.load_pem_x509_crl(b) for b in blocks]
-        if b"-----BEGIN" in data:
-            raise MaterialError(f"{path} holds no PEM CRL")
-        return [x509.load_der_x509_crl(data)]
+        return parse_crls(data)
+    except _NoPEM:
+        raise MaterialError(f"{path} holds no PEM CRL")
     except ValueError as e:
         raise MaterialError(f"{path} is not a valid CRL: {e}")
 
@@ -118,38 +145,38 @@ def load_server_material(
 ) -> ServerMaterial:
     """Load and check a server certificate chain and key.
 
-    On failure, raises MaterialError naming the key to blame:
-    the message starts with `certificate:` or `private_key:` or `private_key_password_env:`.
+    On failure, raises MaterialError whose `key` names the key to blame:
+    `certificate`, `private_key` or `private_key_password_env`.
     """
     try:
         chain = load_certificates(certificate)
     except MaterialError as e:
-        raise MaterialError(f"certificate: {e}")
+        raise MaterialError(e.message, key="certificate")
     password: bytes | None = None
     if password_env is not None:
         value = os.environ.get(password_env)
         if value is None:
-            raise MaterialError(f"private_key_password_env: the environment variable {password_env} is not set")
+            raise MaterialError(f"the environment variable {password_env} is not set", key="private_key_password_env")
         password = value.encode("utf-8")
     try:
         key = load_private_key(private_key, password)
     except MaterialError as e:
-        raise MaterialError(f"private_key: {e}")
+        raise MaterialError(e.message, key="private_key")
     leaf = chain[0]
     if _public_der(leaf.public_key()) != _public_der(key.public_key()):
         raise MaterialError(
-            f"private_key: the key in {private_key} does not match the certificate in {certificate} "
-            f"({leaf.subject.rfc4514_string()})"
+            f"the key in {private_key} does not match the certificate in {certificate} ({leaf.subject.rfc4514_string()})",
+            key="private_key",
         )
     now = now or datetime.datetime.now(datetime.timezone.utc)
     if leaf.not_valid_after_utc < now:
         raise MaterialError(
-            f"certificate: the server certificate in {certificate} expired on "
-            f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
+            f"the server certificate in {certificate} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+            key="certificate",
         )
     if leaf.not_valid_before_utc > now:
         raise MaterialError(
-            f"certificate: the server certificate in {certificate} is not valid until "
-            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+            f"the server certificate in {certificate} is not valid until {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC",
+            key="certificate",
         )
     return ServerMaterial(chain=tuple(chain), key=key)

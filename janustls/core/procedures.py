@@ -7,6 +7,7 @@ private module name, so a procedure called `json` or `ssl` cannot shadow the rea
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +15,10 @@ from typing import Any
 
 from janustls.errors import JanusError
 
-__all__ = ["ProcedureError", "load_callable", "forget_modules"]
+__all__ = ["ProcedureError", "REFERENCE", "load_object", "load_callable", "forget_modules"]
+
+#: `MODULE:NAME`: a module of the procedure library (dots for subfolders) and a name in it (dots for attributes).
+REFERENCE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 
 _PREFIX = "janustls_procs"
 
@@ -73,18 +77,23 @@ def forget_modules(procs: Path) -> list[str]:
     return dropped
 
 
-def load_callable(procs: Path, reference: Any) -> Any:
-    """The callable named by `MODULE:CALLABLE` in the procedure library (a callable is itself)."""
-    if callable(reference):
-        return reference
+def load_object(procs: Path, reference: str) -> Any:
+    """What `MODULE:NAME` names in the procedure library (the one reader of that pattern)."""
     module, _, attr = reference.partition(":")
-    mod = _load_module(procs, module)
-    target: Any = mod
+    target: Any = _load_module(procs, module)
     for part in attr.split("."):
         try:
             target = getattr(target, part)
         except AttributeError:
             raise ProcedureError(f"{module} has no {attr!r}") from None
+    return target
+
+
+def load_callable(procs: Path, reference: Any) -> Any:
+    """The callable named by `MODULE:CALLABLE` in the procedure library (a callable is itself)."""
+    if callable(reference):
+        return reference
+    target = load_object(procs, reference)
     if not callable(target):
         raise ProcedureError(f"{reference} is not callable")
     return target

@@ -24,13 +24,13 @@ from __future__ import annotations
 import enum
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from janustls.core.procedures import REFERENCE
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.core.forwarding import parse_backend
 from janustls.core.identity import Policy, PolicyError, parse_policy
-from dataclasses import replace
 
 __all__ = [
     "Kind",
@@ -80,7 +80,6 @@ class Exc(str, enum.Enum):
 
 EXCEPTIONS = frozenset(e.value for e in Exc)
 _METHOD = re.compile(r"^[A-Z]+(,[A-Z]+)*$")
-_REF = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _OPTIONS = frozenset({"status", "client_cert", "fallback", "allow", "max_body", "type"})
@@ -231,6 +230,209 @@ def _pattern(url: str) -> re.Pattern[str] | None:
     return re.compile("(.*)".join(pieces), re.DOTALL)
 
 
+class _Refused(Exception):
+    """One line's mistakes (every message); the line is skipped, the table goes on."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__(*messages)
+        self.messages = messages
+
+
+_ACTIONS_HELP = "call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | forward http://BACKEND"
+
+
+def _read_key(key: str, exceptions: Mapping[Exc, Rule]) -> tuple[Kind, frozenset[str] | None, str, Exc | None]:
+    """`KIND [METHODS] URL` -> (kind, methods, URL or exception name, the exception named)."""
+    words = key.split()
+    if not words:
+        raise _Refused("is empty")
+    try:
+        kind = Kind(words[0].upper())
+    except ValueError:
+        raise _Refused(f"starts with {words[0]!r}; expected ON, TYPE, REDIRECT, ALLOW or DISALLOW") from None
+    rest = words[1:]
+    methods: frozenset[str] | None = None
+    if len(rest) == 2:
+        if not _METHOD.match(rest[0].upper()):
+            raise _Refused(f"has {rest[0]!r} where HTTP methods go (e.g. GET or GET,POST)")
+        methods = frozenset(rest[0].upper().split(","))
+        url = rest[1]
+    elif len(rest) == 1:
+        url = rest[0]
+    else:
+        raise _Refused(f"should be {kind.value} [METHODS] URL")
+    if url.startswith("/"):
+        return kind, methods, url, None
+    base = url.rstrip("*").upper()
+    if url.upper() in EXCEPTIONS:
+        exc = Exc(url.upper())
+    elif "*" in url and any(e.startswith(base) for e in EXCEPTIONS):
+        raise _Refused(f"names exceptions with a wildcard; an exception rule names exactly one of {', '.join(sorted(EXCEPTIONS))}")
+    else:
+        raise _Refused(f"has URL {url!r}; expected a path starting with / or an exception name ({', '.join(sorted(EXCEPTIONS))})")
+    if methods is not None:
+        raise _Refused("is an exception rule with a method; exception rules take no method (Janus MSIR.0489)")
+    if kind in (Kind.ALLOW, Kind.DISALLOW):
+        raise _Refused(f"is {kind.value} on an exception; exception rules are ON, TYPE or REDIRECT")
+    if exc in exceptions and kind is not Kind.TYPE:
+        raise _Refused(f"is a second handler for {exc.value}")
+    return kind, methods, url, exc
+
+
+def _access_fields(kind: Kind, value: str, where: str, resolve: Callable[[str], Any] | None) -> dict[str, Any]:
+    """ALLOW and DISALLOW: the identity expression (DISALLOW alone: anyone)."""
+    expr = value.strip() or ("anyone" if kind is Kind.DISALLOW else "")
+    if not expr:
+        raise _Refused("needs an identity expression (e.g. ALLOW /admin/* = ou:ops), or anyone")
+    try:
+        return {"allow": parse_policy(expr, where, resolve), "target": expr}
+    except PolicyError as e:
+        raise _Refused(f"identity expression {e}") from None
+
+
+def _option(name: str, val: str, where: str, resolve: Callable[[str], Any] | None) -> tuple[str, Any]:
+    """One `name=value` option of an ON or REDIRECT rule -> (Rule field, value)."""
+    if name == "status":
+        if not val.isdigit() or not 100 <= int(val) <= 599:
+            raise _Refused(f"has status={val}; expected an HTTP status from 100 to 599")
+        return "status", int(val)
+    if name == "client_cert":
+        if val.lower() not in ("require", "request"):
+            raise _Refused(f"has client_cert={val}; expected require or request")
+        return "client_cert", val.lower()
+    if name == "fallback":
+        if not (val.startswith("https://") or val.startswith("/")):
+            raise _Refused(f"has fallback={val}; expected an https:// URL or a path")
+        return "fallback", val
+    if name == "max_body":
+        if not val.isdigit():
+            raise _Refused(f"has max_body={val}; expected a number of bytes")
+        return "max_body", int(val)
+    if name == "type":
+        if not _CONTENT_TYPE.match(val):
+            raise _Refused(f"has type={val}; expected a content type such as text/html")
+        return "content_type", val
+    try:  # allow
+        return "allow", parse_policy(val, f"{where} allow", resolve)
+    except PolicyError as e:
+        raise _Refused(f"has allow= whose identity expression {e}") from None
+
+
+def _action_fields(kind: Kind, value: str, where: str, resolve: Callable[[str], Any] | None) -> dict[str, Any]:
+    """ON and REDIRECT: the action, its target and options (every bad option reported)."""
+    try:
+        tokens = shlex.split(value, comments=False)
+    except ValueError as e:
+        raise _Refused(f"cannot be read: {e} (unbalanced quotes?)") from None
+    if kind is Kind.REDIRECT:
+        tokens = ["redirect"] + tokens
+    if len(tokens) < 2:
+        raise _Refused(f"needs an action: {_ACTIONS_HELP}")
+    try:
+        action = Action(tokens[0].lower())
+    except ValueError:
+        raise _Refused(f"has action {tokens[0]!r}; expected call, page, redirect, wsgi or forward") from None
+    fields: dict[str, Any] = {"action": action, "target": tokens[1]}
+    bad: list[str] = []
+    for opt in tokens[2:]:
+        name, eq, val = opt.partition("=")
+        name = name.lower()
+        if not eq or name not in _OPTIONS:
+            bad.append(f"has {opt!r}; options are {', '.join(sorted(_OPTIONS))} (name=value)")
+            continue
+        try:
+            field_name, field_value = _option(name, val, where, resolve)
+        except _Refused as e:
+            bad.extend(e.messages)
+            continue
+        fields[field_name] = field_value
+    if bad:
+        raise _Refused(*bad)
+    return fields
+
+
+def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Callable[[str], Any] | None) -> None:
+    """What an action, its target and options must agree on; loads call/wsgi handlers (`resolve`)."""
+    action, target = fields["action"], fields["target"]
+    if action in (Action.CALL, Action.WSGI) and "*" in target:
+        raise _Refused(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
+    if action in (Action.CALL, Action.WSGI):
+        if not REFERENCE.match(target):
+            raise _Refused(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
+        if resolve is not None:
+            try:
+                fields["handler"] = resolve(target)
+            except Exception as e:
+                raise _Refused(f"{action.value} {target}: {e}") from None
+    if action is Action.REDIRECT and fields.get("status") is not None and fields["status"] not in _REDIRECT_STATUS:
+        raise _Refused(f"has status={fields['status']} on a redirect; expected one of 301, 302, 303, 307, 308")
+    if action is Action.FORWARD:
+        try:
+            parse_backend(target.replace("*", "x"))
+        except ValueError as e:
+            raise _Refused(f"has forward {e}") from None
+    if action is Action.PAGE and ".." in target.replace("\\", "/").split("/"):
+        raise _Refused(f"has page {target!r}; a page stays inside the procedure library (no ..)")
+    if exc is not None:
+        if fields.get("client_cert") or fields.get("fallback") or fields.get("allow"):
+            raise _Refused("is an exception rule; client_cert=, fallback= and allow= apply to URL rules only")
+        if exc is Exc.SSLPROTOCOLERR and action is not Action.CALL:
+            raise _Refused("handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)")
+        if action in (Action.WSGI, Action.FORWARD):
+            raise _Refused(f"is an exception rule; {action.value} cannot be an exception handler")
+        if "*" in target:
+            raise _Refused("is an exception rule; there is no wildcard part to substitute")
+    if fields.get("fallback") and fields.get("client_cert") is None:
+        raise _Refused("has fallback= without client_cert=; fallback is where clients go that cannot be asked")
+    if "*" in target and "*" not in url:
+        raise _Refused(f"substitutes * into {target!r} but the URL {url!r} has no wildcard")
+
+
+class _TableBuilder:
+    """The rules and exception handlers read so far; TYPE lines of exceptions wait for their handler."""
+
+    def __init__(self, section: str, resolve: Callable[[str], Any] | None) -> None:
+        self.section = section
+        self.resolve = resolve
+        self.rules: list[Rule] = []
+        self.exceptions: dict[Exc, Rule] = {}
+        self.pending_types: dict[Exc, str] = {}
+
+    def add(self, index: int, key: str, value: str) -> None:
+        """Read one line into the table; `_Refused` with its mistakes."""
+        kind, methods, url, exc = _read_key(key, self.exceptions)
+        fields: dict[str, Any] = dict(index=index, key=key, value=value, kind=kind, methods=methods, url=url,
+                                      exception=exc, _regex=_pattern(url))  # fmt: skip
+        where = f"[{self.section}] {key}"
+        if kind is Kind.TYPE:
+            self._add_type(fields, value, exc)
+        elif kind in (Kind.ALLOW, Kind.DISALLOW):
+            fields.update(_access_fields(kind, value, where, self.resolve))
+            self.rules.append(Rule(**fields))
+        else:  # ON and REDIRECT: an action, then options.
+            fields.update(_action_fields(kind, value, where, self.resolve))
+            _check_action(fields, url, exc, self.resolve)
+            self._add_action(Rule(**fields), exc)
+
+    def _add_type(self, fields: dict[str, Any], value: str, exc: Exc | None) -> None:
+        if not _CONTENT_TYPE.match(value):
+            raise _Refused(f"has {value!r}; expected a content type such as text/css")
+        if exc is None:
+            self.rules.append(Rule(**fields, target=value))
+        elif exc in self.exceptions:
+            self.exceptions[exc] = _with(self.exceptions[exc], content_type=value)
+        else:
+            self.pending_types[exc] = value
+
+    def _add_action(self, rule: Rule, exc: Exc | None) -> None:
+        if exc is None:
+            self.rules.append(rule)
+            return
+        if exc in self.pending_types:
+            rule = _with(rule, content_type=self.pending_types.pop(exc))
+        self.exceptions[exc] = rule
+
+
 def build_table(
     lines: Sequence[Any],
     *,
@@ -244,214 +446,17 @@ def build_table(
     `MODULE:CALLABLE` references from the procedure library (None: do not load).
     """
     errors: list[ConfigError] = []
-    rules: list[Rule] = []
-    exceptions: dict[Exc, Rule] = {}
-    pending_types: dict[Exc, str] = {}
-
+    table = _TableBuilder(section, resolve)
     for index, line in enumerate(lines):
-        key, value = line.key, line.value
-
-        def err(message: str, key: str = key) -> None:
-            errors.append(ConfigError(source, section, key, message))
-
-        words = key.split()
-        if not words:
-            err("is empty")
-            continue
         try:
-            kind = Kind(words[0].upper())
-        except ValueError:
-            err(f"starts with {words[0]!r}; expected ON, TYPE, REDIRECT, ALLOW or DISALLOW")
-            continue
-        rest = words[1:]
-        methods: frozenset[str] | None = None
-        if len(rest) == 2:
-            if not _METHOD.match(rest[0].upper()):
-                err(f"has {rest[0]!r} where HTTP methods go (e.g. GET or GET,POST)")
-                continue
-            methods = frozenset(rest[0].upper().split(","))
-            url = rest[1]
-        elif len(rest) == 1:
-            url = rest[0]
-        else:
-            err(f"should be {kind.value} [METHODS] URL")
-            continue
-        exc: Exc | None = None
-        if not url.startswith("/"):
-            base = url.rstrip("*").upper()
-            if url.upper() in EXCEPTIONS:
-                exc = Exc(url.upper())
-            elif "*" in url and any(e.startswith(base) for e in EXCEPTIONS):
-                err(f"names exceptions with a wildcard; an exception rule names exactly one of {', '.join(sorted(EXCEPTIONS))}")
-                continue
-            else:
-                err(f"has URL {url!r}; expected a path starting with / or an exception name ({', '.join(sorted(EXCEPTIONS))})")
-                continue
-            if methods is not None:
-                err("is an exception rule with a method; exception rules take no method (Janus MSIR.0489)")
-                continue
-            if kind in (Kind.ALLOW, Kind.DISALLOW):
-                err(f"is {kind.value} on an exception; exception rules are ON, TYPE or REDIRECT")
-                continue
-            if exc in exceptions and kind is not Kind.TYPE:
-                err(f"is a second handler for {exc.value}")
-                continue
-
-        fields: dict[str, Any] = dict(index=index, key=key, value=value, kind=kind, methods=methods, url=url,
-                                      exception=exc, _regex=_pattern(url))  # fmt: skip
-
-        if kind is Kind.TYPE:
-            if not _CONTENT_TYPE.match(value):
-                err(f"has {value!r}; expected a content type such as text/css")
-                continue
-            fields["target"] = value
-            rule = Rule(**fields)
-            if exc is not None:
-                handler = exceptions.get(exc)
-                if handler is not None:
-                    exceptions[exc] = _with(handler, content_type=value)
-                else:
-                    pending_types[exc] = value
-                continue
-            rules.append(rule)
-            continue
-
-        if kind in (Kind.ALLOW, Kind.DISALLOW):
-            expr = value.strip() or ("anyone" if kind is Kind.DISALLOW else "")
-            if not expr:
-                err("needs an identity expression (e.g. ALLOW /admin/* = ou:ops), or anyone")
-                continue
-            try:
-                fields["allow"] = parse_policy(expr, f"[{section}] {key}", resolve)
-            except PolicyError as e:
-                err(f"identity expression {e}")
-                continue
-            fields["target"] = expr
-            rules.append(Rule(**fields))
-            continue
-
-        # ON and REDIRECT: an action, then options.
-        try:
-            tokens = shlex.split(value, comments=False)
-        except ValueError as e:
-            err(f"cannot be read: {e} (unbalanced quotes?)")
-            continue
-        if kind is Kind.REDIRECT:
-            tokens = ["redirect"] + tokens
-        if len(tokens) < 2:
-            err("needs an action: call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | forward http://BACKEND")
-            continue
-        try:
-            action = Action(tokens[0].lower())
-        except ValueError:
-            err(f"has action {tokens[0]!r}; expected call, page, redirect, wsgi or forward")
-            continue
-        target = tokens[1]
-        fields.update(action=action, target=target)
-        bad = False
-        for opt in tokens[2:]:
-            name, eq, val = opt.partition("=")
-            name = name.lower()
-            if not eq or name not in _OPTIONS:
-                err(f"has {opt!r}; options are {', '.join(sorted(_OPTIONS))} (name=value)")
-                bad = True
-                continue
-            if name == "status":
-                if not val.isdigit() or not 100 <= int(val) <= 599:
-                    err(f"has status={val}; expected an HTTP status from 100 to 599")
-                    bad = True
-                    continue
-                fields["status"] = int(val)
-            elif name == "client_cert":
-                if val.lower() not in ("require", "request"):
-                    err(f"has client_cert={val}; expected require or request")
-                    bad = True
-                    continue
-                fields["client_cert"] = val.lower()
-            elif name == "fallback":
-                if not (val.startswith("https://") or val.startswith("/")):
-                    err(f"has fallback={val}; expected an https:// URL or a path")
-                    bad = True
-                    continue
-                fields["fallback"] = val
-            elif name == "max_body":
-                if not val.isdigit():
-                    err(f"has max_body={val}; expected a number of bytes")
-                    bad = True
-                    continue
-                fields["max_body"] = int(val)
-            elif name == "type":
-                if not _CONTENT_TYPE.match(val):
-                    err(f"has type={val}; expected a content type such as text/html")
-                    bad = True
-                    continue
-                fields["content_type"] = val
-            elif name == "allow":
-                try:
-                    fields["allow"] = parse_policy(val, f"[{section}] {key} allow", resolve)
-                except PolicyError as e:
-                    err(f"has allow= whose identity expression {e}")
-                    bad = True
-                    continue
-        if bad:
-            continue
-        if action in (Action.CALL, Action.WSGI) and "*" in target:
-            err(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
-            continue
-        if action in (Action.CALL, Action.WSGI):
-            if not _REF.match(target):
-                err(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
-                continue
-            if resolve is not None:
-                try:
-                    fields["handler"] = resolve(target)
-                except Exception as e:
-                    err(f"{action.value} {target}: {e}")
-                    continue
-        if action is Action.REDIRECT and fields.get("status") is not None and fields["status"] not in _REDIRECT_STATUS:
-            err(f"has status={fields['status']} on a redirect; expected one of 301, 302, 303, 307, 308")
-            continue
-        if action is Action.FORWARD:
-            try:
-                parse_backend(target.replace("*", "x"))
-            except ValueError as e:
-                err(f"has forward {e}")
-                continue
-        if action is Action.PAGE and ".." in target.replace("\\", "/").split("/"):
-            err(f"has page {target!r}; a page stays inside the procedure library (no ..)")
-            continue
-        if exc is not None:
-            if fields.get("client_cert") or fields.get("fallback") or fields.get("allow"):
-                err("is an exception rule; client_cert=, fallback= and allow= apply to URL rules only")
-                continue
-            if exc is Exc.SSLPROTOCOLERR and action is not Action.CALL:
-                err("handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)")
-                continue
-            if action in (Action.WSGI, Action.FORWARD):
-                err(f"is an exception rule; {action.value} cannot be an exception handler")
-                continue
-            if "*" in target:
-                err("is an exception rule; there is no wildcard part to substitute")
-                continue
-        if fields.get("fallback") and fields.get("client_cert") is None:
-            err("has fallback= without client_cert=; fallback is where clients go that cannot be asked")
-            continue
-        if "*" in target and "*" not in url:
-            err(f"substitutes * into {target!r} but the URL {url!r} has no wildcard")
-            continue
-        rule = Rule(**fields)
-        if exc is not None:
-            if exc in pending_types:
-                rule = _with(rule, content_type=pending_types.pop(exc))
-            exceptions[exc] = rule
-        else:
-            rules.append(rule)
-
-    for exc in pending_types:
+            table.add(index, line.key, line.value)
+        except _Refused as e:
+            errors.extend(ConfigError(source, section, line.key, message) for message in e.messages)
+    for exc in table.pending_types:
         errors.append(ConfigError(source, section, f"TYPE {exc.value}", f"sets a content type for {exc.value}, which has no ON or REDIRECT handler"))
     if errors:
         raise ConfigErrors(errors)
-    return RuleTable(section, tuple(rules), exceptions)
+    return RuleTable(section, tuple(table.rules), table.exceptions)
 
 
 def _with(rule: Rule, **changes: Any) -> Rule:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import datetime
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -186,30 +186,49 @@ class PortTrust:
         port: [] otherwise (a session from before a reload that removed its CA is
         treated as carrying no certificate).
         """
-        chain = [leaf]
-        current = leaf
-        for _ in range(32):
-            issuer = current.issuer.public_bytes()
-            for ca in self._by_subject.get(issuer, []):
-                if _issued_by(current, ca):
-                    if ca != current:
-                        chain.append(ca)
-                    return chain
-            candidates = [c for c in intermediates if c.subject == current.issuer] + self._intermediates.get(issuer, [])
-            parent = next((c for c in candidates if c not in chain and _issued_by(current, c)), None)
-            if parent is None:
-                return []
-            chain.append(parent)
-            current = parent
-        return []
+        chain, anchored = walk_chain(
+            leaf,
+            lambda c: self._by_subject.get(c.issuer.public_bytes(), []),
+            lambda c: [i for i in intermediates if i.subject == c.issuer] + self._intermediates.get(c.issuer.public_bytes(), []),
+            steps=32,
+        )
+        return chain if anchored else []
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` signed `cert` (names and signature)."""
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, Exception):  # InvalidSignature and unsupported key types
+    except Exception:  # InvalidSignature, unsupported key types, name mismatch
         return False
     return True
+
+
+def walk_chain(
+    leaf: x509.Certificate,
+    anchors: Callable[[x509.Certificate], Iterable[x509.Certificate]],
+    candidates: Callable[[x509.Certificate], Iterable[x509.Certificate]],
+    *,
+    steps: int,
+) -> tuple[list[x509.Certificate], bool]:
+    """leaf, then each issuer found (checked by signature) until a trust anchor: the one walk
+    from a leaf to a port's CAs.  `anchors(cert)` and `candidates(cert)`: the trusted and the
+    other certificates that may have issued `cert`.  Returns (the chain as far as it goes,
+    whether it reached an anchor), after at most `steps` links."""
+    chain = [leaf]
+    current = leaf
+    for _ in range(steps):
+        ca = next((c for c in anchors(current) if issued_by(current, c)), None)
+        if ca is not None:
+            if ca != current:
+                chain.append(ca)
+            return chain, True
+        parent = next((c for c in candidates(current) if c not in chain and issued_by(current, c)), None)
+        if parent is None:
+            return chain, False
+        chain.append(parent)
+        current = parent
+    return chain, False
 
 
 def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificate] = ()) -> PortTrust:

@@ -30,7 +30,7 @@ from janustls.ports.accept_proxy import ProxyHeaderEndpoint
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
 from janustls.ports.proxy import ProxyFactory, ProxyTLSFactory, backend_endpoint
 from janustls.ports.srvsock import SrvsockFactory
-from janustls.ports.web.port import WebFactory
+from janustls.ports.web.port import WebFactory, WebRules, read_web_rules
 from janustls.core.procedures import ProcedureError, load_callable
 from janustls.tls.policy import build_port_tls
 
@@ -49,10 +49,10 @@ class BuiltPort:
     listening: IListeningPort | None = None
 
 
-def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> PortTLSFactory:
+def wrap_factory(runtime: PortRuntime, procs: Path, web: WebRules | None = None, protected: Sequence[Path] = ()) -> PortTLSFactory:
     """The TLS factory serving one port, its application factory chosen by the port's type.
 
-    `web`: the port's `[web:NAME]` rule lines (webserv ports); `protected`: the files of
+    `web`: the port's rule table (webserv ports, `read_web_rules`); `protected`: the files of
     the whole definition that are never served as pages (`Definitions.key_material`).
     """
     port = runtime.port
@@ -74,6 +74,7 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: Sequence[WebRuleLine] =
             raise ConfigErrors([ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")])
         return ProxyTLSFactory(runtime, inner)  # its TLS layer passes the client's half-close on
     elif port.type is PortType.WEBSERV:
+        assert web is not None
         inner = WebFactory(runtime, procs, web, protected=protected)
     else:
         raise ConfigErrors(
@@ -126,8 +127,12 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
         errors.append(ConfigError(port.source, port.section, "listen", f"is not a usable endpoint: {_why(e)}"))
     if endpoint is not None and port.proxy_protocol:
         endpoint = ProxyHeaderEndpoint(endpoint)  # a PROXY v1/v2 header precedes TLS
+    # A web port's exception rules decide what its TLS policy leaves to the web layer: read
+    # them first, so that the policy (and its Context) is built once.
+    rules = read_web_rules(port, procs, web) if port.type is PortType.WEBSERV else None
+    missing, refused = rules.tolerance(port) if rules is not None else (False, False)
     try:
-        tls = build_port_tls(port)
+        tls = build_port_tls(port, tolerate_missing=missing, tolerate_refused=refused)
     except ConfigErrors as e:
         errors.extend(e.errors)
         # The factory needs TLS, but the handler can still be checked, so that one run
@@ -145,7 +150,7 @@ def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequ
     if port.ocsp is not OCSPScope.NONE:
         runtime.ocsp = OCSPChecker(port, reactor)
     try:
-        factory = wrap_factory(runtime, procs, web, protected)
+        factory = wrap_factory(runtime, procs, rules, protected)
     except ConfigErrors as e:
         errors.extend(e.errors)
     if errors:

@@ -25,21 +25,16 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from janustls.ops import httpfetch
-from janustls.core.config import Definitions, PortDefinition, crl_cache_path
+from janustls.core.config import CRL_CACHE_DIR, Definitions, PortDefinition, crl_cache_path
 from janustls.errors import MaterialError
 from janustls.events import emit
-from janustls.core.materials import load_certificates
+from janustls.core.materials import load_certificates, parse_crls
 
-__all__ = ["cache_path", "prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
+__all__ = ["prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
 
-CACHE_DIR = ".crl-cache"
+CACHE_DIR = CRL_CACHE_DIR
 FETCH_TIMEOUT = 10.0
 MAX_CRL_BYTES = 64 * 1024 * 1024
-
-
-def cache_path(procs: Path, url: str) -> Path:
-    """Where the CRL fetched from `url` is kept (the reader lists it among the port's CRLs)."""
-    return crl_cache_path(procs, url)
 
 
 def _meta_path(path: Path) -> Path:
@@ -47,9 +42,7 @@ def _meta_path(path: Path) -> Path:
 
 
 def _parse(data: bytes) -> x509.CertificateRevocationList:
-    if b"-----BEGIN X509 CRL-----" in data:
-        return x509.load_pem_x509_crl(data)
-    return x509.load_der_x509_crl(data)
+    return parse_crls(data)[0]
 
 
 def _issued_by_port_ca(crl: x509.CertificateRevocationList, port: PortDefinition) -> bool | None:
@@ -91,7 +84,7 @@ def _conditional_headers(path: Path) -> dict[str, str]:
 def fetch(port: PortDefinition, url: str, procs: Path, reactor: Any, timeout: float = FETCH_TIMEOUT) -> defer.Deferred[str]:
     """Fetch one CRL URL into its cache file, on Twisted's HTTP client (the reactor never
     waits): fires "changed" or "unchanged"; fails with MaterialError."""
-    path = cache_path(procs, url)
+    path = crl_cache_path(procs, url)
     d = httpfetch.fetch(reactor, url, headers=_conditional_headers(path), timeout=timeout, max_size=MAX_CRL_BYTES)
 
     def got(answer: httpfetch.Fetched) -> str:
@@ -114,7 +107,7 @@ def store(port: PortDefinition, url: str, procs: Path, data: bytes, etag: str | 
 
     Raises MaterialError for anything that is not a usable, newer-or-equal CRL.
     """
-    path = cache_path(procs, url)
+    path = crl_cache_path(procs, url)
     meta_file = _meta_path(path)
     if len(data) > MAX_CRL_BYTES:
         raise MaterialError(f"{url} sent more than {MAX_CRL_BYTES} bytes")
@@ -151,7 +144,7 @@ def missing(definitions: Definitions, ports: Sequence[PortDefinition] | None = N
     """The CRL URLs that have no cached copy yet: their port refuses the clients that need
     the CRL (crl_unavailable) until the first fetch arrives."""
     return [(p, url) for p, url in _urls(ports if ports is not None else definitions.ports)
-            if not cache_path(definitions.procs, url).exists()]  # fmt: skip
+            if not crl_cache_path(definitions.procs, url).exists()]  # fmt: skip
 
 
 def prefetch(definitions: Definitions, reactor: Any, ports: Sequence[PortDefinition] | None = None) -> defer.Deferred[None]:
@@ -185,7 +178,7 @@ def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> def
     """In the background: fetch a port's CRL URLs; failures are logged."""
 
     def one(url: str) -> defer.Deferred[None]:
-        path = cache_path(definitions.procs, url)
+        path = crl_cache_path(definitions.procs, url)
         effect = "keeping the cached copy" if path.exists() else "no cached copy yet: its CA's clients are refused until it arrives"
         d = fetch(port, url, definitions.procs, reactor)
         d.addCallback(lambda outcome: _fetched(port, url, outcome) if outcome == "changed" else None)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import socket
@@ -42,7 +41,7 @@ from twisted.python.failure import Failure
 from janustls._reactor import reactor_or_global
 from janustls.core.trust import fingerprint
 from janustls.tls import tickets
-from janustls.core.config import Definitions, load_definitions
+from janustls.core.config import Definitions, load_definitions, split_endpoint
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.ops import logs
@@ -52,7 +51,7 @@ from janustls.ops.crlwatch import ensure_watcher
 from janustls.ops.operate import drain, exit_status_at_end
 from janustls.ops.service import JanusService
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
-from janustls.tls import _openssl
+from janustls.tls import _hidden
 
 __all__ = ["WorkersService", "worker_main", "ENV_WORKER"]
 
@@ -72,12 +71,7 @@ EXIT_CRASH_LOOP = 3
 
 def _tcp_address(description: str) -> tuple[int, str, int, int] | None:
     """(family, interface, port, backlog) of a tcp/tcp6 endpoint description; None for other kinds."""
-    parts = re.split(r"(?<!\\):", description)
-    kind = parts[0].strip().lower()
-    args = [x for x in parts[1:] if "=" not in x]
-    kwargs = dict(x.split("=", 1) for x in parts[1:] if "=" in x)
-    if kind.isdigit():
-        kind, args = "tcp", [parts[0]] + args
+    kind, args, kwargs = split_endpoint(description)
     if kind not in ("tcp", "tcp6"):
         return None
     family = socket.AF_INET6 if kind == "tcp6" else socket.AF_INET
@@ -218,12 +212,12 @@ class WorkersService(service.MultiService):
         self._reactor = reactor
         self.ports: list[BuiltPort] = build_ports(definitions, reactor)  # validates everything
         self.ticket_key: str | None = None
-        if ticket_key is not None or _openssl.ticket_keys_supported():
+        if ticket_key is not None or _hidden.ticket_keys_supported():
             # Without a way to set ticket keys here, workers resume only their own sessions.
             self.ticket_key = ticket_key or self._private_ticket_key()
             try:
                 tickets.load_master(self.ticket_key)
-                if not _openssl.ticket_keys_supported():
+                if not _hidden.ticket_keys_supported():
                     raise MaterialError("this OpenSSL build gives no way to set session ticket keys")
             except MaterialError as e:
                 raise ConfigErrors([ConfigError(definitions.source, None, None, f"--ticket-key: {e}")])

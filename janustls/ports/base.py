@@ -85,7 +85,7 @@ class PortRuntime:
         self.stapler: Any = None
 
 
-def _address_text(address: IAddress | None) -> str:
+def address_text(address: IAddress | None) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:
@@ -132,7 +132,7 @@ class PortProtocol(Protocol):
             "port {port}: {peer} did not finish its handshake in {seconds}s",
             LogLevel.warn,
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             seconds=rt.port.handshake_timeout,
         )
         self.transport.abortConnection()
@@ -142,7 +142,7 @@ class PortProtocol(Protocol):
 
     def peer_text(self) -> str:
         """The client's address as logs show it (host:port, [v6]:port)."""
-        return _address_text(self.peer_address())
+        return address_text(self.peer_address())
 
     def handshakeCompleted(self) -> None:
         if self._deadlines is not None:
@@ -202,7 +202,7 @@ class PortProtocol(Protocol):
             asked=rt.port.client_cert is not ClientCertMode.NONE or bool(chain),
         )
         self.connection = conn
-        self._peer_text = _address_text(conn.peer)
+        self._peer_text = address_text(conn.peer)
         emit(
             "janustls.conn.accepted",
             "port {port}: {peer} connected with {version} {cipher}, client {subject}",
@@ -318,7 +318,7 @@ class PortProtocol(Protocol):
             "janustls.conn.idle_timeout",
             "port {port}: closing {peer} after {seconds}s without traffic",
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             seconds=rt.port.idle_timeout,
         )
         self.close()
@@ -359,7 +359,7 @@ class PortProtocol(Protocol):
 
     def _log_failed_handshake(self, reason: Failure | None) -> None:
         rt = self.factory.runtime
-        peer = _address_text(self.peer_address())
+        peer = address_text(self.peer_address())
         refusal = refusal_for_failure(self.transport, reason)
         if refusal is not None:
             rt.refused += 1
@@ -452,7 +452,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 "port {port}: refused {peer}: {limit} connections already open from it (max_connections_per_client)",
                 LogLevel.warn,
                 port=self.runtime.port.name,
-                peer=_address_text(addr),
+                peer=address_text(addr),
                 limit=limit,
                 limit_key="max_connections_per_client",
             )
@@ -491,7 +491,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 "port {port}: refused {peer}: {limit} connections already open (max_connections)",
                 LogLevel.warn,
                 port=self.runtime.port.name,
-                peer=_address_text(addr),
+                peer=address_text(addr),
                 limit=limit,
             )
             return None

@@ -16,7 +16,7 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from janustls.tls import _openssl
+from janustls.tls import _hidden, _openssl
 from janustls.core.certinfo import EMPTY_CHAIN, CertChain
 from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
@@ -53,8 +53,11 @@ def _subject(cert: x509.Certificate) -> str:
 class PortTLS:
     """One port's TLS policy: builds its Context and makes a connection per client."""
 
-    def __init__(self, port: PortDefinition, material: ServerMaterial, trust: PortTrust) -> None:
+    def __init__(self, port: PortDefinition, material: ServerMaterial, trust: PortTrust, *,
+                 tolerate_missing: bool = False, tolerate_refused: bool = False) -> None:  # fmt: skip
         self.port = port
+        self.tolerate_missing = tolerate_missing
+        self.tolerate_refused = tolerate_refused
         self.material = material
         self.trust = trust
         self._checked: dict[tuple[bytes, int], Reason | None] = {}
@@ -68,17 +71,12 @@ class PortTLS:
         self._by_leaf: dict[bytes, tuple[CertChain, float, float]] = {}
         self.context = self._build_context()
 
-    #: Set by webserv ports with exception rules (`janustls.ports.web.port`): a `require`
-    #: port with ON SSLNOCERTERR only requests, the web layer enforces; with ON SSLCERTERR
-    #: a refused certificate is recorded (`PortTLSProtocol.refusal`), the handshake
+    #: Given by webserv ports with exception rules (`janustls.ports.web.port.WebRules.tolerance`):
+    #: a `require` port with ON SSLNOCERTERR only requests, the web layer enforces; with ON
+    #: SSLCERTERR a refused certificate is recorded (`PortTLSProtocol.refusal`), the handshake
     #: finishes without it, and the web layer answers with the typed reason.
     tolerate_missing = False
     tolerate_refused = False
-
-    def tolerate(self, missing: bool, refused: bool) -> None:
-        """Hand certificate problems to the web layer; rebuilds the Context (new connections)."""
-        self.tolerate_missing, self.tolerate_refused = missing, refused
-        self.context = self._build_context()
 
     # The verify mode the port asks for at the handshake.
     @property
@@ -118,7 +116,7 @@ class PortTLS:
                 # Another process may resume this session: put the client's intermediates in
                 # the ticket so it can name the issuers (a Python callback per ticket, so
                 # only when tickets are shared).
-                _openssl.keep_chain_in_tickets(ctx)
+                _hidden.keep_chain_in_tickets(ctx)
         store = ctx.get_cert_store()
         assert store is not None
         for ca in self.trust.cas:
@@ -265,7 +263,7 @@ class PortTLS:
         else:
             leaf = self._parsed(leaf_der)
             rest = connection.get_peer_cert_chain(as_cryptography=True) or []
-            rest += [self._parsed(der) for der in _openssl.ticket_chain_der(connection)]
+            rest += [self._parsed(der) for der in _hidden.ticket_chain_der(connection)]
             certs = self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
             if not certs:
                 tls.refusal = Refusal(Reason.UNKNOWN_CA, 0, _subject(leaf), "a resumed session's certificate chains to no CA of this port")
@@ -300,15 +298,16 @@ class PortTLS:
 
 
 
-def build_port_tls(port: PortDefinition) -> PortTLS:
-    """Load a port's files and build its TLS policy; all problems as located ConfigErrors."""
+def build_port_tls(port: PortDefinition, *, tolerate_missing: bool = False, tolerate_refused: bool = False) -> PortTLS:
+    """Load a port's files and build its TLS policy; all problems as located ConfigErrors.
+
+    `tolerate_*`: what a webserv port's exception rules leave to the web layer (`PortTLS`)."""
     errors: list[ConfigError] = []
     material: ServerMaterial | None = None
     try:
         material = load_server_material(port.certificate, port.private_key, port.private_key_password_env)
     except MaterialError as e:
-        key, _, message = str(e).partition(": ")
-        errors.append(ConfigError(port.source, port.section, key, message))
+        errors.append(ConfigError(port.source, port.section, e.key or "certificate", e.message))
     trust: PortTrust | None = None
     try:
         trust = load_port_trust(port, material.chain if material else ())
@@ -318,6 +317,6 @@ def build_port_tls(port: PortDefinition) -> PortTLS:
         raise ConfigErrors(errors)
     assert material is not None and trust is not None
     try:
-        return PortTLS(port, material, trust)
+        return PortTLS(port, material, trust, tolerate_missing=tolerate_missing, tolerate_refused=tolerate_refused)
     except SSL.Error as e:
         raise ConfigErrors([ConfigError(port.source, port.section, "certificate", f"OpenSSL refused it: {e}")])

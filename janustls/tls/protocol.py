@@ -12,13 +12,13 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
-from twisted.protocols.tls import TLSMemoryBIOProtocol, _ProducerMembrane
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls._reactor import reactor_or_global
 from janustls.tls import _openssl
+from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
 from janustls.events import emit
@@ -56,7 +56,7 @@ class _OutputGate:
         self.tls._output_stopped()
 
 
-class PortTLSProtocol(TLSMemoryBIOProtocol):
+class PortTLSProtocol(TLSProtocolBase):
     """Twisted's TLS protocol, plus what janustls needs to know about the handshake.
 
     `refusal`: the first refusal the verify callback recorded, logged when the
@@ -102,31 +102,27 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     # the application's producer (twisted.web's channel, a proxy's backend) sits behind it.
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if self._lostTLSConnection:
+        if self.tls_lost:
             producer.stopProducing()
             return
-        if self._producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer}, because producer {self._producer} was never unregistered.")
+        if self.app_producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer}, because producer {self.app_producer} was never unregistered.")
         if not streaming:
-            from twisted.internet._producer_helpers import _PullToPush
-
-            producer = pull = _PullToPush(producer, self)
-        self._producer = _ProducerMembrane(producer)
+                producer = pull = PullToPush(producer, self)
+        self.app_producer = ProducerMembrane(producer)
         if not streaming:
             pull.startStreaming()
         if self._output_held:
-            self._producer.pauseProducing()
+            self.app_producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
-        if self._producer is None:
+        if self.app_producer is None:
             return
-        from twisted.internet._producer_helpers import _PullToPush
-
-        if isinstance(self._producer._producer, _PullToPush):
-            self._producer._producer.stopStreaming()
-        self._producer = None
-        if self.disconnecting and not self._appSendBuffer:
-            self._shutdownTLS()
+        if isinstance(membrane_inner(self.app_producer), PullToPush):
+            membrane_inner(self.app_producer).stopStreaming()
+        self.app_producer = None
+        if self.disconnecting and not self.app_send_buffer:
+            self.shutdown_tls()
 
     def pauseProducing(self) -> None:
         """The application asks to stop reading from the client."""
@@ -157,15 +153,11 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
 
     def unsent(self) -> int:
         """Bytes written to the client that the socket has not sent yet (best effort)."""
-        t = self.transport
-        try:
-            return len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._appSendBuffer))
-        except (AttributeError, TypeError):
-            return 0
+        return self.transport_unsent()
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
-        if not self._output_held or self._lostTLSConnection or self.disconnecting:
+        if not self._output_held or self.tls_lost or self.disconnecting:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         if self._drain_waiters is None:
@@ -176,8 +168,8 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     def _output_full(self) -> None:
         self._output_held = True
         self._hold("output")
-        if self._producer is not None:
-            self._producer.pauseProducing()
+        if self.app_producer is not None:
+            self.app_producer.pauseProducing()
 
     def _output_drained(self) -> None:
         self._output_held = False
@@ -190,13 +182,13 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         progress = getattr(self.wrappedProtocol, "progress", None)
         if progress is not None:
             progress()  # the client took its output
-        if self._producer is not None and not self._appSendBuffer:
-            self._producer.resumeProducing()
+        if self.app_producer is not None and not self.app_send_buffer:
+            self.app_producer.resumeProducing()
         self._fire_drained()
 
     def _output_stopped(self) -> None:
-        if self._producer is not None:
-            self._producer.stopProducing()
+        if self.app_producer is not None:
+            self.app_producer.stopProducing()
         self._fire_drained()
 
     def _fire_drained(self) -> None:
@@ -217,7 +209,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         """
         if self.disconnecting or not self.connected:
             return
-        if self._producer is not None:
+        if self.app_producer is not None:
             self.unregisterProducer()
         super().loseConnection()
         self._arm_close_timer()
@@ -267,15 +259,15 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._hello is not None and not self._handshakeDone and len(self._hello) < MAX_HELLO:
+        if self._hello is not None and not self.handshake_done and len(self._hello) < MAX_HELLO:
             self._hello += data
         super().dataReceived(data)
-        if not self._buffers_released and self._handshakeDone:
+        if not self._buffers_released and self.handshake_done:
             # Once, when the handshake's flights have gone: an idle connection then
             # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
             self._buffers_released = True
-            if not self._lostTLSConnection:
-                _openssl.release_bio_buffers(self._tlsConnection)
+            if not self.tls_lost:
+                _openssl.release_bio_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from OpenSSL import SSL
 
-from janustls.tls import _openssl
+from janustls.tls import _hidden
 from janustls.errors import MaterialError
 
 __all__ = ["ENV_KEY_FILE", "load_master", "port_keys", "configure", "configure_from_env", "apply", "active"]
@@ -61,7 +61,7 @@ def load_master(path: str | os.PathLike[str]) -> bytes:
 
 def port_keys(master: bytes, port_name: str) -> bytes:
     """The 80 bytes of ticket keys (name, HMAC, AES) of one port."""
-    return HKDF(algorithm=hashes.SHA256(), length=_openssl.TICKET_KEYS_SIZE, salt=None,
+    return HKDF(algorithm=hashes.SHA256(), length=_hidden.TICKET_KEYS_SIZE, salt=None,
                 info=b"janustls session tickets " + port_name.upper().encode()).derive(master)  # fmt: skip
 
 
@@ -72,8 +72,8 @@ def configure(path: str | os.PathLike[str] | None) -> None:
         _master = _source = None
         return
     master = load_master(path)
-    if not _openssl.ticket_keys_supported():
-        raise MaterialError("this OpenSSL build gives no way to set session ticket keys (see janustls.tls._openssl)")
+    if not _hidden.ticket_keys_supported():
+        raise MaterialError("this OpenSSL build gives no way to set session ticket keys (see janustls.tls._hidden)")
     _master, _source = master, str(path)
 
 
@@ -99,4 +99,4 @@ def apply(context: SSL.Context, port_name: str) -> bool:
     """Give a port's Context the shared keys, when a key file is configured."""
     if _master is None:
         return False
-    return _openssl.set_ticket_keys(context, port_keys(_master, port_name))
+    return _hidden.set_ticket_keys(context, port_keys(_master, port_name))
