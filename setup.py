@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 
@@ -29,7 +29,7 @@ setup(
     # package_dir "" = "." makes `pip install -e .` put the checkout itself on sys.path,
     # where Twisted looks for twisted/plugins/ (a finder-based editable install hides it).
     package_dir={"": "."},
-    packages=["janustls", "janustls.ports", "twisted.plugins"],
+    packages=find_packages(include=["janustls", "janustls.*"]) + ["twisted.plugins"],
     package_data={"janustls": ["py.typed"]},
     cmdclass={"build_py": BuildWithDemo},
     include_package_data=False,

@@ -34,8 +34,8 @@ from typing import Any
 SERVER = r'''
 import sys
 from twisted.internet import reactor
-from janustls.config import load_definitions
-from janustls.service import JanusService
+from janustls.core.config import load_definitions
+from janustls.ops.service import JanusService
 svc = JanusService(load_definitions(sys.argv[1]))
 svc.startService()
 def ready():

@@ -100,8 +100,8 @@ def run_backend() -> None:
 
 
 def _serve_janustls(directory: Path, backend: int) -> int:
-    from janustls.config import parse_definitions
-    from janustls.service import JanusService
+    from janustls.core.config import parse_definitions
+    from janustls.ops.service import JanusService
 
     ini = f"""
 [janustls]

@@ -56,8 +56,8 @@ ECHO_SIZE = 64
 
 
 def _serve_janustls(directory: Path) -> int:
-    from janustls.config import parse_definitions
-    from janustls.service import JanusService
+    from janustls.core.config import parse_definitions
+    from janustls.ops.service import JanusService
 
     ini = f"""
 [janustls]
@@ -171,14 +171,14 @@ def measure_memory(server: ServerProcess, pool: common.ClientPool, connections: 
 #: Per-handshake work janustls does and bare Twisted does not, by the functions that do it.
 #: (file suffix, function name): inclusive time is reported; nested entries overlap.
 SUSPECTS = (
-    ("verify callback (per certificate)", "janustls/tls.py", "verify"),
-    ("chain lookup / parse", "janustls/tls.py", "client_chain"),
-    ("signed-certificate counting", "janustls/trust.py", "count_signed"),
+    ("verify callback (per certificate)", "janustls/tls/policy.py", "verify"),
+    ("chain lookup / parse", "janustls/tls/policy.py", "client_chain"),
+    ("signed-certificate counting", "janustls/core/trust.py", "count_signed"),
     ("log events (emit)", "janustls/events.py", "emit"),
     ("handler runner: start", "janustls/ports/srvsock.py", "connection_ready"),
     ("handler runner: steps", "janustls/ports/srvsock.py", "_step"),
-    ("connection object", "janustls/connection.py", "__init__"),
-    ("BIO release", "janustls/_openssl.py", "release_bio_buffers"),
+    ("connection object", "janustls/ports/connection.py", "__init__"),
+    ("BIO release", "janustls/tls/_openssl.py", "release_bio_buffers"),
     ("deadline bookkeeping: add", "janustls/ports/base.py", "add"),
     ("deadline bookkeeping: discard", "janustls/ports/base.py", "discard"),
     ("deadline sweep", "janustls/ports/base.py", "_sweep"),
@@ -186,9 +186,9 @@ SUSPECTS = (
     ("protocol registration", "janustls/ports/base.py", "registerProtocol"),
     ("protocol unregistration", "janustls/ports/base.py", "unregisterProtocol"),
     ("buildProtocol (janustls)", "janustls/ports/base.py", "buildProtocol"),
-    ("TLS connection creation", "janustls/tls.py", "serverConnectionForTLS"),
-    ("ClientHello / dataReceived wrapper", "janustls/tls.py", "dataReceived"),
-    ("ticket callback", "janustls/_openssl.py", "on_new_ticket"),
+    ("TLS connection creation", "janustls/tls/policy.py", "serverConnectionForTLS"),
+    ("ClientHello / dataReceived wrapper", "janustls/tls/protocol.py", "dataReceived"),
+    ("ticket callback", "janustls/tls/_hidden.py", "on_new_ticket"),
     ("handshakeCompleted (all of it)", "janustls/ports/base.py", "handshakeCompleted"),
     ("connectionLost (all of it)", "janustls/ports/base.py", "connectionLost"),
     ("connectionMade (janustls)", "janustls/ports/base.py", "connectionMade"),
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if w not in WORKLOADS:
             ap.error(f"unknown workload {w!r}")
 
-    from janustls.tls import DEFAULT_CIPHERS
+    from janustls.tls.policy import DEFAULT_CIPHERS
 
     assert DEFAULT_CIPHERS == common.BARE_CIPHERS, "the bare server must use janustls' default ciphers"
     common.raise_nofile()

@@ -50,14 +50,14 @@ LABELS = {
     "keepalive": "keep-alive request reading the CN (us CPU)",
 }
 SUSPECTS = (
-    ("verify callback (per certificate)", "janustls/tls.py", "verify"),
-    ("chain lookup / parse", "janustls/tls.py", "client_chain"),
-    ("signed-certificate counting", "janustls/trust.py", "count_signed"),
+    ("verify callback (per certificate)", "janustls/tls/policy.py", "verify"),
+    ("chain lookup / parse", "janustls/tls/policy.py", "client_chain"),
+    ("signed-certificate counting", "janustls/core/trust.py", "count_signed"),
     ("log events (emit)", "janustls/events.py", "emit"),
-    ("BIO release", "janustls/_openssl.py", "release_bio_buffers"),
+    ("BIO release", "janustls/tls/_openssl.py", "release_bio_buffers"),
     ("handshakeCompleted (all of it)", "janustls/ports/base.py", "handshakeCompleted"),
     ("connectionLost (all of it)", "janustls/ports/base.py", "connectionLost"),
-    ("TLS connection creation", "janustls/tls.py", "serverConnectionForTLS"),
+    ("TLS connection creation", "janustls/tls/policy.py", "serverConnectionForTLS"),
 )
 
 
@@ -65,8 +65,8 @@ SUSPECTS = (
 
 
 def _serve_janustls(directory: Path, reactor: Any) -> int:
-    from janustls.config import parse_definitions
-    from janustls.service import build_ports
+    from janustls.core.config import parse_definitions
+    from janustls.ops.build import build_ports
 
     (directory / "views.py").write_text(VIEWS)
     text = f"""

@@ -1,10 +1,11 @@
 """janustls: a programmable mutual-TLS server framework on Twisted."""
 
-from janustls.config import ClientCertMode, Definitions, PortDefinition, PortType, load_definitions, parse_definitions
-from janustls.connection import Connection
+from janustls.core.config import ClientCertMode, Definitions, PortDefinition, PortType, load_definitions, parse_definitions
+from janustls.ports.connection import Connection
 from janustls.errors import ConfigError, ConfigErrors, JanusError
-from janustls.reasons import Reason, Refusal
-from janustls.service import JanusService, build_ports, listen
+from janustls.core.reasons import Reason, Refusal
+from janustls.ops.build import build_ports, listen
+from janustls.ops.service import JanusService
 
 __version__ = "0.1.0"
 

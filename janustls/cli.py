@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import sys
+import time
+import urllib.error
+import urllib.request
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from janustls.config import load_definitions, load_partially
-from janustls.errors import ConfigErrors
+import OpenSSL
+import twisted
+from twisted.logger import globalLogBeginner
+
+import janustls
+from janustls._reactor import reactor_or_global
+from janustls.core.config import listen_address, load_definitions, load_partially, parse_definitions
+from janustls.core.ocsp import ocsp_warnings
+from janustls.core.trust import port_trust_warnings
+from janustls.errors import ConfigErrors, MaterialError
+from janustls.explain import explain, format_verdict
+from janustls.ops.build import build_ports
+from janustls.ops.logs import log_observer
+from janustls.ops.operate import install_sighup
+from janustls.ops.service import JanusService
+from janustls.pki import DevCA, PKIError, write_dev_pki
+from janustls.ports.web.port import WebFactory, page_exposures
 
 __all__ = ["main"]
 
@@ -18,10 +39,7 @@ DEMO_FILE = Path("procs") / "demo.ini"
 
 def describe(file: str, out: TextIO) -> int:
     """Validate a file completely (certificates, keys, handlers) and say what would run."""
-    from twisted.internet import reactor
-
-    from janustls.service import build_ports
-    from janustls.trust import port_trust_warnings
+    reactor = reactor_or_global()
 
     try:
         # The file's own mistakes, then the files its sound ports name: all in one run.
@@ -58,8 +76,6 @@ def describe(file: str, out: TextIO) -> int:
         out.write(f"  limits       {', '.join(x for x in limits if x)}\n")
         for warning in port_trust_warnings(p, tls.trust):
             out.write(f"  WARNING      {warning}\n")
-        from janustls.ocsp import ocsp_warnings
-
         if p.ocsp.value != "none":
             out.write(f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n")
         for warning in ocsp_warnings(p.ocsp.value, p.ocsp_responder, p.ocsp_staple, tls.trust.cas, tls.material.chain):
@@ -73,8 +89,6 @@ def describe(file: str, out: TextIO) -> int:
 
 def _page_warnings(built: Any, definitions: Any) -> list[str]:
     """Page rules whose directory holds key material or the port-definition file."""
-    from janustls.ports.webserv import WebFactory, page_exposures
-
     inner = getattr(built.factory, "wrappedFactory", None)
     if not isinstance(inner, WebFactory):
         return []
@@ -90,8 +104,6 @@ PKI_WARNING = "Development only: every key is written unencrypted; never use the
 
 def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
     """`janustls pki DIR [--client NAME ...]`: a new PKI, or the missing clients of an existing one."""
-    from janustls.pki import DevCA, PKIError, write_dev_pki
-
     path = Path(directory)
     try:
         existed = DevCA.exists(path)
@@ -115,10 +127,6 @@ def make_pki(directory: str, clients: Sequence[str], out: TextIO) -> int:
 
 def run_pki(args: argparse.Namespace, out: TextIO) -> int:
     """`janustls pki init|issue|revoke|list`: a development CA whose state lives in DIR."""
-    import os
-
-    from janustls.pki import DevCA, PKIError
-
     path = Path(args.directory)
     try:
         if args.pki_command == "init":
@@ -206,8 +214,6 @@ def pki_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentPar
 
 def _packaged_demo() -> Path | None:
     """The demo's definition file as installed (a wheel) or in the checkout (an editable install)."""
-    import janustls
-
     here = Path(janustls.__file__).resolve().parent
     for candidate in (here / "demo" / "demo.ini", here.parent / "procs" / "demo.ini"):
         if candidate.is_file():
@@ -218,8 +224,6 @@ def _packaged_demo() -> Path | None:
 def demo_definitions(file: str | None, cwd: Path) -> Any:
     """The demo's definitions: FILE, else ./procs/demo.ini, else the installed copy with its
     PKI under `cwd` (pki/, beside where a checkout keeps procs/)."""
-    from janustls.config import parse_definitions
-
     if file is not None:
         return load_definitions(file)
     local = cwd / DEMO_FILE
@@ -234,11 +238,7 @@ def demo_definitions(file: str | None, cwd: Path) -> Any:
 
 def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     """Make the demo's PKI on first run, explain how to connect, and serve in the foreground."""
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
-
-    from janustls.pki import write_dev_pki
-    from janustls.service import JanusService
+    reactor = reactor_or_global()
 
     try:
         definitions = demo_definitions(file, Path.cwd())
@@ -283,8 +283,6 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
         "Ctrl-C stops the demo.\n\n"
     )
     out.flush()
-    from janustls.logs import log_observer
-    from janustls.operate import install_sighup
 
     globalLogBeginner.beginLoggingTo([log_observer(log_format, out)], redirectStandardIO=False)
     install_sighup(lambda: service.reload(why="signal"), reactor)
@@ -296,10 +294,6 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
 
 def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None) -> int:
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
-    import os
-
-    from janustls.errors import MaterialError
-    from janustls.explain import explain, format_verdict
 
     password: bytes | None = None
     if password_env:
@@ -333,8 +327,6 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | 
 
 def status_url(target: str | None, port_def: str | None) -> str:
     """The /status URL: given, or from the [status] listen of a definition file."""
-    from janustls.config import listen_address
-
     if target:
         url = target if "://" in target else f"http://{target}"
         return url if url.rstrip("/").endswith("/status") else url.rstrip("/") + "/status"
@@ -350,8 +342,6 @@ def status_url(target: str | None, port_def: str | None) -> str:
 
 
 def _fetch_status(url: str) -> dict[str, Any]:
-    import json
-    import urllib.request
 
     with urllib.request.urlopen(url, timeout=10) as response:
         doc = json.loads(response.read())
@@ -373,10 +363,8 @@ def show_status(target: str | None, port_def: str | None, as_json: bool, out: Te
 
     The answer is checked against the pidfile: another process on the status address is
     an error, and without a pidfile the command says it cannot tell."""
-    import json
-    import urllib.error
 
-    from janustls.status import format_status
+    from janustls.ops.status import format_status
 
     try:
         url = status_url(target, port_def)
@@ -407,10 +395,6 @@ def show_status(target: str | None, port_def: str | None, as_json: bool, out: Te
 def send_reload(pidfile: str, target: str | None = None, port_def: str | None = None, timeout: float = 30.0) -> int:
     """SIGHUP to the server in `pidfile`, then wait (at most `timeout` seconds) for the outcome
     on its status listener.  0: applied; 1: refused or cannot send; 2: no answer."""
-    import os
-    import signal
-    import time
-    import urllib.error
 
     try:
         pid = _pidfile_pid(pidfile)
@@ -462,12 +446,6 @@ def send_reload(pidfile: str, target: str | None = None, port_def: str | None = 
 
 def version_text() -> str:
     """`janustls --version`: this package and what it runs on."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import OpenSSL
-    import twisted
-
-    import janustls
 
     try:
         mine = version("janustls")

@@ -42,7 +42,19 @@ class ConfigErrors(JanusError):
 
 
 class MaterialError(JanusError):
-    """A certificate, key or CRL file that cannot be used (unreadable, malformed, mismatched)."""
+    """A certificate, key or CRL file that cannot be used (unreadable, malformed, mismatched).
+
+    `key`: the port-definition key to blame when the caller knows it (`certificate`,
+    `private_key`, ...), so that it becomes a located ConfigError without parsing text.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key is not None else self.message
 
 
 class UnknownCertItem(JanusError, ValueError):

@@ -11,7 +11,7 @@ from typing import Any
 
 from twisted.logger import Logger, LogLevel
 
-from janustls.reasons import Reason
+from janustls.core.reasons import Reason
 
 __all__ = ["emit", "log", "CATALOGUE"]
 

@@ -1,7 +1,7 @@
 """Why was I refused? A port's verdict on a client chain, without a server running.
 
 The answer must be the one a handshake would give, so nothing here re-implements
-verification: the port's real pyOpenSSL Context is built by `janustls.tls`, its
+verification: the port's real pyOpenSSL Context is built by `janustls.tls.policy`, its
 certificate store (CAs, CRLs, flags) runs OpenSSL's chain verification with the
 purpose a TLS server uses, and `PortTrust.check` is applied per certificate in the
 order OpenSSL's verify callback would see them; then the port's identity rules
@@ -18,14 +18,17 @@ from typing import Sequence
 from cryptography import x509
 from OpenSSL import crypto
 
-from janustls import _openssl
-from janustls.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
-from janustls.identity import Policy, Subject
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+
+from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
+from janustls.core.identity import Policy, Subject
+from janustls.core.materials import is_pem, load_certificates, parse_certificates
+from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.core.trust import check_key_strength, issued_by, port_trust_warnings, walk_chain
 from janustls.errors import MaterialError
-from janustls.materials import load_certificates
-from janustls.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.tls import CRL_HAS_EXPIRED, PortTLS, build_port_tls
-from janustls.trust import check_key_strength
+from janustls.ports.access import build_policy
+from janustls.tls import _openssl
+from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
 
 __all__ = ["Verdict", "explain_chain", "explain", "format_verdict", "load_client_chain", "missing_intermediate"]
 
@@ -55,8 +58,6 @@ def _subject(cert: x509.Certificate) -> str:
 
 
 def _der(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     return cert.public_bytes(Encoding.DER)
 
 
@@ -174,27 +175,13 @@ def _revocation(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal |
 
 def _walk(tls: PortTLS, leaf: x509.Certificate, rest: Sequence[x509.Certificate]) -> list[x509.Certificate]:
     """The chain as OpenSSL builds it (trusted issuers first), as far as it goes."""
-    chain = [leaf]
-    while len(chain) < 64:
-        current = chain[-1]
-        ca = next((c for c in tls.trust.cas if c.subject == current.issuer and _issued_by(current, c)), None)
-        if ca is not None:
-            if ca != current:
-                chain.append(ca)
-            return chain
-        parent = next((c for c in rest if c.subject == current.issuer and c not in chain and _issued_by(current, c)), None)
-        if parent is None:
-            return chain
-        chain.append(parent)
+    chain, _ = walk_chain(
+        leaf,
+        lambda c: [ca for ca in tls.trust.cas if ca.subject == c.issuer],
+        lambda c: [i for i in rest if i.subject == c.issuer],
+        steps=63,
+    )
     return chain
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except Exception:  # InvalidSignature, unsupported key types, name mismatch
-        return False
-    return True
 
 
 def _depth_refusal(tls: PortTLS, verified: Sequence[x509.Certificate]) -> Refusal | None:
@@ -217,18 +204,16 @@ def load_client_chain(path: Path, password: bytes | None = None) -> list[x509.Ce
     certificate) or PKCS#12 (its certificate, then the others it carries).  An empty file
     stands for a client that sends no certificate.  Anything else is one MaterialError line.
     """
-    from cryptography.hazmat.primitives.serialization import pkcs12
-
     try:
         data = path.read_bytes()
     except OSError as e:
         raise MaterialError(f"cannot read it: {e.strerror or e}") from None
     if not data.strip():
         return []
-    if b"-----BEGIN" in data:
+    if is_pem(data):
         return load_certificates(path)
     try:
-        return [x509.load_der_x509_certificate(data)]
+        return parse_certificates(data)  # DER: one certificate
     except ValueError:
         pass
     try:
@@ -269,7 +254,7 @@ def missing_intermediate(tls: PortTLS, presented: Sequence[x509.Certificate], kn
     if any(ca.subject == leaf.issuer for ca in tls.trust.cas) or any(c.subject == leaf.issuer for c in presented[1:]):
         return None
     pool = [*tls.material.chain, *known]
-    for issuer in (c for c in pool if c.subject == leaf.issuer and _issued_by(leaf, c)):
+    for issuer in (c for c in pool if c.subject == leaf.issuer and issued_by(leaf, c)):
         chain = tls.trust.complete_chain(issuer, pool)
         if chain:
             return (
@@ -290,8 +275,6 @@ def explain(
 ) -> Verdict:
     """The verdict of a port of a definition file on the chain in a PEM, DER or PKCS#12 file
     (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide."""
-    from janustls.ports.access import build_policy
-    from janustls.trust import port_trust_warnings
 
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
     definition = defs.port(port)

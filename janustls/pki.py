@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from janustls.materials import PrivateKey
+from janustls.core.materials import PrivateKey
 
 __all__ = ["CA", "Issued", "KeyType", "make_key", "self_signed", "write_dev_pki", "DevPKI", "DevCA", "PKIError"]
 

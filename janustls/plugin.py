@@ -9,21 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.service import IServiceMaker, MultiService
-from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint, IStreamServerEndpointStringParser
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IStreamServerEndpoint, IStreamServerEndpointStringParser
 from twisted.plugin import IPlugin
 from twisted.python import usage
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.config import PortDefinition, load_definitions, port_from_options
-from janustls.connection import Connection
-from janustls.errors import ConfigErrors
-from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory
-from janustls.service import JanusService
-from janustls.tls import PortTLS, build_port_tls
+from janustls.core.config import load_definitions, port_from_options
+from janustls.errors import ConfigErrors, MaterialError
+from janustls.ops.operate import ServerRoot, twistd_log_file, twistd_log_path
+from janustls.ops.service import JanusService
+from janustls.ops.workers import WorkersService
+from janustls.ports.accept_proxy import ProxyHeaderEndpoint
+from janustls.ports.endpoint import JanusServerEndpoint, connection_of
+from janustls.tls import tickets
+from janustls.tls.policy import build_port_tls
 
 __all__ = ["Options", "JanusServiceMaker", "JanusEndpointParser", "connection_of"]
 
@@ -76,17 +76,10 @@ class JanusServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> MultiService:
-        from janustls.operate import ServerRoot, twistd_log_file, twistd_log_path
-
-        from janustls import tickets
-        from janustls.errors import MaterialError
-
         inner: Any
         try:
             definitions = load_definitions(options["port-def"])
             if options["workers"] > 0:
-                from janustls.workers import WorkersService
-
                 inner = WorkersService(definitions, options["workers"], log_format=options["log-format"],
                                        drain_timeout=options["drain-timeout"], ticket_key=options["ticket-key"],
                                        log_path=twistd_log_path(options))  # fmt: skip
@@ -102,60 +95,7 @@ class JanusServiceMaker:
                           drain_timeout=options["drain-timeout"])  # fmt: skip
 
 
-# -- the endpoint string plugin ----------------------------------------------------------
-
-
-def connection_of(protocol: Protocol) -> Connection | None:
-    """The janustls Connection behind an application protocol served by a `janustls:` endpoint."""
-    tls = getattr(protocol, "transport", None)
-    inner = getattr(tls, "wrappedProtocol", None)
-    return getattr(inner, "connection", None)
-
-
-class _AppProtocol(PortProtocol):
-    """Runs the application's own protocol once the handshake has succeeded."""
-
-    factory: _AppFactory
-    app: Protocol | None = None
-
-    def connection_ready(self, connection: Connection) -> None:
-        app = self.factory.app_factory.buildProtocol(self.transport.getPeer())
-        if app is None:
-            self.transport.loseConnection()
-            return
-        self.app = app
-        app.makeConnection(self.transport)
-
-    def bytes_received(self, data: bytes) -> None:
-        if self.app is not None:
-            self.app.dataReceived(data)
-
-    def connection_ended(self, reason: Failure | None) -> None:
-        if self.app is not None:
-            self.app.connectionLost(reason)
-
-
-class _AppFactory(PortFactory):
-    protocol = _AppProtocol
-
-    def __init__(self, runtime: PortRuntime, app_factory: IProtocolFactory) -> None:
-        super().__init__(runtime)
-        self.app_factory = app_factory
-
-
-@implementer(IStreamServerEndpoint)
-class JanusServerEndpoint:
-    """A TCP endpoint whose connections get a janustls port's TLS, trust and logging."""
-
-    def __init__(self, reactor: Any, tcp: IStreamServerEndpoint, port: PortDefinition, tls: PortTLS) -> None:
-        self._reactor = reactor
-        self._tcp = tcp
-        self._port = port
-        self._tls = tls
-
-    def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
-        runtime = PortRuntime(self._port, self._tls, self._reactor)
-        return self._tcp.listen(PortTLSFactory(runtime, _AppFactory(runtime, protocolFactory)))
+# -- the endpoint string plugin (its port kind: `janustls.ports.endpoint`) ----------------
 
 
 @implementer(IPlugin, IStreamServerEndpointStringParser)
@@ -189,7 +129,5 @@ class JanusEndpointParser:
             else:
                 tcp = TCP4ServerEndpoint(reactor, int(args[0]), backlog, interface)
         if port.proxy_protocol:  # a PROXY v1/v2 header precedes TLS
-            from janustls.ports.accept_proxy import ProxyHeaderEndpoint
-
             tcp = ProxyHeaderEndpoint(tcp)
         return JanusServerEndpoint(reactor, tcp, port, build_port_tls(port))

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable
 from twisted.internet import defer, threads
 from twisted.logger import globalLogPublisher
 
-from janustls.config import Definitions, parse_definitions
+from janustls.core.config import Definitions, parse_definitions
 from janustls.pki import CA, Issued, self_signed
-from janustls.service import JanusService
+from janustls.ops.service import JanusService
 
 _reactor_started = threading.Event()
 

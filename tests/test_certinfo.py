@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from janustls.certinfo import ALIASES, EMPTY_CHAIN, ITEMS, CertChain, canonical_item
+from janustls.core.certinfo import ALIASES, EMPTY_CHAIN, ITEMS, CertChain, canonical_item
 from janustls.errors import UnknownCertItem
 from janustls.pki import CA
 

@@ -6,7 +6,7 @@ import ssl
 
 import pytest
 
-from janustls.clienthello import parse_client_hello
+from janustls.core.clienthello import parse_client_hello
 
 
 def hello(tls: str, pha: bool, sni: str = "localhost") -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from janustls.config import (
+from janustls.core.config import (
     ClientCertMode,
     CRLCheck,
     PortType,
@@ -22,7 +22,7 @@ from janustls.config import (
     port_from_options,
 )
 from janustls.errors import ConfigError, ConfigErrors
-from janustls.service import build_ports
+from janustls.ops.build import build_ports
 
 BASE = Path("/srv/janus")
 

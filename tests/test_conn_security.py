@@ -252,7 +252,7 @@ def test_trickling_client_does_not_outlive_idle_timeout(web, pki, events):
 
 
 def test_write_buffer_high_is_a_checked_port_key(pki, tmp_path):
-    from janustls.config import parse_definitions
+    from janustls.core.config import parse_definitions
     from janustls.errors import ConfigErrors
 
     def text(value: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from janustls import ocsp
+from janustls.core import ocsp
 from janustls.pki import CA, Issued
 from tests.ocsp_responder import Responder, closed_port_url
 from tests.support import EVENTS, start
@@ -275,7 +275,7 @@ def test_chain_asks_about_the_intermediate_too(tmp_path: Path, procs: Path) -> N
             assert hello(server.port("OC"), cert, key) == "hi chained"
             assert responder.requests == 1 and root_responder.requests == 1  # the root itself is never asked
             root_responder.status[inter.cert.serial_number] = "revoked"
-            from janustls.ocspcheck import CACHE
+            from janustls.ops.ocspcheck import CACHE
 
             CACHE.clear()
             mark = EVENTS.mark()
@@ -372,7 +372,7 @@ def test_status_metrics_and_check_show_ocsp(setup: Setup, procs: Path, tmp_path:
 
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
 def test_resumed_session_is_judged_again(setup: Setup, procs: Path, tls: str) -> None:
-    from janustls.ocspcheck import CACHE
+    from janustls.ops.ocspcheck import CACHE
 
     cert, key, issued = setup.client(f"resumed{tls}")
     server = start(setup.ini(procs), setup.tmp)

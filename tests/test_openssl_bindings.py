@@ -11,8 +11,8 @@ import ssl
 import pytest
 from OpenSSL import SSL, crypto
 
-from janustls import _openssl
-from janustls.clienthello import parse_client_hello
+from janustls.tls import _openssl
+from janustls.core.clienthello import parse_client_hello
 from tests.support import client_context
 
 
@@ -33,8 +33,8 @@ def test_the_tls_protocol_is_the_app_data(pki):
     from twisted.internet.testing import StringTransport
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from janustls.config import port_from_options
-    from janustls.tls import build_port_tls
+    from janustls.core.config import port_from_options
+    from janustls.tls.policy import build_port_tls
 
     port = port_from_options(
         "P", {"certificate": str(pki.files["server.pem"]), "private_key": str(pki.files["server.key"])}, embedded=True

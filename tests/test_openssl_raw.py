@@ -1,4 +1,4 @@
-"""Pins the raw OpenSSL access of the per-handshake path (`janustls._openssl`).
+"""Pins the raw OpenSSL access of the per-handshake path (`janustls.tls._openssl`).
 
 `PortTLS.client_chain` reads the verified chain and the peer certificate as DER from
 OpenSSL, and `PortTLSProtocol` swaps in fresh memory BIOs after the handshake through
@@ -10,7 +10,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-from janustls import _openssl
+from janustls.tls import _openssl
 
 
 def _pair(pki):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from janustls.explain import explain_chain
-from janustls.materials import load_certificates
+from janustls.core.materials import load_certificates
 from tests.support import client_context, start
 
 HANDLER = '''
@@ -237,7 +237,7 @@ def test_reload_with_a_slow_crl_url_never_freezes_serving(pki, reactor, procs, e
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Site
 
-    from janustls.config import parse_definitions
+    from janustls.core.config import parse_definitions
     from tests.support import in_reactor
 
     data = pki.inter.crl_pem()

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from janustls.config import parse_definitions
+from janustls.core.config import parse_definitions
 from janustls.explain import explain, explain_chain, format_verdict
-from janustls.materials import load_certificates
-from janustls.tls import build_port_tls
+from janustls.core.materials import load_certificates
+from janustls.tls.policy import build_port_tls
 from tests.support import client_context, start
 
 CERTS = ["alice", "bob", "direct", "expired", "notyet", "revoked", "othera", "serveronly",

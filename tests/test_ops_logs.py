@@ -10,14 +10,14 @@ from pathlib import Path
 from twisted.logger import Logger, LogLevel
 
 from janustls.events import CATALOGUE
-from janustls.logs import catalogue_markdown, event_as_json, json_lines_observer
-from janustls.reasons import Reason, Refusal
+from janustls.ops.logs import catalogue_markdown, event_as_json, json_lines_observer
+from janustls.core.reasons import Reason, Refusal
 
 ROOT = Path(__file__).parents[1]
 
 
 def test_docs_events_md_is_generated_from_the_catalogue():
-    assert (ROOT / "docs" / "events.md").read_text() == catalogue_markdown(), "run: python -m janustls.logs > docs/events.md"
+    assert (ROOT / "docs" / "events.md").read_text() == catalogue_markdown(), "run: python -m janustls.ops.logs > docs/events.md"
     for event_id in CATALOGUE:
         assert f"`{event_id}`" in catalogue_markdown()
 

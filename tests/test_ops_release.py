@@ -39,7 +39,7 @@ def test_files_the_docs_make_are_ignored():
 
 def test_demo_keeps_private_keys_out_of_the_procedure_library():
     """procs/ is served by page rules: the demo and the examples name their keys outside it."""
-    from janustls.config import load_definitions
+    from janustls.core.config import load_definitions
 
     for ini in ("demo.ini", "web.ini"):
         definitions = load_definitions(REPO / "procs" / ini)

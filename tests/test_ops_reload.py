@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from janustls.config import load_definitions
+from janustls.core.config import load_definitions
 from tests.support import Server, client_context, in_reactor
 
 HANDLER = '''

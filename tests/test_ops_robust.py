@@ -94,12 +94,12 @@ def test_check_locates_bad_endpoints_without_traceback(checked, listen, words):
 
 def test_check_turns_unexpected_errors_into_one_line(checked, monkeypatch):
     """Whatever goes wrong inside `check` is one line on stderr and exit 1, never a traceback."""
-    import janustls.service
+    import janustls.cli
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("something\nunforeseen")
 
-    monkeypatch.setattr(janustls.service, "build_ports", broken)
+    monkeypatch.setattr(janustls.cli, "build_ports", broken)
     code, out, err = checked("tcp:0:interface=127.0.0.1")
     assert code == 1 and err.count("\n") == 1 and "RuntimeError" in err and "something unforeseen" in err, err
 
@@ -168,7 +168,7 @@ handler = g:serve
 private_key = {pki.files['server.key']}
 """
     ini.write_text(text)
-    from janustls.config import load_definitions
+    from janustls.core.config import load_definitions
     from tests.support import Server
 
     s = Server(load_definitions(ini))
@@ -216,7 +216,7 @@ def test_reload_refused_when_new_status_listener_cannot_bind(pki, procs, events)
     held, busy = busy_port()
     try:
         assert status_ok(status_port)
-        from janustls.config import parse_definitions
+        from janustls.core.config import parse_definitions
 
         mark = events.mark()
         moved = parse_definitions(base + f"[status]\nlisten = tcp:{busy}:interface=127.0.0.1\n", source="test.ini", base=procs)
@@ -237,7 +237,7 @@ def test_reload_refused_when_new_status_listener_cannot_bind(pki, procs, events)
 def test_embedded_port_takes_a_callable_handler(pki, reactor):
     """The Python API: a srvsock port whose handler is a function of the application."""
     from janustls import listen
-    from janustls.config import port_from_options
+    from janustls.core.config import port_from_options
 
     seen: list[str | None] = []
 

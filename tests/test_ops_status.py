@@ -98,7 +98,7 @@ def test_metrics_count_each_refusal_reason(server, pki, events):
     before = samples(base)
     expected: dict[str, int] = {}
     from janustls.explain import explain_chain
-    from janustls.tls import build_port_tls
+    from janustls.tls.policy import build_port_tls
 
     tls = build_port_tls(s.service.definitions.port("SECURE"))
     from tests.test_ops_explain import sent_chain

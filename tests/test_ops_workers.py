@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from OpenSSL import SSL
 
-from janustls import _openssl, tickets
+from janustls.tls import _hidden, tickets
 from tests.support import client_context
 from tests.test_ops_twistd import Twistd, free_port
 
@@ -36,7 +36,7 @@ async def serve(sock):
         sock.write(b"echo:" + line)
 '''
 
-pytestmark = pytest.mark.skipif(not _openssl.ticket_keys_supported(), reason="no way to set ticket keys here")
+pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
 
 
 def ini_text(pki: Any, procs: Path, port: int, status: int, cas: str) -> str:
@@ -238,7 +238,7 @@ def test_ticket_key_file(tmp_path):
     tickets.configure(key)
     try:
         assert tickets.apply(a, "SECURE") and tickets.apply(b, "secure")
-        assert _openssl.get_ticket_keys(a) == _openssl.get_ticket_keys(b) == tickets.port_keys(master, "SECURE")
+        assert _hidden.get_ticket_keys(a) == _hidden.get_ticket_keys(b) == tickets.port_keys(master, "SECURE")
         assert tickets.port_keys(master, "OTHER") != tickets.port_keys(master, "SECURE")
     finally:
         tickets.configure(None)

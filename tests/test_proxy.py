@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from janustls import proxyproto
+from janustls.core import proxyproto
 from janustls.errors import ConfigErrors
 from janustls.ports.proxy import PENDING_LIMIT, ProxyProtocol
 from tests.support import client_context, in_reactor, start
@@ -106,7 +106,7 @@ def read_v2_header(sock: socket.socket) -> bytes:
 
 
 def decode_v2(header: bytes) -> dict[str, Any]:
-    """A decoder written here from the spec, independent of janustls.proxyproto."""
+    """A decoder written here from the spec, independent of janustls.core.proxyproto."""
     ver_cmd, fam, length = struct.unpack("!BBH", header[12:16])
     out: dict[str, Any] = {"ver_cmd": ver_cmd, "family": fam, "length": length}
     body = header[16:]

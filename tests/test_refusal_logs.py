@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 
 from janustls.events import CATALOGUE
-from janustls.logs import json_lines_observer
-from janustls.reasons import Reason
+from janustls.ops.logs import json_lines_observer
+from janustls.core.reasons import Reason
 from tests.support import EVENTS, client_context, start, tls_connect
 
 OK = '''

@@ -12,11 +12,11 @@ import ssl
 
 import pytest
 
-from janustls import _openssl, tickets
+from janustls.tls import _hidden, tickets
 from janustls.pki import CA
 from tests.support import client_context, in_reactor, start
 
-pytestmark = pytest.mark.skipif(not _openssl.ticket_keys_supported(), reason="no way to set ticket keys here")
+pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
 
 HANDLER = '''
 async def serve(sock):
@@ -74,7 +74,7 @@ handler = h:serve
         # Revoke carol and rebuild the port (what a CRL refresh or a reload does).
         root.revoke(client)
         crl.write_bytes(root.crl_pem())
-        from janustls.reload import rebuild_port, replace_port
+        from janustls.ops.reload import rebuild_port, replace_port
 
         in_reactor(lambda: replace_port(server.service, rebuild_port(server.service, "RESUME")))
         mark = events.mark()
@@ -93,7 +93,7 @@ handler = h:serve
 
 def test_session_without_certificate_after_the_port_came_to_require_one(pki, reactor, procs, events, shared_keys):
     """A session from before `client_cert = require` carries no certificate: refused."""
-    from janustls.config import parse_definitions
+    from janustls.core.config import parse_definitions
 
     (procs / "h.py").write_text(HANDLER)
 
@@ -157,7 +157,7 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
     handshake with the same chain: verify_depth, max_cert_size, a stale CRL (crl_expired = refuse)."""
     import datetime
 
-    from janustls.config import parse_definitions
+    from janustls.core.config import parse_definitions
 
     root = CA.create("Strict Root")
     inter = root.intermediate("Strict Intermediate")

@@ -19,7 +19,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
 import janustls
-from janustls.config import parse_definitions, port_from_options
+from janustls.core.config import parse_definitions, port_from_options
 from janustls.errors import ConfigErrors
 from janustls.plugin import connection_of
 from tests.support import client_context, in_reactor, start, talk

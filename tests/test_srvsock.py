@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from janustls.connection import MAX_LINE, READ_BUFFER_HIGH
+from janustls.ports.connection import MAX_LINE, READ_BUFFER_HIGH
 from tests.support import HANDED, client_context, handed, start, talk
 
 HANDLERS = '''

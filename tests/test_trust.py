@@ -13,12 +13,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from janustls.config import port_from_options
+from janustls.core.config import port_from_options
 from janustls.errors import ConfigErrors
 from janustls.events import CATALOGUE
 from janustls.pki import CA, self_signed
-from janustls.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.trust import PortTrust, check_key_strength, check_usage, fingerprint, load_port_trust
+from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.core.trust import PortTrust, check_key_strength, check_usage, fingerprint, load_port_trust
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from janustls.config import parse_definitions
+from janustls.core.config import parse_definitions
 from janustls.errors import ConfigErrors
-from janustls.service import build_ports
+from janustls.ops.build import build_ports
 from tests.support import client_context, in_reactor, start, talk
 
 VIEWS = '''
@@ -392,7 +392,7 @@ def test_wsgi_without_certificate(server, pki):
 
 
 def test_mod_ssl_environ_is_computed_once_per_connection(server, pki):
-    from janustls.ports import webserv
+    from janustls.ports.web import port as webserv
 
     calls = []
     real = webserv.ssl_environ

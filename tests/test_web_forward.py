@@ -12,11 +12,11 @@ import urllib.parse
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from janustls.certinfo import CertChain
-from janustls.config import parse_definitions
+from janustls.core.certinfo import CertChain
+from janustls.core.config import parse_definitions
 from janustls.errors import ConfigErrors
-from janustls.forwarding import identity_headers, parse_backend
-from janustls.service import build_ports
+from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.ops.build import build_ports
 from tests.support import start
 
 

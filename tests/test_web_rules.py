@@ -1,4 +1,4 @@
-"""The pure parts of web ports, without I/O: the rule table (janustls.rules) and identity rules (janustls.identity)."""
+"""The pure parts of web ports, without I/O: the rule table (janustls.core.rules) and identity rules (janustls.core.identity)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import hashlib
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 
-from janustls.config import WebRuleLine as L
-from janustls.config import parse_definitions
+from janustls.core.config import WebRuleLine as L
+from janustls.core.config import parse_definitions
 from janustls.errors import ConfigErrors
-from janustls.identity import PolicyError, Subject, parse_policy
-from janustls.reasons import Reason
-from janustls.rules import Action, Exc, Kind, build_table
+from janustls.core.identity import PolicyError, Subject, parse_policy
+from janustls.core.reasons import Reason
+from janustls.core.rules import Action, Exc, Kind, build_table
 
 
 def table(*lines: tuple[str, str], resolve=None):
@@ -265,7 +265,7 @@ def test_identity_san_uri_spiffe(alice):
 
 
 def test_spiffe_segments():
-    from janustls.identity import san_pattern
+    from janustls.core.identity import san_pattern
 
     one = san_pattern("uri", "spiffe://td/ns/*/sa/*")
     assert one("spiffe://td/ns/prod/sa/web") and not one("spiffe://td/ns/prod/x/sa/web")

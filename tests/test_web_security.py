@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from janustls.config import load_definitions
+from janustls.core.config import load_definitions
 from tests.support import Server, client_context, tls_connect
 
 ROOT = Path(__file__).resolve().parents[1]

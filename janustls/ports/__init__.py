@@ -1,1 +1,1 @@
-"""Thin Twisted adapters, one module per port type."""
+"""The Twisted adapters a client meets: the connection object, one module or package per port type, the endpoints."""

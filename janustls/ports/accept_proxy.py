@@ -30,8 +30,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
 from janustls.events import emit
-from janustls.ports.base import PortTLSFactory, _address_text
-from janustls.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
+from janustls.ports.base import PortTLSFactory, address_text
+from janustls.core.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
 
 __all__ = ["ProxyHeaderProtocol", "ProxyHeaderFactory", "ProxyHeaderEndpoint"]
 
@@ -70,7 +70,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             "port {port}: {peer} sent no PROXY header in {seconds}s",
             LogLevel.warn,
             port=runtime.port.name,
-            peer=_address_text(self.transport.getPeer()),
+            peer=address_text(self.transport.getPeer()),
             seconds=runtime.port.handshake_timeout,
         )
         self.transport.abortConnection()
@@ -116,7 +116,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
                 "port {port}: closed {peer}: {detail}",
                 LogLevel.warn,
                 port=self.factory.port_name,
-                peer=_address_text(self.transport.getPeer()),
+                peer=address_text(self.transport.getPeer()),
                 detail=str(e),
             )
             self.transport.abortConnection()
@@ -134,8 +134,8 @@ class ProxyHeaderProtocol(ProtocolWrapper):
             "port {port}: PROXY v{version} header from {via}: client {peer}",
             LogLevel.debug,
             port=self.factory.port_name,
-            peer=_address_text(self.getPeer()),
-            via=_address_text(self.transport.getPeer()),
+            peer=address_text(self.getPeer()),
+            via=address_text(self.transport.getPeer()),
             version=header.version,
             local=header.local,
         )

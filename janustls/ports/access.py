@@ -1,4 +1,4 @@
-"""The adapter between identity rules (`janustls.identity`, pure) and live connections.
+"""The adapter between identity rules (`janustls.core.identity`, pure) and live connections.
 
 It builds a port's `allow =` policy at build time (errors located), looks up the
 client's address when a `peer` term needs it (forward-confirmed reverse DNS, in a
@@ -13,24 +13,23 @@ import socket
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from cryptography import x509
 from twisted.internet import defer, threads
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 
-from janustls.config import PortDefinition
+from janustls._reactor import reactor_or_global
+from janustls.core.config import PortDefinition
+from janustls.core.identity import Policy, PolicyError, Subject, Verdict, parse_policy
+from janustls.core.procedures import ProcedureError, load_callable, load_object
+from janustls.core.reasons import Reason
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
-from janustls.ports import refusals
-from janustls.identity import Policy, PolicyError, Subject, Verdict, parse_policy
-from janustls.procedures import load_callable
-from janustls.reasons import Reason, Refusal
-
-if TYPE_CHECKING:
-    from janustls.connection import Connection
-    from janustls.ports.base import PortProtocol
+from janustls.ports.base import PortProtocol
+from janustls.ports.connection import Connection
+from janustls.ports.refusals import log_refusal
 
 __all__ = ["PortAccess", "port_access", "reverse_names", "peer_ip", "resolver_for", "decide"]
 
@@ -47,17 +46,7 @@ def resolver_for(procs: Path, *, resources: bool = False) -> Callable[[str], Any
         return lambda ref: load_callable(procs, ref)
 
     def resolve(ref: str) -> Any:
-        from twisted.web.resource import IResource
-
-        from janustls.procedures import ProcedureError, _load_module
-
-        module, _, attr = ref.partition(":")
-        target: Any = _load_module(procs, module)
-        for part in attr.split("."):
-            try:
-                target = getattr(target, part)
-            except AttributeError:
-                raise ProcedureError(f"{module} has no {attr!r}") from None
+        target = load_object(procs, ref)
         if not (callable(target) or IResource.providedBy(target)):
             raise ProcedureError(f"{ref} is neither callable nor a twisted.web resource")
         return target
@@ -105,10 +94,7 @@ def reverse_names(ip: str, reactor: Any = None) -> defer.Deferred[list[str]]:
         _names_cache[ip] = (time.monotonic(), names)
         return names
 
-    if reactor is None:
-        from twisted.internet import reactor as default
-
-        reactor = default
+    reactor = reactor_or_global(reactor)
     return threads.deferToThreadPool(reactor, reactor.getThreadPool(), _confirmed_names, ip).addCallback(store)
 
 
@@ -137,11 +123,6 @@ def decide(policy: Policy, subject: Subject, reactor: Any = None) -> defer.Defer
     return defer.succeed(check(subject))
 
 
-def log_refusal(port: str, peer: str, refusal: Refusal, rule: str, leaf: x509.Certificate | None = None) -> None:
-    """An identity rule's (or a web exception rule's) refusal, logged by `janustls.ports.refusals`."""
-    refusals.log_refusal(port, peer, refusal, leaf, rule=rule)
-
-
 class PortAccess:
     """A srvsock or proxy port's `allow =`: admit after the handshake, or close (logged)."""
 
@@ -161,7 +142,7 @@ class PortAccess:
             assert refusal is not None
             protocol.factory.runtime.refused += 1
             chain = conn.verified_chain
-            log_refusal(self.port.name, protocol.peer_text(), refusal, verdict.rule, chain[0] if chain else None)
+            log_refusal(self.port.name, protocol.peer_text(), refusal, chain[0] if chain else None, rule=verdict.rule)
             protocol.close()
 
         d.addCallback(done)

@@ -20,13 +20,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.config import ClientCertMode, PortDefinition
-from janustls.connection import Connection
-from janustls.midconn import CertificateRequest, can_request
+from janustls.core.config import ClientCertMode, PortDefinition
+from janustls.ports.connection import Connection
+from janustls.tls.midconn import CertificateRequest, can_request
 from janustls.events import emit
-from janustls.reasons import Reason, Refusal
+from janustls.core.reasons import Reason, Refusal
 from janustls.ports.refusals import log_refusal
-from janustls.tls import PortTLS, PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
+from janustls.tls.policy import PortTLS
+from janustls.tls.protocol import PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
 
 __all__ = ["PortFactory", "PortProtocol", "PortTLSFactory", "PortRuntime"]
 
@@ -78,13 +79,13 @@ class PortRuntime:
         self.refused = 0
         #: The port's `allow =` gate (`janustls.ports.access.PortAccess`); web ports answer FORBIDDEN instead.
         self.access: Any = None
-        #: The port's OCSP policy (`janustls.ocspcheck.OCSPChecker`) when `ocsp` is on.
+        #: The port's OCSP policy (`janustls.ops.ocspcheck.OCSPChecker`) when `ocsp` is on.
         self.ocsp: Any = None
-        #: The port's OCSP stapler (`janustls.staple.Stapler`) when `ocsp_staple = yes`.
+        #: The port's OCSP stapler (`janustls.ops.staple.Stapler`) when `ocsp_staple = yes`.
         self.stapler: Any = None
 
 
-def _address_text(address: IAddress | None) -> str:
+def address_text(address: IAddress | None) -> str:
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:
@@ -131,7 +132,7 @@ class PortProtocol(Protocol):
             "port {port}: {peer} did not finish its handshake in {seconds}s",
             LogLevel.warn,
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             seconds=rt.port.handshake_timeout,
         )
         self.transport.abortConnection()
@@ -141,7 +142,7 @@ class PortProtocol(Protocol):
 
     def peer_text(self) -> str:
         """The client's address as logs show it (host:port, [v6]:port)."""
-        return _address_text(self.peer_address())
+        return address_text(self.peer_address())
 
     def handshakeCompleted(self) -> None:
         if self._deadlines is not None:
@@ -201,7 +202,7 @@ class PortProtocol(Protocol):
             asked=rt.port.client_cert is not ClientCertMode.NONE or bool(chain),
         )
         self.connection = conn
-        self._peer_text = _address_text(conn.peer)
+        self._peer_text = address_text(conn.peer)
         emit(
             "janustls.conn.accepted",
             "port {port}: {peer} connected with {version} {cipher}, client {subject}",
@@ -295,9 +296,12 @@ class PortProtocol(Protocol):
         self.transport.resumeProducing()
 
     def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]:
-        """Ask the client for a certificate mid-connection (see `janustls.midconn`)."""
+        """Ask the client for a certificate mid-connection (see `janustls.tls.midconn`)."""
         rt = self.factory.runtime
-        self._request = CertificateRequest(self, require=require, timeout=rt.port.request_timeout)
+        self._request = CertificateRequest(
+            self.transport, rt.tls, require=require, timeout=rt.port.request_timeout, reactor=rt.reactor,
+            judge=rt.ocsp.judge if rt.ocsp is not None else None, port=rt.port.name, peer=self.peer_text(),
+        )
         return self._request.start()
 
     def can_request_certificate(self) -> tuple[bool, str]:
@@ -314,7 +318,7 @@ class PortProtocol(Protocol):
             "janustls.conn.idle_timeout",
             "port {port}: closing {peer} after {seconds}s without traffic",
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             seconds=rt.port.idle_timeout,
         )
         self.close()
@@ -355,7 +359,7 @@ class PortProtocol(Protocol):
 
     def _log_failed_handshake(self, reason: Failure | None) -> None:
         rt = self.factory.runtime
-        peer = _address_text(self.peer_address())
+        peer = address_text(self.peer_address())
         refusal = refusal_for_failure(self.transport, reason)
         if refusal is not None:
             rt.refused += 1
@@ -448,7 +452,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 "port {port}: refused {peer}: {limit} connections already open from it (max_connections_per_client)",
                 LogLevel.warn,
                 port=self.runtime.port.name,
-                peer=_address_text(addr),
+                peer=address_text(addr),
                 limit=limit,
                 limit_key="max_connections_per_client",
             )
@@ -487,7 +491,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 "port {port}: refused {peer}: {limit} connections already open (max_connections)",
                 LogLevel.warn,
                 port=self.runtime.port.name,
-                peer=_address_text(addr),
+                peer=address_text(addr),
                 limit=limit,
             )
             return None

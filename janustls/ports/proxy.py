@@ -36,17 +36,16 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import LogLevel
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls import _openssl
-from janustls.config import ForwardIdentity
-from janustls.connection import Connection
+from janustls.tls import _openssl
+from janustls.core.config import ForwardIdentity
+from janustls.ports.connection import Connection
 from janustls.events import emit
-from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, _address_text
-from janustls.proxyproto import (
+from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, address_text
+from janustls.core.proxyproto import (
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
     PP2_CLIENT_SSL,
@@ -56,7 +55,7 @@ from janustls.proxyproto import (
     authority_from_sni,
     build_v2,
 )
-from janustls.tls import PortTLSProtocol, failure_text
+from janustls.tls.protocol import PortTLSProtocol, failure_text
 
 __all__ = ["PENDING_LIMIT", "ProxyFactory", "ProxyProtocol", "ProxyTLSFactory", "ProxyTLSProtocol", "backend_endpoint", "identity_header"]
 
@@ -252,7 +251,7 @@ class ProxyProtocol(PortProtocol):
             authority, why = authority_from_sni(handle.get_servername())
             if why is not None:
                 emit("janustls.proxy.bad_server_name", "port {port}: {peer} sent a {detail}; forwarded without PP2_TYPE_AUTHORITY",
-                     LogLevel.warn, port=rt.port.name, peer=_address_text(self.peer_address()), detail=why)  # fmt: skip
+                     LogLevel.warn, port=rt.port.name, peer=address_text(self.peer_address()), detail=why)  # fmt: skip
             transport.write(
                 identity_header(
                     self.connection,
@@ -282,7 +281,7 @@ class ProxyProtocol(PortProtocol):
             "janustls.proxy.connected",
             "port {port}: {peer} ({subject}) connected to backend {backend} in {seconds:.3f}s",
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             subject=self.connection.cert_info("SUBJECT") if self.connection and self.connection.cert_levels() else None,
             backend=rt.port.connect,
             identity=rt.port.forward_identity.value,
@@ -298,7 +297,7 @@ class ProxyProtocol(PortProtocol):
             "port {port}: closing {peer}: backend {backend}: {cause}",
             LogLevel.warn,
             port=rt.port.name,
-            peer=_address_text(self.peer_address()),
+            peer=address_text(self.peer_address()),
             backend=rt.port.connect,
             cause=cause,
             seconds=rt.reactor.seconds() - self._connect_started,
@@ -432,7 +431,7 @@ class ProxyProtocol(PortProtocol):
             "janustls.proxy.closed",
             "port {port}: {peer} done ({cause}): {up} bytes to the backend, {down} to the client",
             port=rt.port.name,
-            peer=_address_text(self.connection.peer),
+            peer=address_text(self.connection.peer),
             cause=self._cause,
             up=self._up,
             down=self._down,
@@ -447,35 +446,18 @@ class ProxyTLSProtocol(PortTLSProtocol):
     `tls.Conn.CloseWrite` and ghostunnel use it as TCP's half-close.  Twisted answers a
     close_notify by closing both ways, losing what the backend still has to say; here
     the application hears `readConnectionLost` and the connection closes when it says
-    so.  This copies `TLSMemoryBIOProtocol._flushReceiveBIO` (a private method; the
-    test of the half-close guards it) with the close_notify branch changed.
+    so (`janustls.tls._twisted.TLSProtocolBase.half_close_target`).
     """
 
-    _read_closed = False
     #: A proxy's close may leave the client's direction relaying: it forces its own
     #: closes (`ProxyProtocol._abort_later`, CLOSE_GRACE of this module).
     close_grace = None
 
-    def _flushReceiveBIO(self) -> None:
+    def half_close_target(self) -> Any:
         wrapped = self.wrappedProtocol
         if not isinstance(wrapped, ProxyProtocol) or wrapped.connection is None:
-            super()._flushReceiveBIO()  # type: ignore[misc]
-            return
-        while not self._lostTLSConnection and not self._read_closed:  # type: ignore[attr-defined]
-            try:
-                data = self._tlsConnection.recv(2**15)  # type: ignore[attr-defined]
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._read_closed = True
-                wrapped.readConnectionLost()
-                break
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())  # type: ignore[attr-defined]
-            else:
-                if not self._aborted:  # type: ignore[attr-defined]
-                    ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()  # type: ignore[attr-defined]
+            return None
+        return wrapped
 
 
 class ProxyTLSFactory(PortTLSFactory):

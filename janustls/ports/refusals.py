@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from twisted.logger import LogLevel
 
 from janustls.events import emit
-from janustls.reasons import Refusal
+from janustls.core.reasons import Refusal
 
 __all__ = ["log_refusal", "leaf_fields"]
 

@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.connection import Connection, ReadDeferred
+from janustls.ports.connection import Connection, ReadDeferred
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime
 
@@ -127,11 +127,11 @@ class SrvsockProtocol(PortProtocol):
 
     def bytes_received(self, data: bytes) -> None:
         if self.connection is not None:
-            self.connection._feed(data)
+            self.connection.feed(data)
 
     def connection_ended(self, reason: Failure | None) -> None:
         if self.connection is not None:
-            self.connection._end()
+            self.connection.end_of_input()
 
 
 class SrvsockFactory(PortFactory):

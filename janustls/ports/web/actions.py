@@ -1,0 +1,156 @@
+"""The actions of web rules: Python callables, twisted.web resources, WSGI applications and
+forwarding to a backend, each answering one request."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, getChildForRequest
+from twisted.web.proxy import ReverseProxyResource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.wsgi import WSGIResource
+
+from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.core.rules import Action, Resolution, Rule
+from janustls.core.webpath import encode
+from janustls.ports.base import PortRuntime
+from janustls.ports.web.request import JanusRequest, strip_identity_headers
+from janustls.tls._twisted import wsgi_response
+
+__all__ = ['Actions', 'JanusWSGIResource']
+
+# -- WSGI with mod_ssl's variables ----------------------------------------------------------------
+
+
+class JanusWSGIResource(WSGIResource):
+    """twisted.web's WSGI container, with Apache mod_ssl's SSL_* variables in the environ."""
+
+    def render(self, request: JanusRequest) -> int:  # type: ignore[override]
+        strip_identity_headers(request)
+
+        def complete(environ: dict[str, Any]) -> None:
+            environ.update(request.ssl_environ())
+            # PEP 3333: SCRIPT_NAME and PATH_INFO decoded, as the bytes of the normal path read as latin-1.
+            for key, value in getattr(request, "wsgi_paths", {}).items():
+                environ[key] = value.encode("utf-8").decode("latin-1")
+
+        wsgi_response(self, request, complete)
+        return NOT_DONE_YET  # type: ignore[no-any-return]
+
+
+class Actions:
+    """The actions of a web rule: a page, a redirect, a call, a mounted resource, WSGI, a forward."""
+
+    runtime: PortRuntime
+    reactor: Any
+    _wsgi: dict[int, JanusWSGIResource]
+
+    def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
+        if rule.action is Action.CALL:
+            return self._call(request, rule, res)
+        if rule.action is Action.REDIRECT:
+            self._redirect(request, rule.substitute([encode(p) for p in res.parts]), rule.status or 302)
+            return NOT_DONE_YET
+        if rule.action is Action.PAGE:
+            within = rule.page_root if res.parts else rule.target
+            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within)
+        if rule.action is Action.WSGI:
+            self._mount(request, rule)
+            return self._wsgi[rule.index].render(request)
+        if rule.action is Action.FORWARD:
+            return self._forward(request, rule.substitute([encode(p) for p in res.parts]))
+        raise AssertionError(rule.action)
+
+    def _forward(self, request: JanusRequest, url: str) -> Any:
+        """Send the request on to an HTTP backend with the client's identity as headers.
+
+        Headers the client sent that read as ones janustls sets are dropped first: only
+        janustls can set them.  The body (de-chunked and bounded by max_body) goes on with
+        a Content-Length and nothing else framing it, so the backend reads exactly one request.
+        """
+        backend = parse_backend(url)
+        headers = request.requestHeaders
+        strip_identity_headers(request)
+        for name in (b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade", b"proxy-connection", b"keep-alive"):
+            headers.removeHeader(name)
+        content = request.content
+        size = 0
+        if content is not None:
+            content.seek(0, os.SEEK_END)
+            size = content.tell()
+            content.seek(0)
+        if size or request.method not in (b"GET", b"HEAD", b"DELETE", b"OPTIONS", b"TRACE"):
+            headers.setRawHeaders(b"content-length", [b"%d" % size])
+        conn = request.connection
+        chain = conn.cert_chain
+        for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
+            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        peer = getattr(conn.peer, "host", None)
+        if peer is not None:
+            headers.setRawHeaders(b"x-forwarded-for", [peer.encode("ascii")])
+        headers.setRawHeaders(b"x-forwarded-proto", [b"https"])
+        path, _, query = backend.path.partition("?")
+        if not query and b"?" in request.uri:
+            query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        resource = ReverseProxyResource(backend.host, backend.port, path.encode("latin-1"), reactor=self.reactor)
+        request.uri = (path + ("?" + query if query else "")).encode("latin-1")
+        return resource.render(request)
+
+    def _mount(self, request: JanusRequest, rule: Rule) -> None:
+        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path."""
+        prefix = rule.prefix.rstrip("/")
+        path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
+        rest = path[len(prefix):] if path.startswith(prefix) else path
+        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]
+        request.prepath = [s.encode("utf-8") for s in prefix.split("/") if s]
+        tail = rest.encode("utf-8")
+        request.postpath = tail.split(b"/")[1:] if tail.startswith(b"/") else ([tail] if tail else [])
+
+    def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
+        handler = rule.handler
+        try:
+            if IResource.providedBy(handler):
+                self._mount(request, rule)
+                return getChildForRequest(handler, request).render(request)
+            result = handler(request)
+        except Exception:
+            self._handler_error(request, rule, Failure())
+            return NOT_DONE_YET
+        if isinstance(result, str):
+            if request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            return result.encode("utf-8")
+        if isinstance(result, bytes):
+            if res.content_type and request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", res.content_type.encode())
+            return result
+        if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
+            result = defer.ensureDeferred(result)  # type: ignore[arg-type]
+        if isinstance(result, defer.Deferred):
+            result.addCallbacks(lambda value: self._finish(request, self._coerce(request, value, res)),
+                                lambda f: self._handler_error(request, rule, f))  # fmt: skip
+            return NOT_DONE_YET
+        return self._coerce(request, result, res)
+
+    def _coerce(self, request: JanusRequest, value: Any, res: Resolution) -> Any:
+        if value is NOT_DONE_YET:
+            return NOT_DONE_YET
+        if isinstance(value, str):
+            if request.responseHeaders.getRawHeaders(b"content-type") is None:
+                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            return value.encode("utf-8")
+        if isinstance(value, (dict, list)):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps(value).encode()
+        if IResource.providedBy(value):
+            return value.render(request)
+        if value is None:
+            return b""
+        if isinstance(value, bytes):
+            return value
+        raise TypeError(f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource")

@@ -1,0 +1,254 @@
+"""A webserv request: twisted.web's Request answering the connection's certificate calls, and
+Apache mod_ssl's SSL_* variables."""
+
+from __future__ import annotations
+
+import datetime
+import io
+from typing import Any
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from janustls.core.certinfo import CertChain
+from janustls.core.forwarding import is_identity_header
+from janustls.core.reasons import Refusal
+from janustls.core.rules import Exc, Rule
+from janustls.core.rules import RuleTable
+from janustls.ports.base import PortRuntime
+from janustls.ports.connection import Connection
+from janustls.tls._twisted import request_line
+
+__all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+class WebPortFactory(Protocol):
+    """What requests ask of the port's factory (`port.WebFactory`) while reading a request."""
+
+    runtime: PortRuntime
+    table: RuleTable
+
+    def body_limit(self, method: bytes, path: bytes) -> int: ...
+    def hold_limit(self, method: bytes, path: bytes) -> int | None: ...
+
+
+class WebPortProtocol(Protocol):
+    """What requests and the HTTP channel ask of the port protocol (`port.WebProtocol`)."""
+
+    factory: WebPortFactory
+    connection: Connection | None
+
+    def progress(self) -> None: ...
+    def ssl_environ(self) -> dict[str, str]: ...
+    def close(self) -> None: ...
+    def peer_address(self) -> Any: ...
+
+
+# -- Apache mod_ssl's variables ---------------------------------------------------------------
+
+
+def apache_time(t: datetime.datetime) -> str:
+    """OpenSSL's ASN1_TIME_print format, as Apache sets SSL_CLIENT_V_START: `Jan  5 09:03:07 2026 GMT`."""
+    t = t.astimezone(datetime.timezone.utc)
+    return f"{_MONTHS[t.month - 1]} {t.day:2d} {t:%H:%M:%S} {t.year} GMT"
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def ssl_environ(
+    chain: CertChain,
+    *,
+    refusal: Refusal | None,
+    tls_version: str,
+    cipher: str,
+) -> dict[str, str]:
+    """Apache mod_ssl's SSL_* variables for a connection (plus SSL_CLIENT_SAN_URI_n / _IP_n)."""
+    env = {"HTTPS": "on", "SSL_PROTOCOL": tls_version, "SSL_CIPHER": cipher, "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()}
+    leaf = chain.certificate(0)
+    if leaf is None:
+        env["SSL_CLIENT_VERIFY"] = f"FAILED:{refusal.reason.value}" if refusal is not None else "NONE"
+        return env
+    env["SSL_CLIENT_VERIFY"] = "SUCCESS"
+    env["SSL_CLIENT_S_DN"] = leaf.subject.rfc4514_string()
+    env["SSL_CLIENT_I_DN"] = leaf.issuer.rfc4514_string()
+    for suffix, item in (("CN", "CN"), ("O", "O"), ("OU", "OU"), ("C", "C"), ("L", "L"), ("ST", "ST"), ("Email", "EMAIL")):
+        values = chain.values(item) if item != "EMAIL" else [
+            str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
+        ]
+        for i, v in enumerate(values):
+            env[f"SSL_CLIENT_S_DN_{suffix}" + (f"_{i}" if i else "")] = v
+    for attr in leaf.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[:1]:
+        env["SSL_CLIENT_I_DN_CN"] = str(attr.value)
+    serial = format(leaf.serial_number, "X")
+    env["SSL_CLIENT_M_SERIAL"] = serial if len(serial) % 2 == 0 else "0" + serial
+    env["SSL_CLIENT_M_VERSION"] = str(leaf.version.value + 1)
+    env["SSL_CLIENT_V_START"] = apache_time(leaf.not_valid_before_utc)
+    env["SSL_CLIENT_V_END"] = apache_time(leaf.not_valid_after_utc)
+    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    env["SSL_CLIENT_V_REMAIN"] = str(max(0, remain.days))
+    env["SSL_CLIENT_CERT"] = _pem(leaf)
+    for i, cert in enumerate(chain.certificates[1:]):
+        env[f"SSL_CLIENT_CERT_CHAIN_{i}"] = _pem(cert)
+    for suffix, item in (("DNS", "SAN_DNS"), ("Email", "SAN_EMAIL"), ("URI", "SAN_URI"), ("IP", "SAN_IP")):
+        for i, v in enumerate(chain.values(item)):
+            env[f"SSL_CLIENT_SAN_{suffix}_{i}"] = v
+    return env
+
+
+# -- the request ----------------------------------------------------------------------------------
+
+
+class JanusRequest(Request):
+    """A twisted.web request that also answers the connection's certificate calls."""
+
+    #: Set when an exception handler runs: which exception, and why.
+    exception: Exc | None = None
+    refusal: Refusal | None = None
+    #: The wildcard parts of the rule that matched (`ON /app/*` on /app/x/y: ("x/y",)).
+    rule_parts: tuple[str, ...] = ()
+    rule: Rule | None = None
+    _body_size = 0
+    _hold_limit: int | None = None
+    _body_limit: int | None = None
+    over_limit = False
+    gone = False
+    #: The request path in its normal form (janustls.core.webpath), set when the request is served.
+    normal_path: str | None = None
+
+    # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
+    @property
+    def janus_protocol(self) -> WebPortProtocol:
+        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]
+
+    @property
+    def connection(self) -> Connection:
+        conn = self.janus_protocol.connection
+        assert conn is not None
+        return conn
+
+    def cert_levels(self) -> int:
+        return self.connection.cert_levels()
+
+    def cert_info(self, item: str, level: int = 0) -> str | None:
+        return self.connection.cert_info(item, level)
+
+    def cert_values(self, item: str, level: int = 0) -> list[str]:
+        return self.connection.cert_values(item, level)
+
+    def certificate(self, level: int = 0) -> x509.Certificate | None:
+        return self.connection.certificate(level)
+
+    @property
+    def verified_chain(self) -> tuple[x509.Certificate, ...]:
+        return self.connection.verified_chain
+
+    def request_certificate(self, require: bool = False) -> defer.Deferred[x509.Certificate | None]:
+        return self.connection.request_certificate(require)
+
+    def can_request_certificate(self) -> tuple[bool, str]:
+        return self.connection.can_request_certificate()
+
+    @property
+    def tls_version(self) -> str:
+        return self.connection.tls_version
+
+    @property
+    def cipher(self) -> str:
+        return self.connection.cipher
+
+    @property
+    def peer(self) -> Any:
+        return self.connection.peer
+
+    @property
+    def port_name(self) -> str:
+        return self.connection.port_name
+
+    def ssl_environ(self) -> dict[str, str]:
+        """Apache mod_ssl's variables for this connection (computed once per connection)."""
+        return self.janus_protocol.ssl_environ()
+
+    def wants_json(self) -> bool:
+        """Whether the Accept header prefers JSON to HTML."""
+        return wants_json(self.getHeader("accept"))
+
+    # Every body is bounded by its rule's max_body (the port's by default): a declared
+    # length over it is refused before any byte is stored, a chunked one when it passes it.
+    def gotLength(self, length: int | None) -> None:
+        proto = self.janus_protocol
+        command, path = request_line(self.channel)
+        limit = proto.factory.runtime.port.max_body
+        if isinstance(command, bytes) and isinstance(path, bytes):
+            limit = proto.factory.body_limit(command, path)
+            if proto.factory.table.uses_client_cert:
+                self._hold_limit = proto.factory.hold_limit(command, path)
+        self._body_limit = limit
+        if length is not None and length > limit:
+            self.over_limit = True
+            self.content = io.BytesIO()
+            self.channel.refuse_body(self, limit)
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.over_limit:
+            return
+        self._body_size += len(data)
+        if self._body_limit is not None and self._body_size > self._body_limit:
+            self.over_limit = True
+            self.channel.refuse_body(self, self._body_limit)
+            return
+        super().handleContentChunk(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.gone = True
+        super().connectionLost(reason)
+
+    # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self.janus_protocol.progress()
+        super().requestReceived(command, path, version)
+
+    def finish(self) -> None:
+        if not self.finished and not self.gone:
+            self.janus_protocol.progress()
+        super().finish()
+
+
+def wants_json(accept: bytes | str | None) -> bool:
+    if not accept:
+        return False
+    text = accept.decode("latin-1") if isinstance(accept, bytes) else accept
+    best_json = best_html = -1.0
+    for part in text.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for p in params:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == "application/json" or media.endswith("+json"):
+            best_json = max(best_json, q)
+        elif media in ("text/html", "application/xhtml+xml"):
+            best_html = max(best_html, q)
+    return best_json > 0 and best_json > best_html
+
+
+def strip_identity_headers(request: Request) -> None:
+    """Remove every request header that reads as one janustls sets (any case, `_` or `-`)."""
+    headers = request.requestHeaders
+    for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
+        headers.removeHeader(name)
+

@@ -1,0 +1,184 @@
+"""The one home of the private Twisted and twisted.web names janustls relies on.
+
+Twisted gives no public way to put a flow-control gate in front of its TLS protocol,
+to let a close_notify end one direction only, to run WSGI with extra environ keys, or
+to read the request line before the body arrives; these do it with private names.
+Each name is looked up here, when janustls is imported, so a Twisted release that
+renames one fails at once with `TwistedChanged` naming it, never mid-connection;
+`tests/test_twisted_private.py` pins each against the installed Twisted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from OpenSSL import SSL
+from twisted.internet import _producer_helpers
+from twisted.protocols import tls as _tls
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web import http, wsgi
+
+__all__ = [
+    "TwistedChanged", "ProducerMembrane", "PullToPush", "WSGIResponse", "TLSProtocolBase",
+    "wsgi_threadpool", "set_wsgi_threadpool", "wsgi_response", "request_line", "received_header_size", "transport_producer",
+    "membrane_inner", "flush_send",
+    "PRIVATE_NAMES",
+]  # fmt: skip
+
+
+class TwistedChanged(ImportError):
+    """The installed Twisted lacks a private name janustls needs."""
+
+
+def _require(owner: Any, name: str) -> Any:
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise TwistedChanged(f"janustls needs {getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', owner.__name__)}."
+                             f"{name}, which this Twisted release does not have") from None  # fmt: skip
+
+
+#: Twisted's wrapper that lets the TLS layer pause an application's producer.
+ProducerMembrane: type = _require(_tls, "_ProducerMembrane")
+#: Twisted's adapter that makes a pull producer push.
+PullToPush: type = _require(_producer_helpers, "_PullToPush")
+#: twisted.web's WSGI response, whose environ janustls extends with mod_ssl's SSL_* keys.
+WSGIResponse: type = _require(wsgi, "_WSGIResponse")
+
+#: Private methods and attributes of TLSMemoryBIOProtocol used below (class-level ones are
+#: checked at import; the instance ones by the pinning test, on a live connection).
+_TLS_METHODS = ("_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS")
+_TLS_CLASS_ATTRIBUTES = ("_lostTLSConnection", "_handshakeDone", "_producer", "_aborted")
+TLS_INSTANCE_ATTRIBUTES = ("_tlsConnection", "_appSendBuffer")
+for _name in _TLS_METHODS + _TLS_CLASS_ATTRIBUTES:
+    _require(_tls.TLSMemoryBIOProtocol, _name)
+#: The attributes of an HTTP channel and of a WSGI resource read below (instance attributes,
+#: pinned by the test).
+CHANNEL_ATTRIBUTES = ("_command", "_path", "_receivedHeaderSize")
+WSGI_RESOURCE_ATTRIBUTES = ("_threadpool", "_reactor", "_application")
+#: The transport attributes `TLSProtocolBase.transport_unsent` reads (best effort).
+TRANSPORT_ATTRIBUTES = ("dataBuffer", "offset", "_tempDataLen")
+
+#: Every private name used here, for the pinning test and the report of what depends on Twisted's internals.
+PRIVATE_NAMES = (
+    "twisted.protocols.tls._ProducerMembrane", "twisted.internet._producer_helpers._PullToPush",
+    "twisted.web.wsgi._WSGIResponse", "ProducerMembrane._producer",
+    *(f"TLSMemoryBIOProtocol.{n}" for n in _TLS_METHODS + _TLS_CLASS_ATTRIBUTES + TLS_INSTANCE_ATTRIBUTES),
+    *(f"HTTPChannel.{n}" for n in CHANNEL_ATTRIBUTES), *(f"WSGIResource.{n}" for n in WSGI_RESOURCE_ATTRIBUTES),
+    *(f"the TCP transport's {n}" for n in TRANSPORT_ATTRIBUTES),
+)  # fmt: skip
+
+
+class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol with its private state behind named properties.
+
+    `half_close_target`: a subclass returning a protocol makes the client's close_notify
+    end only the client's direction (that protocol hears `readConnectionLost`), as TCP's
+    half-close; None keeps Twisted's behaviour (close both ways).
+    """
+
+    _read_closed = False
+
+    @property
+    def handshake_done(self) -> bool:
+        return bool(self._handshakeDone)
+
+    @property
+    def tls_lost(self) -> bool:
+        """Whether the TLS connection is gone (closed, failed or aborted)."""
+        return bool(self._lostTLSConnection)
+
+    @property
+    def app_send_buffer(self) -> list[bytes]:
+        """Application bytes written before the handshake finished, not yet encrypted."""
+        return self._appSendBuffer  # type: ignore[no-any-return]
+
+    @property
+    def app_producer(self) -> Any:
+        """The application's producer as Twisted's TLS layer holds it (a ProducerMembrane), or None."""
+        return self._producer
+
+    @app_producer.setter
+    def app_producer(self, membrane: Any) -> None:
+        self._producer = membrane
+
+    def shutdown_tls(self) -> None:
+        self._shutdownTLS()
+
+    def transport_unsent(self) -> int:
+        """Bytes the socket has not sent yet plus those waiting for the handshake (best effort)."""
+        t = self.transport
+        try:
+            return len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._appSendBuffer))  # type: ignore[union-attr]
+        except (AttributeError, TypeError):
+            return 0
+
+    def half_close_target(self) -> Any:
+        return None
+
+    def _flushReceiveBIO(self) -> None:
+        """Twisted's `_flushReceiveBIO`, copied with its close_notify branch changed when
+        `half_close_target` names a protocol (the half-close test guards the copy)."""
+        wrapped = self.half_close_target()
+        if wrapped is None:
+            super()._flushReceiveBIO()
+            return
+        while not self._lostTLSConnection and not self._read_closed:
+            try:
+                data = self._tlsConnection.recv(2**15)
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self._read_closed = True
+                wrapped.readConnectionLost()
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+        self._flushSendBIO()
+
+
+def flush_send(tls_protocol: _tls.TLSMemoryBIOProtocol) -> None:
+    """Send what OpenSSL has written into the TLS protocol's BIO (after a handshake step janustls drove)."""
+    tls_protocol._flushSendBIO()
+
+
+def received_header_size(channel: http.HTTPChannel) -> int:
+    """Bytes of the current request's header section an HTTP channel has received so far."""
+    return channel._receivedHeaderSize  # type: ignore[no-any-return]
+
+
+def membrane_inner(membrane: Any) -> Any:
+    """The producer a ProducerMembrane wraps."""
+    return membrane._producer
+
+
+def transport_producer(transport: Any) -> Any:
+    """The producer registered with a TLS transport (twisted.web's channel registers itself), or None."""
+    return getattr(transport, "_producer", None)
+
+
+def wsgi_threadpool(resource: wsgi.WSGIResource) -> Any:
+    return resource._threadpool
+
+
+def set_wsgi_threadpool(resource: wsgi.WSGIResource, pool: Any) -> None:
+    """A WSGI resource built before the reactor ran gets the reactor's pool when its port starts."""
+    resource._threadpool = pool
+
+
+def wsgi_response(resource: wsgi.WSGIResource, request: Any, environ: Callable[[dict[str, Any]], None]) -> Any:
+    """twisted.web's WSGI response for `request`, its environ completed by `environ`, started."""
+    response = WSGIResponse(resource._reactor, resource._threadpool, resource._application, request)
+    environ(response.environ)
+    response.start()
+    return response
+
+
+def request_line(channel: http.HTTPChannel) -> tuple[bytes | None, bytes | None]:
+    """The method and path of the request a channel is reading (before its body arrives)."""
+    command, path = getattr(channel, "_command", None), getattr(channel, "_path", None)
+    return (command if isinstance(command, bytes) else None, path if isinstance(path, bytes) else None)

@@ -1,0 +1,330 @@
+"""Twisted's TLS protocol for janustls ports: output flow control, the close grace, the ClientHello kept.
+
+What a handshake failure means for the log (`refusal_for_failure`, `refused_leaf`,
+`failure_text`) lives here too, beside the state the verify callback records.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.logger import LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from janustls._reactor import reactor_or_global
+from janustls.tls import _openssl
+from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
+from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
+from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
+from janustls.events import emit
+from janustls.core.reasons import Reason, Refusal
+
+__all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "WRITE_BUFFER_HIGH"]
+
+
+#: Unsent output (bytes, per connection) above which janustls stops reading from the client
+#: and pauses the application's producer, until the client has taken all of it.
+WRITE_BUFFER_HIGH = DEFAULT_WRITE_BUFFER_HIGH  # the port key write_buffer_high
+#: Seconds a closing connection may go without the client taking any of its remaining
+#: output (or answering the TLS close) before it is aborted.
+CLOSE_GRACE = 5.0
+
+
+@implementer(IPushProducer)
+class _OutputGate:
+    """Registered with the socket for the connection's whole life: the socket's own
+    back-pressure (unsent output above its buffer size, drained again), passed to the TLS
+    protocol, which stops reading from the client and pauses the application's producer."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, tls: PortTLSProtocol) -> None:
+        self.tls = tls
+
+    def pauseProducing(self) -> None:
+        self.tls._output_full()
+
+    def resumeProducing(self) -> None:
+        self.tls._output_drained()
+
+    def stopProducing(self) -> None:
+        self.tls._output_stopped()
+
+
+class PortTLSProtocol(TLSProtocolBase):
+    """Twisted's TLS protocol, plus what janustls needs to know about the handshake.
+
+    `refusal`: the first refusal the verify callback recorded, logged when the
+    handshake fails instead of a bare alert.  `after_receive`: called after OpenSSL
+    has processed each batch of bytes (a mid-connection request watches for the
+    client's answer).  The ClientHello is kept, unparsed, only on ports that do not
+    ask at the handshake, so `client_hello()` can tell whether the client may be
+    asked later.
+    """
+
+    refusal: Refusal | None = None
+    #: The client certificate's DER, from the verify callback to `client_chain` (then dropped).
+    leaf_der: bytes | None = None
+    after_receive: Callable[[], None] | None = None
+    _hello: bytes | None = None
+    _hello_parsed: ClientHello | None = None
+    _buffers_released = False
+
+    #: Why reading from the client is paused ("app": the application layer; "output":
+    #: unsent output above the high-water mark); reading resumes when none is left.
+    _holds: frozenset[str] = frozenset()
+    _output_held = False
+    _close_timer: IDelayedCall | None = None
+    _close_unsent = -1
+    _drain_waiters: list[defer.Deferred[None]] | None = None
+    #: Seconds a close may be held up before it is forced; None leaves it to the port type.
+    close_grace: float | None = CLOSE_GRACE
+
+    def makeConnection(self, transport: Any) -> None:
+        if self.factory.keep_client_hello:
+            self._hello = b""
+        runtime = getattr(self.factory, "runtime", None)
+        high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
+        transport.bufferSize = high  # the socket pauses its producer above this
+        transport.registerProducer(_OutputGate(self), True)
+        super().makeConnection(transport)
+
+    # -- back-pressure ---------------------------------------------------------------------------
+    #
+    # Twisted's TLS protocol registers the application's producer with the socket, one at a
+    # time, and only when the application registers one: output written without a producer
+    # (a srvsock handler's writes) then has no bound.  Here the socket always has the gate;
+    # the application's producer (twisted.web's channel, a proxy's backend) sits behind it.
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self.tls_lost:
+            producer.stopProducing()
+            return
+        if self.app_producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer}, because producer {self.app_producer} was never unregistered.")
+        if not streaming:
+                producer = pull = PullToPush(producer, self)
+        self.app_producer = ProducerMembrane(producer)
+        if not streaming:
+            pull.startStreaming()
+        if self._output_held:
+            self.app_producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        if self.app_producer is None:
+            return
+        if isinstance(membrane_inner(self.app_producer), PullToPush):
+            membrane_inner(self.app_producer).stopStreaming()
+        self.app_producer = None
+        if self.disconnecting and not self.app_send_buffer:
+            self.shutdown_tls()
+
+    def pauseProducing(self) -> None:
+        """The application asks to stop reading from the client."""
+        self._hold("app")
+
+    def resumeProducing(self) -> None:
+        self._release("app")
+
+    def stopProducing(self) -> None:
+        self.loseConnection()
+
+    def _hold(self, why: str) -> None:
+        if why not in self._holds:
+            if not self._holds and self.transport is not None:
+                self.transport.pauseProducing()
+            self._holds = self._holds | {why}
+
+    def _release(self, why: str) -> None:
+        if why in self._holds:
+            self._holds = self._holds - {why}
+            if not self._holds and self.transport is not None:
+                self.transport.resumeProducing()
+
+    @property
+    def output_full(self) -> bool:
+        """Whether the client's unsent output is above the high-water mark."""
+        return self._output_held
+
+    def unsent(self) -> int:
+        """Bytes written to the client that the socket has not sent yet (best effort)."""
+        return self.transport_unsent()
+
+    def drained(self) -> defer.Deferred[None]:
+        """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
+        if not self._output_held or self.tls_lost or self.disconnecting:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        if self._drain_waiters is None:
+            self._drain_waiters = []
+        self._drain_waiters.append(d)
+        return d
+
+    def _output_full(self) -> None:
+        self._output_held = True
+        self._hold("output")
+        if self.app_producer is not None:
+            self.app_producer.pauseProducing()
+
+    def _output_drained(self) -> None:
+        self._output_held = False
+        t = self.transport
+        if t is not None and t.disconnecting:
+            # Closing: the socket resumes a paused producer instead of closing; step aside.
+            t.unregisterProducer()
+            return
+        self._release("output")
+        progress = getattr(self.wrappedProtocol, "progress", None)
+        if progress is not None:
+            progress()  # the client took its output
+        if self.app_producer is not None and not self.app_send_buffer:
+            self.app_producer.resumeProducing()
+        self._fire_drained()
+
+    def _output_stopped(self) -> None:
+        if self.app_producer is not None:
+            self.app_producer.stopProducing()
+        self._fire_drained()
+
+    def _fire_drained(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, None
+        for d in waiters or ():
+            d.callback(None)
+
+    # -- closing ---------------------------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """Close after what is already written, with a TLS close_notify; guaranteed.
+
+        Twisted's TLS protocol waits for the application's producer to unregister (a
+        twisted.web channel never does before its connection is lost) and for the
+        client's answering close_notify: the producer is let go here, and a connection
+        whose client takes none of its remaining output for `close_grace` seconds (does
+        not read, or does not answer the close) is aborted.
+        """
+        if self.disconnecting or not self.connected:
+            return
+        if self.app_producer is not None:
+            self.unregisterProducer()
+        super().loseConnection()
+        self._arm_close_timer()
+
+    def abortConnection(self) -> None:
+        self._cancel_close_timer()
+        super().abortConnection()
+
+    def _arm_close_timer(self) -> None:
+        grace = self.close_grace
+        if grace is None or self._close_timer is not None or not self.connected:
+            return
+        runtime = getattr(self.factory, "runtime", None)
+        clock = reactor_or_global(getattr(runtime, "reactor", None))
+        self._close_unsent = self.unsent()
+        self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)  # type: ignore[union-attr]
+
+    def _close_overdue(self, clock: Any, grace: float) -> None:
+        self._close_timer = None
+        if not self.connected:
+            return
+        left = self.unsent()
+        if 0 < left < self._close_unsent:  # the client is still taking its output
+            self._close_unsent = left
+            self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
+            return
+        runtime = getattr(self.factory, "runtime", None)
+        emit(
+            "janustls.conn.close_forced",
+            "port {port}: aborted {peer}: its close was held up for {seconds}s ({unsent} bytes unsent)",
+            LogLevel.info,
+            port=runtime.port.name if runtime is not None else None,
+            peer=str(self.getPeer()),
+            seconds=grace,
+            unsent=left,
+        )
+        self.abortConnection()
+
+    def _cancel_close_timer(self) -> None:
+        if self._close_timer is not None and self._close_timer.active():
+            self._close_timer.cancel()
+        self._close_timer = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel_close_timer()
+        self._fire_drained()
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._hello is not None and not self.handshake_done and len(self._hello) < MAX_HELLO:
+            self._hello += data
+        super().dataReceived(data)
+        if not self._buffers_released and self.handshake_done:
+            # Once, when the handshake's flights have gone: an idle connection then
+            # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
+            self._buffers_released = True
+            if not self.tls_lost:
+                _openssl.release_bio_buffers(self.getHandle())
+        if self.after_receive is not None:
+            self.after_receive()
+
+    #: Application bytes written to the client (the status and metrics count them).
+    bytes_out = 0
+
+    def write(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        super().write(data)
+
+    def client_hello(self) -> ClientHello | None:
+        """What the client offered, when this port kept its ClientHello; None otherwise."""
+        if self._hello_parsed is None and self._hello:
+            try:
+                self._hello_parsed = parse_client_hello(self._hello)
+            except ValueError:
+                pass
+            self._hello = None
+        return self._hello_parsed
+
+
+def refusal_for_failure(tls_protocol: PortTLSProtocol, failure: Failure | None) -> Refusal | None:
+    """Why a handshake failed, when the client certificate was the cause; None otherwise."""
+    if tls_protocol.refusal is not None:
+        return tls_protocol.refusal
+    if failure is not None and isinstance(failure.value, SSL.Error):
+        text = str(failure.value).lower()
+        if "peer did not return a certificate" in text or "certificate required" in text:
+            return Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description)
+    return None
+
+
+def refused_leaf(tls_protocol: Any) -> x509.Certificate | None:
+    """The client's own certificate on a refused connection, or None when it sent none.
+
+    The peer certificate when the handshake completed (a resumed session, an identity
+    rule, a web port answering SSLCERTERR); otherwise the chain OpenSSL built before it
+    refused (it keeps it even then), whose first certificate is the one the client sent.
+    """
+    try:
+        connection = tls_protocol.getHandle()
+        der = _openssl.peer_certificate_der(connection)
+        if der is None:
+            chain = _openssl.verified_chain_der(connection)
+            der = chain[0] if chain else None
+        return x509.load_der_x509_certificate(der) if der is not None else None
+    except Exception:  # noqa: BLE001  a log detail: never the reason a refusal goes unlogged
+        return None
+
+
+def failure_text(failure: Failure | None) -> str:
+    """A short text for a TLS failure: the OpenSSL reason strings, not a Python repr."""
+    if failure is None:
+        return "connection closed"
+    value = failure.value
+    if isinstance(value, SSL.Error) and value.args and isinstance(value.args[0], list):
+        parts = [str(item[2]) for item in value.args[0] if isinstance(item, tuple) and len(item) >= 3]
+        if parts:
+            return "; ".join(parts)
+    return str(value) or type(value).__name__
