@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -50,7 +51,7 @@ from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, _address
 from janustls.reasons import Reason, Refusal
 from janustls.rules import Action, Exc, Kind, Resolution, Rule, RuleTable, build_table
 from janustls.tls import refusal_for_failure, refused_leaf
-from janustls.webpath import PathError, encode, normalise
+from janustls.webpath import PathError, encode, normal_form
 
 if TYPE_CHECKING:
     from janustls.config import WebRuleLine
@@ -414,35 +415,63 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large"
 class JanusChannel(http.HTTPChannel):
     """twisted.web's HTTP channel with a webserv port's timeouts and size limits.
 
-    One timer follows the request cycle: `keepalive_timeout` while waiting for a request
+    One deadline follows the request cycle: `keepalive_timeout` while waiting for a request
     (the first included), `header_timeout` from its first byte to the end of its headers,
     `body_timeout` for its body; none while the application answers.  Each limit answers
     (when no response is under way) and closes through the port protocol's close.
+
+    Moving to the next phase only sets the deadline (no timer per phase): one timer per
+    connection wakes at the deadline, or sooner, at most the shortest phase limit after it
+    was armed, and re-arms until the deadline passes.  Since a phase's deadline is at least
+    that far away when it is set, the timer never sleeps past one: each limit keeps its
+    exact time.
     """
 
     site: _Site
-    _timer: Any = None
+    limits: HttpLimits
+    _timer: IDelayedCall | None = None
     _phase = "idle"
+    #: When the current phase's limit runs out (reactor seconds); None: no limit.
+    _deadline: float | None = None
+    #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
+    _limits_of: dict[str, float] = {}
+    _step = 0.0
     closing = False
-
-    @property
-    def limits(self) -> HttpLimits:
-        return self.site.limits
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.MAX_LENGTH = self.totalHeadersSize = self.limits.max_header_bytes
+        limits = self.limits = self.site.limits
+        self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
+        self._limits_of = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self._step = min((s for s in self._limits_of.values() if s), default=0.0)
         self._enter("idle")
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        seconds = self._limits_of.get(phase, 0)
+        if not seconds or self.closing:
+            self._deadline = None
+            if self.closing and self._timer is not None:
+                if self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            return
+        clock = self.site.reactor
+        self._deadline = clock.seconds() + seconds
+        if self._timer is None:
+            self._timer = clock.callLater(self._step, self._tick)
+
+    def _tick(self) -> None:
         self._timer = None
-        seconds = {"idle": self.limits.keepalive_timeout, "header": self.limits.header_timeout,
-                   "body": self.limits.body_timeout}.get(phase, 0)  # fmt: skip
-        if seconds and not self.closing:
-            self._timer = self.site.reactor.callLater(seconds, self._expired, phase, seconds)
+        deadline = self._deadline
+        if deadline is None or self.closing:
+            return  # armed again by the next timed phase
+        clock = self.site.reactor
+        left = deadline - clock.seconds()
+        if left > 0:
+            self._timer = clock.callLater(min(left, self._step), self._tick)
+            return
+        self._expired(self._phase, self._limits_of[self._phase])
 
     def _expired(self, phase: str, seconds: float) -> None:
         self._timer = None
@@ -737,7 +766,7 @@ class WebFactory(PortFactory):
 
     def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
         try:
-            normal = normalise(path.split(b"?", 1)[0])
+            normal = normal_form(path.split(b"?", 1)[0])[0]
         except PathError:
             return None  # answered 400 once the request is served
         return self.table.resolve(method.decode("latin-1"), normal)
@@ -763,12 +792,11 @@ class WebFactory(PortFactory):
         proto = request.janus_protocol
         if request.normal_path is None:
             try:
-                request.normal_path = normalise(request.path)
+                # handlers see the normal form too (written back as a URL path)
+                request.normal_path, request.path = normal_form(request.path)
             except PathError as e:
                 self._status(request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path")
                 return NOT_DONE_YET
-            # handlers see the normal form too (written back as a URL path)
-            request.path = encode(request.normal_path).encode("ascii")
         gate = proto.gate()
         res = self.table.resolve(request.method.decode("latin-1"), request.normal_path)
         rule = res.action
