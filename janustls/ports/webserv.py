@@ -229,13 +229,18 @@ class JanusRequest(Request):
         super().connectionLost(reason)
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
+    # (`progress` only counts when the port has an idle_timeout: checked here, saving a call per request.)
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self.janus_protocol.progress()
+        proto = self.janus_protocol
+        if proto._idle_timer is not None:
+            proto.progress()
         super().requestReceived(command, path, version)
 
     def finish(self) -> None:
         if not self.finished and not self.gone:
-            self.janus_protocol.progress()
+            proto = self.janus_protocol
+            if proto._idle_timer is not None:
+                proto.progress()
         super().finish()
 
 
@@ -517,14 +522,15 @@ class JanusChannel(http.HTTPChannel):
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
-        self._enter("busy")
+        if self._phase != "busy":  # a body just ended (without one, allHeadersReceived entered busy)
+            self._enter("busy")
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
         if self.persistent and not self.closing:
             self._enter("idle")  # a pipelined request read next moves on to "header"
         super().requestDone(request)
-        if self.persistent and not self.closing and self._output_full():
+        if self.persistent and not self.closing and getattr(self.transport, "output_full", False):
             self.paused = True  # LineReceiver: no further line is parsed until resumed
 
     # -- back-pressure: no next pipelined request while the client's output is over the mark --
