@@ -68,9 +68,11 @@ class _OutputGate:
         self.tls = tls
 
     def pauseProducing(self) -> None:
-        self.tls._output_full()
+        self.tls._socket_over = True
+        self.tls._check_output()
 
     def resumeProducing(self) -> None:
+        self.tls._socket_over = False
         self.tls._output_drained()
 
     def stopProducing(self) -> None:
@@ -100,6 +102,10 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     #: unsent output above the high-water mark); reading resumes when none is left.
     _holds: frozenset[str] = frozenset()
     _output_held = False
+    #: The high-water mark (bytes), and whether the socket's buffer is over its own, lower,
+    #: mark (its `bufferSize`): only then is a write followed by a look at the high-water mark.
+    _high = WRITE_BUFFER_HIGH
+    _socket_over = False
     _close_timer: IDelayedCall | None = None
     _close_unsent = -1
     _drain_waiters: list[defer.Deferred[None]] | None = None
@@ -111,7 +117,12 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
             self._hello = b""
         runtime = getattr(self.factory, "runtime", None)
         high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
-        transport.bufferSize = high  # the socket pauses its producer above this
+        # The socket pauses its producer above its bufferSize, but also reads up to bufferSize
+        # bytes at a time, allocating that much per read: it stays at Twisted's 64 KiB (lower
+        # when the mark is), and writes above it are measured against the mark here.
+        self._high = high
+        if high < transport.bufferSize:
+            transport.bufferSize = high
         transport.registerProducer(_OutputGate(self), True)
         super().makeConnection(transport)
 
@@ -193,6 +204,17 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
             self._drain_waiters = []
         self._drain_waiters.append(d)
         return d
+
+    def _check_output(self) -> None:
+        """Hold the output once the socket's unsent bytes are over the high-water mark."""
+        if not self._output_held:
+            t = self.transport
+            try:
+                buffered = len(t.dataBuffer) + t._tempDataLen  # what the socket compares with its bufferSize
+            except (AttributeError, TypeError):
+                buffered = self._high + 1  # a transport that paused without saying how full it is
+            if buffered > self._high:
+                self._output_full()
 
     def _output_full(self) -> None:
         self._output_held = True
@@ -308,6 +330,8 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     def write(self, data: bytes) -> None:
         self.bytes_out += len(data)
         super().write(data)
+        if self._socket_over:
+            self._check_output()
 
     def client_hello(self) -> ClientHello | None:
         """What the client offered, when this port kept its ClientHello; None otherwise."""
