@@ -101,7 +101,9 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
     #: Why reading from the client is paused ("app": the application layer; "output":
     #: unsent output above the high-water mark); reading resumes when none is left.
     _holds: frozenset[str] = frozenset()
-    _output_held = False
+    #: Whether the client's unsent output is above the high-water mark (an attribute, not a
+    #: property: twisted.web's channel and `progress` read it on every request).
+    output_full = False
     #: The high-water mark (bytes), and whether the socket's buffer is over its own, lower,
     #: mark (its `bufferSize`): only then is a write followed by a look at the high-water mark.
     _high = WRITE_BUFFER_HIGH
@@ -146,7 +148,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
         self._producer = _ProducerMembrane(producer)
         if not streaming:
             pull.startStreaming()
-        if self._output_held:
+        if self.output_full:
             self._producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
@@ -182,11 +184,6 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
             if not self._holds and self.transport is not None:
                 self.transport.resumeProducing()
 
-    @property
-    def output_full(self) -> bool:
-        """Whether the client's unsent output is above the high-water mark."""
-        return self._output_held
-
     def unsent(self) -> int:
         """Bytes written to the client that the socket has not sent yet (best effort)."""
         t = self.transport
@@ -197,7 +194,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
-        if not self._output_held or self._lostTLSConnection or self.disconnecting:
+        if not self.output_full or self._lostTLSConnection or self.disconnecting:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         if self._drain_waiters is None:
@@ -207,7 +204,7 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
 
     def _check_output(self) -> None:
         """Hold the output once the socket's unsent bytes are over the high-water mark."""
-        if not self._output_held:
+        if not self.output_full:
             t = self.transport
             try:
                 buffered = len(t.dataBuffer) + t._tempDataLen  # what the socket compares with its bufferSize
@@ -217,13 +214,13 @@ class PortTLSProtocol(TLSMemoryBIOProtocol):
                 self._output_full()
 
     def _output_full(self) -> None:
-        self._output_held = True
+        self.output_full = True
         self._hold("output")
         if self._producer is not None:
             self._producer.pauseProducing()
 
     def _output_drained(self) -> None:
-        self._output_held = False
+        self.output_full = False
         t = self.transport
         if t is not None and t.disconnecting:
             # Closing: the socket resumes a paused producer instead of closing; step aside.

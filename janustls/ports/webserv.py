@@ -201,11 +201,10 @@ class JanusRequest(Request):
     def gotLength(self, length: int | None) -> None:
         proto = self.janus_protocol
         command, path = getattr(self.channel, "_command", None), getattr(self.channel, "_path", None)
-        limit = proto.factory.runtime.port.max_body
         if isinstance(command, bytes) and isinstance(path, bytes):
-            limit = proto.factory.body_limit(command, path)
-            if proto.factory.table.uses_client_cert:
-                self._hold_limit = proto.factory.hold_limit(command, path)
+            limit, self._hold_limit = proto.factory.limits_for(command, path)
+        else:
+            limit = proto.factory.runtime.port.max_body
         self._body_limit = limit
         if length is not None and length > limit:
             self.over_limit = True
@@ -229,13 +228,8 @@ class JanusRequest(Request):
         super().connectionLost(reason)
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
-    # (`progress` only counts when the port has an idle_timeout: checked here, saving a call per request.)
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        proto = self.janus_protocol
-        if proto._idle_timer is not None:
-            proto.progress()
-        super().requestReceived(command, path, version)
-
+    # (A request received counts in JanusChannel.allContentReceived, just before requestReceived;
+    # `progress` only counts when the port has an idle_timeout: checked first, saving a call.)
     def finish(self) -> None:
         if not self.finished and not self.gone:
             proto = self.janus_protocol
@@ -505,25 +499,28 @@ class JanusChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self.closing:
             return
-        if self._phase == "idle":
+        if self._phase == "idle":  # a pipelined request, read with the one before
             self._enter("header")
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
-            self.refuse(431)
-            return
-        super().lineReceived(line)
+        super().lineReceived(line)  # over totalHeadersSize: _respondToBadRequestAndDisconnect, answered 431
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._event("janustls.web.headers_too_large", "port {port}: a header line of {peer} over {limit} bytes", limit=self.MAX_LENGTH)
         self.refuse(431)
 
     def allHeadersReceived(self) -> None:
-        self._enter("body" if self.length != 0 else "busy")
+        if self.length != 0:
+            self._enter("body")
+        else:  # busy: no limit while the application answers (what _enter("busy") does, inline)
+            self._phase = "busy"
+            self._deadline = None
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
         if self._phase != "busy":  # a body just ended (without one, allHeadersReceived entered busy)
             self._enter("busy")
+        proto = self._janus_protocol()
+        if proto is not None and proto._idle_timer is not None:
+            proto.progress()  # a whole request received (Twisted calls requestReceived next)
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
@@ -549,6 +546,10 @@ class JanusChannel(http.HTTPChannel):
             self.dataReceived(b"")  # the requests already read, in order
 
     def _respondToBadRequestAndDisconnect(self) -> None:
+        if self._receivedHeaderSize > self.totalHeadersSize:  # what Twisted's lineReceived checks first
+            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
+            self.refuse(431)
+            return
         self._event("janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400")
         self.refuse(400)
 
@@ -755,6 +756,7 @@ class WebFactory(PortFactory):
             runtime.tls.tolerate(missing, refused)
         self.site = _Site(_Dispatch(self), timeout=None)
         self.site.reactor = self.reactor
+        self._limits_seen: dict[tuple[bytes, bytes], tuple[int, int | None]] = {}
         self.site.limits = HttpLimits(port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -776,6 +778,22 @@ class WebFactory(PortFactory):
         except PathError:
             return None  # answered 400 once the request is served
         return self.table.resolve(method.decode("latin-1"), normal)
+
+    def limits_for(self, method: bytes, path: bytes) -> tuple[int, int | None]:
+        """(`body_limit`, `hold_limit` when the table asks for certificates, else None), remembered.
+
+        Asked for every request before its body is read; keep-alive clients repeat their
+        request lines, so the answers are kept per (method, request target), a bounded number.
+        """
+        key = (method, path)
+        found = self._limits_seen.get(key)
+        if found is None:
+            found = (self.body_limit(method, path), self.hold_limit(method, path) if self.table.uses_client_cert else None)
+            if len(path) <= 512:
+                if len(self._limits_seen) >= 4096:
+                    self._limits_seen.clear()
+                self._limits_seen[key] = found
+        return found
 
     def hold_limit(self, method: bytes, path: bytes) -> int | None:
         """The body bound for a request whose rule asks for a certificate mid-connection."""
