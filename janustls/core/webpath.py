@@ -17,6 +17,10 @@ The normal form (docs/web-rules.md, "Request paths"):
   and some backends read it as the name without it.
 
 Refusal is `PathError` (the port answers 400).
+
+A request path is normalised when its body limit is chosen and again when it is served,
+and most paths repeat: `normal_form` remembers recent answers (bounded), and a path made
+only of characters that need no decoding and no dot-segment goes by a single regex match.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from __future__ import annotations
 import re
 import urllib.parse
 
-__all__ = ["PathError", "normalise", "encode", "REFUSED_CHARACTERS"]
+__all__ = ["PathError", "normalise", "normal_form", "encode", "REFUSED_CHARACTERS"]
 
 #: Characters refused anywhere in a decoded path (with every control character).
 REFUSED_CHARACTERS = frozenset("\\;\x7f")
@@ -32,6 +36,15 @@ _ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 #: Kept as they are when a normal path is written back into a URL (RFC 3986 pchar minus `;`).
 _SAFE = "/-._~!$&'()*+,=:@"
+#: A path already in normal form and unchanged by `encode`: segments of `_SAFE` characters and
+#: alphanumerics, none empty (but a final `/`), none starting or ending with a dot (so no `.`
+#: or `..`).  Such a path normalises to itself.
+_SEG = rb"[A-Za-z0-9\-_~!$&'()*+,=:@]+"
+_PLAIN = re.compile(rb"/|(?:/" + _SEG + rb"(?:\." + _SEG + rb")*)+/?")
+#: Paths up to this length are remembered, at most `_MEMO_SIZE` of them (then forgotten at once).
+_MEMO_PATH = 512
+_MEMO_SIZE = 4096
+_memo: dict[bytes, tuple[str, bytes] | str] = {}
 
 
 class PathError(ValueError):
@@ -40,7 +53,31 @@ class PathError(ValueError):
 
 def normalise(raw: bytes | str) -> str:
     """The normal form of a request path (no query string), or PathError."""
-    data = raw.encode("latin-1") if isinstance(raw, str) else raw
+    return normal_form(raw.encode("latin-1") if isinstance(raw, str) else raw)[0]
+
+
+def normal_form(data: bytes) -> tuple[str, bytes]:
+    """(`normalise(data)`, that written back as a URL path by `encode`), or PathError; remembered."""
+    found = _memo.get(data)
+    if found is None:
+        if _PLAIN.fullmatch(data):
+            found = (data.decode("ascii"), data)
+        else:
+            try:
+                text = _normalise(data)
+                found = (text, encode(text).encode("ascii"))
+            except PathError as e:
+                found = str(e)
+        if len(data) <= _MEMO_PATH:
+            if len(_memo) >= _MEMO_SIZE:
+                _memo.clear()
+            _memo[data] = found
+    if isinstance(found, str):
+        raise PathError(found)
+    return found
+
+
+def _normalise(data: bytes) -> str:
     if not data.startswith(b"/"):
         raise PathError("the path does not start with /")
     if _BAD_ESCAPE.search(data):

@@ -114,6 +114,15 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         except (AttributeError, TypeError):
             return 0
 
+    def socket_buffered(self) -> int:
+        """What the socket compares with its bufferSize to pause its producer (its unsent bytes);
+        more than any mark for a transport that cannot say."""
+        t = self.transport
+        try:
+            return len(t.dataBuffer) + t._tempDataLen  # type: ignore[union-attr]
+        except (AttributeError, TypeError):
+            return 1 << 62
+
     def half_close_target(self) -> Any:
         return None
 

@@ -47,9 +47,11 @@ class _OutputGate:
         self.tls = tls
 
     def pauseProducing(self) -> None:
-        self.tls._output_full()
+        self.tls._socket_over = True
+        self.tls._check_output()
 
     def resumeProducing(self) -> None:
+        self.tls._socket_over = False
         self.tls._output_drained()
 
     def stopProducing(self) -> None:
@@ -78,7 +80,13 @@ class PortTLSProtocol(TLSProtocolBase):
     #: Why reading from the client is paused ("app": the application layer; "output":
     #: unsent output above the high-water mark); reading resumes when none is left.
     _holds: frozenset[str] = frozenset()
-    _output_held = False
+    #: Whether the client's unsent output is above the high-water mark (an attribute, not a
+    #: property: twisted.web's channel and `progress` read it on every request).
+    output_full = False
+    #: The high-water mark (bytes), and whether the socket's buffer is over its own, lower,
+    #: mark (its `bufferSize`): only then is a write followed by a look at the high-water mark.
+    _high = WRITE_BUFFER_HIGH
+    _socket_over = False
     _close_timer: IDelayedCall | None = None
     _close_unsent = -1
     _drain_waiters: list[defer.Deferred[None]] | None = None
@@ -90,7 +98,12 @@ class PortTLSProtocol(TLSProtocolBase):
             self._hello = b""
         runtime = getattr(self.factory, "runtime", None)
         high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
-        transport.bufferSize = high  # the socket pauses its producer above this
+        # The socket pauses its producer above its bufferSize, but also reads up to bufferSize
+        # bytes at a time, allocating that much per read: it stays at Twisted's 64 KiB (lower
+        # when the mark is), and writes above it are measured against the mark here.
+        self._high = high
+        if high < transport.bufferSize:
+            transport.bufferSize = high
         transport.registerProducer(_OutputGate(self), True)
         super().makeConnection(transport)
 
@@ -112,7 +125,7 @@ class PortTLSProtocol(TLSProtocolBase):
         self.app_producer = ProducerMembrane(producer)
         if not streaming:
             pull.startStreaming()
-        if self._output_held:
+        if self.output_full:
             self.app_producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
@@ -146,18 +159,13 @@ class PortTLSProtocol(TLSProtocolBase):
             if not self._holds and self.transport is not None:
                 self.transport.resumeProducing()
 
-    @property
-    def output_full(self) -> bool:
-        """Whether the client's unsent output is above the high-water mark."""
-        return self._output_held
-
     def unsent(self) -> int:
         """Bytes written to the client that the socket has not sent yet (best effort)."""
         return self.transport_unsent()
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
-        if not self._output_held or self.tls_lost or self.disconnecting:
+        if not self.output_full or self.tls_lost or self.disconnecting:
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         if self._drain_waiters is None:
@@ -165,14 +173,19 @@ class PortTLSProtocol(TLSProtocolBase):
         self._drain_waiters.append(d)
         return d
 
+    def _check_output(self) -> None:
+        """Hold the output once the socket's unsent bytes are over the high-water mark."""
+        if not self.output_full and self.socket_buffered() > self._high:
+            self._output_full()
+
     def _output_full(self) -> None:
-        self._output_held = True
+        self.output_full = True
         self._hold("output")
         if self.app_producer is not None:
             self.app_producer.pauseProducing()
 
     def _output_drained(self) -> None:
-        self._output_held = False
+        self.output_full = False
         t = self.transport
         if t is not None and t.disconnecting:
             # Closing: the socket resumes a paused producer instead of closing; step aside.
@@ -277,6 +290,8 @@ class PortTLSProtocol(TLSProtocolBase):
     def write(self, data: bytes) -> None:
         self.bytes_out += len(data)
         super().write(data)
+        if self._socket_over:
+            self._check_output()
 
     def client_hello(self) -> ClientHello | None:
         """What the client offered, when this port kept its ClientHello; None otherwise."""

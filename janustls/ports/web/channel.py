@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import Site
@@ -34,35 +35,63 @@ _REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large"
 class JanusChannel(http.HTTPChannel):
     """twisted.web's HTTP channel with a webserv port's timeouts and size limits.
 
-    One timer follows the request cycle: `keepalive_timeout` while waiting for a request
+    One deadline follows the request cycle: `keepalive_timeout` while waiting for a request
     (the first included), `header_timeout` from its first byte to the end of its headers,
     `body_timeout` for its body; none while the application answers.  Each limit answers
     (when no response is under way) and closes through the port protocol's close.
+
+    Moving to the next phase only sets the deadline (no timer per phase): one timer per
+    connection wakes at the deadline, or sooner, at most the shortest phase limit after it
+    was armed, and re-arms until the deadline passes.  Since a phase's deadline is at least
+    that far away when it is set, the timer never sleeps past one: each limit keeps its
+    exact time.
     """
 
     site: JanusSite
-    _timer: Any = None
+    limits: HttpLimits
+    _timer: IDelayedCall | None = None
     _phase = "idle"
+    #: When the current phase's limit runs out (reactor seconds); None: no limit.
+    _deadline: float | None = None
+    #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
+    _limits_of: dict[str, float] = {}
+    _step = 0.0
     closing = False
-
-    @property
-    def limits(self) -> HttpLimits:
-        return self.site.limits
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.MAX_LENGTH = self.totalHeadersSize = self.limits.max_header_bytes
+        limits = self.limits = self.site.limits
+        self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
+        self._limits_of = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self._step = min((s for s in self._limits_of.values() if s), default=0.0)
         self._enter("idle")
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
+        seconds = self._limits_of.get(phase, 0)
+        if not seconds or self.closing:
+            self._deadline = None
+            if self.closing and self._timer is not None:
+                if self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            return
+        clock = self.site.reactor
+        self._deadline = clock.seconds() + seconds
+        if self._timer is None:
+            self._timer = clock.callLater(self._step, self._tick)
+
+    def _tick(self) -> None:
         self._timer = None
-        seconds = {"idle": self.limits.keepalive_timeout, "header": self.limits.header_timeout,
-                   "body": self.limits.body_timeout}.get(phase, 0)  # fmt: skip
-        if seconds and not self.closing:
-            self._timer = self.site.reactor.callLater(seconds, self._expired, phase, seconds)
+        deadline = self._deadline
+        if deadline is None or self.closing:
+            return  # armed again by the next timed phase
+        clock = self.site.reactor
+        left = deadline - clock.seconds()
+        if left > 0:
+            self._timer = clock.callLater(min(left, self._step), self._tick)
+            return
+        self._expired(self._phase, self._limits_of[self._phase])
 
     def _expired(self, phase: str, seconds: float) -> None:
         self._timer = None
@@ -91,31 +120,35 @@ class JanusChannel(http.HTTPChannel):
     def lineReceived(self, line: bytes) -> None:
         if self.closing:
             return
-        if self._phase == "idle":
+        if self._phase == "idle":  # a pipelined request, read with the one before
             self._enter("header")
-        if received_header_size(self) + len(line) > self.totalHeadersSize:
-            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
-            self.refuse(431)
-            return
-        super().lineReceived(line)
+        super().lineReceived(line)  # over totalHeadersSize: _respondToBadRequestAndDisconnect, answered 431
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._event("janustls.web.headers_too_large", "port {port}: a header line of {peer} over {limit} bytes", limit=self.MAX_LENGTH)
         self.refuse(431)
 
     def allHeadersReceived(self) -> None:
-        self._enter("body" if self.length != 0 else "busy")
+        if self.length != 0:
+            self._enter("body")
+        else:  # busy: no limit while the application answers (what _enter("busy") does, inline)
+            self._phase = "busy"
+            self._deadline = None
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
-        self._enter("busy")
+        if self._phase != "busy":  # a body just ended (without one, allHeadersReceived entered busy)
+            self._enter("busy")
+        proto = self._janus_protocol()
+        if proto is not None:
+            proto.progress()  # idle_timeout: a whole request received (requestReceived is next)
         super().allContentReceived()
 
     def requestDone(self, request: Any) -> None:
         if self.persistent and not self.closing:
             self._enter("idle")  # a pipelined request read next moves on to "header"
         super().requestDone(request)
-        if self.persistent and not self.closing and self._output_full():
+        if self.persistent and not self.closing and getattr(self.transport, "output_full", False):
             self.paused = True  # LineReceiver: no further line is parsed until resumed
 
     # -- back-pressure: no next pipelined request while the client's output is over the mark --
@@ -134,6 +167,10 @@ class JanusChannel(http.HTTPChannel):
             self.dataReceived(b"")  # the requests already read, in order
 
     def _respondToBadRequestAndDisconnect(self) -> None:
+        if received_header_size(self) > self.totalHeadersSize:  # what Twisted's lineReceived checks first
+            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
+            self.refuse(431)
+            return
         self._event("janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400")
         self.refuse(400)
 

@@ -13,7 +13,7 @@ from janustls.core.identity import Policy, Subject, Verdict
 from janustls.core.reasons import Reason, Refusal
 from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
 from janustls.core.rules import RuleTable
-from janustls.core.webpath import PathError, encode, normalise
+from janustls.core.webpath import PathError, normal_form
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
 from janustls.ports.access import decide, peer_ip
@@ -30,12 +30,32 @@ class Dispatch:
     table: RuleTable
     policy: Policy | None
 
+    #: (body limit, hold limit) per (method, request target), bounded: see `limits_for`.
+    _limits_seen: dict[tuple[bytes, bytes], tuple[int, int | None]]
+
     def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
         try:
-            normal = normalise(path.split(b"?", 1)[0])
+            normal = normal_form(path.split(b"?", 1)[0])[0]
         except PathError:
             return None  # answered 400 once the request is served
         return self.table.resolve(method.decode("latin-1"), normal)
+
+    def limits_for(self, method: bytes, path: bytes) -> tuple[int, int | None]:
+        """(`body_limit`, `hold_limit` when the table asks for certificates, else None), remembered.
+
+        Asked for every request before its body is read; keep-alive clients repeat their
+        request lines, so the answers are kept per (method, request target), a bounded number
+        (a reload builds a new factory, so they never outlive the rules they came from).
+        """
+        key = (method, path)
+        found = self._limits_seen.get(key)
+        if found is None:
+            found = (self.body_limit(method, path), self.hold_limit(method, path) if self.table.uses_client_cert else None)
+            if len(path) <= 512:
+                if len(self._limits_seen) >= 4096:
+                    self._limits_seen.clear()
+                self._limits_seen[key] = found
+        return found
 
     def hold_limit(self, method: bytes, path: bytes) -> int | None:
         """The body bound for a request whose rule asks for a certificate mid-connection."""
@@ -56,12 +76,11 @@ class Dispatch:
         proto = request.janus_protocol
         if request.normal_path is None:
             try:
-                request.normal_path = normalise(request.path)
+                # handlers see the normal form too (written back as a URL path)
+                request.normal_path, request.path = normal_form(request.path)
             except PathError as e:
                 self._status(request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path")
                 return NOT_DONE_YET
-            # handlers see the normal form too (written back as a URL path)
-            request.path = encode(request.normal_path).encode("ascii")
         gate = proto.gate()
         res = self.table.resolve(request.method.decode("latin-1"), request.normal_path)
         rule = res.action

@@ -228,6 +228,7 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
             raise ConfigErrors(problems)
         self.site = JanusSite(DispatchResource(self), timeout=None)
         self.site.reactor = self.reactor
+        self._limits_seen = {}
         self.site.limits = HttpLimits(port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes)
 
     # -- lifecycle ----------------------------------------------------------------------------------

@@ -35,8 +35,7 @@ class WebPortFactory(Protocol):
     runtime: PortRuntime
     table: RuleTable
 
-    def body_limit(self, method: bytes, path: bytes) -> int: ...
-    def hold_limit(self, method: bytes, path: bytes) -> int | None: ...
+    def limits_for(self, method: bytes, path: bytes) -> tuple[int, int | None]: ...
 
 
 class WebPortProtocol(Protocol):
@@ -186,11 +185,10 @@ class JanusRequest(Request):
     def gotLength(self, length: int | None) -> None:
         proto = self.janus_protocol
         command, path = request_line(self.channel)
-        limit = proto.factory.runtime.port.max_body
         if isinstance(command, bytes) and isinstance(path, bytes):
-            limit = proto.factory.body_limit(command, path)
-            if proto.factory.table.uses_client_cert:
-                self._hold_limit = proto.factory.hold_limit(command, path)
+            limit, self._hold_limit = proto.factory.limits_for(command, path)
+        else:
+            limit = proto.factory.runtime.port.max_body
         self._body_limit = limit
         if length is not None and length > limit:
             self.over_limit = True
@@ -213,11 +211,8 @@ class JanusRequest(Request):
         self.gone = True
         super().connectionLost(reason)
 
-    # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        self.janus_protocol.progress()
-        super().requestReceived(command, path, version)
-
+    # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.  A request
+    # received counts in JanusChannel.allContentReceived, just before requestReceived.
     def finish(self) -> None:
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
