@@ -18,6 +18,7 @@ class BuildWithDemo(build_py):
         for name in self.DEMO:
             self.copy_file(str(Path("procs") / name), str(target / name))
 
+
 setup(
     name="janustls",
     version="0.1.0",
@@ -43,10 +44,15 @@ setup(
     ],
     extras_require={
         "test": [
-            "pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0",
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3",
+            "build>=1.0",
+            "twine>=5.0",
             # the checkers .ci/run runs before the tests, pinned so a new release cannot fail CI
             # (mypy-zope: zope.interface's plugin; it follows mypy's releases)
-            "mypy==2.4.1", "mypy-zope==1.0.17", "ruff==0.17.6",
+            "mypy==2.4.1",
+            "mypy-zope==1.0.17",
+            "ruff==0.17.6",
         ],
     },
     entry_points={"console_scripts": ["janustls = janustls.cli:main"]},

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import cpu_seconds  # noqa: E402
 
-HANDLER = '''
+HANDLER = """
 async def serve(sock):
     sock.write(b"hi\\n")
     while True:
@@ -44,9 +44,9 @@ async def serve(sock):
             sock.write(("got %s\\n" % sock.cert_info("CN")).encode())
         else:
             sock.write(line)
-'''
+"""
 
-SERVER = '''
+SERVER = """
 import sys
 from twisted.internet import reactor
 from janustls import load_definitions, JanusService
@@ -56,7 +56,7 @@ def ready():
     print(svc.listening_port("REQUIRE").getHost().port, svc.listening_port("ASK").getHost().port, flush=True)
 reactor.callWhenRunning(ready)
 reactor.run()
-'''
+"""
 
 
 def make_files(d: Path) -> Path:
@@ -138,7 +138,10 @@ def run(n: int, rounds: int) -> None:
                         ((time.perf_counter() - t0) / n, (cpu_seconds(proc.pid) - c0) / n)
                     )
                     # n established connections without a certificate, then one request each
-                    conns = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", ask_port)), server_hostname="localhost") for _ in range(n)]
+                    conns = [
+                        ctx.wrap_socket(socket.create_connection(("127.0.0.1", ask_port)), server_hostname="localhost")
+                        for _ in range(n)
+                    ]
                     for s in conns:
                         assert readline(s) == b"hi\n"
                     c0, t0 = cpu_seconds(proc.pid), time.perf_counter()
@@ -161,7 +164,9 @@ def run(n: int, rounds: int) -> None:
         fw, fc = statistics.median(x[0] for x in full), statistics.median(x[1] for x in full)
         rw, rc = statistics.median(x[0] for x in req), statistics.median(x[1] for x in req)
         print(f"{version:<5}{'full mutual-TLS handshake':<56}{fw * 1e3:>9.3f}{fc * 1e3:>15.3f}{1.0:>11.2f}")
-        print(f"{version:<5}{'mid-connection request (' + how + ')':<56}{rw * 1e3:>9.3f}{rc * 1e3:>15.3f}{rc / fc if fc else float('nan'):>11.2f}")
+        print(
+            f"{version:<5}{'mid-connection request (' + how + ')':<56}{rw * 1e3:>9.3f}{rc * 1e3:>15.3f}{rc / fc if fc else float('nan'):>11.2f}"
+        )
 
 
 def main() -> int:

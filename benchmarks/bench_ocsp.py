@@ -31,7 +31,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-SERVER = r'''
+SERVER = r"""
 import sys
 from twisted.internet import reactor
 from janustls.core.config import load_definitions
@@ -43,7 +43,7 @@ def ready():
         f.write("%d %d\n" % (svc.listening_port("OCSP").getHost().port, svc.listening_port("PLAIN").getHost().port))
 reactor.callWhenRunning(ready)
 reactor.run()
-'''
+"""
 HANDLER = "def serve(sock):\n    sock.write(b'hi')\n    sock.close()\n"
 
 
@@ -59,12 +59,21 @@ def responder(ca_cert: Any, ca_key: Any) -> tuple[ThreadingHTTPServer, list[int]
             req = ocsp.load_der_ocsp_request(self.rfile.read(int(self.headers["Content-Length"])))
             count[0] += 1
             now = datetime.datetime.now(datetime.timezone.utc)
-            b = ocsp.OCSPResponseBuilder().add_response_by_hash(
-                issuer_name_hash=req.issuer_name_hash, issuer_key_hash=req.issuer_key_hash,
-                serial_number=req.serial_number, algorithm=req.hash_algorithm, cert_status=ocsp.OCSPCertStatus.GOOD,
-                this_update=now - datetime.timedelta(minutes=1), next_update=now + datetime.timedelta(hours=1),
-                revocation_time=None, revocation_reason=None,
-            ).responder_id(ocsp.OCSPResponderEncoding.HASH, ca_cert)
+            b = (
+                ocsp.OCSPResponseBuilder()
+                .add_response_by_hash(
+                    issuer_name_hash=req.issuer_name_hash,
+                    issuer_key_hash=req.issuer_key_hash,
+                    serial_number=req.serial_number,
+                    algorithm=req.hash_algorithm,
+                    cert_status=ocsp.OCSPCertStatus.GOOD,
+                    this_update=now - datetime.timedelta(minutes=1),
+                    next_update=now + datetime.timedelta(hours=1),
+                    revocation_time=None,
+                    revocation_reason=None,
+                )
+                .responder_id(ocsp.OCSPResponderEncoding.HASH, ca_cert)
+            )
             try:
                 b = b.add_extension(req.extensions.get_extension_for_class(x509.OCSPNonce).value, critical=False)
             except x509.ExtensionNotFound:
@@ -93,7 +102,9 @@ def client_batch(args: tuple[int, str, str, int]) -> int:
     ctx.load_cert_chain(cert, key)
     ok = 0
     for _ in range(n):
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+        ) as s:
             if s.recv(10) == b"hi":
                 ok += 1
     return ok
@@ -129,16 +140,18 @@ def main() -> None:
     (procs / "h.py").write_text(HANDLER)
     common = f"""type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {server['chain']}
-private_key = {server['key']}
+certificate = {server["chain"]}
+private_key = {server["key"]}
 client_cert = require
-addca = {tmp / 'root.pem'}
+addca = {tmp / "root.pem"}
 handler = h:serve
 """
     ini = tmp / "ports.ini"
     ini.write_text(f"[janustls]\nprocs = {procs}\n[port:OCSP]\n{common}ocsp = leaf\n[port:PLAIN]\n{common}")
     ready = tmp / "ready"
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(ini), str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(ini), str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while not ready.exists() or not ready.read_text().endswith("\n"):
@@ -154,7 +167,7 @@ handler = h:serve
         pool = get_context("spawn").Pool(a.clients)
         try:
             for r in range(a.rounds):
-                for name in (("ocsp", "plain") if r % 2 == 0 else ("plain", "ocsp")):
+                for name in ("ocsp", "plain") if r % 2 == 0 else ("plain", "ocsp"):
                     share = a.handshakes // a.clients
                     before = cpu(proc.pid)
                     done = sum(pool.map(client_batch, [(ports[name], cert, key, share)] * a.clients))
@@ -167,8 +180,10 @@ handler = h:serve
         proc.wait(10)
         http.shutdown()
     o, p = statistics.median(per["ocsp"]), statistics.median(per["plain"])
-    print(f"full TLS 1.3 handshake with client certificate, server CPU per handshake (median of {a.rounds} rounds "
-          f"x {a.handshakes} handshakes)")
+    print(
+        f"full TLS 1.3 handshake with client certificate, server CPU per handshake (median of {a.rounds} rounds "
+        f"x {a.handshakes} handshakes)"
+    )
     print(f"  ocsp = leaf, warm cache : {o:8.0f} us   (rounds: {', '.join(f'{x:.0f}' for x in per['ocsp'])})")
     print(f"  no OCSP                 : {p:8.0f} us   (rounds: {', '.join(f'{x:.0f}' for x in per['plain'])})")
     print(f"  ratio                   : {o / p:8.3f}x  (responder asked {requests} time(s) in the whole run)")

@@ -111,10 +111,10 @@ procs = {directory}
 type = proxy
 listen = tcp:0:interface=127.0.0.1:backlog=1024
 connect = tcp:127.0.0.1:{backend}
-certificate = {directory / 'server' / 'server.pem'}
-private_key = {directory / 'server' / 'server.key'}
+certificate = {directory / "server" / "server.pem"}
+private_key = {directory / "server" / "server.key"}
 client_cert = require
-addca = {directory / 'ca' / 'root.pem'}
+addca = {directory / "ca" / "root.pem"}
 tls_min = 1.2
 tls_max = 1.3
 """
@@ -206,7 +206,9 @@ def client_transfer(directory: str, index: int, port: int, size: int) -> float:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_verify_locations(Path(directory) / "ca" / "root.pem")
-    ctx.load_cert_chain(Path(directory) / "clients" / f"client{index}.pem", Path(directory) / "clients" / f"client{index}.key")
+    ctx.load_cert_chain(
+        Path(directory) / "clients" / f"client{index}.pem", Path(directory) / "clients" / f"client{index}.key"
+    )
     payload = memoryview(os.urandom(size))
     t0 = time.perf_counter()
     with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60), server_hostname="localhost") as s:
@@ -282,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                         wall, cpu = time.perf_counter() - t0, cpu_seconds(proc.pid) - cpu0
                         mb = 2 * size * a.clients / 1e6
                         results[kind].append((mb / wall, cpu * 1000 / mb))
-                        print(f"  round {r + 1} {kind:8s} {mb / wall:8.1f} MB/s  {cpu * 1000 / mb:6.2f} ms CPU/MB", flush=True)
+                        print(
+                            f"  round {r + 1} {kind:8s} {mb / wall:8.1f} MB/s  {cpu * 1000 / mb:6.2f} ms CPU/MB",
+                            flush=True,
+                        )
         finally:
             for proc, _ in [*servers.values(), (backend, 0)]:
                 proc.terminate()

@@ -35,14 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import Driver, Paired, ServerProcess, recv_exactly, tls_connect  # noqa: E402
 
-ECHO_HANDLER = '''\
+ECHO_HANDLER = """\
 async def serve(sock):
     while True:
         data = await sock.read()
         if not data:
             return
         sock.write(data)
-'''
+"""
 WORKLOADS = ("handshake", "resumed", "echo")
 LABELS = {
     "handshake": "full handshake, TLS 1.3 (us CPU)",
@@ -61,15 +61,15 @@ def _serve_janustls(directory: Path) -> int:
 
     ini = f"""
 [janustls]
-procs = {directory / 'procs'}
+procs = {directory / "procs"}
 
 [port:BENCH]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1:backlog=1024
-certificate = {directory / 'server' / 'server.pem'}
-private_key = {directory / 'server' / 'server.key'}
+certificate = {directory / "server" / "server.pem"}
+private_key = {directory / "server" / "server.key"}
 client_cert = require
-addca = {directory / 'ca' / 'root.pem'}
+addca = {directory / "ca" / "root.pem"}
 tls_min = 1.2
 tls_max = 1.3
 handler = benchecho:serve
@@ -91,7 +91,9 @@ def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffer
             return _serve_janustls(directory)
         # The bare server does not set MODE_RELEASE_BUFFERS (janustls does); `bare-release`
         # is the memory reference with it.
-        return common.listen_bare(reactor, directory, common.bare_echo_factory(), release_buffers=kind == "bare-release", buffered=buffered)
+        return common.listen_bare(
+            reactor, directory, common.bare_echo_factory(), release_buffers=kind == "bare-release", buffered=buffered
+        )
 
     common.run_reactor(start, profile_out)
 
@@ -205,23 +207,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=None, help="seconds per measured window (default 2.0)")
     ap.add_argument("--ramp", type=float, default=None, help="seconds of load before each window (default 0.5)")
     ap.add_argument("--clients", type=int, default=None, help="client processes per server (default 12)")
-    ap.add_argument("--sweep", default=None, help="client counts per server for the full-handshake sweep (default 4,8,12,16; '' for none)")
+    ap.add_argument(
+        "--sweep",
+        default=None,
+        help="client counts per server for the full-handshake sweep (default 4,8,12,16; '' for none)",
+    )
     ap.add_argument("--sweep-rounds", type=int, default=None, help="paired windows per sweep point (default 5)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
-    ap.add_argument("--connections", type=int, default=None, help="idle connections for the memory figure (default 2000; 0: skip)")
     ap.add_argument(
-        "--bare-buffered", action="store_true",
+        "--connections", type=int, default=None, help="idle connections for the memory figure (default 2000; 0: skip)"
+    )
+    ap.add_argument(
+        "--bare-buffered",
+        action="store_true",
         help="bare servers use TLSMemoryBIOFactory's default BufferingTLSTransport (small writes sent on the next "
         "reactor turn) instead of TLSMemoryBIOProtocol, which janustls ports use",
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate cores")
     ap.add_argument(
-        "--log", choices=("discard", "file"), default="discard",
+        "--log",
+        choices=("discard", "file"),
+        default="discard",
         help="discard (default): every log event is emitted and published, the observer drops it; "
         "file: every server writes a text log file, as twistd does",
     )
-    ap.add_argument("--profile", action="store_true", help="also profile both servers per full handshake (cProfile), side by side")
-    ap.add_argument("--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)")
+    ap.add_argument(
+        "--profile", action="store_true", help="also profile both servers per full handshake (cProfile), side by side"
+    )
+    ap.add_argument(
+        "--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)"
+    )
     ap.add_argument("--serve", choices=("janustls", "bare", "bare2", "bare-release"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
@@ -253,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     pin = common.plan_pinning(not args.no_pin)
     script = os.path.abspath(__file__)
-    print("janustls srvsock vs bare Twisted + pyOpenSSL: mutual TLS, same PKI (EC P-256, root + intermediate), measured in pairs")
+    print(
+        "janustls srvsock vs bare Twisted + pyOpenSSL: mutual TLS, same PKI (EC P-256, root + intermediate), measured in pairs"
+    )
     print(common.machine_line())
     print(pin.note)
     print(
@@ -280,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, ServerProcess] = {}
         try:
             for kind in ("janustls", "bare", "bare2"):
-                servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
+                servers[kind] = common.start_server(
+                    script,
+                    kind,
+                    ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])],
+                    pin.servers,
+                )
             pair = (servers["janustls"], servers["bare"])
             control = (servers["bare2"], servers["bare"])
             # Warm-up: imports, first handshakes, the allocator's first arenas.
@@ -299,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 n_prof = min(clients, 8)
                 extra = ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])]
-                janus = common.profile_server("janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes)
+                janus = common.profile_server(
+                    "janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes
+                )
                 bare = common.profile_server("bare", script, extra, directory, pin, pool, n_prof, profile_handshakes)
                 unprofiled = {}
                 if "handshake" in results:
@@ -310,7 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             # Memory: a fresh process per server, one at a time.
             if connections:
                 for kind in ("janustls", "bare", "bare-release"):
-                    servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
+                    servers[kind] = common.start_server(
+                        script,
+                        kind,
+                        ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])],
+                        pin.servers,
+                    )
                     memory[kind] = measure_memory(servers[kind], pool, connections)
                     servers.pop(kind).stop()
         finally:
@@ -320,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print("A = janustls srvsock, B = bare Twisted; control rows: A = bare copy, B = bare (should read 1.00)")
-    print("us: median server CPU per operation; A/B: median of per-round ratios; busy: server CPU / wall time (1.00 = a core)")
+    print(
+        "us: median server CPU per operation; A/B: median of per-round ratios; busy: server CPU / wall time (1.00 = a core)"
+    )
     print(common.RATIO_HEADER)
     print("-" * len(common.RATIO_HEADER))
     for w in workloads:
@@ -334,10 +365,14 @@ def main(argv: list[str] | None = None) -> int:
             print(common.ratio_line(f"  {count:2d} clients per server ({len(p.windows)} rounds)", p))
     if memory:
         print()
-        print(f"{'memory per idle connection (KiB RSS)':<40} {memory['janustls'][0]:>10.1f} {memory['bare'][0]:>10.1f} "
-              f"{memory['janustls'][0] / memory['bare'][0]:>8.3f}   (janustls, bare, janustls/bare)")
-        print(f"{'  reference: bare + MODE_RELEASE_BUFFERS':<40} {'':>10} {memory['bare-release'][0]:>10.1f}"
-              f"    (janustls sets this mode; the bare server above does not)")
+        print(
+            f"{'memory per idle connection (KiB RSS)':<40} {memory['janustls'][0]:>10.1f} {memory['bare'][0]:>10.1f} "
+            f"{memory['janustls'][0] / memory['bare'][0]:>8.3f}   (janustls, bare, janustls/bare)"
+        )
+        print(
+            f"{'  reference: bare + MODE_RELEASE_BUFFERS':<40} {'':>10} {memory['bare-release'][0]:>10.1f}"
+            f"    (janustls sets this mode; the bare server above does not)"
+        )
         for kind, (_per, base, loaded) in memory.items():
             print(f"memory {kind}: VmRSS {base} KiB after warm-up -> {loaded} KiB with {connections} connections")
     print()

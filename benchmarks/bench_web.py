@@ -38,10 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from common import Driver, Paired, ServerProcess, tls_connect  # noqa: E402
 
-VIEWS = '''\
+VIEWS = """\
 def who(request):
     return request.cert_info("CN")
-'''
+"""
 REQUEST = b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n"
 WORKLOADS = ("handshake", "resumed", "keepalive")
 LABELS = {
@@ -75,10 +75,10 @@ procs = {directory}
 [port:WEB]
 type = webserv
 listen = tcp:0:interface=127.0.0.1:backlog=1024
-certificate = {directory / 'server' / 'server.pem'}
-private_key = {directory / 'server' / 'server.key'}
+certificate = {directory / "server" / "server.pem"}
+private_key = {directory / "server" / "server.key"}
 client_cert = require
-addca = {directory / 'ca' / 'root.pem'}
+addca = {directory / "ca" / "root.pem"}
 [web:WEB]
 ON /who = call views:who
 """
@@ -211,18 +211,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=None, help="seconds per measured window (default 2.0)")
     ap.add_argument("--ramp", type=float, default=None, help="seconds of load before each window (default 0.5)")
     ap.add_argument("--clients", type=int, default=None, help="client processes per server (default 12)")
-    ap.add_argument("--sweep", default=None, help="client counts per server for the full-handshake sweep (default 4,8,12,16; '' for none)")
+    ap.add_argument(
+        "--sweep",
+        default=None,
+        help="client counts per server for the full-handshake sweep (default 4,8,12,16; '' for none)",
+    )
     ap.add_argument("--sweep-rounds", type=int, default=None, help="paired windows per sweep point (default 5)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of " + ",".join(WORKLOADS))
     ap.add_argument(
-        "--bare-buffered", action="store_true",
+        "--bare-buffered",
+        action="store_true",
         help="bare servers use TLSMemoryBIOFactory's default BufferingTLSTransport (small writes sent on the next "
         "reactor turn) instead of TLSMemoryBIOProtocol, which janustls ports use",
     )
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate cores")
-    ap.add_argument("--log", choices=("discard", "file"), default="discard", help="log events: dropped by the observer (default) or a text file")
-    ap.add_argument("--profile", action="store_true", help="also profile both servers per full handshake + request (cProfile), side by side")
-    ap.add_argument("--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)")
+    ap.add_argument(
+        "--log",
+        choices=("discard", "file"),
+        default="discard",
+        help="log events: dropped by the observer (default) or a text file",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile both servers per full handshake + request (cProfile), side by side",
+    )
+    ap.add_argument(
+        "--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)"
+    )
     ap.add_argument("--serve", choices=("janustls", "bare", "bare2"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
@@ -273,7 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, ServerProcess] = {}
         try:
             for kind in ("janustls", "bare", "bare2"):
-                servers[kind] = common.start_server(script, kind, ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])], pin.servers)
+                servers[kind] = common.start_server(
+                    script,
+                    kind,
+                    ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])],
+                    pin.servers,
+                )
             pair = (servers["janustls"], servers["bare"])
             control = (servers["bare2"], servers["bare"])
             for w in workloads:  # warm-up
@@ -289,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 n_prof = min(clients, 8)
                 extra = ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])]
-                janus = common.profile_server("janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes)
+                janus = common.profile_server(
+                    "janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes
+                )
                 bare = common.profile_server("bare", script, extra, directory, pin, pool, n_prof, profile_handshakes)
                 unprofiled = {}
                 if "handshake" in results:
@@ -303,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print("A = janustls webserv, B = bare twisted.web; control rows: A = bare copy, B = bare (should read 1.00)")
-    print("us: median server CPU per operation; A/B: median of per-round ratios; busy: server CPU / wall time (1.00 = a core)")
+    print(
+        "us: median server CPU per operation; A/B: median of per-round ratios; busy: server CPU / wall time (1.00 = a core)"
+    )
     print(common.RATIO_HEADER)
     print("-" * len(common.RATIO_HEADER))
     for w in workloads:

@@ -66,7 +66,9 @@ def client(port: int, files: dict[str, str], seconds: float, result: Any) -> Non
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost") as s:
+            with ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+            ) as s:
                 if s.recv(10) == b"ok\n":
                     done += 1
                 else:
@@ -85,10 +87,10 @@ procs = {work}
 [port:BENCH]
 type = srvsock
 listen = tcp:{port}:interface=127.0.0.1:backlog=1024
-certificate = {files['server_chain']}
-private_key = {files['server_key']}
+certificate = {files["server_chain"]}
+private_key = {files["server_key"]}
 client_cert = require
-addca = {files['ca']}
+addca = {files["ca"]}
 handler = h:serve
 """)
     log = work / f"twistd-{workers}.log"
@@ -101,7 +103,9 @@ handler = h:serve
             try:
                 ctx = ssl.create_default_context(cafile=files["ca"])
                 ctx.load_cert_chain(files["cert"], files["key"])
-                with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+                with ctx.wrap_socket(
+                    socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+                ) as s:
                     s.recv(10)
                 if len(children(proc.pid)) >= workers:
                     break
@@ -149,8 +153,12 @@ def main() -> int:
         files = {"ca": str(pki.root), "server_chain": str(pki.server_chain), "server_key": str(pki.server_key),
                  "cert": str(pki.clients["alice"]["chain"]), "key": str(pki.clients["alice"]["key"])}  # fmt: skip
         rows = [run(w, args.clients, args.seconds, work, files) for w in args.workers]
-    print(f"{os.cpu_count()} cores; {args.clients} client processes, TLS 1.3 full mutual-TLS handshakes, {args.seconds:g} s each")
-    print(f"{'workers':>7} {'handshakes/s':>13} {'failed':>6} {'server CPU s':>13} {'client CPU s':>13} {'server ms CPU/hs':>17}")
+    print(
+        f"{os.cpu_count()} cores; {args.clients} client processes, TLS 1.3 full mutual-TLS handshakes, {args.seconds:g} s each"
+    )
+    print(
+        f"{'workers':>7} {'handshakes/s':>13} {'failed':>6} {'server CPU s':>13} {'client CPU s':>13} {'server ms CPU/hs':>17}"
+    )
     for r in rows:
         per = 1000 * r["server_cpu"] / r["handshakes"] if r["handshakes"] else float("nan")
         print(f"{r['workers']:>7} {r['per_second']:>13.0f} {r['failed']:>6} {r['server_cpu']:>13.2f} "

@@ -81,13 +81,19 @@ def plan_pinning(enabled: bool = True) -> Pinning:
     if not enabled:
         return Pinning(None, None, "CPU pinning: off (--no-pin); servers and clients share all cores")
     if not hasattr(os, "sched_setaffinity"):
-        return Pinning(None, None, "CPU pinning: NOT POSSIBLE (no sched_setaffinity); servers and clients share all cores")
+        return Pinning(
+            None, None, "CPU pinning: NOT POSSIBLE (no sched_setaffinity); servers and clients share all cores"
+        )
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2:
-        return Pinning(None, None, f"CPU pinning: NOT POSSIBLE ({len(allowed)} core allowed); servers and clients share it")
+        return Pinning(
+            None, None, f"CPU pinning: NOT POSSIBLE ({len(allowed)} core allowed); servers and clients share it"
+        )
     servers, clients = frozenset(allowed[:1]), frozenset(allowed[1:])
     return Pinning(
-        servers, clients, f"CPU pinning: servers on core {allowed[0]}, clients on core(s) {','.join(map(str, allowed[1:]))}"
+        servers,
+        clients,
+        f"CPU pinning: servers on core {allowed[0]}, clients on core(s) {','.join(map(str, allowed[1:]))}",
     )
 
 
@@ -112,7 +118,9 @@ def make_pki(directory: Path, clients: int, intermediate: bool = True) -> None:
     (directory / "ca" / "root.pem").write_bytes(root.cert_pem)
     issuer.server("localhost", "127.0.0.1").write(directory / "server", "server")
     for i in range(clients):
-        issued = issuer.issue(f"client{i}", organization="Bench Org", units=["bench"], emails=[f"client{i}@example.test"])
+        issued = issuer.issue(
+            f"client{i}", organization="Bench Org", units=["bench"], emails=[f"client{i}@example.test"]
+        )
         issued.write(directory / "clients", f"client{i}", p12=False)
 
 
@@ -193,7 +201,9 @@ def bare_context(directory: Path, release_buffers: bool = True) -> Any:
     return ctx
 
 
-def listen_bare(reactor: Any, directory: Path, wrapped: Any, release_buffers: bool = True, buffered: bool = False) -> int:
+def listen_bare(
+    reactor: Any, directory: Path, wrapped: Any, release_buffers: bool = True, buffered: bool = False
+) -> int:
     """`TLSMemoryBIOFactory` around `bare_context` and the factory `wrapped`; returns the port number.
 
     The factory's default protocol, `BufferingTLSTransport`, sends small writes on the next
@@ -344,8 +354,15 @@ class Driver:
         raise NotImplementedError
 
 
-def _client_main(pipe: Pipe, driver_class: type[Driver], directory: Path, index: int, counters: Any, stop: Any,
-                 cpus: frozenset[int] | None) -> None:
+def _client_main(
+    pipe: Pipe,
+    driver_class: type[Driver],
+    directory: Path,
+    index: int,
+    counters: Any,
+    stop: Any,
+    cpus: frozenset[int] | None,
+) -> None:
     pin(0, cpus)
     raise_nofile()
     driver = driver_class(directory, index)
@@ -412,7 +429,9 @@ class ClientPool:
         for i in range(count):
             parent, child = mp.Pipe()
             p = mp.Process(
-                target=_client_main, args=(child, driver_class, directory, i, self.counters, self.stop_event, cpus), daemon=True
+                target=_client_main,
+                args=(child, driver_class, directory, i, self.counters, self.stop_event, cpus),
+                daemon=True,
             )
             p.start()
             self.pipes.append(parent)
@@ -479,8 +498,14 @@ class ClientPool:
 
 
 def paired_window(
-    pool: ClientPool, a: ServerProcess, b: ServerProcess, workload: str, per_server: int, swap: bool,
-    window: float, ramp: float,
+    pool: ClientPool,
+    a: ServerProcess,
+    b: ServerProcess,
+    workload: str,
+    per_server: int,
+    swap: bool,
+    window: float,
+    ramp: float,
 ) -> tuple[Window, Window]:
     """Load `a` and `b` with `per_server` clients each at once; measure both over the same window."""
     if 2 * per_server > len(pool):
@@ -508,7 +533,9 @@ def paired_window(
     finally:
         failures = pool.finish(assignment)
     if any(failures):
-        raise RuntimeError(f"{workload}: {sum(failures)} operations failed their check (e.g. a handshake did not resume)")
+        raise RuntimeError(
+            f"{workload}: {sum(failures)} operations failed their check (e.g. a handshake did not resume)"
+        )
     return tuple(  # type: ignore[return-value]
         Window(cpu1[s.kind] - cpu0[s.kind], units1[s.kind] - units0[s.kind], t1 - t0) for s in (a, b)
     )
@@ -559,8 +586,14 @@ def ratio_line(label: str, p: Paired, scale: float = 1.0) -> str:
 
 
 def run_pairs(
-    pool: ClientPool, pairs: Sequence[tuple[ServerProcess, ServerProcess]], workload: str, per_server: int,
-    rounds: int, window: float, ramp: float, progress: Callable[[str], None] | None = None,
+    pool: ClientPool,
+    pairs: Sequence[tuple[ServerProcess, ServerProcess]],
+    workload: str,
+    per_server: int,
+    rounds: int,
+    window: float,
+    ramp: float,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Paired]:
     """`rounds` rounds; in each, every pair gets one paired window; pair order and start order swap each round."""
     results = [Paired(a.kind, b.kind) for a, b in pairs]
@@ -572,8 +605,10 @@ def run_pairs(
             a, b = pairs[k]
             results[k].windows.append(paired_window(pool, a, b, workload, per_server, bool(r % 2), window, ramp))
         if progress:
-            progress(f"  {workload} x{per_server} round {r + 1}/{rounds}: " + ", ".join(
-                f"{p.a}/{p.b} {p.ratios[-1]:.3f}" for p in results))
+            progress(
+                f"  {workload} x{per_server} round {r + 1}/{rounds}: "
+                + ", ".join(f"{p.a}/{p.b} {p.ratios[-1]:.3f}" for p in results)
+            )
     return results
 
 
@@ -616,7 +651,9 @@ def profile_rows(path: Path) -> dict[tuple[str, int, str], tuple[int, float, flo
     for key, (_cc, nc, tt, ct, _callers) in raw.items():
         if key == IDLE:
             continue
-        if ct >= idle and ("epollreactor" in key[0] or key[2] in ("run", "mainLoop", "doPoll", "doIteration", "runcall")):
+        if ct >= idle and (
+            "epollreactor" in key[0] or key[2] in ("run", "mainLoop", "doPoll", "doIteration", "runcall")
+        ):
             ct -= idle
         rows[key] = (nc, tt, ct)
     return rows
@@ -660,8 +697,16 @@ def area(key: tuple[str, int, str]) -> str:
     return "stdlib/other: " + Path(filename).name
 
 
-def profile_server(kind: str, script: str, args: Sequence[str], directory: Path, pin: Pinning, pool: ClientPool,
-                   clients: int, handshakes: int) -> tuple[Path, int, float]:
+def profile_server(
+    kind: str,
+    script: str,
+    args: Sequence[str],
+    directory: Path,
+    pin: Pinning,
+    pool: ClientPool,
+    clients: int,
+    handshakes: int,
+) -> tuple[Path, int, float]:
     """Run `handshakes` full handshakes (split over `clients` clients) against a fresh `kind` under cProfile."""
     out = directory / f"{kind}.prof"
     server = start_server(script, kind, [*args, "--profile-out", str(out)], pin.servers)
@@ -685,18 +730,26 @@ def profile_server(kind: str, script: str, args: Sequence[str], directory: Path,
     return out, total, cpu * 1e6 / total
 
 
-def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float], unprofiled: dict[str, float],
-                   suspects: Sequence[tuple[str, str, str]] = ()) -> str:
+def profile_report(
+    janus: tuple[Path, int, float],
+    bare: tuple[Path, int, float],
+    unprofiled: dict[str, float],
+    suspects: Sequence[tuple[str, str, str]] = (),
+) -> str:
     rows = {"janustls": profile_rows(janus[0]), "bare": profile_rows(bare[0])}
     n = {"janustls": janus[1], "bare": bare[1]}
     own = {k: sum(tt for _nc, tt, _ct in r.values()) * 1e6 / n[k] for k, r in rows.items()}
     out = []
-    out.append(f"cProfile, full handshakes (TLS 1.3, mutual): janustls {n['janustls']}, bare {n['bare']}, "
-               "each server alone and loaded the same way; figures are profiled CPU us per handshake "
-               "(cProfile inflates Python code more than C: compare shares and differences)")
-    out.append(f"  profiled time per handshake: janustls {own['janustls']:.0f} us, bare {own['bare']:.0f} us, "
-               f"difference {own['janustls'] - own['bare']:.0f} us ({own['janustls'] / own['bare']:.3f}x); "
-               f"process CPU while profiled: janustls {janus[2]:.0f} us, bare {bare[2]:.0f} us")
+    out.append(
+        f"cProfile, full handshakes (TLS 1.3, mutual): janustls {n['janustls']}, bare {n['bare']}, "
+        "each server alone and loaded the same way; figures are profiled CPU us per handshake "
+        "(cProfile inflates Python code more than C: compare shares and differences)"
+    )
+    out.append(
+        f"  profiled time per handshake: janustls {own['janustls']:.0f} us, bare {own['bare']:.0f} us, "
+        f"difference {own['janustls'] - own['bare']:.0f} us ({own['janustls'] / own['bare']:.3f}x); "
+        f"process CPU while profiled: janustls {janus[2]:.0f} us, bare {bare[2]:.0f} us"
+    )
     if unprofiled:
         out.append("  unprofiled (paired run above): " + ", ".join(f"{k} {v:.0f} us" for k, v in unprofiled.items()))
 
@@ -707,15 +760,21 @@ def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float]
         return acc
 
     areas = {k: by_area(rows[k], n[k]) for k in rows}
-    names = sorted(set(areas["janustls"]) | set(areas["bare"]),
-                   key=lambda a: -(areas["janustls"].get(a, 0) - areas["bare"].get(a, 0)))
+    names = sorted(
+        set(areas["janustls"]) | set(areas["bare"]),
+        key=lambda a: -(areas["janustls"].get(a, 0) - areas["bare"].get(a, 0)),
+    )
     out.append("")
-    out.append(f"  {'own time by area':<44} {'janustls us':>11} {'share':>6} {'bare us':>9} {'share':>6} {'extra us':>9}")
+    out.append(
+        f"  {'own time by area':<44} {'janustls us':>11} {'share':>6} {'bare us':>9} {'share':>6} {'extra us':>9}"
+    )
     for a in names:
         j, b = areas["janustls"].get(a, 0.0), areas["bare"].get(a, 0.0)
         if max(j, b) < 1.0:
             continue
-        out.append(f"  {a[:44]:<44} {j:11.1f} {100 * j / own['janustls']:5.1f}% {b:9.1f} {100 * b / own['bare']:5.1f}% {j - b:9.1f}")
+        out.append(
+            f"  {a[:44]:<44} {j:11.1f} {100 * j / own['janustls']:5.1f}% {b:9.1f} {100 * b / own['bare']:5.1f}% {j - b:9.1f}"
+        )
 
     keys = set(rows["janustls"]) | set(rows["bare"])
 
@@ -725,7 +784,9 @@ def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float]
 
     diffs = sorted(keys, key=lambda key: -(per("janustls", key, 1) - per("bare", key, 1)))
     out.append("")
-    out.append(f"  {'own time by function, largest extra first':<64} {'janustls':>9} {'bare':>8} {'extra':>8} {'calls/hs':>9}")
+    out.append(
+        f"  {'own time by function, largest extra first':<64} {'janustls':>9} {'bare':>8} {'extra':>8} {'calls/hs':>9}"
+    )
     for key in diffs[:30]:
         j, b = per("janustls", key, 1), per("bare", key, 1)
         calls = rows["janustls"].get(key, (0,))[0] / n["janustls"]
@@ -742,7 +803,9 @@ def profile_report(janus: tuple[Path, int, float], bare: tuple[Path, int, float]
         out.append(f"  {short_name(key)[:64]:<64} {ct:8.1f} {100 * ct / own['janustls']:5.1f}% {calls:9.2f}")
 
     out.append("")
-    out.append(f"  {'named per-handshake work (inclusive; nested rows overlap)':<58} {'cum us':>8} {'share':>6} {'calls/hs':>9}  function")
+    out.append(
+        f"  {'named per-handshake work (inclusive; nested rows overlap)':<58} {'cum us':>8} {'share':>6} {'calls/hs':>9}  function"
+    )
     for label, suffix, name in suspects:
         found = [k for k in rows["janustls"] if k[0].endswith(suffix) and k[2] == name]
         if not found:

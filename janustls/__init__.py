@@ -1,6 +1,13 @@
 """janustls: a programmable mutual-TLS server framework on Twisted."""
 
-from janustls.core.config import ClientCertMode, Definitions, PortDefinition, PortType, load_definitions, parse_definitions
+from janustls.core.config import (
+    ClientCertMode,
+    Definitions,
+    PortDefinition,
+    PortType,
+    load_definitions,
+    parse_definitions,
+)
 from janustls.ports.connection import Connection
 from janustls.errors import ConfigError, ConfigErrors, JanusError
 from janustls.core.reasons import Reason, Refusal

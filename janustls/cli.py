@@ -77,7 +77,9 @@ def describe(file: str, out: TextIO) -> int:
         for warning in port_trust_warnings(p, tls.trust):
             out.write(f"  WARNING      {warning}\n")
         if p.ocsp.value != "none":
-            out.write(f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n")
+            out.write(
+                f"  OCSP         {p.ocsp.value}, ocsp_fail = {p.ocsp_fail.value}, responder {p.ocsp_responder or 'from each certificate'}\n"
+            )
         for warning in ocsp_warnings(p.ocsp.value, p.ocsp_responder, p.ocsp_staple, tls.trust.cas, tls.material.chain):
             out.write(f"  WARNING      {warning}\n")
         warnings += _page_warnings(b, definitions)
@@ -134,7 +136,9 @@ def run_pki(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"development CA {dev.name!r} in {path}:\n")
             out.write(f"  root CA        {path / 'ca' / 'root.pem'}\n")
             out.write(f"  intermediate   {path / 'ca' / 'intermediate.pem'} (CRL {path / 'ca' / 'intermediate.crl'})\n")
-            out.write(f"  server         {path / 'server' / 'chain.pem'} + {path / 'server' / 'key.pem'} (localhost, 127.0.0.1)\n")
+            out.write(
+                f"  server         {path / 'server' / 'chain.pem'} + {path / 'server' / 'key.pem'} (localhost, 127.0.0.1)\n"
+            )
             out.write(f"next: janustls pki issue {path} NAME\n{PKI_WARNING}\n")
             return 0
         dev = DevCA.open(path)
@@ -143,9 +147,13 @@ def run_pki(args: argparse.Namespace, out: TextIO) -> int:
             if args.p12_password_env:
                 value = os.environ.get(args.p12_password_env)
                 if not value:
-                    raise PKIError(f"--p12-password-env: the environment variable {args.p12_password_env} is not set or empty")
+                    raise PKIError(
+                        f"--p12-password-env: the environment variable {args.p12_password_env} is not set or empty"
+                    )
                 password = value.encode()
-            paths = dev.issue(args.name, emails=args.email, dns=args.dns, uris=args.uri, days=args.days, p12_password=password)
+            paths = dev.issue(
+                args.name, emails=args.email, dns=args.dns, uris=args.uri, days=args.days, p12_password=password
+            )
             entry = dev.find(args.name)
             assert entry is not None
             out.write(f"issued {args.name} (serial {entry['serial']}, until {entry['not_after'][:10]}):\n")
@@ -191,24 +199,42 @@ def pki_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentPar
     init.add_argument("directory", metavar="DIR")
     init.add_argument("--name", help="the CA's name (its subjects: NAME Root CA, NAME Intermediate CA); "
                       "default: 'janustls dev' and a random id, so two PKIs never share a name")  # fmt: skip
-    init.add_argument("--force", action="store_true", help="replace an existing CA (everything it issued stops verifying)")
-    issue = cmds.add_parser("issue", help="issue a client certificate: DIR/client/NAME.pem, .key, .p12", description=text)
+    init.add_argument(
+        "--force", action="store_true", help="replace an existing CA (everything it issued stops verifying)"
+    )
+    issue = cmds.add_parser(
+        "issue", help="issue a client certificate: DIR/client/NAME.pem, .key, .p12", description=text
+    )
     issue.add_argument("directory", metavar="DIR")
     issue.add_argument("name", metavar="NAME", help="the certificate's CN and file name")
-    issue.add_argument("--email", action="append", default=[], help="an email SAN (repeatable; default NAME@example.test)")
+    issue.add_argument(
+        "--email", action="append", default=[], help="an email SAN (repeatable; default NAME@example.test)"
+    )
     issue.add_argument("--dns", action="append", default=[], help="a DNS SAN (repeatable)")
-    issue.add_argument("--uri", action="append", default=[], help="a URI SAN, e.g. spiffe://example.test/NAME (repeatable)")
+    issue.add_argument(
+        "--uri", action="append", default=[], help="a URI SAN, e.g. spiffe://example.test/NAME (repeatable)"
+    )
     issue.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     issue.add_argument("--p12-password-env", metavar="VAR", help="encrypt NAME.p12 with the password in this environment variable "
                        "(default: no password)")  # fmt: skip
-    revoke = cmds.add_parser("revoke", help="revoke by NAME or SERIAL (hex); the CRL keeps every earlier revocation", description=text)
+    revoke = cmds.add_parser(
+        "revoke", help="revoke by NAME or SERIAL (hex); the CRL keeps every earlier revocation", description=text
+    )
     revoke.add_argument("directory", metavar="DIR")
     revoke.add_argument("target", metavar="NAME|SERIAL")
-    listing = cmds.add_parser("list", help="what the CA issued: serials, revoked, expiring within 30 days", description=text)
+    listing = cmds.add_parser(
+        "list", help="what the CA issued: serials, revoked, expiring within 30 days", description=text
+    )
     listing.add_argument("directory", metavar="DIR")
     legacy = argparse.ArgumentParser(prog="janustls pki", description=text)
     legacy.add_argument("directory", metavar="DIR")
-    legacy.add_argument("--client", action="append", default=[], metavar="NAME", help="a client certificate to make (repeatable; default alice)")
+    legacy.add_argument(
+        "--client",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client certificate to make (repeatable; default alice)",
+    )
     return pki, legacy
 
 
@@ -292,14 +318,18 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     return 0
 
 
-def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None) -> int:
+def run_explain(
+    file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None
+) -> int:
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
 
     password: bytes | None = None
     if password_env:
         value = os.environ.get(password_env)
         if value is None:
-            print(f"janustls explain: --password-env: the environment variable {password_env} is not set", file=sys.stderr)
+            print(
+                f"janustls explain: --password-env: the environment variable {password_env} is not set", file=sys.stderr
+            )
             return 1
         password = value.encode()
 
@@ -358,7 +388,9 @@ def _pidfile_pid(pidfile: str) -> int | None:
         return None
 
 
-def show_status(target: str | None, port_def: str | None, as_json: bool, out: TextIO, pidfile: str = "twistd.pid") -> int:
+def show_status(
+    target: str | None, port_def: str | None, as_json: bool, out: TextIO, pidfile: str = "twistd.pid"
+) -> int:
     """Fetch /status from a running server and print it as tables (or as it came).
 
     The answer is checked against the pidfile: another process on the status address is
@@ -413,7 +445,10 @@ def send_reload(pidfile: str, target: str | None = None, port_def: str | None = 
             print(f"janustls reload: cannot read the status listener: {e}", file=sys.stderr)
             return 1
         if before.get("pid") != pid:
-            print(f"janustls reload: {url} answers for pid {before.get('pid')}, not pid {pid} of {pidfile}", file=sys.stderr)
+            print(
+                f"janustls reload: {url} answers for pid {before.get('pid')}, not pid {pid} of {pidfile}",
+                file=sys.stderr,
+            )
             return 1
     try:
         os.kill(pid, signal.SIGHUP)
@@ -462,9 +497,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file")
     _, pki_legacy = pki_parsers(sub)
     demo = sub.add_parser("demo", help="run the mutual-TLS demo (makes its PKI on first run)")
-    demo.add_argument("file", nargs="?", default=None,
-                      help=f"default {DEMO_FILE} when it exists, else the demo installed with janustls (its PKI in ./pki)")
-    demo.add_argument("--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event")
+    demo.add_argument(
+        "file",
+        nargs="?",
+        default=None,
+        help=f"default {DEMO_FILE} when it exists, else the demo installed with janustls (its PKI in ./pki)",
+    )
+    demo.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one JSON object per log event"
+    )
     explain = sub.add_parser(
         "explain",
         help="say whether a port would accept a client certificate chain, and if not why (no server needed)",
@@ -475,20 +516,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("file")
     explain.add_argument("port")
     explain.add_argument("client_pem", metavar="CLIENT", help="PEM (leaf, then intermediates), DER, or PKCS#12 (.p12)")
-    explain.add_argument("--password-env", metavar="VAR", help="the environment variable holding a PKCS#12 file's password")
+    explain.add_argument(
+        "--password-env", metavar="VAR", help="the environment variable holding a PKCS#12 file's password"
+    )
     explain.add_argument("--peer", metavar="IP", help="the client's address, for identity rules that name addresses")
-    status = sub.add_parser("status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates")
-    status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
+    status = sub.add_parser(
+        "status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates"
+    )
+    status.add_argument(
+        "url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)"
+    )
     status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
     status.add_argument("--json", action="store_true", help="print the /status document as it came")
-    status.add_argument("--pidfile", default="twistd.pid", help="the server's pid file, checked against the pid that answers (default twistd.pid)")
+    status.add_argument(
+        "--pidfile",
+        default="twistd.pid",
+        help="the server's pid file, checked against the pid that answers (default twistd.pid)",
+    )
     reload = sub.add_parser(
         "reload",
         help="make a running server re-read its port-definition file (SIGHUP) and wait for the outcome",
         description="Exit status: 0 applied, 1 refused (the errors are printed) or cannot be sent, "
         "2 no answer within --timeout, or no status listener to ask (--port-def or URL).",
     )
-    reload.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
+    reload.add_argument(
+        "url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)"
+    )
     reload.add_argument("--pidfile", default="twistd.pid", help="the server's pid file (default twistd.pid)")
     reload.add_argument("--port-def", help="the definition file whose [status] listen to ask for the outcome")
     reload.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the outcome (default 30)")

@@ -99,7 +99,9 @@ def _handshake_verdict(tls: PortTLS, presented: Sequence[x509.Certificate]) -> V
     port = tls.port
     name = port.name
     if port.client_cert is ClientCertMode.NONE:
-        return Verdict(name, True, None, tuple(presented), ("the port does not ask for a client certificate (client_cert = none)",))
+        return Verdict(
+            name, True, None, tuple(presented), ("the port does not ask for a client certificate (client_cert = none)",)
+        )
     if not presented:
         if port.client_cert is ClientCertMode.REQUIRE:
             r = Reason.NO_CERTIFICATE
@@ -108,7 +110,9 @@ def _handshake_verdict(tls: PortTLS, presented: Sequence[x509.Certificate]) -> V
     leaf, rest = presented[0], list(presented[1:])
     # OpenSSL refuses a weak client key before it builds the chain (X509_V_ERR_EE_KEY_TOO_SMALL).
     if check_key_strength(leaf) is Reason.WEAK_KEY:
-        return Verdict(name, False, Refusal(Reason.WEAK_KEY, 0, _subject(leaf), _openssl.verify_error_string(66)), tuple(presented))
+        return Verdict(
+            name, False, Refusal(Reason.WEAK_KEY, 0, _subject(leaf), _openssl.verify_error_string(66)), tuple(presented)
+        )
     too_long = _depth_refusal(tls, _walk(tls, leaf, rest))
     if too_long is not None:
         return Verdict(name, False, too_long, tuple(presented))
@@ -117,7 +121,9 @@ def _handshake_verdict(tls: PortTLS, presented: Sequence[x509.Certificate]) -> V
     return _verify(tls, store, presented, stale_crls_tolerated=False)
 
 
-def _verify(tls: PortTLS, store: crypto.X509Store, presented: Sequence[x509.Certificate], *, stale_crls_tolerated: bool) -> Verdict:
+def _verify(
+    tls: PortTLS, store: crypto.X509Store, presented: Sequence[x509.Certificate], *, stale_crls_tolerated: bool
+) -> Verdict:
     """OpenSSL's chain verification with `store`, then our checks in callback order."""
     name = tls.port.name
     leaf, rest = presented[0], list(presented[1:])
@@ -146,7 +152,11 @@ def _verify(tls: PortTLS, store: crypto.X509Store, presented: Sequence[x509.Cert
     ours = _our_checks(tls, verified, -1)
     if ours is not None:
         return Verdict(name, False, ours, tuple(verified))
-    notes = ("a CRL of the chain is past its nextUpdate; tolerated (crl_expired = tolerate)",) if stale_crls_tolerated else ()
+    notes = (
+        ("a CRL of the chain is past its nextUpdate; tolerated (crl_expired = tolerate)",)
+        if stale_crls_tolerated
+        else ()
+    )
     return Verdict(name, True, None, tuple(verified), notes)
 
 
@@ -245,7 +255,9 @@ def _port_certificates(defs: Definitions) -> list[x509.Certificate]:
     return found
 
 
-def missing_intermediate(tls: PortTLS, presented: Sequence[x509.Certificate], known: Sequence[x509.Certificate]) -> str | None:
+def missing_intermediate(
+    tls: PortTLS, presented: Sequence[x509.Certificate], known: Sequence[x509.Certificate]
+) -> str | None:
     """A note when the leaf's issuer is not a CA of the port, the client did not send it, and
     a certificate the port has (its own chain, the file's CAs) would complete the chain."""
     if not presented:

@@ -167,7 +167,12 @@ class CA:
         return self if self.parent is None else self.parent.root
 
     def _builder(
-        self, subject: x509.Name, public_key: object, not_before: datetime.datetime | None, not_after: datetime.datetime | None, days: int
+        self,
+        subject: x509.Name,
+        public_key: object,
+        not_before: datetime.datetime | None,
+        not_after: datetime.datetime | None,
+        days: int,
     ) -> x509.CertificateBuilder:
         now = _now()
         return (
@@ -185,7 +190,11 @@ class CA:
         )
 
     def intermediate(
-        self, name: str = "janustls Development Intermediate CA", *, key_type: KeyType = "ec", ocsp_url: str | None = None
+        self,
+        name: str = "janustls Development Intermediate CA",
+        *,
+        key_type: KeyType = "ec",
+        ocsp_url: str | None = None,
     ) -> CA:
         """`ocsp_url`: the responder named in its Authority Information Access (asked about it)."""
         key = make_key(key_type)
@@ -193,8 +202,7 @@ class CA:
         if ocsp_url is not None:
             builder = builder.add_extension(_aia(ocsp_url), critical=False)
         cert = (
-            builder
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(_ca_key_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(self.key, _hash_for(self.key))
@@ -414,7 +422,12 @@ class DevCA:
 
     @classmethod
     def init(
-        cls, directory: Path, name: str | None = None, *, force: bool = False, hosts: Sequence[str] = ("localhost", "127.0.0.1")
+        cls,
+        directory: Path,
+        name: str | None = None,
+        *,
+        force: bool = False,
+        hosts: Sequence[str] = ("localhost", "127.0.0.1"),
     ) -> DevCA:
         """A new root, intermediate (empty CRLs) and server certificate; an existing CA only with `force`."""
         if cls.exists(directory):
@@ -456,7 +469,9 @@ class DevCA:
             inter_cert = x509.load_pem_x509_certificate((ca_dir / "intermediate.pem").read_bytes())
             inter = CA(inter_cert, _load_pem_key(ca_dir / "intermediate.key"), parent=root)
         except FileNotFoundError as e:
-            raise PKIError(f"{directory} holds no development CA (missing {e.filename}); make one with: janustls pki init {directory}") from None
+            raise PKIError(
+                f"{directory} holds no development CA (missing {e.filename}); make one with: janustls pki init {directory}"
+            ) from None
         except (ValueError, TypeError) as e:
             raise PKIError(f"{directory}: cannot read the CA: {e}") from None
         state = _read_state(directory) or _adopt(directory, inter)
@@ -478,7 +493,15 @@ class DevCA:
             for f in (chain, chain.with_suffix(".key"), chain.with_suffix(".p12")):
                 f.unlink(missing_ok=True)
         (directory / "server" / "key.pem").unlink(missing_ok=True)
-        for f in ("root.pem", "root.key", "root.crl", "intermediate.pem", "intermediate.key", "intermediate.crl", "state.json"):
+        for f in (
+            "root.pem",
+            "root.key",
+            "root.crl",
+            "intermediate.pem",
+            "intermediate.key",
+            "intermediate.crl",
+            "state.json",
+        ):
             (directory / "ca" / f).unlink(missing_ok=True)
 
     # -- the state ----------------------------------------------------------------------
@@ -542,7 +565,9 @@ class DevCA:
             raise PKIError(f"--days must be 1 or more, not {days}")
         current = self.find(name)
         if current is not None and not current.get("revoked_at"):
-            raise PKIError(f"{name} is already issued (serial {current['serial']}); revoke it first or choose another name")
+            raise PKIError(
+                f"{name} is already issued (serial {current['serial']}); revoke it first or choose another name"
+            )
         try:
             issued = self.inter.issue(
                 name,
@@ -577,7 +602,9 @@ class DevCA:
             if entry is None:
                 raise PKIError(f"{self.directory}: no certificate named {name_or_serial} or with serial {serial:X}")
         if entry.get("revoked_at"):
-            raise PKIError(f"{entry['name']} (serial {entry['serial']}) is already revoked, since {entry['revoked_at']}")
+            raise PKIError(
+                f"{entry['name']} (serial {entry['serial']}) is already revoked, since {entry['revoked_at']}"
+            )
         when = _now() - datetime.timedelta(minutes=1)
         entry["revoked_at"] = when.isoformat()
         self.inter.revoked.append((int(entry["serial"], 16), when))
@@ -617,7 +644,12 @@ def _read_state(directory: Path) -> dict[str, Any]:
 
 def _adopt(directory: Path, inter: CA) -> dict[str, Any]:
     """The state of a PKI written before state files: its certificates and its CRL's entries."""
-    state: dict[str, Any] = {"version": 1, "name": inter.root.cert.subject.rfc4514_string(), "crl_number": 1, "certificates": []}
+    state: dict[str, Any] = {
+        "version": 1,
+        "name": inter.root.cert.subject.rfc4514_string(),
+        "crl_number": 1,
+        "certificates": [],
+    }
     revoked: dict[int, datetime.datetime] = {}
     try:
         crl = x509.load_pem_x509_crl((directory / "ca" / "intermediate.crl").read_bytes())
@@ -650,7 +682,10 @@ def _adopt(directory: Path, inter: CA) -> dict[str, Any]:
 
 
 def write_dev_pki(
-    directory: Path, clients: Sequence[str] = ("alice",), hosts: Sequence[str] = ("localhost", "127.0.0.1"), name: str | None = None
+    directory: Path,
+    clients: Sequence[str] = ("alice",),
+    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    name: str | None = None,
 ) -> DevPKI:
     """Root CA, intermediate, a server certificate for `hosts`, and client certificates (PEM and PKCS#12).
 

@@ -12,8 +12,7 @@ def who(sock):
     if not sock.cert_levels():
         return f"no certificate ({sock.tls_version})\n"
     return (
-        f"CN={sock.cert_info('CN')} issuer={sock.cert_info('CN', 1)} "
-        f"levels={sock.cert_levels()} ({sock.tls_version})\n"
+        f"CN={sock.cert_info('CN')} issuer={sock.cert_info('CN', 1)} levels={sock.cert_levels()} ({sock.tls_version})\n"
     )
 
 

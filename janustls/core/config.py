@@ -359,7 +359,9 @@ class _PortReader:
             self.error(key, f"is {value!r}; expected one of {allowed}")
             return default
 
-    def number(self, key: str, default: float | None, *, integer: bool, low: float, high: float | None = None) -> object:
+    def number(
+        self, key: str, default: float | None, *, integer: bool, low: float, high: float | None = None
+    ) -> object:
         value = self.get(key)
         if value is None:
             return default
@@ -378,7 +380,16 @@ class _PortReader:
         value = self.get(key)
         if value is None:
             return default
-        truth = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
+        truth = {
+            "yes": True,
+            "true": True,
+            "on": True,
+            "1": True,
+            "no": False,
+            "false": False,
+            "off": False,
+            "0": False,
+        }
         if value.lower() not in truth:
             self.error(key, f"is {value!r}; expected yes or no")
             return default
@@ -420,7 +431,9 @@ class _PortReader:
             key = cert
         addca = tuple(self.path(p) for p in _split_paths(o.get("addca", ""))) + tuple(extra_cas)
         if mode is not ClientCertMode.NONE and not addca:
-            self.error("client_cert", f"is {mode.value} but no CA is added for this port (addca = or an [addca] pattern)")  # type: ignore[attr-defined]
+            self.error(
+                "client_cert", f"is {mode.value} but no CA is added for this port (addca = or an [addca] pattern)"
+            )  # type: ignore[attr-defined]
         crls = tuple(self.path(p) for p in _split_paths(o.get("crl", "")))
         crl_urls = tuple(_split_paths(o.get("crl_url", "")))
         for url in crl_urls:
@@ -476,10 +489,14 @@ class _PortReader:
             ciphers=self.get("ciphers"),
             max_connections=self.number("max_connections", None, integer=True, low=1),
             idle_timeout=float(self.number("idle_timeout", 0.0, integer=False, low=0)),  # type: ignore[arg-type]
-            handshake_timeout=float(self.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            handshake_timeout=float(
+                self.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, integer=False, low=0.1)
+            ),  # type: ignore[arg-type]
             request_timeout=float(self.number("request_timeout", DEFAULT_REQUEST_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
             max_cert_size=self.number("max_cert_size", DEFAULT_MAX_CERT_SIZE, integer=True, low=256),
-            write_buffer_high=self.number("write_buffer_high", DEFAULT_WRITE_BUFFER_HIGH, integer=True, low=4096, high=2**30),
+            write_buffer_high=self.number(
+                "write_buffer_high", DEFAULT_WRITE_BUFFER_HIGH, integer=True, low=4096, high=2**30
+            ),
             session_cache=self.boolean("session_cache", True),
             handler=handler,
             allow=self.get("allow"),
@@ -494,7 +511,9 @@ class _PortReader:
             header_timeout=float(self.number("header_timeout", DEFAULT_HEADER_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
             body_timeout=float(self.number("body_timeout", DEFAULT_BODY_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
             keepalive_timeout=float(self.number("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
-            max_header_bytes=self.number("max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20),
+            max_header_bytes=self.number(
+                "max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20
+            ),
             max_body=self.number("max_body", DEFAULT_MAX_BODY, integer=True, low=0),
             ocsp=ocsp_scope,
             ocsp_responder=responder,
@@ -514,7 +533,9 @@ def parse_definitions(text: str, source: str = "<string>", base: Path | None = N
     return definitions
 
 
-def parse_partially(text: str, source: str = "<string>", base: Path | None = None) -> tuple[Definitions, list[ConfigError]]:
+def parse_partially(
+    text: str, source: str = "<string>", base: Path | None = None
+) -> tuple[Definitions, list[ConfigError]]:
     """The mistakes, and the definitions with only the ports whose sections have none.
 
     `janustls check` builds those ports too, so one run reports both the file's own
@@ -670,7 +691,9 @@ def port_from_options(
     handler = opts.get("handler")
     if handler is not None and not isinstance(handler, str):
         if not callable(handler):
-            raise ConfigErrors([ConfigError(source, section, "handler", f"is {handler!r}; expected MODULE:CALLABLE or a callable")])
+            raise ConfigErrors(
+                [ConfigError(source, section, "handler", f"is {handler!r}; expected MODULE:CALLABLE or a callable")]
+            )
         opts["handler"] = "embedded:handler"  # validated as given; replaced by the callable below
     reader = _PortReader(errors, section, opts, procs or Path.cwd())
     port = reader.read(name.upper(), (), source, embedded=embedded)

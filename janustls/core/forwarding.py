@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from janustls.core.certinfo import CertChain
 from janustls.core.reasons import Refusal
 
-__all__ = ["HEADER_PREFIX", "FORWARDED_HEADERS", "Backend", "parse_backend", "identity_headers", "is_identity_header", "canonical_header"]
+__all__ = [
+    "HEADER_PREFIX",
+    "FORWARDED_HEADERS",
+    "Backend",
+    "parse_backend",
+    "identity_headers",
+    "is_identity_header",
+    "canonical_header",
+]
 
 HEADER_PREFIX = "X-SSL-Client-"
 _PREFIX_CANON = b"x-ssl-client"
@@ -80,7 +88,13 @@ def identity_headers(chain: CertChain, refusal: Refusal | None = None) -> dict[s
         h + "Not-After": chain.info("NOTAFTER") or "",
         h + "Cert": urllib.parse.quote(chain.info("PEM") or "", safe=""),
     }
-    for name, item in (("CN", "CN"), ("SAN-DNS", "SAN_DNS"), ("SAN-Email", "SAN_EMAIL"), ("SAN-URI", "SAN_URI"), ("SAN-IP", "SAN_IP")):
+    for name, item in (
+        ("CN", "CN"),
+        ("SAN-DNS", "SAN_DNS"),
+        ("SAN-Email", "SAN_EMAIL"),
+        ("SAN-URI", "SAN_URI"),
+        ("SAN-IP", "SAN_IP"),
+    ):
         values = chain.values(item)
         if values:
             out[h + name] = ", ".join(values)

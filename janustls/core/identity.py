@@ -286,7 +286,7 @@ def _term(text: str, resolve: Callable[[str], Callable[[Any], Any]] | None) -> T
             raise PolicyError(f"{kind}:{value} is not 32 bytes (a SHA-256 fingerprint is 64 hex digits)")
         return _Leaf(text, lambda c: c.fingerprint(hashes.SHA256()) == want)
     if kind == "spki":
-        b64 = value[len("sha256//"):] if value.startswith("sha256//") else value
+        b64 = value[len("sha256//") :] if value.startswith("sha256//") else value
         try:
             pin = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError):

@@ -20,7 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, r
 
 from janustls.errors import MaterialError
 
-__all__ = ["is_pem", "parse_certificates", "parse_crls", "load_certificates", "load_private_key", "load_crls", "ServerMaterial", "load_server_material"]
+__all__ = [
+    "is_pem",
+    "parse_certificates",
+    "parse_crls",
+    "load_certificates",
+    "load_private_key",
+    "load_crls",
+    "ServerMaterial",
+    "load_server_material",
+]
 
 PrivateKey = Union[
     rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey
@@ -102,7 +111,16 @@ def load_private_key(path: Path, password: bytes | None) -> PrivateKey:
         if password is not None:
             raise MaterialError(f"cannot decrypt the key in {path} (wrong password?): {e}")
         raise MaterialError(f"{path} is not a valid private key: {e}")
-    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey, dsa.DSAPrivateKey)):
+    if not isinstance(
+        key,
+        (
+            rsa.RSAPrivateKey,
+            ec.EllipticCurvePrivateKey,
+            ed25519.Ed25519PrivateKey,
+            ed448.Ed448PrivateKey,
+            dsa.DSAPrivateKey,
+        ),
+    ):
         raise MaterialError(f"the key in {path} cannot sign (type {type(key).__name__})")
     return key  # type: ignore[return-value]
 

@@ -139,7 +139,9 @@ def _names_responder(response: ocsp.OCSPResponse, cert: x509.Certificate) -> boo
     return response.responder_name == cert.subject
 
 
-def _signer(response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime.datetime) -> tuple[x509.Certificate | None, str]:
+def _signer(
+    response: ocsp.OCSPResponse, issuer: x509.Certificate, now: datetime.datetime
+) -> tuple[x509.Certificate | None, str]:
     """The certificate whose key must have signed the response, or (None, why not)."""
     if _names_responder(response, issuer):
         return issuer, ""
@@ -190,7 +192,9 @@ def judge_response(
         signer, why = _signer(response, issuer, now)
         if signer is None:
             return no(why)
-        if not _verify_signature(signer.public_key(), response.signature, response.tbs_response_bytes, response.signature_hash_algorithm):
+        if not _verify_signature(
+            signer.public_key(), response.signature, response.tbs_response_bytes, response.signature_hash_algorithm
+        ):
             return no("the response's signature does not verify")
         if nonce is not None:
             try:
@@ -219,11 +223,19 @@ def judge_response(
         return Verdict(Status.GOOD, "good", expires, this_update)
     if status is ocsp.OCSPCertStatus.REVOKED:
         when = single.revocation_time_utc
-        return Verdict(Status.REVOKED, f"revoked at {when:%Y-%m-%d %H:%M:%S} UTC" if when else "revoked", expires, this_update, when)
+        return Verdict(
+            Status.REVOKED,
+            f"revoked at {when:%Y-%m-%d %H:%M:%S} UTC" if when else "revoked",
+            expires,
+            this_update,
+            when,
+        )
     return no("the responder does not know the certificate (unknown)")
 
 
-def _single_for(response: ocsp.OCSPResponse, cert: x509.Certificate, issuer: x509.Certificate) -> ocsp.OCSPSingleResponse | None:
+def _single_for(
+    response: ocsp.OCSPResponse, cert: x509.Certificate, issuer: x509.Certificate
+) -> ocsp.OCSPSingleResponse | None:
     for single in response.responses:
         if single.serial_number != cert.serial_number:
             continue
@@ -284,7 +296,11 @@ def asked_about(chain: Sequence[x509.Certificate], scope: str) -> list[tuple[x50
 
 
 def ocsp_warnings(
-    scope: str, responder: str | None, staple: bool, cas: Sequence[x509.Certificate], server_chain: Sequence[x509.Certificate]
+    scope: str,
+    responder: str | None,
+    staple: bool,
+    cas: Sequence[x509.Certificate],
+    server_chain: Sequence[x509.Certificate],
 ) -> list[str]:
     """What `janustls check` says about a port's OCSP settings: certificates with no responder to ask."""
     warnings: list[str] = []
@@ -298,11 +314,17 @@ def ocsp_warnings(
                 # Asked about: an added intermediate whose issuer is added too (otherwise it is the anchor).
                 asked = ca.issuer != ca.subject and any(c.subject == ca.issuer for c in cas)
                 if asked and responder_url(ca) is None:
-                    warnings.append(f"ocsp = chain: the CA {ca.subject.rfc4514_string()} names no OCSP responder to ask about it")
+                    warnings.append(
+                        f"ocsp = chain: the CA {ca.subject.rfc4514_string()} names no OCSP responder to ask about it"
+                    )
     if staple and server_chain:
         leaf = server_chain[0]
         if responder is None and responder_url(leaf) is None:
-            warnings.append("ocsp_staple = yes, but the server certificate names no OCSP responder and ocsp_responder is not set: nothing is stapled")
+            warnings.append(
+                "ocsp_staple = yes, but the server certificate names no OCSP responder and ocsp_responder is not set: nothing is stapled"
+            )
         if not any(c.subject == leaf.issuer for c in server_chain[1:]):
-            warnings.append("ocsp_staple = yes, but the certificate file holds no issuer after the leaf: nothing is stapled")
+            warnings.append(
+                "ocsp_staple = yes, but the certificate file holds no issuer after the leaf: nothing is stapled"
+            )
     return warnings

@@ -375,7 +375,9 @@ class HeaderReader:
             if buf[12] >> 4 != 2:
                 raise ProxyHeaderError(f"v2 header: version {buf[12] >> 4}, expected 2")
             if size > self._max_v2:
-                raise ProxyHeaderError(f"v2 header: {size} bytes of addresses and TLVs, at most {self._max_v2} accepted")
+                raise ProxyHeaderError(
+                    f"v2 header: {size} bytes of addresses and TLVs, at most {self._max_v2} accepted"
+                )
             if len(buf) < 16 + size:
                 return None
             header = parse_v2(bytes(buf[: 16 + size]))
@@ -397,4 +399,3 @@ class HeaderReader:
         self.done = True
         self._buffer = bytearray()
         return header, rest
-

@@ -267,9 +267,13 @@ def _read_key(key: str, exceptions: Mapping[Exc, Rule]) -> tuple[Kind, frozenset
     if url.upper() in EXCEPTIONS:
         exc = Exc(url.upper())
     elif "*" in url and any(e.startswith(base) for e in EXCEPTIONS):
-        raise _Refused(f"names exceptions with a wildcard; an exception rule names exactly one of {', '.join(sorted(EXCEPTIONS))}")
+        raise _Refused(
+            f"names exceptions with a wildcard; an exception rule names exactly one of {', '.join(sorted(EXCEPTIONS))}"
+        )
     else:
-        raise _Refused(f"has URL {url!r}; expected a path starting with / or an exception name ({', '.join(sorted(EXCEPTIONS))})")
+        raise _Refused(
+            f"has URL {url!r}; expected a path starting with / or an exception name ({', '.join(sorted(EXCEPTIONS))})"
+        )
     if methods is not None:
         raise _Refused("is an exception rule with a method; exception rules take no method (Janus MSIR.0489)")
     if kind in (Kind.ALLOW, Kind.DISALLOW):
@@ -377,7 +381,9 @@ def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Ca
         if fields.get("client_cert") or fields.get("fallback") or fields.get("allow"):
             raise _Refused("is an exception rule; client_cert=, fallback= and allow= apply to URL rules only")
         if exc is Exc.SSLPROTOCOLERR and action is not Action.CALL:
-            raise _Refused("handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)")
+            raise _Refused(
+                "handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)"
+            )
         if action in (Action.WSGI, Action.FORWARD):
             raise _Refused(f"is an exception rule; {action.value} cannot be an exception handler")
         if "*" in target:
@@ -453,7 +459,14 @@ def build_table(
         except _Refused as e:
             errors.extend(ConfigError(source, section, line.key, message) for message in e.messages)
     for exc in table.pending_types:
-        errors.append(ConfigError(source, section, f"TYPE {exc.value}", f"sets a content type for {exc.value}, which has no ON or REDIRECT handler"))
+        errors.append(
+            ConfigError(
+                source,
+                section,
+                f"TYPE {exc.value}",
+                f"sets a content type for {exc.value}, which has no ON or REDIRECT handler",
+            )
+        )
     if errors:
         raise ConfigErrors(errors)
     return RuleTable(section, tuple(table.rules), table.exceptions)

@@ -21,7 +21,15 @@ from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.core.materials import load_certificates, load_crls
 from janustls.core.reasons import Reason
 
-__all__ = ["PortTrust", "load_port_trust", "check_usage", "check_key_strength", "MIN_RSA_BITS", "trust_warnings", "port_trust_warnings"]
+__all__ = [
+    "PortTrust",
+    "load_port_trust",
+    "check_usage",
+    "check_key_strength",
+    "MIN_RSA_BITS",
+    "trust_warnings",
+    "port_trust_warnings",
+]
 
 MIN_RSA_BITS = 2048
 _MAX_REMEMBERED = 1024
@@ -146,7 +154,9 @@ class PortTrust:
                     self._counted.clear()
                 self._counted[id(chain)] = (chain, fp)
 
-    def resumed_problem(self, chain: Sequence[x509.Certificate], *, revocation: bool = True) -> tuple[Reason, int] | None:
+    def resumed_problem(
+        self, chain: Sequence[x509.Certificate], *, revocation: bool = True
+    ) -> tuple[Reason, int] | None:
         """What OpenSSL would find wrong now with a chain: (reason, depth) or None.
 
         Validity dates at every level; for the certificates `crl_check` covers (when the
@@ -189,7 +199,10 @@ class PortTrust:
         chain, anchored = walk_chain(
             leaf,
             lambda c: self._by_subject.get(c.issuer.public_bytes(), []),
-            lambda c: [i for i in intermediates if i.subject == c.issuer] + self._intermediates.get(c.issuer.public_bytes(), []),
+            lambda c: (
+                [i for i in intermediates if i.subject == c.issuer]
+                + self._intermediates.get(c.issuer.public_bytes(), [])
+            ),
             steps=32,
         )
         return chain if anchored else []
@@ -259,7 +272,9 @@ def load_port_trust(port: PortDefinition, server_chain: Sequence[x509.Certificat
         if not _is_ca(ca):
             errors.append(
                 ConfigError(
-                    port.source, port.section, "addca",
+                    port.source,
+                    port.section,
+                    "addca",
                     f"{ca.subject.rfc4514_string()} is not a CA certificate (basicConstraints CA:FALSE or missing)",
                 )
             )
@@ -340,5 +355,9 @@ def port_trust_warnings(port: PortDefinition, trust: PortTrust, chain: Sequence[
         except MaterialError:
             continue  # reported as an error where the port is built
     from_files = [crl.public_bytes(serialization.Encoding.DER) for _, crl in crls]
-    crls += [("(fetched from crl_url)", crl) for crl in trust.crls if crl.public_bytes(serialization.Encoding.DER) not in from_files]
+    crls += [
+        ("(fetched from crl_url)", crl)
+        for crl in trust.crls
+        if crl.public_bytes(serialization.Encoding.DER) not in from_files
+    ]
     return trust_warnings(trust.cas, crls, chain)

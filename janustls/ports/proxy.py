@@ -57,7 +57,15 @@ from janustls.core.proxyproto import (
 )
 from janustls.tls.protocol import PortTLSProtocol, failure_text
 
-__all__ = ["PENDING_LIMIT", "ProxyFactory", "ProxyProtocol", "ProxyTLSFactory", "ProxyTLSProtocol", "backend_endpoint", "identity_header"]
+__all__ = [
+    "PENDING_LIMIT",
+    "ProxyFactory",
+    "ProxyProtocol",
+    "ProxyTLSFactory",
+    "ProxyTLSProtocol",
+    "backend_endpoint",
+    "identity_header",
+]
 
 #: Client bytes held while the backend connection is being made; past it the client is paused.
 PENDING_LIMIT = 262144

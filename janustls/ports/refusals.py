@@ -27,7 +27,11 @@ def leaf_fields(leaf: x509.Certificate | None) -> dict[str, str | None]:
         issuer = leaf.issuer.rfc4514_string()
     except ValueError:
         issuer = "<unparsable issuer>"
-    return {"serial": format(leaf.serial_number, "X"), "fingerprint": leaf.fingerprint(hashes.SHA256()).hex(), "issuer": issuer}
+    return {
+        "serial": format(leaf.serial_number, "X"),
+        "fingerprint": leaf.fingerprint(hashes.SHA256()).hex(),
+        "issuer": issuer,
+    }
 
 
 def log_refusal(port: str, peer: str, refusal: Refusal, leaf: x509.Certificate | None, **extra: Any) -> None:

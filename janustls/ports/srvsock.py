@@ -82,7 +82,9 @@ class HandlerRun:
                 if isinstance(value, Failure):
                     failure, value = value, None
                 continue
-            failure = Failure(TypeError(f"a srvsock handler awaited {yielded!r}; await Deferreds or the connection's reads"))
+            failure = Failure(
+                TypeError(f"a srvsock handler awaited {yielded!r}; await Deferreds or the connection's reads")
+            )
 
 
 class SrvsockProtocol(PortProtocol):
