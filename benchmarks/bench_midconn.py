@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import cpu_seconds  # noqa: E402
+from common import cpu_seconds
 
 HANDLER = """
 async def serve(sock):

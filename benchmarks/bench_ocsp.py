@@ -58,7 +58,7 @@ def responder(ca_cert: Any, ca_key: Any) -> tuple[ThreadingHTTPServer, list[int]
         def do_POST(self) -> None:  # noqa: N802
             req = ocsp.load_der_ocsp_request(self.rfile.read(int(self.headers["Content-Length"])))
             count[0] += 1
-            now = datetime.datetime.now(datetime.timezone.utc)
+            now = datetime.datetime.now(datetime.UTC)
             b = (
                 ocsp.OCSPResponseBuilder()
                 .add_response_by_hash(
@@ -158,7 +158,7 @@ handler = h:serve
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("the server did not start")
             time.sleep(0.05)
-        ports = dict(zip(("ocsp", "plain"), map(int, ready.read_text().split())))
+        ports = dict(zip(("ocsp", "plain"), map(int, ready.read_text().split()), strict=True))
         cert, key = str(client["chain"]), str(client["key"])
         for name in ports:  # warm: the OCSP cache, the handler module, the code paths
             assert client_batch((ports[name], cert, key, 5)) == 5

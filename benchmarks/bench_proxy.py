@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import cpu_seconds  # noqa: E402
+import common
+from common import cpu_seconds
 
 SERVERS = ("janustls", "bare")
 PP2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, list[tuple[float, float]]] = {k: [] for k in SERVERS}
         try:
             with get_context("spawn").Pool(a.clients) as pool:
-                for kind, (_, port) in servers.items():  # warm up: handshakes, imports, buffers
+                for _kind, (_, port) in servers.items():  # warm up: handshakes, imports, buffers
                     pool.starmap(client_transfer, [(tmp, i, port, 1_000_000) for i in range(a.clients)])
                 for r in range(rounds):
                     for kind in SERVERS if r % 2 == 0 else tuple(reversed(SERVERS)):

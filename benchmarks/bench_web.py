@@ -35,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
-from common import Driver, Paired, ServerProcess, tls_connect  # noqa: E402
+import common
+from common import Driver, Paired, ServerProcess, tls_connect
 
 VIEWS = """\
 def who(request):

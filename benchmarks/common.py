@@ -28,11 +28,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 #: TLS 1.2 suites of the bare servers; scripts check they equal janustls' default.
 BARE_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -176,8 +177,8 @@ def bare_context(directory: Path, release_buffers: bool = True) -> Any:
     store), a client certificate required, and a verify callback returning OpenSSL's
     verdict (what Twisted's `CertificateOptions` installs).
     """
-    from OpenSSL import SSL
     from cryptography import x509
+    from OpenSSL import SSL
 
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
@@ -470,7 +471,7 @@ class ClientPool:
 
     def hold(self, port: int, total: int) -> None:
         share = [total // len(self) + (1 if i < total % len(self) else 0) for i in range(len(self))]
-        for pipe, n in zip(self.pipes, share):
+        for pipe, n in zip(self.pipes, share, strict=True):
             pipe.send(("hold", port, n))
         for i in range(len(self)):
             self._reply(i)
@@ -616,8 +617,9 @@ def machine_line() -> str:
     import platform
 
     import OpenSSL
-    import twisted
     from cryptography.hazmat.backends.openssl.backend import backend
+
+    import twisted
 
     try:
         load = "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -8,11 +8,11 @@ from janustls.core.config import (
     load_definitions,
     parse_definitions,
 )
-from janustls.ports.connection import Connection
-from janustls.errors import ConfigError, ConfigErrors, JanusError
 from janustls.core.reasons import Reason, Refusal
+from janustls.errors import ConfigError, ConfigErrors, JanusError
 from janustls.ops.build import build_ports, listen
 from janustls.ops.service import JanusService
+from janustls.ports.connection import Connection
 
 __version__ = "0.1.0"
 

@@ -11,14 +11,13 @@ order OpenSSL's verify callback would see them; then the port's identity rules
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 from cryptography import x509
-from OpenSSL import crypto
-
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
+from OpenSSL import crypto
 
 from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
 from janustls.core.identity import Policy, Subject

@@ -13,9 +13,10 @@ import ipaddress
 import json
 import re
 import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -34,7 +35,7 @@ _DAY = datetime.timedelta(days=1)
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
 def make_key(kind: KeyType = "ec") -> PrivateKey:
@@ -43,7 +44,7 @@ def make_key(kind: KeyType = "ec") -> PrivateKey:
     if kind == "rsa2048":
         return rsa.generate_private_key(65537, 2048)
     if kind == "rsa1024":
-        return rsa.generate_private_key(65537, 1024)
+        return rsa.generate_private_key(65537, 1024)  # noqa: S505  a deliberately weak key, for tests
     if kind == "dsa":
         return dsa.generate_private_key(2048)
     raise ValueError(f"unknown key type {kind!r}")

@@ -35,7 +35,7 @@ class Options(usage.Options):
         "srvsock, webserv or proxy port with its own certificate, client-certificate mode "
         "(none, request, require) and trusted CAs. Check a file first with `janustls check FILE`."
     )
-    optParameters = [
+    optParameters = [  # noqa: RUF012  twisted.python.usage reads (never mutates) this class attribute
         ["port-def", "p", None, "The port-definition file (INI) to run."],
         ["log-format", None, "text", "text | json (one JSON object per line, each with its event_id)."],
         ["workers", "w", "0", "Serve with N worker processes sharing the listening sockets (0: in this process)."],

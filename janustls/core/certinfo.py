@@ -8,7 +8,7 @@ convention: level 0 by default, 0 levels without a certificate).
 from __future__ import annotations
 
 import datetime
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,7 +35,7 @@ def _san(cert: x509.Certificate, kind: type) -> list[str]:
 
 
 def _time(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return t.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _subject(oid: x509.ObjectIdentifier) -> Callable[[x509.Certificate], list[str]]:
@@ -96,7 +96,7 @@ class CertChain:
     request of a keep-alive connection pays for the parse once.
     """
 
-    __slots__ = ("_certs", "_cache")
+    __slots__ = ("_cache", "_certs")
 
     def __init__(self, certs: Sequence[x509.Certificate]) -> None:
         self._certs = tuple(certs)

@@ -8,18 +8,19 @@ certificate and touches no reactor.  File contents (PEM, keys, CRLs) are checked
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import enum
 import fnmatch
-import dataclasses
+import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from janustls.core.procedures import REFERENCE
 from janustls.errors import ConfigError, ConfigErrors
-import hashlib
 
 __all__ = [
     "ClientCertMode",

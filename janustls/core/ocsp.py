@@ -15,8 +15,8 @@ import collections
 import datetime
 import enum
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -176,7 +176,7 @@ def judge_response(
     skew: float = DEFAULT_SKEW,
 ) -> Verdict:
     """Verify a DER OCSP response about `cert` and say what it means; never raises."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or datetime.datetime.now(datetime.UTC)
     slack = datetime.timedelta(seconds=skew)
 
     def no(cause: str) -> Verdict:

@@ -24,13 +24,14 @@ from __future__ import annotations
 import enum
 import re
 import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
-from janustls.core.procedures import REFERENCE
-from janustls.errors import ConfigError, ConfigErrors
 from janustls.core.forwarding import parse_backend
 from janustls.core.identity import Policy, PolicyError, parse_policy
+from janustls.core.procedures import REFERENCE
+from janustls.errors import ConfigError, ConfigErrors
 
 __all__ = [
     "Kind",
@@ -138,9 +139,8 @@ class Rule:
 
     def match(self, method: str, path: str) -> tuple[str, ...] | None:
         """The wildcard parts when the rule matches, else None."""
-        if self.methods is not None and method not in self.methods:
-            if not (method == "HEAD" and "GET" in self.methods):
-                return None
+        if self.methods is not None and method not in self.methods and not (method == "HEAD" and "GET" in self.methods):
+            return None
         if self._regex is None:
             return () if path == self.url else None
         m = self._regex.fullmatch(path)
@@ -305,7 +305,7 @@ def _option(name: str, val: str, where: str, resolve: Callable[[str], Any] | Non
             raise _Refused(f"has client_cert={val}; expected require or request")
         return "client_cert", val.lower()
     if name == "fallback":
-        if not (val.startswith("https://") or val.startswith("/")):
+        if not val.startswith(("https://", "/")):
             raise _Refused(f"has fallback={val}; expected an https:// URL or a path")
         return "fallback", val
     if name == "max_body":

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import collections
 import datetime
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from janustls.core.config import CRLCheck, CRLExpired, PortDefinition
-from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.core.materials import load_certificates, load_crls
 from janustls.core.reasons import Reason
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
 
 __all__ = [
     "PortTrust",
@@ -165,7 +165,7 @@ class PortTrust:
         made before a CRL listed its client, or before a certificate or CRL expired,
         must not come back as that client.
         """
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         checked = len(chain) if self.crl_check is CRLCheck.CHAIN else 1
         for depth, cert in enumerate(chain):
             if cert.not_valid_after_utc < now:

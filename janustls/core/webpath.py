@@ -112,7 +112,7 @@ def _normalise(data: bytes) -> str:
             if last:
                 out.append("")
             continue
-        if seg.endswith(".") or seg.endswith(" ") or seg.startswith(" "):
+        if seg.endswith((".", " ")) or seg.startswith(" "):
             raise PathError(f"a segment ends in a dot or a space ({seg!r})")
         out.append(seg)
     # a trailing "" means the path ends in "/"; merge a run of them

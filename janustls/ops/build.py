@@ -6,32 +6,39 @@ ConfigErrors listing every problem of every port, so a bad file starts nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorCore, IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls._reactor import reactor_or_global
 from janustls.core.config import Definitions, OCSPScope, PortDefinition, PortType, WebRuleLine
+from janustls.core.procedures import ProcedureError, load_callable
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ops.ocspcheck import OCSPChecker
 from janustls.ops.staple import stapler_for
-from janustls.ports.access import port_access
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
+from janustls.ports.access import port_access
 from janustls.ports.base import PortFactory, PortRuntime, PortTLSFactory
 from janustls.ports.proxy import ProxyFactory, ProxyTLSFactory, backend_endpoint
 from janustls.ports.srvsock import SrvsockFactory
 from janustls.ports.web.port import WebFactory, WebRules, read_web_rules
-from janustls.core.procedures import ProcedureError, load_callable
 from janustls.tls.policy import build_port_tls
 
 __all__ = ["BuiltPort", "build_port", "build_ports", "PortService", "listen", "server_endpoint", "PortsHost"]

@@ -20,12 +20,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
 from janustls._reactor import reactor_or_global
+from janustls.core.materials import load_server_material
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.ops.build import PortsHost
 from janustls.ops.reload import rebuild_port, replace_port
-from janustls.core.materials import load_server_material
-
 
 __all__ = ["CertWatcher", "ensure_cert_watcher"]
 

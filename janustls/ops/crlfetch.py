@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from cryptography import x509
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from janustls.ops import httpfetch
 from janustls.core.config import CRL_CACHE_DIR, Definitions, PortDefinition, crl_cache_path
+from janustls.core.materials import load_certificates, parse_crls
 from janustls.errors import MaterialError
 from janustls.events import emit
-from janustls.core.materials import load_certificates, parse_crls
+from janustls.ops import httpfetch
 
 __all__ = ["prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
 

@@ -26,7 +26,6 @@ from janustls.ops.build import PortsHost
 from janustls.ops.crlfetch import refresh
 from janustls.ops.reload import rebuild_port, replace_port
 
-
 __all__ = ["CRLWatcher", "ensure_watcher"]
 
 _FALLBACK_INTERVAL = 60.0
@@ -135,7 +134,7 @@ class CRLWatcher(service.Service):
         built = next((b for b in self.svc.ports if b.definition.name == name), None)
         if built is None:
             return
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         for crl in built.runtime.tls.trust.crls:
             next_update = crl.next_update_utc
             if next_update is None or next_update >= now:

@@ -7,9 +7,10 @@ limit) and the whole exchange with a timeout (connect, send, read).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.internet import defer, protocol
 from twisted.python.failure import Failure

@@ -15,6 +15,7 @@ import sys
 from typing import IO, Any
 
 from twisted.logger import FileLogObserver, ILogObserver, formatEvent, textFileLogObserver
+
 from janustls.events import CATALOGUE
 
 __all__ = ["event_as_json", "json_lines_observer", "log_observer", "catalogue_markdown", "LOG_FORMATS"]
@@ -43,7 +44,7 @@ def event_as_json(event: dict[str, Any]) -> str:
     when = event.get("log_time")
     level = event.get("log_level")
     record: dict[str, Any] = {
-        "time": datetime.datetime.fromtimestamp(when, datetime.timezone.utc).isoformat(timespec="milliseconds")
+        "time": datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat(timespec="milliseconds")
         if isinstance(when, (int, float))
         else None,
         "level": getattr(level, "name", None),

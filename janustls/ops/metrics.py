@@ -13,7 +13,8 @@ is imported, and the parent's /metrics adds the workers' files up.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -23,7 +24,6 @@ from twisted.logger import globalLogPublisher
 from janustls.core.trust import fingerprint
 from janustls.ops.build import BuiltPort
 from janustls.ops.ocspcheck import CACHE
-
 
 __all__ = [
     "REGISTRY",

@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import collections
 import datetime
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from cryptography import x509
 from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.ops import httpfetch
 from janustls.core.config import OCSPFail, OCSPScope, PortDefinition
-from janustls.events import emit
-from janustls.core.ocsp import OCSPCache, Status, Verdict, asked_about, build_request, cert_id, judge_response, new_nonce, responder_url
+from janustls.core.ocsp import (
+    OCSPCache,
+    Status,
+    Verdict,
+    asked_about,
+    build_request,
+    cert_id,
+    judge_response,
+    new_nonce,
+    responder_url,
+)
 from janustls.core.reasons import Reason, Refusal
+from janustls.events import emit
+from janustls.ops import httpfetch
 
 __all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES"]
 
@@ -141,11 +152,11 @@ class OCSPChecker:
     def url_for(self, cert: x509.Certificate) -> str | None:
         return self.port.ocsp_responder or responder_url(cert)
 
-    def judge(self, chain: Sequence[x509.Certificate]) -> Refusal | None | defer.Deferred[Refusal | None]:
+    def judge(self, chain: Sequence[x509.Certificate]) -> Refusal | defer.Deferred[Refusal | None] | None:
         """None (admit), a Refusal, or a Deferred of either when a responder must be asked."""
         if self.port.ocsp is OCSPScope.NONE or len(chain) < 2:
             return None
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         known: list[tuple[int, str, Verdict | None]] = []
         waiting: list[defer.Deferred[Verdict]] = []
         for depth, (cert, issuer) in enumerate(asked_about(chain, self.scope)):

@@ -8,23 +8,24 @@ drain of open connections on shutdown.
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import sys
 import threading
-from typing import IO, Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import IO, Any
 
 from twisted.application import service
-from twisted.internet.error import CannotListenError
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver
+from twisted.python.logfile import LogFile
 
 from janustls._reactor import reactor_or_global
 from janustls.events import emit
 from janustls.ops.logs import log_observer
-import atexit
-from twisted.python.logfile import LogFile
 
 __all__ = ["exit_status_at_end", "ServerRoot", "install_sighup", "twistd_log_file", "drain", "DEFAULT_DRAIN_TIMEOUT"]
 

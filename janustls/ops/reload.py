@@ -15,8 +15,9 @@ build and plan with it, and differ only in how they swap.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import LogLevel

@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.ops import httpfetch
 from janustls.core.config import PortDefinition
-from janustls.events import emit
 from janustls.core.ocsp import Status, build_request, judge_response, new_nonce, responder_url
+from janustls.events import emit
+from janustls.ops import httpfetch
 
 __all__ = ["Stapler", "stapler_for", "MAX_RETRY"]
 
@@ -52,7 +52,7 @@ class Stapler:
 
     def current(self) -> bytes:
         """The DER response to staple now, or b"" (no staple)."""
-        if self.expires is None or self.expires <= datetime.datetime.now(datetime.timezone.utc):
+        if self.expires is None or self.expires <= datetime.datetime.now(datetime.UTC):
             return b""
         return self.response
 
@@ -119,7 +119,7 @@ class Stapler:
             return
         self.response, self.expires, self.last_error = answer.body, verdict.expires, None
         self._retry = 1.0
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         # Halfway to nextUpdate: a fresh one is at hand well before this one expires.
         delay = max(1.0, min((verdict.expires - now).total_seconds() / 2, 12 * 3600.0))
         emit(

@@ -12,7 +12,8 @@ import datetime
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from twisted.application import service
@@ -23,12 +24,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from janustls._reactor import reactor_or_global
+from janustls.core.trust import fingerprint
+from janustls.events import emit
 from janustls.ops import metrics
 from janustls.ops.build import BuiltPort, server_endpoint
 from janustls.ops.ocspcheck import ocsp_state
-from janustls.events import emit
-from janustls.core.trust import fingerprint
-
 
 __all__ = ["status_document", "StatusService", "format_status", "metrics_registry"]
 
@@ -105,7 +105,7 @@ def _watch_reload(event: dict[str, Any]) -> None:
         RELOADS["started"] += 1
     elif event_id in ("janustls.reload.done", "janustls.reload.failed"):
         RELOADS.update(finished=RELOADS["finished"] + 1, outcome=event_id.rsplit(".", 1)[1],
-                       errors=list(event.get("errors") or []), time=_iso(datetime.datetime.now(datetime.timezone.utc)))  # fmt: skip
+                       errors=list(event.get("errors") or []), time=_iso(datetime.datetime.now(datetime.UTC)))  # fmt: skip
 
 
 def watch_reloads() -> None:
@@ -118,7 +118,7 @@ def watch_reloads() -> None:
 
 def status_document(ports: Sequence[BuiltPort], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status JSON document for a set of running ports."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     doc: dict[str, Any] = {"time": _iso(now), "pid": os.getpid(), "reload": dict(RELOADS),
                            "ports": [port_document(b, now) for b in ports]}  # fmt: skip
     if extra:
@@ -209,7 +209,7 @@ class StatusService(service.Service):
                  extra: Callable[[], dict[str, Any]] | None = None) -> None:  # fmt: skip
         self.listen = listen
         self.ports = ports
-        self.extra = extra or (lambda: {})
+        self.extra = extra or (dict)
         self.started = time.time()
         self._reactor = reactor
         self.listening: IListeningPort | None = None
@@ -297,7 +297,7 @@ def format_status(doc: dict[str, Any]) -> str:
     out += _table(
         [[p["name"], p["type"], p.get("address") or p["listen"], p["client_cert"], p["open_connections"],
           p["accepted"], p["refused"], f"{p['certificate']['not_after']} ({p['certificate']['days_left']}d)"]
-         for p in ports],  # fmt: skip
+         for p in ports],
         ["PORT", "TYPE", "ADDRESS", "CLIENT_CERT", "OPEN", "ACCEPTED", "REFUSED", "CERTIFICATE EXPIRES"],
     )
     cas = [[p["name"], ca["subject"], ca["signed"], ca["not_after"]] for p in ports for ca in p["cas"]]

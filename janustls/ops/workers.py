@@ -25,23 +25,23 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.task import LoopingCall
 from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel, globalLogBeginner
 from twisted.python.failure import Failure
 
 from janustls._reactor import reactor_or_global
-from janustls.core.trust import fingerprint
-from janustls.tls import tickets
 from janustls.core.config import Definitions, load_definitions, split_endpoint
+from janustls.core.trust import fingerprint
 from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.ops import logs
@@ -51,7 +51,7 @@ from janustls.ops.crlwatch import ensure_watcher
 from janustls.ops.operate import drain, exit_status_at_end
 from janustls.ops.service import JanusService
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
-from janustls.tls import _hidden
+from janustls.tls import _hidden, tickets
 
 __all__ = ["WorkersService", "worker_main", "ENV_WORKER"]
 

@@ -24,14 +24,14 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamServerEndpoint,
 )
-from twisted.logger import LogLevel
 from twisted.internet.protocol import Protocol
+from twisted.logger import LogLevel
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from zope.interface import implementer
 
+from janustls.core.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
 from janustls.events import emit
 from janustls.ports.base import PortTLSFactory, address_text
-from janustls.core.proxyproto import HeaderReader, ProxyHeader, ProxyHeaderError
 
 __all__ = ["ProxyHeaderProtocol", "ProxyHeaderFactory", "ProxyHeaderEndpoint"]
 

@@ -7,12 +7,18 @@ around a `PortFactory` whose protocols subclass `PortProtocol`.  Port types
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import defer
-from twisted.internet.interfaces import IAddress, IDelayedCall, IHandshakeListener, IOpenSSLServerConnectionCreator, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IHandshakeListener,
+    IOpenSSLServerConnectionCreator,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
@@ -21,11 +27,11 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls.core.config import ClientCertMode, PortDefinition
-from janustls.ports.connection import Connection
-from janustls.tls.midconn import CertificateRequest, can_request
-from janustls.events import emit
 from janustls.core.reasons import Reason, Refusal
+from janustls.events import emit
+from janustls.ports.connection import Connection
 from janustls.ports.refusals import log_refusal
+from janustls.tls.midconn import CertificateRequest, can_request
 from janustls.tls.policy import PortTLS
 from janustls.tls.protocol import PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
 
@@ -99,7 +105,7 @@ class PortProtocol(Protocol):
 
     factory: PortFactory
     transport: PortTLSProtocol  # type: ignore[assignment]
-    connection: Optional[Connection] = None
+    connection: Connection | None = None
 
     _deadlines: HandshakeDeadlines | None = None
     _bytes_in = 0

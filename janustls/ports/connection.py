@@ -7,7 +7,8 @@ kept for the connection's life (`CertChain`), so asking on every request costs o
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator, Protocol
+from collections.abc import Callable, Generator
+from typing import Any, Protocol
 
 from cryptography import x509
 from twisted.internet import defer
@@ -70,8 +71,19 @@ class Connection:
     """One client connection on a janustls port, after its handshake."""
 
     __slots__ = (
-        "_protocol", "_chain", "tls_version", "cipher", "peer", "port_name",
-        "_buffer", "_waiting", "_eof", "_paused", "_asked", "_request", "_read_size",
+        "_asked",
+        "_buffer",
+        "_chain",
+        "_eof",
+        "_paused",
+        "_protocol",
+        "_read_size",
+        "_request",
+        "_waiting",
+        "cipher",
+        "peer",
+        "port_name",
+        "tls_version",
     )  # fmt: skip
 
     def __init__(

@@ -40,11 +40,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from janustls.tls import _openssl
 from janustls.core.config import ForwardIdentity
-from janustls.ports.connection import Connection
-from janustls.events import emit
-from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, address_text
 from janustls.core.proxyproto import (
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -55,6 +51,10 @@ from janustls.core.proxyproto import (
     authority_from_sni,
     build_v2,
 )
+from janustls.events import emit
+from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, address_text
+from janustls.ports.connection import Connection
+from janustls.tls import _openssl
 from janustls.tls.protocol import PortTLSProtocol, failure_text
 
 __all__ = [

@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from twisted.logger import LogLevel
 
-from janustls.events import emit
 from janustls.core.reasons import Refusal
+from janustls.events import emit
 
 __all__ = ["log_refusal", "leaf_fields"]
 

@@ -8,15 +8,16 @@ connection closed, and the port keeps serving.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Awaitable, Callable, Coroutine, Union
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Union
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.ports.connection import Connection, ReadDeferred
 from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime
+from janustls.ports.connection import Connection, ReadDeferred
 
 __all__ = ["Handler", "SrvsockFactory", "SrvsockProtocol"]
 

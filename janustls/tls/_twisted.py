@@ -10,7 +10,8 @@ renames one fails at once with `TwistedChanged` naming it, never mid-connection;
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import _producer_helpers

@@ -10,7 +10,8 @@ never answers gets a clean outcome instead of a hung connection.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -19,10 +20,10 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from janustls.tls import _openssl
+from janustls.core.reasons import Reason, Refusal
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
-from janustls.core.reasons import Reason, Refusal
+from janustls.tls import _openssl
 from janustls.tls.policy import PortTLS
 from janustls.tls.protocol import PortTLSProtocol, refusal_for_failure
 

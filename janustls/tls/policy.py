@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -16,15 +17,14 @@ from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
-from janustls.tls import _hidden, _openssl
 from janustls.core.certinfo import EMPTY_CHAIN, CertChain
 from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, PortDefinition
-from janustls.errors import ConfigError, ConfigErrors, MaterialError
 from janustls.core.materials import ServerMaterial, load_server_material
 from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.core.trust import PortTrust, load_port_trust
+from janustls.errors import ConfigError, ConfigErrors, MaterialError
+from janustls.tls import _hidden, _openssl, tickets
 from janustls.tls.protocol import PortTLSProtocol
-from janustls.tls import tickets
 
 __all__ = ["PortTLS", "build_port_tls", "DEFAULT_CIPHERS"]
 

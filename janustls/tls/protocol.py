@@ -6,7 +6,8 @@ What a handshake failure means for the log (`refusal_for_failure`, `refused_leaf
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -17,12 +18,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from janustls._reactor import reactor_or_global
-from janustls.tls import _openssl
-from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
-from janustls.events import emit
 from janustls.core.reasons import Reason, Refusal
+from janustls.events import emit
+from janustls.tls import _openssl
+from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 
 __all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "WRITE_BUFFER_HIGH"]
 

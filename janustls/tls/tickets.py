@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from OpenSSL import SSL
 
-from janustls.tls import _hidden
 from janustls.errors import MaterialError
+from janustls.tls import _hidden
 
 __all__ = ["ENV_KEY_FILE", "load_master", "port_keys", "configure", "configure_from_env", "apply", "active"]
 
