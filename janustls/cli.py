@@ -315,7 +315,7 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     install_sighup(lambda: service.reload(why="signal"), reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

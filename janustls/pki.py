@@ -185,7 +185,7 @@ class CA:
             .not_valid_before(not_before or now - _DAY)
             .not_valid_after(not_after or now + days * _DAY)
             .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),  # type: ignore[arg-type]
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                 critical=False,
             )
         )
@@ -346,7 +346,7 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def _hash_for(key: object) -> hashes.HashAlgorithm:
+def _hash_for(key: object) -> hashes.SHA256:
     return hashes.SHA256()
 
 

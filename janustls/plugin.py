@@ -108,7 +108,9 @@ class JanusEndpointParser:
 
     prefix = "janustls"
 
-    def parseStreamServer(self, reactor: Any, *args: str, **kwargs: str) -> IStreamServerEndpoint:
+    def parseStreamServer(  # type: ignore[override]  # Twisted passes only the strings of the description
+        self, reactor: Any, *args: str, **kwargs: str
+    ) -> IStreamServerEndpoint:
         if "port_def" in kwargs:
             definitions = load_definitions(kwargs.pop("port_def"))
             name = kwargs.pop("name", None)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from janustls.errors import UnknownCertItem
 
@@ -28,7 +28,7 @@ def _name_values(name: x509.Name, oid: x509.ObjectIdentifier) -> list[str]:
 
 def _san(cert: x509.Certificate, kind: type) -> list[str]:
     try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
         return []
     return [str(v) for v in ext.value.get_values_for_type(kind)]

@@ -17,10 +17,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 
 from janustls.core.procedures import REFERENCE
 from janustls.errors import ConfigError, ConfigErrors
+
+_E = TypeVar("_E", bound=enum.Enum)
 
 __all__ = [
     "ClientCertMode",
@@ -349,20 +351,32 @@ class _PortReader:
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else self.procs / p
 
-    def choice(self, key: str, enum_type: type[enum.Enum], default: enum.Enum) -> object:
+    def choice(self, key: str, enum_type: type[_E], default: _E) -> _E:
         value = self.get(key)
         if value is None:
             return default
         try:
             return enum_type(value.lower())
         except ValueError:
-            allowed = " | ".join(str(m.value) for m in enum_type)  # type: ignore[attr-defined]
+            allowed = " | ".join(str(m.value) for m in enum_type)
             self.error(key, f"is {value!r}; expected one of {allowed}")
             return default
 
+    @overload
+    def number(
+        self, key: str, default: int, *, integer: Literal[True], low: float, high: float | None = None
+    ) -> int: ...
+    @overload
+    def number(
+        self, key: str, default: None, *, integer: Literal[True], low: float, high: float | None = None
+    ) -> int | None: ...
+    @overload
+    def number(
+        self, key: str, default: float, *, integer: Literal[False], low: float, high: float | None = None
+    ) -> float: ...
     def number(
         self, key: str, default: float | None, *, integer: bool, low: float, high: float | None = None
-    ) -> object:
+    ) -> float | None:
         value = self.get(key)
         if value is None:
             return default
@@ -399,9 +413,9 @@ class _PortReader:
     def read(self, name: str, extra_cas: Iterable[Path], file: str, *, embedded: bool = False) -> PortDefinition | None:
         """`embedded`: the caller supplies the listening endpoint and the application (endpoint plugin)."""
         o = self.options
-        for key in o:
-            if key not in PORT_KEYS:
-                self.error(key, "is not a port key (see the port-definition reference)")
+        for option in o:
+            if option not in PORT_KEYS:
+                self.error(option, "is not a port key (see the port-definition reference)")
         ptype = self.get("type")
         port_type: PortType | None = None
         if ptype is None and embedded:
@@ -434,7 +448,7 @@ class _PortReader:
         if mode is not ClientCertMode.NONE and not addca:
             self.error(
                 "client_cert", f"is {mode.value} but no CA is added for this port (addca = or an [addca] pattern)"
-            )  # type: ignore[attr-defined]
+            )
         crls = tuple(self.path(p) for p in _split_paths(o.get("crl", "")))
         crl_urls = tuple(_split_paths(o.get("crl_url", "")))
         for url in crl_urls:
@@ -467,11 +481,11 @@ class _PortReader:
         depth = self.number("verify_depth", None, integer=True, low=1, high=100)
         ocsp_scope = self.choice("ocsp", OCSPScope, OCSPScope.NONE)
         if ocsp_scope is not OCSPScope.NONE and not addca:
-            self.error("ocsp", f"is {ocsp_scope.value} on a port that trusts no CA for client certificates (addca =)")  # type: ignore[attr-defined]
+            self.error("ocsp", f"is {ocsp_scope.value} on a port that trusts no CA for client certificates (addca =)")
         responder = self.get("ocsp_responder")
         if responder is not None and not re.match(r"^https?://[^/\s]+", responder):
             self.error("ocsp_responder", f"is {responder!r}; expected an http:// or https:// URL")
-        values = dict(
+        return PortDefinition(
             name=name,
             type=port_type or PortType.SRVSOCK,
             listen=listen or "",
@@ -489,11 +503,11 @@ class _PortReader:
             tls_max=tls_max,
             ciphers=self.get("ciphers"),
             max_connections=self.number("max_connections", None, integer=True, low=1),
-            idle_timeout=float(self.number("idle_timeout", 0.0, integer=False, low=0)),  # type: ignore[arg-type]
+            idle_timeout=float(self.number("idle_timeout", 0.0, integer=False, low=0)),
             handshake_timeout=float(
                 self.number("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT, integer=False, low=0.1)
-            ),  # type: ignore[arg-type]
-            request_timeout=float(self.number("request_timeout", DEFAULT_REQUEST_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            ),
+            request_timeout=float(self.number("request_timeout", DEFAULT_REQUEST_TIMEOUT, integer=False, low=0.1)),
             max_cert_size=self.number("max_cert_size", DEFAULT_MAX_CERT_SIZE, integer=True, low=256),
             write_buffer_high=self.number(
                 "write_buffer_high", DEFAULT_WRITE_BUFFER_HIGH, integer=True, low=4096, high=2**30
@@ -503,27 +517,26 @@ class _PortReader:
             allow=self.get("allow"),
             proxy_protocol=self.boolean("proxy_protocol", False),
             connect=connect,
-            connect_timeout=float(self.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, integer=False, low=0.1)),  # type: ignore[arg-type]
+            connect_timeout=float(self.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, integer=False, low=0.1)),
             forward_identity=self.choice("forward_identity", ForwardIdentity, ForwardIdentity.NONE),
-            crl_refresh=float(self.number("crl_refresh", DEFAULT_CRL_REFRESH, integer=False, low=0)),  # type: ignore[arg-type]
+            crl_refresh=float(self.number("crl_refresh", DEFAULT_CRL_REFRESH, integer=False, low=0)),
             crl_url=crl_urls,
             crl_expired=self.choice("crl_expired", CRLExpired, CRLExpired.REFUSE),
             max_connections_per_client=self.number("max_connections_per_client", None, integer=True, low=1),
-            header_timeout=float(self.number("header_timeout", DEFAULT_HEADER_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
-            body_timeout=float(self.number("body_timeout", DEFAULT_BODY_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
-            keepalive_timeout=float(self.number("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, integer=False, low=0)),  # type: ignore[arg-type]
+            header_timeout=float(self.number("header_timeout", DEFAULT_HEADER_TIMEOUT, integer=False, low=0)),
+            body_timeout=float(self.number("body_timeout", DEFAULT_BODY_TIMEOUT, integer=False, low=0)),
+            keepalive_timeout=float(self.number("keepalive_timeout", DEFAULT_KEEPALIVE_TIMEOUT, integer=False, low=0)),
             max_header_bytes=self.number(
                 "max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20
             ),
             max_body=self.number("max_body", DEFAULT_MAX_BODY, integer=True, low=0),
             ocsp=ocsp_scope,
             ocsp_responder=responder,
-            ocsp_timeout=float(self.number("ocsp_timeout", DEFAULT_OCSP_TIMEOUT, integer=False, low=0.1, high=60)),  # type: ignore[arg-type]
+            ocsp_timeout=float(self.number("ocsp_timeout", DEFAULT_OCSP_TIMEOUT, integer=False, low=0.1, high=60)),
             ocsp_fail=self.choice("ocsp_fail", OCSPFail, OCSPFail.REFUSE),
             ocsp_staple=self.boolean("ocsp_staple", False),
-            cert_refresh=float(self.number("cert_refresh", DEFAULT_CERT_REFRESH, integer=False, low=0)),  # type: ignore[arg-type]
+            cert_refresh=float(self.number("cert_refresh", DEFAULT_CERT_REFRESH, integer=False, low=0)),
         )
-        return PortDefinition(**values)  # type: ignore[arg-type]
 
 
 def parse_definitions(text: str, source: str = "<string>", base: Path | None = None) -> Definitions:
@@ -548,7 +561,7 @@ def parse_partially(
     parser = configparser.ConfigParser(
         inline_comment_prefixes=(";", "#"), interpolation=None, strict=True, delimiters=("=",)
     )
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys keep their case; typeshed types it a method
     try:
         parser.read_string(text, source=source)
     except configparser.DuplicateSectionError as e:

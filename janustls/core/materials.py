@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes, PublicKeyTypes
 
 from janustls.errors import MaterialError
 
@@ -125,7 +126,7 @@ def load_private_key(path: Path, password: bytes | None) -> PrivateKey:
         ),
     ):
         raise MaterialError(f"the key in {path} cannot sign (type {type(key).__name__})")
-    return key  # type: ignore[return-value]
+    return key
 
 
 def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
@@ -139,10 +140,8 @@ def load_crls(path: Path) -> list[x509.CertificateRevocationList]:
         raise MaterialError(f"{path} is not a valid CRL: {e}")
 
 
-def _public_der(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _public_der(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import collections
 import datetime
 import enum
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, ExtensionOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 __all__ = [
     "Status",
@@ -66,7 +66,7 @@ class Verdict:
 def responder_url(cert: x509.Certificate) -> str | None:
     """The certificate's own OCSP responder (Authority Information Access), or None."""
     try:
-        aia = cert.extensions.get_extension_for_oid(ExtensionOID.AUTHORITY_INFORMATION_ACCESS).value
+        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
     except (x509.ExtensionNotFound, ValueError):
         return None
     for desc in aia:
@@ -155,7 +155,7 @@ def _signer(
         except (InvalidSignature, ValueError, TypeError):
             return None, "the delegated responder certificate does not verify with the issuer's key"
         try:
-            eku = cert.extensions.get_extension_for_oid(ExtensionOID.EXTENDED_KEY_USAGE).value
+            eku: Iterable[x509.ObjectIdentifier] = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             eku = []
         if ExtendedKeyUsageOID.OCSP_SIGNING not in eku:

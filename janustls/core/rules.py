@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import re
 import shlex
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -180,7 +180,9 @@ class RuleTable:
     _cache: dict[tuple[str, str], Resolution] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        ordered = lambda rs: tuple(sorted(rs, key=lambda r: (r.specificity, -r.index), reverse=True))  # noqa: E731
+        def ordered(rs: Iterable[Rule]) -> tuple[Rule, ...]:
+            return tuple(sorted(rs, key=lambda r: (r.specificity, -r.index), reverse=True))
+
         self._actions = ordered(r for r in self.rules if r.kind in (Kind.ON, Kind.REDIRECT) and r.exception is None)
         self._access = tuple(
             sorted(
@@ -200,7 +202,8 @@ class RuleTable:
         found = self._cache.get(key)
         if found is not None:
             return found
-        action, parts = None, ()
+        action: Rule | None = None
+        parts: tuple[str, ...] = ()
         for r in self._actions:
             p = r.match(method, path)
             if p is not None:
