@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel
@@ -46,6 +47,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
     """Reads the PROXY header, then builds the port's TLS protocol for the client it names."""
 
     factory: ProxyHeaderFactory
+    transport: ITCPTransport
     wrappedProtocol: Any
 
     def __init__(self, factory: ProxyHeaderFactory) -> None:
@@ -150,7 +152,8 @@ class ProxyHeaderProtocol(ProtocolWrapper):
 
     def balancer_address(self) -> IAddress:
         """The address the connection really came from (the load balancer)."""
-        return self.transport.getPeer()  # type: ignore[no-any-return]
+        peer: IAddress = self.transport.getPeer()
+        return peer
 
 
 class ProxyHeaderFactory(WrappingFactory):
@@ -160,7 +163,7 @@ class ProxyHeaderFactory(WrappingFactory):
     noisy = False
 
     def __init__(self, wrapped: PortTLSFactory) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.port_name = wrapped.runtime.port.name
 
     def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol:  # type: ignore[override]

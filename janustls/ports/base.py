@@ -104,7 +104,7 @@ class PortProtocol(Protocol):
     """The protocol inside TLS: times the handshake, records the outcome, then hands over."""
 
     factory: PortFactory
-    transport: PortTLSProtocol  # type: ignore[assignment]
+    transport: PortTLSProtocol
     connection: Connection | None = None
 
     _deadlines: HandshakeDeadlines | None = None
@@ -144,7 +144,8 @@ class PortProtocol(Protocol):
         self.transport.abortConnection()
 
     def peer_address(self) -> IAddress:
-        return self.transport.getPeer()
+        peer: IAddress = self.transport.getPeer()
+        return peer
 
     def peer_text(self) -> str:
         """The client's address as logs show it (host:port, [v6]:port)."""
@@ -469,7 +470,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         # Twisted may register a TLS protocol more than once (makeConnection, then
         # the wrapper): count each connection once; and only where a limit needs it.
         first = protocol not in self.protocols
-        super().registerProtocol(protocol)
+        super().registerProtocol(protocol)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if first and self.runtime.port.max_connections_per_client is not None:
             host = str(getattr(protocol.getPeer(), "host", ""))
             self._per_client[host] = self._per_client.get(host, 0) + 1
@@ -477,7 +478,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
     def unregisterProtocol(self, protocol: Any) -> None:
         if protocol not in self.protocols:
             return
-        super().unregisterProtocol(protocol)
+        super().unregisterProtocol(protocol)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if not self._per_client:
             return
         host = str(getattr(protocol.getPeer(), "host", ""))
@@ -501,7 +502,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 limit=limit,
             )
             return None
-        return super().buildProtocol(addr)  # type: ignore[no-any-return]
+        return super().buildProtocol(addr)
 
     def logPrefix(self) -> str:
         return f"janustls:{self.runtime.port.name}"

@@ -33,17 +33,18 @@ class ReadDeferred(defer.Deferred):  # type: ignore[type-arg]
 
     runner: Any = None
 
-    def __await__(self) -> Generator[Any, Any, bytes]:  # type: ignore[override]
+    def __await__(self) -> Generator[Any, Any, bytes]:
         if self.called:
-            return (yield from super().__await__())
+            result: bytes = yield from super().__await__()
+            return result
         # Resumed with the bytes by HandlerRun, or with the result by ensureDeferred.
-        return (yield self)  # type: ignore[no-any-return]
+        return (yield self)  # type: ignore[no-any-return]  # what is sent in is the read's bytes
 
 
-def _deliver(d: defer.Deferred[bytes], data: bytes | None, error: Exception | None = None) -> None:
+def _deliver(d: defer.Deferred[bytes], data: bytes, error: Exception | None = None) -> None:
     runner = getattr(d, "runner", None)
     if runner is not None:
-        d.runner = None  # type: ignore[attr-defined]
+        d.runner = None  # type: ignore[attr-defined]  # a ReadDeferred's, found by getattr above
         if error is not None:
             runner.resume_failure(Failure(error))
         else:
@@ -303,7 +304,7 @@ class Connection:
         except Exception as e:
             self._waiting = None
             self._read_size = 0
-            _deliver(d, None, e)
+            _deliver(d, b"", e)
             return
         if data is not None:
             self._waiting = None

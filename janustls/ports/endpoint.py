@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,7 +32,7 @@ class _AppProtocol(PortProtocol):
     """Runs the application's own protocol once the handshake has succeeded."""
 
     factory: _AppFactory
-    app: Protocol | None = None
+    app: IProtocol | None = None
 
     def connection_ready(self, connection: Connection) -> None:
         app = self.factory.app_factory.buildProtocol(self.transport.getPeer())
@@ -48,7 +48,7 @@ class _AppProtocol(PortProtocol):
 
     def connection_ended(self, reason: Failure | None) -> None:
         if self.app is not None:
-            self.app.connectionLost(reason)
+            self.app.connectionLost(reason)  # type: ignore[arg-type]  # passed on as the TLS layer gave it
 
 
 class _AppFactory(PortFactory):

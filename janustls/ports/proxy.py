@@ -183,6 +183,9 @@ class _ClientReading:
 class _Backend(Protocol):
     """The connection to the backend; everything it sees goes to its front protocol."""
 
+    # TCP or TLS, a transport and a consumer: no one Twisted interface says both
+    transport: Any
+
     def __init__(self, front: ProxyProtocol) -> None:
         self.front = front
 
@@ -210,7 +213,7 @@ class _BackendFactory(Factory):
     def __init__(self, front: ProxyProtocol) -> None:
         self.front = front
 
-    def buildProtocol(self, addr: IAddress) -> _Backend:
+    def buildProtocol(self, addr: IAddress | None) -> _Backend:
         return _Backend(self.front)
 
 
@@ -248,7 +251,7 @@ class ProxyProtocol(PortProtocol):
         """The backend transport exists (TCP is up; a TLS backend still handshakes, writes wait)."""
         self.backend = backend
         if self._client_gone:
-            backend.transport.loseConnection()  # type: ignore[union-attr]
+            backend.transport.loseConnection()
             return
         assert self.connection is not None
         rt = self.factory.runtime

@@ -56,7 +56,7 @@ class HandlerRun:
         while True:
             try:
                 if failure is not None:
-                    yielded = failure.throwExceptionIntoGenerator(coro)  # type: ignore[arg-type]
+                    yielded = failure.throwExceptionIntoGenerator(coro)
                     failure = None
                 else:
                     yielded = coro.send(value)
@@ -103,8 +103,9 @@ class SrvsockProtocol(PortProtocol):
         if inspect.iscoroutine(result):
             HandlerRun(result, self).resume(None)
             return
+        d: defer.Deferred[object]
         if inspect.isawaitable(result):
-            d = defer.ensureDeferred(result)  # type: ignore[arg-type]
+            d = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only
         elif isinstance(result, defer.Deferred):
             d = result
         else:
