@@ -180,7 +180,7 @@ class CA:
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
-            .public_key(public_key)  # type: ignore[arg-type]
+            .public_key(public_key)  # type: ignore[arg-type]  # a key we generated: never the DH kind the stub also admits
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before or now - _DAY)
             .not_valid_after(not_after or now + days * _DAY)
@@ -273,7 +273,7 @@ class CA:
         hosts = hosts or ("localhost", "127.0.0.1")
         ips = [h for h in hosts if _is_ip(h)]
         dns = [h for h in hosts if not _is_ip(h)]
-        return self.issue(common_name or hosts[0], usage="server", dns=dns, ips=ips, **kwargs)  # type: ignore[arg-type]
+        return self.issue(common_name or hosts[0], usage="server", dns=dns, ips=ips, **kwargs)  # type: ignore[arg-type]  # issue()'s keywords, passed through
 
     def revoke(self, issued: Issued | x509.Certificate, when: datetime.datetime | None = None) -> None:
         cert = issued.cert if isinstance(issued, Issued) else issued
@@ -390,7 +390,7 @@ def _default_name() -> str:
 
 def _load_pem_key(path: Path) -> PrivateKey:
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    return key  # type: ignore[return-value]
+    return key  # type: ignore[return-value]  # a key pki.py itself wrote, so one of ours
 
 
 def _write_key(path: Path, key: PrivateKey) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import verify_certificate_hostname, verify_certificate_ip_address
 
@@ -136,10 +136,9 @@ def _lower_scheme(uri: str) -> str:
 
 def _san_values(cert: x509.Certificate, kind: type) -> list[Any]:
     try:
-        ext = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    san: x509.SubjectAlternativeName = ext.value  # type: ignore[assignment]
     return list(san.get_values_for_type(kind))
 
 

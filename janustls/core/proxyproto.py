@@ -305,7 +305,7 @@ def parse_ssl_tlv(value: bytes) -> SSLInfo:
             fields["client_cert"] = sub
         else:
             other.append((kind, sub))
-    return SSLInfo(client=client, verify=verify, other=tuple(other), **fields)  # type: ignore[arg-type]
+    return SSLInfo(client=client, verify=verify, other=tuple(other), **fields)  # type: ignore[arg-type]  # the str fields, keyed by their names
 
 
 def parse_v2(header: bytes) -> ProxyHeader:

@@ -120,7 +120,7 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     """The server endpoint of a listen value; systemd endpoints are resolved when they listen."""
     if description.strip().lower().startswith("systemd:"):
         return _AtListenEndpoint(reactor, description)
-    return serverFromString(reactor, description)  # type: ignore[no-any-return]
+    return serverFromString(reactor, description)  # type: ignore[no-any-return]  # Twisted's parser is unannotated
 
 
 def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> BuiltPort:
@@ -185,8 +185,12 @@ class PortsHost(Protocol):
     definitions: Definitions
     ports: list[BuiltPort]
     running: int
+
     #: The reactor the service was built with; None: the global one.
-    reactor: Any
+    @property
+    def reactor(self) -> Any: ...
+
+    def getServiceNamed(self, name: str) -> Any: ...
 
 
 class PortService(service.Service):

@@ -19,7 +19,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryptography import x509
 from twisted.internet import defer
@@ -60,7 +60,7 @@ def _issued_by_port_ca(crl: x509.CertificateRevocationList, port: PortDefinition
             if ca.subject == crl.issuer:
                 known = True
                 try:
-                    if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                    if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]  # a CA's key signs: never the X25519/X448 kinds the stub admits
                         return True
                 except (TypeError, ValueError):
                     continue
@@ -95,7 +95,7 @@ def fetch(port: PortDefinition, url: str, procs: Path, reactor: Any, timeout: fl
             raise MaterialError(f"cannot fetch {url}: HTTP {answer.code}")
         return store(port, url, procs, answer.body, answer.headers.get("etag"), answer.headers.get("last-modified"))
 
-    def failed(failure: Failure) -> None:
+    def failed(failure: Failure) -> NoReturn:
         if failure.check(MaterialError):
             failure.raiseException()
         raise MaterialError(failure.getErrorMessage())
@@ -158,9 +158,9 @@ def prefetch(definitions: Definitions, reactor: Any, ports: Sequence[PortDefinit
 
     def one(port: PortDefinition, url: str) -> defer.Deferred[None]:
         d = fetch(port, url, definitions.procs, reactor)
-        d.addCallback(lambda outcome: _fetched(port, url, outcome))
-        d.addErrback(lambda f: _fetch_failed(port, url, f, "no cached copy yet: its CA's clients are refused until it arrives"))
-        return d
+        return d.addCallback(lambda outcome: _fetched(port, url, outcome)).addErrback(
+            lambda f: _fetch_failed(port, url, f, "no cached copy yet: its CA's clients are refused until it arrives")
+        )
 
     ds = [one(port, url) for port, url in missing(definitions, ports)]
     return defer.gatherResults(ds).addCallback(lambda _: None)
@@ -182,8 +182,8 @@ def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> def
         path = crl_cache_path(definitions.procs, url)
         effect = "keeping the cached copy" if path.exists() else "no cached copy yet: its CA's clients are refused until it arrives"
         d = fetch(port, url, definitions.procs, reactor)
-        d.addCallback(lambda outcome: _fetched(port, url, outcome) if outcome == "changed" else None)
-        d.addErrback(lambda f: _fetch_failed(port, url, f, effect))
-        return d
+        return d.addCallback(lambda outcome: _fetched(port, url, outcome) if outcome == "changed" else None).addErrback(
+            lambda f: _fetch_failed(port, url, f, effect)
+        )
 
     return defer.DeferredList([one(url) for url in port.crl_url])

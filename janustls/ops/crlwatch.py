@@ -88,7 +88,7 @@ class CRLWatcher(service.Service):
             self._poll_files(port)
             if port.crl_url and self.fetch and self._reactor is not None:
                 # Asynchronous (Twisted's HTTP client); a changed file is taken at once.
-                refresh(self.svc.definitions, port, self._reactor).addCallback(lambda _, p=port: self._poll_files(p))
+                refresh(self.svc.definitions, port, self._reactor).addCallback(lambda _, p: self._poll_files(p), port)
             if not self.quiet:
                 self._check_stale(port.name)
         if self._loop is not None:

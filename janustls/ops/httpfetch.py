@@ -44,11 +44,11 @@ class _Collect(protocol.Protocol):
         if self.size > self.limit:
             if not self.done.called:
                 self.done.errback(FetchError(f"the answer is larger than {self.limit} bytes"))
-            self.transport.stopProducing()  # type: ignore[union-attr]
+            self.transport.stopProducing()  # type: ignore[union-attr]  # connected: the transport is set
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # Twisted's own default is None
         if self.done.called:
             return
         if reason is None or reason.check(ResponseDone, PotentialDataLoss):

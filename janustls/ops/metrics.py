@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 
 from janustls.core.trust import fingerprint
 from janustls.ops.build import BuiltPort
@@ -135,7 +135,7 @@ def install_observer() -> None:
     """Count events from now on (once per process; later calls do nothing)."""
     global _installed
     if not _installed:
-        globalLogPublisher.addObserver(observe)
+        globalLogPublisher.addObserver(cast(ILogObserver, observe))
         _installed = True
 
 

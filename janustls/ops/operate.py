@@ -97,7 +97,8 @@ def twistd_log_file(options: Any) -> IO[str]:
     path = twistd_log_path(options)
     if path is None:
         return sys.stdout
-    return LogFile.fromFullPath(path)  # type: ignore[return-value]
+    log: IO[str] = LogFile.fromFullPath(path)  # a LogFile writes and flushes as a text stream does
+    return log
 
 
 class ServerRoot(service.MultiService):
@@ -105,7 +106,7 @@ class ServerRoot(service.MultiService):
 
     def __init__(self, inner: Any, *, log_format: str = "text", log_file: Callable[[], IO[str]] | None = None,
                  reactor: Any = None, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.inner = inner
         self.drain_timeout = drain_timeout
         self.log_format = log_format
@@ -118,12 +119,12 @@ class ServerRoot(service.MultiService):
         # component when there is one: that is how --log-format json takes over.
         if self.log_format == "json" and hasattr(parent, "setComponent") and self._log_file is not None:
             parent.setComponent(ILogObserver, log_observer("json", self._log_file()))
-        super().setServiceParent(parent)
+        super().setServiceParent(parent)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def privilegedStartService(self) -> None:
         """Ports bind here; one that cannot listen ends twistd with its error, not a traceback."""
         try:
-            super().privilegedStartService()
+            super().privilegedStartService()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         except CannotListenError as e:
             raise SystemExit(f"janustls: {e}") from None
         except Exception as e:  # any listener that cannot be bound, the status listener included
@@ -134,7 +135,7 @@ class ServerRoot(service.MultiService):
         if self.log_format == "json":
             emit("janustls.log.json", "JSON log lines begin", log_format_name="json")
         install_sighup(self.reload, self._reactor)
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def reload(self) -> Any:
         return self.inner.reload(why="signal")

@@ -38,7 +38,7 @@ class JanusService(service.MultiService):
     """Every port of a definition file; construction fails fast with ConfigErrors."""
 
     def __init__(self, definitions: Definitions, reactor: Any = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.definitions = definitions
         self.ports: list[BuiltPort] = build_ports(definitions, reactor)
         #: The reactor the service was built with; None: the global one.
@@ -124,4 +124,4 @@ class JanusService(service.MultiService):
 
     def listening_port(self, name: str) -> IListeningPort | None:
         svc = self.getServiceNamed(name.upper())
-        return svc.listening  # type: ignore[no-any-return,attr-defined]
+        return svc.listening  # type: ignore[no-any-return]  # the named service is untyped (Twisted)

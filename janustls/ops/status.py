@@ -13,13 +13,13 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -112,7 +112,7 @@ def watch_reloads() -> None:
     """Record reload outcomes from now on (once per process)."""
     global _reloads_watched
     if not _reloads_watched:
-        globalLogPublisher.addObserver(_watch_reload)
+        globalLogPublisher.addObserver(cast(ILogObserver, _watch_reload))
         _reloads_watched = True
 
 
@@ -177,7 +177,7 @@ class _Status(Resource):
     isLeaf = True
 
     def __init__(self, document: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self._document = document
 
     def render_GET(self, request: Request) -> bytes:
@@ -192,12 +192,12 @@ class _Metrics(Resource):
     isLeaf = True
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self._registry)  # type: ignore[no-any-return]
+        return generate_latest(self._registry)
 
 
 class StatusService(service.Service):

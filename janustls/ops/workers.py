@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.application import service
 from twisted.internet import defer, protocol
@@ -36,7 +36,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
-from twisted.logger import LogLevel, globalLogBeginner
+from twisted.logger import ILogObserver, LogLevel, globalLogBeginner
 from twisted.python.failure import Failure
 
 from janustls._reactor import reactor_or_global
@@ -159,7 +159,7 @@ class _Worker(protocol.ProcessProtocol):
         self._buffer = b""
 
     def connectionMade(self) -> None:
-        self.pid = self.transport.pid  # type: ignore[union-attr]
+        self.pid = self.transport.pid  # type: ignore[union-attr]  # a process transport, set before this runs
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if childFD == _READY_FD:
@@ -173,7 +173,7 @@ class _Worker(protocol.ProcessProtocol):
 
     def signal(self, name: str) -> None:
         try:
-            self.transport.signalProcess(name)  # type: ignore[union-attr]
+            self.transport.signalProcess(name)  # type: ignore[union-attr]  # a process transport, set before this runs
         except Exception:  # already gone
             pass
 
@@ -195,7 +195,7 @@ class WorkersService(service.MultiService):
     def __init__(self, definitions: Definitions, workers: int, *, log_format: str = "text",
                  drain_timeout: float = 10.0, ticket_key: str | None = None, log_path: str | None = None,
                  reactor: Any = None) -> None:  # fmt: skip
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if workers < 1:
             raise ValueError("workers must be at least 1")
         # Counters become multi-process values: set before prometheus-client is first imported.
@@ -392,7 +392,12 @@ class WorkersService(service.MultiService):
             w.signal("TERM")
         if workers:
             done = defer.DeferredList([w.ended for w in workers])
-            timer = self.reactor.callLater(self.drain_timeout + 5, lambda: [w.signal("KILL") for w in workers])
+
+            def kill_all() -> None:
+                for w in workers:
+                    w.signal("KILL")
+
+            timer = self.reactor.callLater(self.drain_timeout + 5, kill_all)
             yield done
             if timer.active():
                 timer.cancel()
@@ -504,7 +509,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         event.setdefault("pid", pid)
         base(event)
 
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, observer)], redirectStandardIO=False)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the parent reloads by replacing workers
     fds: dict[str, tuple[int, int]] = {}
     for item in args.listen:
@@ -553,7 +558,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
         publish_signed()
 
     reactor.addSystemEventTrigger("before", "shutdown", stop)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     return 0
 
 

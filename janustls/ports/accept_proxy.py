@@ -51,7 +51,7 @@ class ProxyHeaderProtocol(ProtocolWrapper):
     wrappedProtocol: Any
 
     def __init__(self, factory: ProxyHeaderFactory) -> None:
-        super().__init__(factory, None)  # type: ignore[arg-type]
+        super().__init__(factory, None)  # type: ignore[arg-type]  # the wrapped protocol comes with the header
         self._reader: HeaderReader | None = HeaderReader()
         self.header: ProxyHeader | None = None
         self._peer: IAddress | None = None
@@ -166,7 +166,7 @@ class ProxyHeaderFactory(WrappingFactory):
         super().__init__(wrapped)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.port_name = wrapped.runtime.port.name
 
-    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> ProxyHeaderProtocol:  # type: ignore[override]  # addr is always given by the listening port
         return self.protocol(self)
 
     def logPrefix(self) -> str:
@@ -182,5 +182,5 @@ class ProxyHeaderEndpoint:
 
     def listen(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         assert isinstance(protocolFactory, PortTLSFactory), "wraps a janustls port's TLS factory"
-        result: Any = self.wrapped.listen(ProxyHeaderFactory(protocolFactory))
-        return result  # type: ignore[no-any-return]
+        result: defer.Deferred[IListeningPort] = self.wrapped.listen(ProxyHeaderFactory(protocolFactory))
+        return result

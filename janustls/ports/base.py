@@ -332,7 +332,7 @@ class PortProtocol(Protocol):
 
     # -- the end ---------------------------------------------------------------------------
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # Twisted's own default is None
         self._gone = True
         self._held = None
         if self._deadlines is not None:
@@ -394,7 +394,7 @@ class PortProtocol(Protocol):
 class PortFactory(Factory):
     """Builds a port's protocols; holds the runtime they share."""
 
-    protocol: type[PortProtocol] = PortProtocol  # type: ignore[assignment]
+    protocol: type[PortProtocol] = PortProtocol  # type: ignore[assignment]  # Factory.protocol is typed as an IProtocol factory callable
 
     def __init__(self, runtime: PortRuntime) -> None:
         self.runtime = runtime
@@ -488,7 +488,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         else:
             self._per_client.pop(host, None)
 
-    def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]  # None refuses the connection, as Twisted allows
         if self._over_client_limit(addr):
             return None
         limit = self.runtime.port.max_connections

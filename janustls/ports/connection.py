@@ -26,7 +26,7 @@ MAX_LINE = 65536
 READ_BUFFER_HIGH = 262144
 
 
-class ReadDeferred(defer.Deferred):  # type: ignore[type-arg]
+class ReadDeferred(defer.Deferred[bytes]):
     """The Deferred of a pending read.  A srvsock handler runner that awaits it sets
     `runner` and is resumed directly with the bytes, without a callback chain: the
     per-read cost of `await sock.read()` is one coroutine step."""

@@ -147,7 +147,7 @@ def identity_header(
 
 def backend_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
     """The backend's endpoint; raises ValueError (and friends) for a bad `connect =`."""
-    return clientFromString(reactor, description)  # type: ignore[no-any-return]
+    return clientFromString(reactor, description)  # type: ignore[no-any-return]  # Twisted's parser is unannotated
 
 
 def _cause(failure: Failure, timeout: float) -> str:
@@ -201,7 +201,7 @@ class _Backend(Protocol):
     def writeConnectionLost(self) -> None:
         """Our half-close reached the backend; nothing to do."""
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # Twisted's own default is None
         self.front._backend_lost(reason)
 
 

@@ -23,7 +23,7 @@ from janustls.tls._openssl import _ffi, _lib, _x509_der, connection_pointer
 try:  # cryptography's compiled extension: where its bundled OpenSSL lives
     from cryptography.hazmat.bindings import _rust
 except ImportError:  # another build of cryptography: the features here stay off
-    _rust = None
+    _rust = None  # type: ignore[assignment]  # an optional module: None when absent
 
 __all__ = [
     "TICKET_KEYS_SIZE", "ticket_keys_supported", "set_ticket_keys", "get_ticket_keys",

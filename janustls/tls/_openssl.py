@@ -96,7 +96,8 @@ def verify_error_string(errno: int) -> str:
     if not errno:
         return ""
     try:
-        return _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+        text: str = _ffi.string(_lib.X509_verify_cert_error_string(errno)).decode("ascii", "replace")
+        return text
     except Exception:  # a binding without the function: the number still says it
         return f"verify error {errno}"
 
@@ -137,7 +138,7 @@ def _x509_der(x509_ptr: Any) -> bytes:
             raise ValueError("cannot encode a certificate as DER")
         buf = _ffi.new("char**")
         size = _lib.BIO_get_mem_data(bio, buf)
-        return _ffi.buffer(buf[0], size)[:]  # type: ignore[no-any-return]
+        return _ffi.buffer(buf[0], size)[:]  # type: ignore[no-any-return]  # cffi is untyped: a buffer slice is bytes
     finally:
         _lib.BIO_free(bio)
 

@@ -70,6 +70,9 @@ class PortTLSProtocol(TLSProtocolBase):
     asked later.
     """
 
+    #: The socket's transport: a transport, a push producer and a consumer at once, which no one
+    #: Twisted interface says (None before makeConnection and after the connection is lost).
+    transport: Any
     refusal: Refusal | None = None
     #: The client certificate's DER, from the verify callback to `client_chain` (then dropped).
     leaf_der: bytes | None = None
@@ -95,7 +98,7 @@ class PortTLSProtocol(TLSProtocolBase):
     close_grace: float | None = CLOSE_GRACE
 
     def makeConnection(self, transport: Any) -> None:
-        if self.factory.keep_client_hello:
+        if self.factory.keep_client_hello:  # type: ignore[attr-defined]  # set by the port's TLS factory (ports/base.py, a layer above)
             self._hello = b""
         runtime = getattr(self.factory, "runtime", None)
         high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
@@ -106,7 +109,7 @@ class PortTLSProtocol(TLSProtocolBase):
         if high < transport.bufferSize:
             transport.bufferSize = high
         transport.registerProducer(_OutputGate(self), True)
-        super().makeConnection(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # -- back-pressure ---------------------------------------------------------------------------
     #
@@ -225,12 +228,12 @@ class PortTLSProtocol(TLSProtocolBase):
             return
         if self.app_producer is not None:
             self.unregisterProducer()
-        super().loseConnection()
+        super().loseConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self._arm_close_timer()
 
     def abortConnection(self) -> None:
         self._cancel_close_timer()
-        super().abortConnection()
+        super().abortConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def _arm_close_timer(self) -> None:
         grace = self.close_grace
@@ -239,7 +242,7 @@ class PortTLSProtocol(TLSProtocolBase):
         runtime = getattr(self.factory, "runtime", None)
         clock = reactor_or_global(getattr(runtime, "reactor", None))
         self._close_unsent = self.unsent()
-        self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)  # type: ignore[union-attr]
+        self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
 
     def _close_overdue(self, clock: Any, grace: float) -> None:
         self._close_timer = None
@@ -267,15 +270,15 @@ class PortTLSProtocol(TLSProtocolBase):
             self._close_timer.cancel()
         self._close_timer = None
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any) -> None:  # type: ignore[override]  # Twisted always passes the reason
         self._cancel_close_timer()
         self._fire_drained()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def dataReceived(self, data: bytes) -> None:
         if self._hello is not None and not self.handshake_done and len(self._hello) < MAX_HELLO:
             self._hello += data
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if not self._buffers_released and self.handshake_done:
             # Once, when the handshake's flights have gone: an idle connection then
             # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
@@ -290,7 +293,7 @@ class PortTLSProtocol(TLSProtocolBase):
 
     def write(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if self._socket_over:
             self._check_output()
 
