@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from janustls.pki import CA, Issued, make_key
+from tests.support import free_port  # noqa: F401  (also imported from here by test_ocsp, test_staple)
 
 
 @dataclass
@@ -128,14 +129,6 @@ def _handler(responder: Responder) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def closed_port_url() -> str:

@@ -7,10 +7,15 @@ The reactor runs once per test session in a daemon thread; tests start ports thr
 
 from __future__ import annotations
 
+import json
+import os
 import queue
+import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +30,9 @@ from janustls.pki import CA, Issued, self_signed
 from janustls.ops.service import JanusService
 
 _reactor_started = threading.Event()
+
+ROOT = Path(__file__).parents[1]
+TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
 
 def reactor_thread() -> Any:
@@ -174,6 +182,55 @@ def make_test_pki(directory: Path) -> TestPKI:
     return pki
 
 
+#: Handler modules the tests' ports run, kept as files (copied into a procedure library).
+HANDLERS = Path(__file__).parent / "handlers"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port number nothing listens on right now (for processes that need a fixed one)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def install_handlers(procs: Path, **modules: str) -> Path:
+    """Copy handler modules from tests/handlers/ into the procedure library `procs` (made if
+    missing): `h="echo"` writes procs/h.py from tests/handlers/echo.py.  Returns `procs`."""
+    procs.mkdir(parents=True, exist_ok=True)
+    for module, source in modules.items():
+        shutil.copyfile(HANDLERS / f"{source}.py", procs / f"{module}.py")
+    return procs
+
+
+def port_section(pki: TestPKI | None, name: str = "SECURE", **keys: object) -> str:
+    """One `[port:NAME]` section: a srvsock port on 127.0.0.1:0 with the test server's
+    certificate and key (none without a `pki`), then `keys` in order, one `key = value` line
+    each; a key given again replaces the default in place, a value of None leaves it out."""
+    lines: dict[str, object] = {"type": "srvsock", "listen": "tcp:0:interface=127.0.0.1"}
+    if pki is not None:
+        lines.update(certificate=pki.files["server.pem"], private_key=pki.files["server.key"])
+    lines.update(keys)
+    return f"[port:{name}]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items() if v is not None)
+
+
+def secure_port(pki: TestPKI, name: str = "SECURE", port: int = 0, cas: object = None, **keys: object) -> str:
+    """The tests' usual port: srvsock on 127.0.0.1:`port` requiring a client certificate
+    from `cas` (the test root CA by default), handler `h:serve`; `keys` add or replace lines."""
+    usual = {"listen": f"tcp:{port}:interface=127.0.0.1", "client_cert": "require",
+             "addca": pki.files["root.ca"] if cas is None else cas, "handler": "h:serve"}  # fmt: skip
+    return port_section(pki, name, **{**usual, **keys})
+
+
+def status_section(port: int | None) -> str:
+    """The `[status]` listener on 127.0.0.1:`port` (nothing for None)."""
+    return "" if port is None else f"[status]\nlisten = tcp:{port}:interface=127.0.0.1\n"
+
+
+def definitions(procs: Path | str, *sections: str) -> str:
+    """A whole port-definition file: `[janustls]` naming the procedure library, then `sections`."""
+    return f"[janustls]\nprocs = {procs}\n" + "".join(sections)
+
+
 class Server:
     """Running ports from definition text; `port(name)` is the bound TCP port number."""
 
@@ -242,3 +299,49 @@ def talk(port: int, ctx: ssl.SSLContext, send: bytes = b"", timeout: float = 5.0
 def openssl_client(port: int, args: Iterable[str], stdin: bytes = b"", timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
     cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost", "-quiet", *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
+
+
+class Twistd:
+    """twistd in the foreground with JSON logs on stdout, read line by line."""
+
+    def __init__(self, args: list[str], cwd: Path, python_flags: tuple[str, ...] = ()) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, *python_flags, "-c", TWISTD, *args], cwd=cwd, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, event_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"not a JSON line: {line!r}")
+            if record.get("event_id") == event_id:
+                return record  # type: ignore[no-any-return]
+        raise AssertionError(f"no {event_id}; saw:\n{''.join(self.seen[-30:])}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -16,17 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import client_context, start
-from tests.test_ops_twistd import Twistd, free_port
-
-ECHO = '''
-async def serve(sock):
-    while True:
-        data = await sock.read()
-        if not data:
-            return
-        sock.write(data)
-'''
+from tests.support import Twistd, client_context, definitions, free_port, install_handlers, port_section, start
 
 #: The most a stalled client may grow the server by (resident set), in MiB: the bounded
 #: buffers of one connection (the socket's unsent output up to the high-water mark, the
@@ -41,34 +31,20 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def port_text(pki: Any, name: str, port: int, kind: str, extra: str = "") -> str:
-    f = pki.files
-    return f"""
-[port:{name}]
-type = {kind}
-listen = tcp:{port}:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = none
-{extra}
-"""
-
-
 @pytest.fixture
 def child(pki, tmp_path):
     """A twistd process with an echo srvsock port and a web port serving a 64 KiB page."""
-    procs = tmp_path / "procs"
-    (procs / "pages").mkdir(parents=True)
-    (procs / "h.py").write_text(ECHO)
+    procs = install_handlers(tmp_path / "procs", h="echo")
+    (procs / "pages").mkdir()
     (procs / "pages" / "big.txt").write_bytes(b"x" * 65536)
     echo, web = free_port(), free_port()
     ini = procs / "ports.ini"
-    ini.write_text(
-        f"[janustls]\nprocs = {procs}\n"
-        + port_text(pki, "ECHO", echo, "srvsock", "handler = h:serve")
-        + port_text(pki, "WEB", web, "webserv")
-        + "[web:WEB]\nON /big = page pages/big.txt\n"
-    )
+    ini.write_text(definitions(
+        procs,
+        port_section(pki, "ECHO", listen=f"tcp:{echo}:interface=127.0.0.1", client_cert="none", handler="h:serve"),
+        port_section(pki, "WEB", type="webserv", listen=f"tcp:{web}:interface=127.0.0.1", client_cert="none"),
+        "[web:WEB]\nON /big = page pages/big.txt\n",
+    ))
     t = Twistd(["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json"], tmp_path)  # fmt: skip
     try:
@@ -161,22 +137,9 @@ def web(pki, reactor, tmp_path):
     (procs / "pages").mkdir(parents=True)
     (procs / "pages" / "big.txt").write_bytes(b"z" * 2**20)
     (procs / "pages" / "small.txt").write_bytes(b"small\n")
-    f = pki.files
     s = start(
-        f"""
-[janustls]
-procs = {procs}
-[port:IDLEWEB]
-type = webserv
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = none
-idle_timeout = {IDLE}
-[web:IDLEWEB]
-ON /big = page pages/big.txt
-ON /small = page pages/small.txt
-""",
+        definitions(procs, port_section(pki, "IDLEWEB", type="webserv", client_cert="none", idle_timeout=IDLE),
+                    "[web:IDLEWEB]\nON /big = page pages/big.txt\nON /small = page pages/small.txt\n"),  # fmt: skip
         procs,
     )
     yield s.port("IDLEWEB")
@@ -256,9 +219,9 @@ def test_write_buffer_high_is_a_checked_port_key(pki, tmp_path):
     from janustls.errors import ConfigErrors
 
     def text(value: str) -> str:
-        return f"[janustls]\nprocs = {tmp_path}\n" + port_text(pki, "W", 0, "srvsock", f"handler = h:serve\nwrite_buffer_high = {value}")
+        return definitions(tmp_path, port_section(pki, "W", client_cert="none", handler="h:serve", write_buffer_high=value))
 
-    (tmp_path / "h.py").write_text(ECHO)
+    install_handlers(tmp_path, h="echo")
     assert parse_definitions(text("65536"), source="t.ini", base=tmp_path).ports[0].write_buffer_high == 65536
     with pytest.raises(ConfigErrors, match="write_buffer_high"):
         parse_definitions(text("100"), source="t.ini", base=tmp_path)

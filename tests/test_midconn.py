@@ -14,57 +14,18 @@ import time
 
 import pytest
 
-from tests.support import client_context, start, tls_connect
-
-HANDLER = '''
-from janustls.errors import CertificateRequestTimeout
-
-async def serve(sock):
-    sock.write(("hello %s %d\\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
-    while True:
-        line = await sock.readline()
-        if not line:
-            return
-        word = line.strip()
-        if word in (b"ask", b"require"):
-            try:
-                cert = await sock.request_certificate(require=word == b"require")
-                sock.write(("got %s %d\\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
-            except CertificateRequestTimeout:
-                sock.write(b"timeout\\n")
-        elif word == b"can":
-            ok, why = sock.can_request_certificate()
-            sock.write(("can %s %s\\n" % (ok, why)).encode())
-        else:
-            sock.write(b"echo " + line)
-'''
-
-
-def ini(pki, procs, name: str, client_cert: str = "none") -> str:
-    return f"""
-[port:{name}]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = {client_cert}
-addca = {pki.files['root.ca']}
-crl = {pki.files['inter.crl']}
-handler = h:serve
-request_timeout = 1.5
-"""
-
+from tests.support import client_context, definitions, install_handlers, secure_port, start, tls_connect
 
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs")
-    (procs / "h.py").write_text(HANDLER)
-    s = start(
-        f"[janustls]\nprocs = {procs}\n"
-        + ini(pki, procs, "PLAIN")
-        + ini(pki, procs, "ASKS", "request"),
+    install_handlers(procs, h="midconn")
+    f = pki.files
+    s = start(definitions(
         procs,
-    )
+        secure_port(pki, "PLAIN", client_cert="none", crl=f["inter.crl"], request_timeout=1.5),
+        secure_port(pki, "ASKS", client_cert="request", crl=f["inter.crl"], request_timeout=1.5),
+    ), procs)
     yield s
     s.stop()
 

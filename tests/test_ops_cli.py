@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_ops_twistd import HANDLER, Twistd, free_port, hello, ini_text
+from tests.support import Twistd, definitions, free_port, install_handlers, secure_port, status_section
+from tests.test_ops_twistd import hello
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,12 +20,10 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 def setup_files(pki, tmp_path: Path, status: int | None) -> tuple[Path, Path, int]:
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="hi_cn")
     port = free_port()
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"]), status=status))
+    ini.write_text(definitions(procs, secure_port(pki, port=port), status_section(status)))
     return procs, ini, port
 
 
@@ -80,7 +79,7 @@ def test_status_checks_the_pid_against_the_pidfile(server, tmp_path):
 def test_reload_command_waits_for_the_outcome(server, pki):
     t, ini, procs, pidfile, port, status = server
     args = ("reload", "--pidfile", str(pidfile), "--port-def", str(ini), "--timeout", "30")
-    ini.write_text(ini_text(pki, procs, port, f"{pki.files['root.ca']} {pki.files['other.ca']}", status=status))
+    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}"), status_section(status)))
     r = cli(*args)
     assert r.returncode == 0 and "reloaded" in r.stdout, (r.stdout, r.stderr)
     assert hello(port, pki, "othera") == "hi othera"

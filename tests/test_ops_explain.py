@@ -15,48 +15,34 @@ from janustls.core.config import parse_definitions
 from janustls.explain import explain, explain_chain, format_verdict
 from janustls.core.materials import load_certificates
 from janustls.tls.policy import build_port_tls
-from tests.support import client_context, start
+from tests.support import client_context, definitions, install_handlers, port_section, start
 
 CERTS = ["alice", "bob", "direct", "expired", "notyet", "revoked", "othera", "serveronly",
          "selfsigned", "weakrsa", "deep", "large", None]  # fmt: skip
 PORTS = ["SECURE", "DIRECT", "OTHER", "CHAINCRL", "REQUEST", "DEEP3", "ALLOWED"]
 
-OK = '''
-def serve(sock):
-    sock.write(b"ok\\n")
-'''
-
-
 def _ini(pki: Any, procs: Path) -> str:
     f = pki.files
 
-    def port(name: str, extra: str) -> str:
-        return f"""
-[port:{name}]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-handler = ok:serve
-{extra}
-"""
+    def port(name: str, **keys: object) -> str:
+        return port_section(pki, name, handler="ok:serve", **keys)
 
-    return (
-        f"[janustls]\nprocs = {procs}\n"
-        + port("SECURE", f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']}\nverify_depth = 2")
-        + port("DIRECT", f"client_cert = require\naddca = {f['root.ca']}\nverify_depth = 1")
-        + port("OTHER", f"client_cert = require\naddca = {f['other.ca']}")
-        + port("CHAINCRL", f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']} {f['root.crl']}\ncrl_check = chain")
-        + port("REQUEST", f"client_cert = request\naddca = {f['root.ca']}")
-        + port("DEEP3", f"client_cert = require\naddca = {f['root.ca']}\nverify_depth = 3\nmax_cert_size = 65536")
-        + port("ALLOWED", f"client_cert = request\naddca = {f['root.ca']}\nallow = cn:alice | ou:ops & o:'Example Org' | cn:deep")
+    return definitions(
+        procs,
+        port("SECURE", client_cert="require", addca=f["root.ca"], crl=f["inter.crl"], verify_depth=2),
+        port("DIRECT", client_cert="require", addca=f["root.ca"], verify_depth=1),
+        port("OTHER", client_cert="require", addca=f["other.ca"]),
+        port("CHAINCRL", client_cert="require", addca=f["root.ca"], crl=f"{f['inter.crl']} {f['root.crl']}", crl_check="chain"),
+        port("REQUEST", client_cert="request", addca=f["root.ca"]),
+        port("DEEP3", client_cert="require", addca=f["root.ca"], verify_depth=3, max_cert_size=65536),
+        port("ALLOWED", client_cert="request", addca=f["root.ca"], allow="cn:alice | ou:ops & o:'Example Org' | cn:deep"),
     )
 
 
 @pytest.fixture(scope="module")
 def setup(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_explain")
-    (procs / "ok.py").write_text(OK)
+    install_handlers(procs, ok="ok")
     ini = _ini(pki, procs)
     path = procs / "ports.ini"
     path.write_text(ini)
@@ -210,9 +196,7 @@ def test_check_and_explain_warn_about_cas_sharing_a_name(tmp_path):
     the handshake refuses the first CA's clients (CRL signature failure); check and explain say why."""
     from janustls.pki import CA
 
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "ok.py").write_text(OK)
+    procs = install_handlers(tmp_path / "procs", ok="ok")
     a, b = CA.create("Same Root"), CA.create("Same Root")
     server = a.server("localhost", "127.0.0.1")
     server.write(tmp_path, "server")
@@ -222,19 +206,10 @@ def test_check_and_explain_warn_about_cas_sharing_a_name(tmp_path):
     (tmp_path / "b.pem").write_bytes(b.cert_pem)
     (tmp_path / "b.crl").write_bytes(b.crl_pem())
     ini = tmp_path / "ports.ini"
-    ini.write_text(f"""[janustls]
-procs = {procs}
-
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {tmp_path}/server.pem
-private_key = {tmp_path}/server.key
-client_cert = require
-addca = {tmp_path}/a.pem {tmp_path}/b.pem
-crl = {tmp_path}/b.crl
-handler = ok:serve
-""")
+    ini.write_text(definitions(procs, port_section(
+        None, certificate=f"{tmp_path}/server.pem", private_key=f"{tmp_path}/server.key", client_cert="require",
+        addca=f"{tmp_path}/a.pem {tmp_path}/b.pem", crl=f"{tmp_path}/b.crl", handler="ok:serve",
+    )))  # fmt: skip
     checked = run_cli("check", str(ini))
     assert checked.returncode == 0, checked.stderr
     warnings = [line for line in checked.stdout.splitlines() if "warning" in line.lower()]

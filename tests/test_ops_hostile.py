@@ -13,45 +13,19 @@ from typing import Any
 
 import pytest
 
-from tests.support import client_context, start
-
-HANDLER = '''
-def serve(sock):
-    sock.write(b"ok\\n")
-'''
+from tests.support import client_context, definitions, install_handlers, secure_port, start
 
 SILENT = 500
 
 
 @pytest.fixture
 def server(pki, reactor, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
-    f = pki.files
-    s = start(f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1:backlog=1024
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {f['root.ca']}
-handshake_timeout = 3
-max_connections_per_client = 600
-handler = h:serve
-[port:LIMITED]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {f['root.ca']}
-max_connections_per_client = 3
-handler = h:serve
-""", procs)
+    procs = install_handlers(tmp_path / "procs", h="ok")
+    s = start(definitions(
+        procs,
+        secure_port(pki, listen="tcp:0:interface=127.0.0.1:backlog=1024", handshake_timeout=3, max_connections_per_client=600),
+        secure_port(pki, "LIMITED", max_connections_per_client=3),
+    ), procs)
     yield s
     s.stop()
 

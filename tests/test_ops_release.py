@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from janustls.cli import main
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,12 +49,6 @@ def test_demo_keeps_private_keys_out_of_the_procedure_library():
             key = Path(os.path.normpath(port.private_key))
             assert not key.is_relative_to(procs), (ini, port.name, key)
             assert key.parent.parent.name == "pki"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:

@@ -6,50 +6,19 @@ import socket
 import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from janustls.core.config import load_definitions
-from tests.support import Server, client_context, in_reactor
-
-HANDLER = '''
-async def serve(sock):
-    """Say who the client is, then echo lines until it leaves."""
-    sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
-    while True:
-        line = await sock.readline()
-        if not line:
-            return
-        sock.write(b"echo:" + line)
-'''
-
-
-def port_section(name: str, pki: Any, cas: str, extra: str = "") -> str:
-    f = pki.files
-    return f"""
-[port:{name}]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {cas}
-handler = h:serve
-{extra}
-"""
+from tests.support import Server, client_context, definitions, in_reactor, install_handlers, secure_port
 
 
 @pytest.fixture
 def setup(pki, reactor, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="hi_cn_echo")
     ini = procs / "ports.ini"
-    f = pki.files
-    ini.write_text(f"[janustls]\nprocs = {procs}\n" + port_section("SECURE", pki, str(f["root.ca"]))
-                   + port_section("OLD", pki, str(f["root.ca"])))  # fmt: skip
+    ini.write_text(definitions(procs, secure_port(pki, "SECURE"), secure_port(pki, "OLD")))
     server = Server(load_definitions(ini))
     yield server, ini, procs
     server.stop()
@@ -111,9 +80,8 @@ def test_reload_under_handshakes(setup, pki, events):
         s.start()
     time.sleep(0.5)
     # New trust: the other root too; OLD removed, NEW added (with the intermediate's CRL).
-    ini.write_text(f"[janustls]\nprocs = {procs}\n"
-                   + port_section("SECURE", pki, f"{f['root.ca']} {f['other.ca']}")
-                   + port_section("NEW", pki, str(f["root.ca"]), f"crl = {f['inter.crl']}"))  # fmt: skip
+    ini.write_text(definitions(procs, secure_port(pki, "SECURE", cas=f"{f['root.ca']} {f['other.ca']}"),
+                               secure_port(pki, "NEW", crl=f["inter.crl"])))  # fmt: skip
     mark = events.mark()
     assert in_reactor(server.service.reload) is True
     done = events.wait_for(mark, "janustls.reload.done")
@@ -151,9 +119,8 @@ def test_invalid_reload_changes_nothing(setup, pki, events):
     f = pki.files
     port = server.port("SECURE")
     before = ini.read_text()
-    ini.write_text(f"[janustls]\nprocs = {procs}\n"
-                   + port_section("SECURE", pki, f"{f['other.ca']} /nonexistent/ca.pem", "tls_min = 1.1")
-                   + port_section("OLD", pki, str(f["root.ca"])))  # fmt: skip
+    ini.write_text(definitions(procs, secure_port(pki, "SECURE", cas=f"{f['other.ca']} /nonexistent/ca.pem", tls_min="1.1"),
+                               secure_port(pki, "OLD")))  # fmt: skip
     mark = events.mark()
     assert in_reactor(server.service.reload) is False
     e = events.wait_for(mark, "janustls.reload.failed")
@@ -176,7 +143,7 @@ def test_invalid_reload_changes_nothing(setup, pki, events):
     blocker.listen(1)
     taken = blocker.getsockname()[1]
     ini.write_text(before.replace("[port:OLD]", "[port:OLD]", 1)
-                   + port_section("CLASH", pki, str(f["other.ca"])).replace("tcp:0:", f"tcp:{taken}:"))  # fmt: skip
+                   + secure_port(pki, "CLASH", port=taken, cas=f["other.ca"]))  # fmt: skip
     mark = events.mark()
     try:
         assert in_reactor(server.service.reload) is False

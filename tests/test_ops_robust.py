@@ -7,28 +7,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from janustls.cli import main
-from tests.support import client_context, in_reactor, start
+from tests.support import client_context, definitions, free_port, in_reactor, port_section, start, status_section
 from tests.test_proxy import Backend, decode_v2, echo, gate, recv_exactly, servers  # noqa: F401  (fixture)
-
-
-def port_ini(pki: Any, procs: Path, listen: str, extra: str = "") -> str:
-    f = pki.files
-    return f"""
-[janustls]
-procs = {procs}
-[port:A]
-type = srvsock
-listen = {listen}
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-handler = h:serve
-{extra}"""
 
 
 @pytest.fixture
@@ -37,7 +22,7 @@ def checked(pki, procs, capsys):
 
     def run(listen: str, extra: str = "") -> tuple[int, str, str]:
         ini = procs / "p.ini"
-        ini.write_text(port_ini(pki, procs, listen, extra))
+        ini.write_text(definitions(procs, port_section(pki, "A", listen=listen, handler="h:serve"), extra))
         code = main(["check", str(ini)])
         out = capsys.readouterr()
         return code, out.out, out.err
@@ -159,14 +144,7 @@ def test_reload_loads_changed_handler_modules(pki, procs, events):
     (procs / "helper.py").write_text("WORD = b'first'\n")
     (procs / "g.py").write_text("import helper\ndef serve(sock):\n    sock.write(helper.WORD + b'\\n')\n")
     ini = procs / "p.ini"
-    text = port_ini(pki, procs, "tcp:0:interface=127.0.0.1") + f"""
-[port:B]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-handler = g:serve
-private_key = {pki.files['server.key']}
-"""
+    text = definitions(procs, port_section(pki, "A", handler="h:serve"), port_section(pki, "B", handler="g:serve"))
     ini.write_text(text)
     from janustls.core.config import load_definitions
     from tests.support import Server
@@ -208,18 +186,16 @@ def status_ok(port: int) -> bool:
 
 def test_reload_refused_when_new_status_listener_cannot_bind(pki, procs, events):
     (procs / "h.py").write_text("def serve(sock):\n    sock.write(b'hi')\n")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        status_port = probe.getsockname()[1]
-    base = port_ini(pki, procs, "tcp:0:interface=127.0.0.1")
-    s = start(base + f"[status]\nlisten = tcp:{status_port}:interface=127.0.0.1\n", procs)
+    status_port = free_port()
+    base = definitions(procs, port_section(pki, "A", handler="h:serve"))
+    s = start(base + status_section(status_port), procs)
     held, busy = busy_port()
     try:
         assert status_ok(status_port)
         from janustls.core.config import parse_definitions
 
         mark = events.mark()
-        moved = parse_definitions(base + f"[status]\nlisten = tcp:{busy}:interface=127.0.0.1\n", source="test.ini", base=procs)
+        moved = parse_definitions(base + status_section(busy), source="test.ini", base=procs)
         assert in_reactor(lambda: s.service.reload(moved)) is False
         failed = events.wait_for(mark, "janustls.reload.failed")
         assert any("[status] listen" in e and "cannot listen" in e for e in failed["errors"]), failed

@@ -15,48 +15,20 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import client_context, start
-
-OK = '''
-async def serve(sock):
-    data = await sock.read(5)
-    sock.write(b"ok:" + data)
-'''
+from tests.support import client_context, definitions, free_port, install_handlers, secure_port, start, status_section
 
 CERTS = ["alice", "bob", "direct", "expired", "notyet", "revoked", "othera", "serveronly",
          "selfsigned", "weakrsa", "deep", "large", None]  # fmt: skip
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
-
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_status")
-    (procs / "ok.py").write_text(OK)
+    install_handlers(procs, ok="ok_read")
     f = pki.files
     status_port = free_port()
-    ini = f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {f['root.ca']} {f['other.ca']}
-crl = {f['inter.crl']}
-verify_depth = 2
-handler = ok:serve
-[status]
-listen = tcp:{status_port}:interface=127.0.0.1
-"""
+    ini = definitions(procs, secure_port(pki, cas=f"{f['root.ca']} {f['other.ca']}", crl=f["inter.crl"], verify_depth=2, handler="ok:serve"),
+                      status_section(status_port))  # fmt: skip
     (procs / "ports.ini").write_text(ini)
     s = start(ini, procs)
     yield s, f"http://127.0.0.1:{status_port}", procs / "ports.ini"

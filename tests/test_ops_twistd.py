@@ -4,102 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import client_context
-
-ROOT = Path(__file__).parents[1]
-TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
-
-HANDLER = '''
-def serve(sock):
-    sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
-'''
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
-
-def ini_text(pki: Any, procs: Path, port: int, cas: str, status: int | None = None) -> str:
-    f = pki.files
-    text = f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:{port}:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {cas}
-handler = h:serve
-"""
-    if status:
-        text += f"[status]\nlisten = tcp:{status}:interface=127.0.0.1\n"
-    return text
-
-
-class Twistd:
-    """twistd in the foreground with JSON logs on stdout, read line by line."""
-
-    def __init__(self, args: list[str], cwd: Path, python_flags: tuple[str, ...] = ()) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, *python_flags, "-c", TWISTD, *args], cwd=cwd, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, event_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            try:
-                record = json.loads(line)
-            except ValueError:
-                raise AssertionError(f"not a JSON line: {line!r}")
-            if record.get("event_id") == event_id:
-                return record  # type: ignore[no-any-return]
-        raise AssertionError(f"no {event_id}; saw:\n{''.join(self.seen[-30:])}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
+from tests.support import Twistd, client_context, definitions, free_port, install_handlers, secure_port
 
 def hello(port: int, pki: Any, cert: str | None) -> str:
     with client_context(pki, cert, tls="1.3").wrap_socket(
@@ -110,12 +25,10 @@ def hello(port: int, pki: Any, cert: str | None) -> str:
 
 @pytest.fixture
 def twistd(pki, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="hi_cn")
     port = free_port()
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"])))
+    ini.write_text(definitions(procs, secure_port(pki, port=port)))
     pidfile = tmp_path / "twistd.pid"
     t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json"], tmp_path)  # fmt: skip
@@ -140,7 +53,7 @@ def test_json_lines_and_reload_by_signal(twistd, pki):
     assert t.wait_for("janustls.refused.unknown_ca")["subject"] == "CN=othera"
 
     # A new trust list, sent by `janustls reload --pidfile` (SIGHUP).
-    ini.write_text(ini_text(pki, procs, port, f"{pki.files['root.ca']} {pki.files['other.ca']}"))
+    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}")))
     r = subprocess.run([sys.executable, "-m", "janustls.cli", "reload", "--pidfile", str(pidfile)],
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 2 and "cannot be known" in r.stderr, r.stderr  # no status listener to ask
@@ -162,24 +75,11 @@ def test_reload_command_without_server(tmp_path):
     assert r.returncode == 1 and "none.pid" in r.stderr
 
 
-ECHO = '''
-async def serve(sock):
-    sock.write(b"hi\\n")
-    while True:
-        line = await sock.readline()
-        if not line:
-            return
-        sock.write(b"echo:" + line)
-'''
-
-
 def test_graceful_shutdown_drains_within_deadline(pki, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(ECHO)
+    procs = install_handlers(tmp_path / "procs", h="hi_echo")
     port = free_port()
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"])))
+    ini.write_text(definitions(procs, secure_port(pki, port=port)))
     t = Twistd(["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json", "--drain-timeout", "2"], tmp_path)  # fmt: skip
     try:

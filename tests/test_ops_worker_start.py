@@ -6,19 +6,18 @@ from __future__ import annotations
 import subprocess
 import time
 
-from tests.test_ops_twistd import HANDLER, Twistd, free_port, hello, ini_text
+from tests.support import Twistd, definitions, free_port, install_handlers, secure_port
+from tests.test_ops_twistd import hello
 
 STRAY = "raise SystemExit('a stray module of the working directory was imported')\n"
 
 
 def test_workers_ignore_modules_in_the_working_directory(pki, tmp_path):
     """A `timeit.py` (or `random.py`) where the server is started must not be imported by a worker."""
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="hi_cn")
     port = free_port()
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, port, str(pki.files["root.ca"])))
+    ini.write_text(definitions(procs, secure_port(pki, port=port)))
     run = tmp_path / "run"
     run.mkdir()
     for name in ("timeit", "random", "fnmatch"):
@@ -40,21 +39,10 @@ def test_workers_ignore_modules_in_the_working_directory(pki, tmp_path):
         t.stop()
 
 
-WORKER_FAILS = """
-import os
-if os.environ.get("JANUSTLS_WORKER") is not None:
-    raise SystemExit(7)
-def serve(sock):
-    sock.write(b"hi\\n")
-"""
-
-
 def test_parent_gives_up_when_no_worker_stays_up(pki, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(WORKER_FAILS)  # loads in the parent, which validates; dies in every worker
+    procs = install_handlers(tmp_path / "procs", h="worker_fails")  # loads in the parent, which validates; dies in every worker
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, free_port(), str(pki.files["root.ca"])))
+    ini.write_text(definitions(procs, secure_port(pki, port=free_port())))
     pidfile = tmp_path / "t.pid"
     t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json", "--workers", "2"], tmp_path)  # fmt: skip

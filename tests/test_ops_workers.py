@@ -12,59 +12,23 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
 from OpenSSL import SSL
 
 from janustls.tls import _hidden, tickets
-from tests.support import client_context
-from tests.test_ops_twistd import Twistd, free_port
-
-HANDLER = '''
-import os
-
-async def serve(sock):
-    # The CN only with a whole chain up to a root (never the leaf alone): also when resumed.
-    who = sock.cert_info("CN") if sock.cert_levels() >= 2 else "levels=%d" % sock.cert_levels()
-    sock.write(("%d %s\\n" % (os.getpid(), who)).encode())
-    while True:
-        line = await sock.readline()
-        if not line:
-            return
-        sock.write(b"echo:" + line)
-'''
+from tests.support import Twistd, client_context, definitions, free_port, install_handlers, secure_port, status_section
 
 pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
 
 
-def ini_text(pki: Any, procs: Path, port: int, status: int, cas: str) -> str:
-    f = pki.files
-    return f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:{port}:interface=127.0.0.1:backlog=512
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {cas}
-handler = h:serve
-[status]
-listen = tcp:{status}:interface=127.0.0.1
-"""
-
-
 @pytest.fixture
 def workers(pki, tmp_path):
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="pid_echo")
     port, status = free_port(), free_port()
     ini = procs / "ports.ini"
-    ini.write_text(ini_text(pki, procs, port, status, str(pki.files["root.ca"])))
+    ini.write_text(definitions(procs, secure_port(pki, port=port, listen=f"tcp:{port}:interface=127.0.0.1:backlog=512"), status_section(status)))
     pidfile = tmp_path / "twistd.pid"
     t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json", "--workers", "2", "--drain-timeout", "3"], tmp_path)  # fmt: skip
@@ -190,7 +154,8 @@ def test_one_reload_for_all_and_graceful_shutdown(workers, pki):
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(2)]
     for th in threads:
         th.start()
-    ini.write_text(ini_text(pki, procs, port, int(status), f"{pki.files['root.ca']} {pki.files['other.ca']}"))
+    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}",
+                                                  listen=f"tcp:{port}:interface=127.0.0.1:backlog=512"), status_section(int(status))))
     os.kill(int(pidfile.read_text()), signal.SIGHUP)
     t.wait_for("janustls.reload.done")
     time.sleep(0.3)
@@ -256,24 +221,10 @@ def test_two_servers_with_one_key_file_resume_each_others_sessions(pki, reactor,
     resumed connection still names its client and issuer."""
     from tests.support import start
 
-    procs = tmp_path / "procs"
-    procs.mkdir()
-    (procs / "h.py").write_text(HANDLER)
+    procs = install_handlers(tmp_path / "procs", h="pid_echo")
     key = tmp_path / "ticket.key"
     key.write_bytes(os.urandom(80))
-    f = pki.files
-    ini = f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = require
-addca = {f['root.ca']}
-handler = h:serve
-"""
+    ini = definitions(procs, secure_port(pki))
     tickets.configure(key)
     try:
         a, b = start(ini, procs), start(ini, procs)

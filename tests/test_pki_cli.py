@@ -18,16 +18,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from tests.support import EVENTS, start, tls_connect
+from tests.support import EVENTS, definitions, install_handlers, port_section, start, tls_connect
 
 JANUSTLS = str(Path(sys.executable).parent / "janustls")
-
-OK = '''
-def serve(sock):
-    sock.write(b"ok\\n")
-    sock.close()
-'''
-
 
 def jt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([JANUSTLS, *args], capture_output=True, text=True, timeout=120,
@@ -39,20 +32,9 @@ def serial_of(path: Path) -> int:
 
 
 def port_ini(procs: Path, d: Path, addca: str, crl: str) -> str:
-    return f"""
-[janustls]
-procs = {procs}
-
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {d}/server/chain.pem
-private_key = {d}/server/key.pem
-client_cert = require
-addca = {addca}
-crl = {crl}
-handler = ok:serve
-"""
+    """A port with the server certificate `janustls pki init` made in `d`."""
+    return definitions(procs, port_section(None, certificate=f"{d}/server/chain.pem", private_key=f"{d}/server/key.pem",
+                                           client_cert="require", addca=addca, crl=crl, handler="ok:serve"))  # fmt: skip
 
 
 def answer(port: int, ca: Path, chain: Path, key: Path) -> str:
@@ -74,10 +56,7 @@ def answer(port: int, ca: Path, chain: Path, key: Path) -> str:
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Path:
-    p = tmp_path / "procs"
-    p.mkdir()
-    (p / "ok.py").write_text(OK)
-    return p
+    return install_handlers(tmp_path / "procs", ok="ok_close")
 
 
 def test_help_shows_the_subcommands():

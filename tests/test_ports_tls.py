@@ -21,30 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from janustls.errors import UnknownCertItem
-from tests.support import HANDED, client_context, handed, start
+from tests.support import HANDED, client_context, definitions, handed, install_handlers, port_section, secure_port, start
 
 VERSIONS = ["1.2", "1.3"]
 
-CAPTURE = '''
-from tests.support import hand_over
-
-def serve(sock):
-    """A plain function (no coroutine): hand the connection over, say ok, return (closes)."""
-    hand_over(sock)
-    sock.write(b"ok\\n")
-'''
-
-
-def _port(name: str, pki: Any, *, extra: str = "", cert: str = "server") -> str:
-    return f"""
-[port:{name}]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.cert(cert) if cert != 'server' else pki.files['server.pem']}
-private_key = {pki.key(cert) if cert != 'server' else pki.files['server.key']}
-handler = capture:serve
-{extra}
-"""
+def _port(pki: Any, name: str, **keys: object) -> str:
+    """A port running the capture handler (it hands each connection to the test)."""
+    return port_section(pki, name, handler="capture:serve", **keys)
 
 
 def _days(n: int) -> datetime.datetime:
@@ -54,25 +37,28 @@ def _days(n: int) -> datetime.datetime:
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_tls")
-    (procs / "capture.py").write_text(CAPTURE)
+    install_handlers(procs, capture="capture")
     f = pki.files
-    ini = f"[janustls]\nprocs = {procs}\n"
-    ini += _port("NONE", pki)
-    ini += _port("REQUEST", pki, extra=f"client_cert = request\naddca = {f['root.ca']}")
-    ini += _port("SECURE", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']}\nverify_depth = 2")
-    ini += _port("DIRECT", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\nverify_depth = 1")
-    ini += _port("OTHER", pki, extra=f"client_cert = require\naddca = {f['other.ca']}")
-    ini += _port("BIGCERTS", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\nmax_cert_size = 65536")
-    ini += _port("REPLAY", pki, cert="servercert", extra=f"client_cert = require\naddca = {f['root.ca']}")
-    ini += _port("INTERONLY", pki, extra=f"client_cert = require\naddca = {f['inter.ca']}")
     stale = procs / "stale.crl"
     stale.write_bytes(pki.inter.crl_pem(last_update=_days(-10), next_update=_days(-1)))
-    ini += _port("CRLCHAIN", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']}\ncrl_check = chain")
-    ini += _port("CRLFULL", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {f['inter.crl']} {f['root.crl']}\ncrl_check = chain")
-    ini += _port("CRLSTALE", pki, extra=f"client_cert = require\naddca = {f['root.ca']}\ncrl = {stale}")
-    ini += _port("BOTHCAS", pki, extra=f"client_cert = require\naddca = {f['inter.ca']} {f['root.ca']}")
-    ini += _port("ONLY12", pki, extra="tls_max = 1.2\nciphers = ECDHE+CHACHA20")
-    ini += _port("ONLY13", pki, extra="tls_min = 1.3")
+    require = {"client_cert": "require", "addca": f["root.ca"]}
+    ini = definitions(
+        procs,
+        _port(pki, "NONE"),
+        _port(pki, "REQUEST", client_cert="request", addca=f["root.ca"]),
+        _port(pki, "SECURE", **require, crl=f["inter.crl"], verify_depth=2),
+        _port(pki, "DIRECT", **require, verify_depth=1),
+        _port(pki, "OTHER", client_cert="require", addca=f["other.ca"]),
+        _port(pki, "BIGCERTS", **require, max_cert_size=65536),
+        _port(pki, "REPLAY", certificate=pki.cert("servercert"), private_key=pki.key("servercert"), **require),
+        _port(pki, "INTERONLY", client_cert="require", addca=f["inter.ca"]),
+        _port(pki, "CRLCHAIN", **require, crl=f["inter.crl"], crl_check="chain"),
+        _port(pki, "CRLFULL", **require, crl=f"{f['inter.crl']} {f['root.crl']}", crl_check="chain"),
+        _port(pki, "CRLSTALE", **require, crl=stale),
+        _port(pki, "BOTHCAS", client_cert="require", addca=f"{f['inter.ca']} {f['root.ca']}"),
+        _port(pki, "ONLY12", tls_max="1.2", ciphers="ECDHE+CHACHA20"),
+        _port(pki, "ONLY13", tls_min="1.3"),
+    )
     s = start(ini, procs)
     yield s
     s.stop()
@@ -450,13 +436,15 @@ def test_session_does_not_resume_on_another_port(server, pki, events, version):
 @pytest.fixture(scope="module")
 def addca_server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_addca")
-    (procs / "capture.py").write_text(CAPTURE)
+    install_handlers(procs, capture="capture")
     f = pki.files
-    ini = f"[janustls]\nprocs = {procs}\n"
-    ini += _port("SECA", pki, extra=f"client_cert = require\naddca = {f['root.ca']}")
-    ini += _port("SECB", pki, extra="client_cert = require")
-    ini += _port("PLAIN", pki, extra=f"client_cert = request\naddca = {f['root.ca']}")
-    ini += f"[addca]\nSEC* = {f['other.ca']}\n"
+    ini = definitions(
+        procs,
+        _port(pki, "SECA", client_cert="require", addca=f["root.ca"]),
+        _port(pki, "SECB", client_cert="require"),
+        _port(pki, "PLAIN", client_cert="request", addca=f["root.ca"]),
+        f"[addca]\nSEC* = {f['other.ca']}\n",
+    )
     s = start(ini, procs)
     yield s
     s.stop()
@@ -511,38 +499,11 @@ def test_addca_pattern_trust_applies(addca_server, pki, events, version):
 # -- renegotiation -------------------------------------------------------------------------
 
 
-ECHO = '''
-async def serve(sock):
-    who = sock.cert_info("CN") or "anonymous"
-    sock.write(f"hello {who} ({sock.cert_levels()} certificate levels, {sock.tls_version})\\n".encode())
-    while True:
-        line = await sock.readline()
-        if not line or line.strip() == b"quit":
-            return
-        sock.write(line)
-'''
-
-
 @pytest.fixture(scope="module")
 def echo_server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_echo")
-    (procs / "echo.py").write_text(ECHO)
-    f = pki.files
-    s = start(
-        f"""
-[janustls]
-procs = {procs}
-[port:ECHO]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-client_cert = request
-addca = {f['root.ca']}
-handler = echo:serve
-""",
-        procs,
-    )
+    install_handlers(procs, echo="hello_echo")
+    s = start(definitions(procs, secure_port(pki, "ECHO", client_cert="request", handler="echo:serve")), procs)
     yield s
     s.stop()
 
@@ -631,10 +592,9 @@ def _has_ipv6() -> bool:
 @pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
 def test_ipv6_port(pki, reactor, events, tmp_path):
     """A port on ::1: the connection's peer is the v6 address, and log events write it [::1]:port."""
-    (tmp_path / "capture.py").write_text(CAPTURE)
-    f = pki.files
-    ini = f"[janustls]\nprocs = {tmp_path}\n" + _port("SIX", pki, extra=f"client_cert = require\naddca = {f['root.ca']}")
-    s = start(ini.replace("listen = tcp:0:interface=127.0.0.1", "listen = tcp6:0:interface=\\:\\:1"), tmp_path)
+    install_handlers(tmp_path, capture="capture")
+    ini = definitions(tmp_path, _port(pki, "SIX", listen="tcp6:0:interface=\\:\\:1", client_cert="require", addca=pki.files["root.ca"]))
+    s = start(ini, tmp_path)
     try:
         number = s.port("SIX")
         raw = socket.create_connection(("::1", number), timeout=5)

@@ -27,19 +27,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from janustls.core import proxyproto
 from janustls.errors import ConfigErrors
 from janustls.ports.proxy import PENDING_LIMIT, ProxyProtocol
-from tests.support import client_context, in_reactor, start
+from tests.support import client_context, definitions, free_port, in_reactor, install_handlers, secure_port, start
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
 MB = 1024 * 1024
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -208,20 +202,8 @@ def echo(conn: socket.socket, record: dict[str, Any]) -> None:
 
 
 def proxy_ini(pki: Any, procs: Path, connect: str, **extra: Any) -> str:
-    lines = "\n".join(f"{k} = {v}" for k, v in extra.items())
-    return f"""
-[janustls]
-procs = {procs}
-[port:GATE]
-type = proxy
-listen = tcp:0:interface=127.0.0.1
-connect = {connect}
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = require
-addca = {pki.files['root.ca']}
-{lines}
-"""
+    """A proxy port GATE in front of `connect`, requiring a client certificate; `extra` adds keys."""
+    return definitions(procs, secure_port(pki, "GATE", type="proxy", connect=connect, handler=None, **extra))
 
 
 @pytest.fixture
@@ -796,24 +778,9 @@ def test_bad_connect_is_a_config_error(pki, procs):
 
 
 def srvsock_ini(pki: Any, procs: Path) -> str:
-    (procs / "who.py").write_text(
-        "async def serve(sock):\n"
-        "    sock.write(('%s:%d|%s\\n' % (sock.peer.host, sock.peer.port, sock.cert_info('CN'))).encode())\n"
-    )
-    return f"""
-[janustls]
-procs = {procs}
-[port:BEHIND]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = require
-addca = {pki.files['root.ca']}
-handler = who:serve
-proxy_protocol = yes
-handshake_timeout = 1
-"""
+    """A srvsock port BEHIND a load balancer (proxy_protocol = yes) saying the peer it saw."""
+    install_handlers(procs, who="peer_who")
+    return definitions(procs, secure_port(pki, "BEHIND", handler="who:serve", proxy_protocol="yes", handshake_timeout=1))
 
 
 @pytest.mark.parametrize(

@@ -15,38 +15,18 @@ from cryptography.hazmat.primitives import hashes
 from janustls.events import CATALOGUE
 from janustls.ops.logs import json_lines_observer
 from janustls.core.reasons import Reason
-from tests.support import EVENTS, client_context, start, tls_connect
-
-OK = '''
-def serve(sock):
-    sock.write(b"ok\\n")
-'''
-
+from tests.support import EVENTS, client_context, definitions, install_handlers, secure_port, start, tls_connect
 
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_refusal_logs")
-    (procs / "ok.py").write_text(OK)
+    install_handlers(procs, ok="ok")
     f = pki.files
-    common = f"""type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
-handler = ok:serve
-client_cert = require
-"""
-    s = start(f"""[janustls]
-procs = {procs}
-
-[port:SECURE]
-{common}addca = {f['root.ca']}
-crl = {f['inter.crl']}
-verify_depth = 2
-
-[port:ALLOW]
-{common}addca = {f['root.ca']}
-allow = cn:bob
-""", procs)  # fmt: skip
+    s = start(definitions(
+        procs,
+        secure_port(pki, "SECURE", handler="ok:serve", crl=f["inter.crl"], verify_depth=2),
+        secure_port(pki, "ALLOW", handler="ok:serve", allow="cn:bob"),
+    ), procs)
     yield s
     s.stop()
 

@@ -14,16 +14,9 @@ import pytest
 
 from janustls.tls import _hidden, tickets
 from janustls.pki import CA
-from tests.support import client_context, in_reactor, start
+from tests.support import client_context, definitions, in_reactor, install_handlers, secure_port, start
 
 pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
-
-HANDLER = '''
-async def serve(sock):
-    sock.write(("%s %d\\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
-    await sock.readline()
-'''
-
 
 @pytest.fixture
 def shared_keys(tmp_path):
@@ -46,23 +39,8 @@ def test_revoked_since_the_session_was_made(pki, reactor, procs, events, shared_
     crl.write_bytes(root.crl_pem())
     (tmp_path / "root.pem").write_bytes(root.cert_pem)
     client.write(tmp_path, "carol")
-    (procs / "h.py").write_text(HANDLER)
-    server = start(
-        f"""
-[janustls]
-procs = {procs}
-[port:RESUME]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = require
-addca = {tmp_path / 'root.pem'}
-crl = {crl}
-handler = h:serve
-""",
-        procs,
-    )
+    install_handlers(procs, h="cn_levels")
+    server = start(definitions(procs, secure_port(pki, "RESUME", cas=tmp_path / "root.pem", crl=crl)), procs)
     try:
         ctx = client_context(pki, None, tls=version)
         ctx.load_cert_chain(tmp_path / "carol.pem", tmp_path / "carol.key")
@@ -95,21 +73,10 @@ def test_session_without_certificate_after_the_port_came_to_require_one(pki, rea
     """A session from before `client_cert = require` carries no certificate: refused."""
     from janustls.core.config import parse_definitions
 
-    (procs / "h.py").write_text(HANDLER)
+    install_handlers(procs, h="cn_levels")
 
     def text(mode: str) -> str:
-        return f"""
-[janustls]
-procs = {procs}
-[port:COMES]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = {mode}
-addca = {pki.files['root.ca']}
-handler = h:serve
-"""
+        return definitions(procs, secure_port(pki, "COMES", client_cert=mode))
 
     server = start(text("none"), procs)
     try:
@@ -135,20 +102,8 @@ handler = h:serve
         server.stop()
 
 
-def _strict_port(procs, pki, tmp_path, extra: str) -> str:
-    return f"""
-[janustls]
-procs = {procs}
-[port:STRICT]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = require
-addca = {tmp_path / 'root.pem'}
-handler = h:serve
-{extra}
-"""
+def _strict_port(procs, pki, tmp_path, **keys: object) -> str:
+    return definitions(procs, secure_port(pki, "STRICT", cas=tmp_path / "root.pem", **keys))
 
 
 @pytest.mark.parametrize("change", ["verify_depth", "max_cert_size", "stale_crl"])
@@ -166,9 +121,9 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
     client.write(tmp_path, "dave")
     crl = tmp_path / "strict.crl"
     crl.write_bytes(inter.crl_pem())
-    (procs / "h.py").write_text(HANDLER)
-    crl_lines = f"crl = {crl}\ncrl_expired = refuse\n" if change == "stale_crl" else ""
-    server = start(_strict_port(procs, pki, tmp_path, crl_lines), procs)
+    install_handlers(procs, h="cn_levels")
+    crl_keys = {"crl": crl, "crl_expired": "refuse"} if change == "stale_crl" else {}
+    server = start(_strict_port(procs, pki, tmp_path, **crl_keys), procs)
     try:
         ctx = client_context(pki, None, tls="1.3")
         ctx.load_cert_chain(tmp_path / "dave.pem", tmp_path / "dave.key")
@@ -178,14 +133,14 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
             s.sendall(b"bye\n")
             session = s.session
         if change == "verify_depth":
-            extra = "verify_depth = 1\n"
+            extra: dict[str, object] = {"verify_depth": 1}
         elif change == "max_cert_size":
-            extra = "max_cert_size = 300\n"
+            extra = {"max_cert_size": 300}
         else:
             past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
             crl.write_bytes(inter.crl_pem(last_update=past - datetime.timedelta(days=1), next_update=past))
-            extra = crl_lines
-        new = parse_definitions(_strict_port(procs, pki, tmp_path, extra), source="test.ini", base=procs)
+            extra = crl_keys
+        new = parse_definitions(_strict_port(procs, pki, tmp_path, **extra), source="test.ini", base=procs)
         assert in_reactor(lambda: server.service.reload(new)) is True
         # A fresh handshake with the same chain is refused ...
         mark = events.mark()

@@ -22,48 +22,23 @@ import janustls
 from janustls.core.config import parse_definitions, port_from_options
 from janustls.errors import ConfigErrors
 from janustls.plugin import connection_of
-from tests.support import client_context, in_reactor, start, talk
+from tests.support import client_context, definitions, free_port, in_reactor, install_handlers, secure_port, start, talk
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-WHO = '''
-async def serve(sock):
-    line = await sock.readline()
-    sock.write(b"%s|%d|%s|" % (str(sock.cert_info("CN")).encode(), sock.cert_levels(), sock.tls_version.encode()) + line)
-'''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def port_section(pki, name: str = "WHO", listen: str = "tcp:0:interface=127.0.0.1", **extra: str) -> str:
-    lines = {
-        "type": "srvsock",
-        "listen": listen,
-        "certificate": str(pki.files["server.pem"]),
-        "private_key": str(pki.files["server.key"]),
-        "client_cert": "require",
-        "addca": str(pki.files["root.ca"]),
-        "handler": "who:serve",
-    }
-    lines.update(extra)
-    return f"[port:{name}]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items())
+def who_port(pki, name: str = "WHO", **keys: str) -> str:
+    """The usual port (tests.support.secure_port) running who:serve; `keys` add or replace lines."""
+    return secure_port(pki, name, **{"handler": "who:serve", **keys})
 
 
 @pytest.fixture
 def lib(tmp_path, pki):
-    d = tmp_path / "lib"
-    d.mkdir()
-    (d / "who.py").write_text(WHO)
-    return d
+    return install_handlers(tmp_path / "lib", who="who")
 
 
 def write_ini(lib: Path, text: str) -> Path:
     f = lib.parent / "ports.ini"
-    f.write_text(f"[janustls]\nprocs = {lib.name}\n{text}")
+    f.write_text(definitions(lib.name, text))
     return f
 
 
@@ -94,7 +69,7 @@ def refused(port: int) -> bool:
 def test_twistd_runs_a_port_definition_file(pki, lib, tmp_path):
     """`twistd -n janustls --port-def FILE` serves the file's ports until it is told to stop."""
     number = free_port()
-    ini = write_ini(lib, port_section(pki, listen=f"tcp:{number}:interface=127.0.0.1"))
+    ini = write_ini(lib, who_port(pki, listen=f"tcp:{number}:interface=127.0.0.1"))
     log = tmp_path / "twistd.log"
     proc = subprocess.Popen(
         [str(BIN / "twistd"), "-n", "--pidfile=", "--logfile", str(log), "janustls", "--port-def", str(ini)],
@@ -118,7 +93,7 @@ def test_twistd_runs_a_port_definition_file(pki, lib, tmp_path):
 def test_twistd_refuses_a_bad_file(pki, lib, tmp_path):
     """A bad definition file: twistd exits non-zero and says which file, section and key are wrong."""
     number = free_port()
-    ini = write_ini(lib, port_section(pki, listen=f"tcp:{number}:interface=127.0.0.1", tls_min="1.3", tls_max="1.2"))
+    ini = write_ini(lib, who_port(pki, listen=f"tcp:{number}:interface=127.0.0.1", tls_min="1.3", tls_max="1.2"))
     r = subprocess.run(
         [str(BIN / "twistd"), "-n", "--pidfile=", "janustls", "--port-def", str(ini)],
         cwd=tmp_path, capture_output=True, timeout=60,
@@ -137,8 +112,8 @@ def test_twistd_stops_when_a_port_cannot_listen(pki, lib, tmp_path):
     other = free_port()
     ini = write_ini(
         lib,
-        port_section(pki, "FREE", listen=f"tcp:{other}:interface=127.0.0.1")
-        + port_section(pki, "BUSY", listen=f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"),
+        who_port(pki, "FREE", listen=f"tcp:{other}:interface=127.0.0.1")
+        + who_port(pki, "BUSY", listen=f"tcp:{busy.getsockname()[1]}:interface=127.0.0.1"),
     )
     try:
         r = subprocess.run(
@@ -168,7 +143,7 @@ def test_twistd_help_lists_port_def():
 def test_check_good_file(pki, lib):
     """`janustls check` on a good file: what it would run, exit 0, nothing started."""
     number = free_port()
-    ini = write_ini(lib, port_section(pki, listen=f"tcp:{number}:interface=127.0.0.1", max_connections="7"))
+    ini = write_ini(lib, who_port(pki, listen=f"tcp:{number}:interface=127.0.0.1", max_connections="7"))
     r = subprocess.run([str(BIN / "janustls"), "check", str(ini)], capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr.decode()
     out = r.stdout.decode()
@@ -182,8 +157,8 @@ def test_check_good_file(pki, lib):
 
 def test_check_bad_file_lists_every_error(pki, lib):
     """Every mistake of a file at once, each located; exit 1."""
-    text = port_section(pki, "A", listen="tcp:9:interface=127.0.0.1", type="websocket", unknown_key="1")
-    text += port_section(pki, "B", listen="tcp:9:interface=127.0.0.1", max_connections="lots")
+    text = who_port(pki, "A", listen="tcp:9:interface=127.0.0.1", type="websocket", unknown_key="1")
+    text += who_port(pki, "B", listen="tcp:9:interface=127.0.0.1", max_connections="lots")
     ini = write_ini(lib, text)
     r = subprocess.run([str(BIN / "janustls"), "check", str(ini)], capture_output=True, timeout=60)
     assert r.returncode == 1
@@ -201,7 +176,7 @@ def test_check_bad_file_lists_every_error(pki, lib):
 
 def test_check_bad_material(pki, lib):
     """File problems (missing PEM, handler) are found by check too, without starting anything."""
-    ini = write_ini(lib, port_section(pki, certificate="missing.pem", handler="nothere:serve"))
+    ini = write_ini(lib, who_port(pki, certificate="missing.pem", handler="nothere:serve"))
     r = subprocess.run([str(BIN / "janustls"), "check", str(ini)], capture_output=True, timeout=60)
     assert r.returncode == 1
     err = r.stderr.decode()
@@ -211,7 +186,7 @@ def test_check_bad_material(pki, lib):
 
 def test_check_reports_file_mistakes_and_material_problems_in_one_run(pki, lib):
     """A mistake in one port's section, and a missing PEM in another's: both at once."""
-    text = port_section(pki, "A", tls_min="1.4") + port_section(pki, "B", certificate="missing.pem")
+    text = who_port(pki, "A", tls_min="1.4") + who_port(pki, "B", certificate="missing.pem")
     ini = write_ini(lib, text)
     r = subprocess.run([str(BIN / "janustls"), "check", str(ini)], capture_output=True, timeout=60)
     assert r.returncode == 1
@@ -231,7 +206,7 @@ def test_encrypted_key_with_right_password_serves(pki, lib, monkeypatch, reactor
     )
     (lib / "enc.key").write_bytes(key)
     monkeypatch.setenv("JANUSTLS_TEST_KEY_PW", "open sesame")
-    s = start(f"[janustls]\nprocs = {lib}\n" + port_section(pki, private_key="enc.key", private_key_password_env="JANUSTLS_TEST_KEY_PW"), lib)
+    s = start(definitions(lib, who_port(pki, private_key="enc.key", private_key_password_env="JANUSTLS_TEST_KEY_PW")), lib)
     try:
         assert talk(s.port("WHO"), client_context(pki, "alice"), b"x\n") == b"alice|3|TLSv1.3|x\n"
     finally:
@@ -313,7 +288,7 @@ def test_endpoint_string_plugin_bad_options(pki, reactor):
 
 def test_endpoint_string_from_port_def(pki, lib, reactor):
     """`janustls:port_def=FILE:name=NAME` takes one port of a definition file, with its address and trust."""
-    ini = write_ini(lib, port_section(pki, "ONE") + port_section(pki, "TWO", client_cert="none"))
+    ini = write_ini(lib, who_port(pki, "ONE") + who_port(pki, "TWO", client_cert="none"))
     listening, factory = _listen_endpoint(f"janustls:port_def={ini}:name=two")
     try:
         out = talk(listening.getHost().port, client_context(pki, None), b"hey")
@@ -347,7 +322,7 @@ def test_listen_api(pki, lib, reactor):
 def test_janus_service_api(pki, lib, reactor):
     """`JanusService(definitions)` is a Twisted MultiService of every port (and the watcher of their certificate files)."""
     definitions = parse_definitions(
-        f"[janustls]\nprocs = {lib}\n" + port_section(pki, "A") + port_section(pki, "B", client_cert="none"), base=lib
+        f"[janustls]\nprocs = {lib}\n" + who_port(pki, "A") + who_port(pki, "B", client_cert="none"), base=lib
     )
     service = janustls.JanusService(definitions)
     assert sorted(s.name for s in service) == ["A", "B", "cert-watch"]
@@ -367,8 +342,8 @@ def test_janus_service_with_a_bad_port_starts_nothing(pki, lib, reactor):
     number = free_port()
     definitions = parse_definitions(
         f"[janustls]\nprocs = {lib}\n"
-        + port_section(pki, "GOOD", listen=f"tcp:{number}:interface=127.0.0.1")
-        + port_section(pki, "BAD", private_key=str(pki.key("alice"))),
+        + who_port(pki, "GOOD", listen=f"tcp:{number}:interface=127.0.0.1")
+        + who_port(pki, "BAD", private_key=str(pki.key("alice"))),
         source="embedded.ini", base=lib,
     )  # fmt: skip
     with pytest.raises(ConfigErrors) as info:

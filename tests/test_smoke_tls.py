@@ -6,32 +6,12 @@ import ssl
 
 import pytest
 
-from tests.support import client_context, start, talk
-
-ECHO = '''
-async def serve(sock):
-    sock.write(("%s|%d|%s\\n" % (sock.cert_info("CN"), sock.cert_levels(), sock.tls_version)).encode())
-'''
-
+from tests.support import client_context, definitions, install_handlers, secure_port, start, talk
 
 @pytest.fixture
 def server(pki, reactor, procs):
-    (procs / "h.py").write_text(ECHO)
-    s = start(
-        f"""
-[janustls]
-procs = {procs}
-[port:SECURE]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = require
-addca = {pki.files['root.ca']}
-handler = h:serve
-""",
-        procs,
-    )
+    install_handlers(procs, h="cn_levels_version")
+    s = start(definitions(procs, secure_port(pki)), procs)
     yield s
     s.stop()
 

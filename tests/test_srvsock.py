@@ -15,167 +15,21 @@ import time
 import pytest
 
 from janustls.ports.connection import MAX_LINE, READ_BUFFER_HIGH
-from tests.support import HANDED, client_context, handed, start, talk
-
-HANDLERS = '''
-from twisted.internet import defer, reactor
-from tests.support import hand_over
-
-
-async def api(sock):
-    """readline, read(n), write, then what the end of the stream looks like."""
-    line = await sock.readline()
-    sock.write(b"line:" + line)
-    part = await sock.read(5)
-    sock.write(b"read:" + part + b"\\n")
-    rest = await sock.readline()
-    sock.write(b"rest:" + rest)
-    tail = await sock.readline()          # the client sends "partial" and closes
-    after = await sock.readline()
-    eof = await sock.read(10)
-    hand_over((tail, after, eof))
-
-
-def deferred(sock):
-    """Not a coroutine: returns a Deferred that fires later; the port closes when it fires."""
-    d = defer.Deferred()
-
-    def later():
-        sock.write(b"deferred\\n")
-        d.callback(None)
-
-    reactor.callLater(0.05, later)
-    return d
-
-
-def chained(sock):
-    """A Deferred built from sock.readline()."""
-    return sock.readline().addCallback(lambda line: sock.write(line.upper()))
-
-
-def plain(sock):
-    """A plain function: writes and returns None, and the connection is closed."""
-    sock.write(b"plain\\n")
-
-
-def closer(sock):
-    """sock.close() closes the connection while the handler still waits."""
-    sock.write(b"bye\\n")
-    sock.close()
-    return defer.Deferred()
-
-
-async def bulk(sock):
-    """Let more than the read high-water mark pile up, then read it all and send it back."""
-    header = await sock.readline()
-    size = int(header)
-    d = defer.Deferred()
-    reactor.callLater(0.3, d.callback, None)
-    await d
-    hand_over(len(sock._buffer))
-    got = bytearray()
-    while len(got) < size:
-        chunk = await sock.read(65536)
-        if not chunk:
-            break
-        got += chunk
-    import hashlib
-    sock.write(hashlib.sha256(got).hexdigest().encode() + b"\\n")
-    sock.write(bytes(got))
-
-
-async def moody(sock):
-    """Echoes a line, but raises on "boom"."""
-    line = await sock.readline()
-    if line == b"boom\\n":
-        raise ValueError("boom requested")
-    sock.write(line)
-
-
-async def liner(sock):
-    sock.write(await sock.readline())
-
-
-def raiser(sock):
-    raise RuntimeError("handler broke at once")
-
-
-async def http(sock):
-    """A minimal HTTP/1.1 answer saying who the client is (like procs/whoami.py), for curl."""
-    await sock.readline()  # the request line
-    while (await sock.readline()) not in (b"\\r\\n", b"\\n", b""):
-        pass
-    body = ("hello %s\\nlevels %d\\n%s\\n" % (sock.cert_info("CN"), sock.cert_levels(), sock.tls_version)).encode()
-    sock.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n" % len(body) + body)
-
-
-async def mixed(sock):
-    """Awaits of every kind in one handler: reads, a later Deferred, a fired one, a failed
-    one caught, a read that fails (LineTooLong) caught, and a coroutine of its own."""
-    from twisted.internet.task import deferLater
-    from janustls.errors import LineTooLong
-
-    out = [await sock.readline()]
-    out.append((await deferLater(reactor, 0.01, lambda: b"later\\n")))
-    out.append(await defer.succeed(b"fired\\n"))
-    try:
-        await defer.fail(KeyError("caught"))
-    except KeyError as e:
-        out.append(b"failed %s\\n" % str(e).encode())
-
-    async def inner():
-        return await sock.read(4)
-
-    out.append(await inner() + b"\\n")
-    try:
-        await sock.readline()
-    except LineTooLong:
-        out.append(b"too long\\n")
-    sock.write(b"".join(out))
-
-
-async def exact(sock):
-    """readexactly: waits for all n bytes, however they arrive."""
-    sock.write(await sock.readexactly(6) + b"|")
-    sock.write(await sock.readexactly(6) + b"|")
-
-
-async def hold(sock):
-    """Say ok, then echo lines until the client goes."""
-    sock.write(b"ok\\n")
-    while True:
-        line = await sock.readline()
-        if not line:
-            return
-        sock.write(line)
-'''
-
-
-def _port(name: str, pki, handler: str, extra: str = "", mode: str = "request") -> str:
-    return f"""
-[port:{name}]
-type = srvsock
-listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
-client_cert = {mode}
-addca = {pki.files['root.ca']}
-handler = {handler}
-{extra}
-"""
-
+from tests.support import HANDED, client_context, definitions, handed, install_handlers, secure_port, start, talk
 
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_srvsock")
-    (procs / "h.py").write_text(HANDLERS)
-    ini = f"[janustls]\nprocs = {procs}\n"
-    for name in ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner", "mixed", "exact"):
-        ini += _port(name.upper(), pki, f"h:{name}")
-    ini += _port("LIMITED", pki, "h:hold", "max_connections = 2")
-    ini += _port("IDLE", pki, "h:hold", "idle_timeout = 0.5")
-    ini += _port("SLOW", pki, "h:hold", "handshake_timeout = 0.3")
-    ini += _port("WHOAMI", pki, "h:http", mode="require")
+    install_handlers(procs, h="srvsock")
+    names = ("api", "deferred", "chained", "plain", "closer", "bulk", "moody", "raiser", "liner", "mixed", "exact")
+    ini = definitions(
+        procs,
+        *(secure_port(pki, name.upper(), client_cert="request", handler=f"h:{name}") for name in names),
+        secure_port(pki, "LIMITED", client_cert="request", handler="h:hold", max_connections=2),
+        secure_port(pki, "IDLE", client_cert="request", handler="h:hold", idle_timeout=0.5),
+        secure_port(pki, "SLOW", client_cert="request", handler="h:hold", handshake_timeout=0.3),
+        secure_port(pki, "WHOAMI", handler="h:http"),
+    )
     s = start(ini, procs)
     yield s
     s.stop()

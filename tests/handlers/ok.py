@@ -1,0 +1,4 @@
+"""Say "ok" and return (the connection closes)."""
+
+def serve(sock):
+    sock.write(b"ok\n")
