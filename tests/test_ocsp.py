@@ -252,6 +252,32 @@ def test_responder_down_refuse_or_tolerate(setup: Setup, procs: Path, tls: str) 
         server.stop()
 
 
+def test_down_responder_costs_one_timeout_per_interval(setup: Setup, procs: Path) -> None:
+    """ocsp_fail = tolerate with a responder that never answers in time: the failure is cached
+    briefly (negative cache), so only the first connection waits ocsp_timeout."""
+    from janustls.ops.ocspcheck import STATS
+
+    cert, key, _ = setup.client("stalled")
+    setup.responder.delay = 3.0
+    asked = STATS["requests"]
+    server = start(setup.ini(procs, "ocsp_fail = tolerate\nocsp_timeout = 1"), setup.tmp)
+    try:
+        port = server.port("OC")
+        t0 = time.monotonic()
+        assert hello(port, cert, key) == "hi stalled"
+        assert time.monotonic() - t0 >= 0.9  # the first one waited for the timeout
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert hello(port, cert, key) == "hi stalled"
+            assert time.monotonic() - t0 < 0.5  # the cached failure answered at once
+        assert STATS["requests"] - asked == 1  # the responder was asked once
+    finally:
+        server.stop()
+    from janustls.ops.ocspcheck import negative_ttl
+
+    assert negative_ttl(1.0) == 10.0 and negative_ttl(5.0) == 30.0
+
+
 def test_ocsp_responder_key_overrides_the_certificate(setup: Setup, procs: Path) -> None:
     cert, key, _ = setup.client("override", url=closed_port_url())
     server = start(setup.ini(procs, f"ocsp_responder = {setup.responder.url}"), setup.tmp)

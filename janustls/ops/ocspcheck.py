@@ -10,6 +10,7 @@ rules live in `janustls.core.ocsp`; the HTTP exchange in `janustls.ops.httpfetch
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 from typing import Any, Callable, Sequence
 
@@ -24,13 +25,25 @@ from janustls.events import emit
 from janustls.core.ocsp import OCSPCache, Status, Verdict, asked_about, build_request, cert_id, judge_response, new_nonce, responder_url
 from janustls.core.reasons import Reason, Refusal
 
-__all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES"]
+__all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES", "negative_ttl", "NEGATIVE_TTL_MAX"]
 
 #: Verified answers shared by every port and connection of the process.
 CACHE = OCSPCache()
 #: Counters for /status and /metrics: requests sent, and answers by status.
 STATS: collections.Counter[str] = collections.Counter()
 MAX_RESPONSE_BYTES = 64 * 1024
+
+#: The longest a "no usable answer" is remembered (negative cache), in seconds.
+NEGATIVE_TTL_MAX = 30.0
+
+
+def negative_ttl(timeout: float) -> float:
+    """How long a failed look-up (unreachable, timed out, garbage, unknown ...) is cached:
+    min(30 s, 10 x ocsp_timeout).  A down responder then costs one timeout per interval, not
+    one per connection, and at most a tenth of the time is spent waiting for it; a responder
+    that comes back is asked again within 30 s."""
+    return min(NEGATIVE_TTL_MAX, 10.0 * timeout)
+
 
 _Key = tuple[str, bytes, int]
 _INFLIGHT: dict[_Key, list[defer.Deferred[Verdict]]] = {}
@@ -95,7 +108,12 @@ def ask(
 
     def deliver(verdict: Verdict) -> None:
         STATS[verdict.status.value] += 1
-        CACHE.put(key, verdict)
+        if verdict.status is Status.UNAVAILABLE:
+            ttl = negative_ttl(timeout)
+            until = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=ttl)
+            CACHE.put(key, dataclasses.replace(verdict, cause=f"{verdict.cause} (remembered for {ttl:g}s)", expires=until))
+        else:
+            CACHE.put(key, verdict)
         emit(
             "janustls.ocsp.answer",
             "port {port}: OCSP {url} about {subject} (serial {serial}): {status}{cause}",
