@@ -222,6 +222,8 @@ class PortService(service.Service):
 
     def _listening(self, listening: IListeningPort) -> None:
         self.listening = self.built.listening = listening
+        if self.built.runtime.stapler is not None:
+            self.built.runtime.stapler.start()  # the port serves: its staple is fetched from now on
         port = self.built.definition
         emit(
             "janustls.port.listening",
@@ -260,4 +262,10 @@ class PortService(service.Service):
 def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None) -> defer.Deferred[IListeningPort]:
     """Build one port and start listening: the embedding API's shortest form."""
     built = build_port(port, procs or Path.cwd(), reactor)
-    return built.endpoint.listen(built.factory)
+
+    def listening(lp: IListeningPort) -> IListeningPort:
+        if built.runtime.stapler is not None:
+            built.runtime.stapler.start()
+        return lp
+
+    return built.endpoint.listen(built.factory).addCallback(listening)
