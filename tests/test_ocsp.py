@@ -477,3 +477,84 @@ def test_mid_connection_certificate_is_judged_by_ocsp(setup: Setup, procs: Path,
                 assert event["reason"] == "revoked" and "by OCSP" in event["detail"]
     finally:
         server.stop()
+
+
+WEB_VIEWS = '''
+def who(request):
+    return "hi %s" % request.connection.cert_info("CN")
+
+def certerr(request):
+    return "certerr: %s" % request.refusal.reason.value
+'''
+
+
+def https_get(port: int, path: str, cert: Path, key: Path, tls: str, pha: bool = False) -> tuple[int, bytes]:
+    import http.client
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if tls == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.post_handshake_auth = pha
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_web_port_sslcerterr_answers_an_ocsp_refusal(setup: Setup, procs: Path, tls: str) -> None:
+    """On a web port with ON SSLCERTERR, a certificate refused by OCSP goes to the handler
+    (with the typed reason), as any other refused certificate does, at the handshake and
+    when asked for mid-connection; the refusal is logged."""
+    (procs / "views.py").write_text(WEB_VIEWS)
+    cert, key, issued = setup.client(f"webrevoked{tls}")
+    good_cert, good_key, _ = setup.client(f"webgood{tls}")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    common = f"""
+type = webserv
+listen = tcp:0:interface=127.0.0.1
+certificate = {setup.server_files['chain']}
+private_key = {setup.server_files['key']}
+addca = {setup.tmp / 'root.pem'}
+ocsp = leaf
+ocsp_timeout = 2
+request_timeout = 3
+"""
+    text = f"""
+[janustls]
+procs = {procs}
+[port:OCWEB]
+client_cert = require
+{common}
+[web:OCWEB]
+ON /* = call views:who
+ON SSLCERTERR = call views:certerr status=495
+[port:OCMID]
+client_cert = none
+{common}
+[web:OCMID]
+ON /need = call views:who client_cert=require
+ON SSLCERTERR = call views:certerr status=495
+"""
+    server = start(text, setup.tmp)
+    try:
+        for name in ("OCWEB", "OCMID"):
+            port = server.port(name)
+            mark = EVENTS.mark()
+            assert https_get(port, "/need", good_cert, good_key, tls, pha=True) == (200, f"hi webgood{tls}".encode())
+            assert https_get(port, "/need", cert, key, tls, pha=True) == (495, b"certerr: revoked"), name
+            if name == "OCWEB":
+                assert "by OCSP" in EVENTS.wait_for(mark, "janustls.refused.revoked", name)["detail"]
+            else:  # asked mid-connection: the request's outcome, as for any refused certificate
+                event = EVENTS.wait_for(mark, "janustls.request.refused", name)
+                assert event["reason"] == "revoked" and "by OCSP" in event["detail"], event
+    finally:
+        server.stop()
