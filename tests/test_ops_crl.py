@@ -330,3 +330,41 @@ handler = h:serve
             s.stop()
     finally:
         in_reactor(listening.stopListening)
+
+
+def test_check_reports_an_unreachable_crl_url(pki, reactor, procs, tmp_path):
+    """`janustls check` fetches each crl_url once (bounded, nothing written) and says which
+    cannot be fetched and what that means; the file is still valid (the port would start,
+    failing closed for the clients that need the CRL)."""
+    import subprocess
+    import sys
+
+    from tests.ocsp_responder import closed_port_url
+    from tests.support import in_reactor
+
+    dp, listening, good = serve_crl(pki.inter.crl_pem())
+    down = closed_port_url().replace("/ocsp", "/inter.crl")
+    f = pki.files
+    ini = tmp_path / "ports.ini"
+    ini.write_text(f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {f['root.ca']}
+crl_url = {good} {down}
+handler = h:serve
+""")
+    try:
+        done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60)
+    finally:
+        in_reactor(listening.stopListening)
+    assert done.returncode == 0, done.stderr
+    assert f"CRL URL      {good}: reachable" in done.stdout, done.stdout
+    assert f"WARNING      crl_url {down}: cannot fetch" in done.stdout, done.stdout
+    assert "no cached copy" in done.stdout
+    assert not (procs / ".crl-cache").exists()  # check writes nothing
