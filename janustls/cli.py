@@ -316,7 +316,8 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     return 0
 
 
-def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None) -> int:
+def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None,
+                ask_ocsp: bool = False) -> int:  # fmt: skip
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
 
     password: bytes | None = None
@@ -338,7 +339,7 @@ def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | 
         print(f"janustls explain: {file} defines no port {port} (ports: {names})", file=sys.stderr)
         return 1
     try:
-        verdict = explain(definitions, port, client_pem, peer, password)
+        verdict = explain(definitions, port, client_pem, peer, password, ask_ocsp=ask_ocsp)
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
@@ -501,6 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("client_pem", metavar="CLIENT", help="PEM (leaf, then intermediates), DER, or PKCS#12 (.p12)")
     explain.add_argument("--password-env", metavar="VAR", help="the environment variable holding a PKCS#12 file's password")
     explain.add_argument("--peer", metavar="IP", help="the client's address, for identity rules that name addresses")
+    explain.add_argument("--ocsp", action="store_true",
+                         help="on a port with ocsp: ask the responders now (each bounded by ocsp_timeout) and let their "
+                         "answers decide; without it, only which responder would be asked is shown")  # fmt: skip
     status = sub.add_parser("status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates")
     status.add_argument("url", nargs="?", help="the status listener, e.g. http://127.0.0.1:9100 (default: from --port-def)")
     status.add_argument("--port-def", help="a definition file whose [status] listen to ask (default ports.ini)")
@@ -528,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("check", "explain"):
         try:
             if args.command == "explain":
-                return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env)
+                return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env, args.ocsp)
             return describe(args.file, sys.stdout)
         except Exception as e:  # a bug or an unforeseen input: one line and a failing status, no traceback
             text = " ".join(str(e).split()) or "(no detail)"

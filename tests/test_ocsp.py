@@ -558,3 +558,32 @@ ON SSLCERTERR = call views:certerr status=495
                 assert event["reason"] == "revoked" and "by OCSP" in event["detail"], event
     finally:
         server.stop()
+
+
+def test_explain_shows_ocsp_and_asks_with_the_flag(setup: Setup, procs: Path) -> None:
+    """`janustls explain` says which responder a port would ask about which certificate (no
+    network by default), and with --ocsp asks it and lets the answer decide."""
+    import subprocess
+    import sys
+
+    good, _, _ = setup.client("explaingood")
+    revoked, _, issued = setup.client("explainrevoked")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    plain = setup.inter.issue("explainnoaia").write(setup.tmp / "clients", "explainnoaia")["chain"]
+    ini = setup.tmp / "ports.ini"
+    ini.write_text(setup.ini(procs))
+
+    def explain(chain: Path, *flags: str) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-m", "janustls.cli", "explain", str(ini), "OC", str(chain), *flags],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = explain(revoked)
+    assert code == 0 and f"[0] would be asked of {setup.responder.url}" in out and "not asked" in out, out
+    assert setup.responder.requests == 0  # nothing fetched without --ocsp
+    code, out = explain(revoked, "--ocsp")
+    assert code == 2 and "REFUSED (revoked" in out and "OCSP answer: [0] revoked" in out, out
+    code, out = explain(good, "--ocsp")
+    assert code == 0 and "ACCEPTED" in out and "OCSP answer: [0] good" in out, out
+    code, out = explain(plain, "--ocsp")
+    assert code == 2 and "names no responder" in out and "REFUSED (ocsp_unavailable" in out, out

@@ -7,15 +7,18 @@ limit) and the whole exchange with a timeout (connect, send, read).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable, Mapping
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
+
+from janustls._reactor import reactor_or_global
 
 __all__ = ["FetchError", "Fetched", "fetch", "run_to_completion"]
 
@@ -117,12 +120,6 @@ def run_to_completion(make: Callable[[Any], defer.Deferred[Any]], reactor: Any =
     stopped reactor cannot start again, which an offline command never needs).  Every
     fetch `make` starts must be bounded (`fetch` has a timeout), so this returns.
     """
-    import threading
-
-    from twisted.internet import threads
-
-    from janustls._reactor import reactor_or_global
-
     reactor = reactor_or_global(reactor)
     if reactor.running:
         if threading.current_thread().name == "reactor":

@@ -184,6 +184,29 @@ class OCSPChecker:
 
         return defer.gatherResults(waiting).addCallback(all_in)
 
+    def ask_all(self, chain: Sequence[x509.Certificate]) -> defer.Deferred[list[tuple[int, str, Verdict]]]:
+        """For `janustls explain --ocsp`: (depth, url, verdict) for every certificate the port
+        would ask about, from the cache or the responder ("" and UNAVAILABLE without a responder)."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        pending: list[defer.Deferred[tuple[int, str, Verdict]]] = []
+        for depth, (cert, issuer) in enumerate(asked_about(chain, self.scope)):
+            url = self.url_for(cert)
+            if url is None:
+                none = Verdict(Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set")
+                pending.append(defer.succeed((depth, "", none)))
+                continue
+            cached = CACHE.get(_key(url, cert, issuer), now)
+            if cached is not None:
+                pending.append(defer.succeed((depth, url, cached)))
+            else:
+                d = ask(self.reactor, url, cert, issuer, timeout=self.port.ocsp_timeout, port=self.port.name)
+                pending.append(d.addCallback(lambda v, depth=depth, url=url: (depth, url, v)))
+        return defer.gatherResults(pending)
+
+    def decide(self, chain: Sequence[x509.Certificate], verdicts: list[tuple[int, str, Verdict]]) -> Refusal | None:
+        """The port's refusal (or None) given every certificate's verdict, as `judge` decides."""
+        return self._decide(chain, verdicts)
+
     def _decide(self, chain: Sequence[x509.Certificate], verdicts: list[tuple[int, str, Verdict]]) -> Refusal | None:
         for depth, url, v in verdicts:
             if v.status is Status.REVOKED:
