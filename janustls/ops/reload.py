@@ -103,7 +103,8 @@ def error_texts(e: Exception, source: str) -> list[str]:
 def adopt(old: BuiltPort, new: BuiltPort) -> None:
     """`old` (listening) serves new connections as `new` was built; NumSigned carries over."""
     new.runtime.tls.trust.signed.update(old.runtime.tls.trust.signed)
-    staple.swap(old.runtime.stapler, new.runtime.stapler)  # the new certificate's stapler, if another, takes over
+    if old.listening is not None:  # a live port: the new certificate's stapler, if another, takes over
+        staple.swap(old.runtime.stapler, new.runtime.stapler)
     old.factory.adopt(new.factory)
     old.runtime = old.factory.runtime
     old.definition = new.definition
