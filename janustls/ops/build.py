@@ -259,9 +259,11 @@ class PortService(service.Service):
         return None
 
 
-def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None) -> defer.Deferred[IListeningPort]:
-    """Build one port and start listening: the embedding API's shortest form."""
-    built = build_port(port, procs or Path.cwd(), reactor)
+def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None,
+           web: Sequence[WebRuleLine] = ()) -> defer.Deferred[IListeningPort]:  # fmt: skip
+    """Build one port and start listening: the embedding API's shortest form.  `web`: a webserv
+    port's rules, whose ON values may be callables (`WebRuleLine("ON /hi", hello)`)."""
+    built = build_port(port, procs or Path.cwd(), reactor, web)
 
     def listening(lp: IListeningPort) -> IListeningPort:
         if built.runtime.stapler is not None:
