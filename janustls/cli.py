@@ -21,12 +21,14 @@ from twisted.logger import globalLogBeginner
 import janustls
 import twisted
 from janustls._reactor import reactor_or_global
-from janustls.core.config import listen_address, load_definitions, load_partially, parse_definitions
+from janustls.core.config import crl_cache_path, listen_address, load_definitions, load_partially, parse_definitions
 from janustls.core.ocsp import ocsp_warnings
 from janustls.core.trust import port_trust_warnings
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.explain import explain, format_verdict
+from janustls.ops import crlfetch
 from janustls.ops.build import build_ports
+from janustls.ops.httpfetch import run_to_completion
 from janustls.ops.logs import log_observer
 from janustls.ops.operate import install_sighup
 from janustls.ops.service import JanusService
@@ -56,6 +58,7 @@ def describe(file: str, out: TextIO) -> int:
         return 1
     out.write(f"{file}: {len(built)} port(s), procedure library {definitions.procs}\n")
     warnings: list[str] = []
+    crl_urls = _probe_crl_urls(definitions)
     for b in built:
         p = b.definition
         tls = b.runtime.tls
@@ -67,6 +70,16 @@ def describe(file: str, out: TextIO) -> int:
             out.write(f"  trusts       {ca.subject.rfc4514_string()}\n")
         if tls.trust.crls:
             out.write(f"  CRLs         {len(tls.trust.crls)} ({p.crl_check.value})\n")
+        for url, problem in crl_urls.get(p.name, []):
+            if problem is None:
+                out.write(f"  CRL URL      {url}: reachable, a usable CRL\n")
+                continue
+            cached = crl_cache_path(definitions.procs, url).exists()
+            effect = ("the cached copy stays in use until it can be fetched" if cached else
+                      "no cached copy: the port starts, and the clients whose chain needs this CRL are refused "
+                      "(crl_unavailable) until it can be fetched")  # fmt: skip
+            out.write(f"  WARNING      crl_url {url}: {problem}; {effect}\n")
+            warnings.append(f"[port:{p.name}] crl_url {url}: {problem}")
         if p.verify_depth is not None:
             out.write(f"  verify_depth {p.verify_depth}\n")
         if p.handler:
@@ -88,6 +101,17 @@ def describe(file: str, out: TextIO) -> int:
         out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")
     return 0
+
+
+def _probe_crl_urls(definitions: Any) -> dict[str, list[tuple[str, str | None]]]:
+    """Every crl_url fetched once (Twisted's client, each bounded by the fetch timeout, nothing
+    written): by port name, (url, None) when usable, else (url, the problem)."""
+    if not any(p.crl_url for p in definitions.ports):
+        return {}
+    found: dict[str, list[tuple[str, str | None]]] = {}
+    for port, url, problem in run_to_completion(lambda reactor: crlfetch.probe(definitions, reactor)):
+        found.setdefault(port.name, []).append((url, problem))
+    return found
 
 
 def _page_warnings(built: Any, definitions: Any) -> list[str]:
@@ -319,9 +343,8 @@ def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     return 0
 
 
-def run_explain(
-    file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None
-) -> int:
+def run_explain(file: str, port: str, client_pem: str, out: TextIO, peer: str | None = None, password_env: str | None = None,
+                ask_ocsp: bool = False) -> int:  # fmt: skip
     """Would PORT accept the chain in CLIENT_PEM? 0 yes, 2 no, 1 the question cannot be answered."""
 
     password: bytes | None = None
@@ -345,7 +368,7 @@ def run_explain(
         print(f"janustls explain: {file} defines no port {port} (ports: {names})", file=sys.stderr)
         return 1
     try:
-        verdict = explain(definitions, port, client_pem, peer, password)
+        verdict = explain(definitions, port, client_pem, peer, password, ask_ocsp=ask_ocsp)
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
@@ -521,6 +544,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--password-env", metavar="VAR", help="the environment variable holding a PKCS#12 file's password"
     )
     explain.add_argument("--peer", metavar="IP", help="the client's address, for identity rules that name addresses")
+    explain.add_argument("--ocsp", action="store_true",
+                         help="on a port with ocsp: ask the responders now (each bounded by ocsp_timeout) and let their "
+                         "answers decide; without it, only which responder would be asked is shown")  # fmt: skip
     status = sub.add_parser(
         "status", help="show a running server's ports, CAs (NumSigned), connections and expiry dates"
     )
@@ -558,7 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("check", "explain"):
         try:
             if args.command == "explain":
-                return run_explain(args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env)
+                return run_explain(
+                    args.file, args.port, args.client_pem, sys.stdout, args.peer, args.password_env, args.ocsp
+                )
             return describe(args.file, sys.stdout)
         except Exception as e:  # a bug or an unforeseen input: one line and a failing status, no traceback
             text = " ".join(str(e).split()) or "(no detail)"

@@ -14,17 +14,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs12
 from OpenSSL import crypto
 
-from janustls.core.config import ClientCertMode, CRLCheck, CRLExpired, Definitions, load_definitions
+from janustls.core.config import (
+    ClientCertMode,
+    CRLCheck,
+    CRLExpired,
+    Definitions,
+    OCSPScope,
+    PortDefinition,
+    load_definitions,
+)
 from janustls.core.identity import Policy, Subject
 from janustls.core.materials import is_pem, load_certificates, parse_certificates
+from janustls.core.ocsp import Status as OCSPStatus
+from janustls.core.ocsp import asked_about, responder_url
 from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
 from janustls.core.trust import check_key_strength, issued_by, port_trust_warnings, walk_chain
 from janustls.errors import MaterialError
+from janustls.ops.httpfetch import run_to_completion
+from janustls.ops.ocspcheck import OCSPChecker
 from janustls.ports.access import build_policy
 from janustls.tls import _openssl
 from janustls.tls.policy import CRL_HAS_EXPIRED, PortTLS, build_port_tls
@@ -283,9 +296,16 @@ def explain(
     client_pem: str | Path,
     peer_ip: str | None = None,
     password: bytes | None = None,
+    ask_ocsp: bool = False,
 ) -> Verdict:
     """The verdict of a port of a definition file on the chain in a PEM, DER or PKCS#12 file
-    (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide."""
+    (leaf first), with notes on a missing intermediate and on CAs and CRLs that collide.
+
+    On a port with `ocsp`: notes say which responder would be asked about which certificate
+    (or that there is none, and what `ocsp_fail` does then).  Nothing is fetched unless
+    `ask_ocsp`: then every responder is asked (Twisted's client, run to completion, each
+    bounded by `ocsp_timeout`) and the answers decide as they would at a handshake.
+    """
 
     defs = definitions if isinstance(definitions, Definitions) else load_definitions(definitions)
     definition = defs.port(port)
@@ -300,7 +320,47 @@ def explain(
         if hint is not None:
             notes.append(hint)
     notes += [f"warning: {w}" for w in port_trust_warnings(definition, tls.trust, [*verdict.chain, *certs])]
+    verdict = replace(verdict, notes=tuple(notes))
+    if definition.ocsp is not OCSPScope.NONE:
+        verdict = _ocsp(definition, verdict, ask_ocsp)
+    return verdict
+
+
+def _ocsp(definition: PortDefinition, verdict: Verdict, ask: bool) -> Verdict:
+    """What OCSP would be asked about an accepted chain, and with `ask` what it answers."""
+    scope = definition.ocsp.value
+    fail = definition.ocsp_fail.value
+    notes = list(verdict.notes)
+    if not verdict.accepted or len(verdict.chain) < 2:
+        if verdict.accepted:
+            notes.append(f"OCSP ({scope}): no certificate to ask about")
+        return replace(verdict, notes=tuple(notes))
+    pairs = asked_about(verdict.chain, scope)
+    for depth, (cert, _) in enumerate(pairs):
+        url = definition.ocsp_responder or responder_url(cert)
+        if url is None:
+            notes.append(f"OCSP ({scope}): [{depth}] names no responder and ocsp_responder is not set: "
+                         f"no answer, ocsp_fail = {fail} {'refuses' if fail == 'refuse' else 'admits'}")  # fmt: skip
+        else:
+            notes.append(f"OCSP ({scope}): [{depth}] would be asked of {url}")
+    if not ask:
+        notes.append("OCSP: not asked (add --ocsp to ask the responders now); the verdict above is before OCSP")
+        return replace(verdict, notes=tuple(notes))
+    checker = OCSPChecker(definition, None)
+    answers = run_to_completion(lambda reactor: _ask(checker, reactor, verdict.chain))
+    for depth, url, v in answers:
+        if url:
+            notes.append(f"OCSP answer: [{depth}] {v.status.value}: {v.cause}"
+                         + (f" (until {v.expires:%Y-%m-%d %H:%M} UTC)" if v.expires and v.status is not OCSPStatus.UNAVAILABLE else ""))  # fmt: skip
+    refusal = checker.decide(list(verdict.chain), list(answers))
+    if refusal is not None:
+        return replace(verdict, accepted=False, refusal=refusal, notes=tuple(notes))
     return replace(verdict, notes=tuple(notes))
+
+
+def _ask(checker: OCSPChecker, reactor: Any, chain: Sequence[x509.Certificate]) -> Any:
+    checker.reactor = reactor
+    return checker.ask_all(chain)
 
 
 def format_verdict(v: Verdict) -> str:

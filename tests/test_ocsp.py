@@ -252,6 +252,32 @@ def test_responder_down_refuse_or_tolerate(setup: Setup, procs: Path, tls: str) 
         server.stop()
 
 
+def test_down_responder_costs_one_timeout_per_interval(setup: Setup, procs: Path) -> None:
+    """ocsp_fail = tolerate with a responder that never answers in time: the failure is cached
+    briefly (negative cache), so only the first connection waits ocsp_timeout."""
+    from janustls.ops.ocspcheck import STATS
+
+    cert, key, _ = setup.client("stalled")
+    setup.responder.delay = 3.0
+    asked = STATS["requests"]
+    server = start(setup.ini(procs, "ocsp_fail = tolerate\nocsp_timeout = 1"), setup.tmp)
+    try:
+        port = server.port("OC")
+        t0 = time.monotonic()
+        assert hello(port, cert, key) == "hi stalled"
+        assert time.monotonic() - t0 >= 0.9  # the first one waited for the timeout
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert hello(port, cert, key) == "hi stalled"
+            assert time.monotonic() - t0 < 0.5  # the cached failure answered at once
+        assert STATS["requests"] - asked == 1  # the responder was asked once
+    finally:
+        server.stop()
+    from janustls.ops.ocspcheck import negative_ttl
+
+    assert negative_ttl(1.0) == 10.0 and negative_ttl(5.0) == 30.0
+
+
 def test_ocsp_responder_key_overrides_the_certificate(setup: Setup, procs: Path) -> None:
     cert, key, _ = setup.client("override", url=closed_port_url())
     server = start(setup.ini(procs, f"ocsp_responder = {setup.responder.url}"), setup.tmp)
@@ -451,3 +477,113 @@ def test_mid_connection_certificate_is_judged_by_ocsp(setup: Setup, procs: Path,
                 assert event["reason"] == "revoked" and "by OCSP" in event["detail"]
     finally:
         server.stop()
+
+
+WEB_VIEWS = '''
+def who(request):
+    return "hi %s" % request.connection.cert_info("CN")
+
+def certerr(request):
+    return "certerr: %s" % request.refusal.reason.value
+'''
+
+
+def https_get(port: int, path: str, cert: Path, key: Path, tls: str, pha: bool = False) -> tuple[int, bytes]:
+    import http.client
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if tls == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    ctx.post_handshake_auth = pha
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_web_port_sslcerterr_answers_an_ocsp_refusal(setup: Setup, procs: Path, tls: str) -> None:
+    """On a web port with ON SSLCERTERR, a certificate refused by OCSP goes to the handler
+    (with the typed reason), as any other refused certificate does, at the handshake and
+    when asked for mid-connection; the refusal is logged."""
+    (procs / "views.py").write_text(WEB_VIEWS)
+    cert, key, issued = setup.client(f"webrevoked{tls}")
+    good_cert, good_key, _ = setup.client(f"webgood{tls}")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    common = f"""
+type = webserv
+listen = tcp:0:interface=127.0.0.1
+certificate = {setup.server_files['chain']}
+private_key = {setup.server_files['key']}
+addca = {setup.tmp / 'root.pem'}
+ocsp = leaf
+ocsp_timeout = 2
+request_timeout = 3
+"""
+    text = f"""
+[janustls]
+procs = {procs}
+[port:OCWEB]
+client_cert = require
+{common}
+[web:OCWEB]
+ON /* = call views:who
+ON SSLCERTERR = call views:certerr status=495
+[port:OCMID]
+client_cert = none
+{common}
+[web:OCMID]
+ON /need = call views:who client_cert=require
+ON SSLCERTERR = call views:certerr status=495
+"""
+    server = start(text, setup.tmp)
+    try:
+        for name in ("OCWEB", "OCMID"):
+            port = server.port(name)
+            mark = EVENTS.mark()
+            assert https_get(port, "/need", good_cert, good_key, tls, pha=True) == (200, f"hi webgood{tls}".encode())
+            assert https_get(port, "/need", cert, key, tls, pha=True) == (495, b"certerr: revoked"), name
+            if name == "OCWEB":
+                assert "by OCSP" in EVENTS.wait_for(mark, "janustls.refused.revoked", name)["detail"]
+            else:  # asked mid-connection: the request's outcome, as for any refused certificate
+                event = EVENTS.wait_for(mark, "janustls.request.refused", name)
+                assert event["reason"] == "revoked" and "by OCSP" in event["detail"], event
+    finally:
+        server.stop()
+
+
+def test_explain_shows_ocsp_and_asks_with_the_flag(setup: Setup, procs: Path) -> None:
+    """`janustls explain` says which responder a port would ask about which certificate (no
+    network by default), and with --ocsp asks it and lets the answer decide."""
+    import subprocess
+    import sys
+
+    good, _, _ = setup.client("explaingood")
+    revoked, _, issued = setup.client("explainrevoked")
+    setup.responder.status[issued.cert.serial_number] = "revoked"
+    plain = setup.inter.issue("explainnoaia").write(setup.tmp / "clients", "explainnoaia")["chain"]
+    ini = setup.tmp / "ports.ini"
+    ini.write_text(setup.ini(procs))
+
+    def explain(chain: Path, *flags: str) -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-m", "janustls.cli", "explain", str(ini), "OC", str(chain), *flags],
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        return done.returncode, done.stdout + done.stderr
+
+    code, out = explain(revoked)
+    assert code == 0 and f"[0] would be asked of {setup.responder.url}" in out and "not asked" in out, out
+    assert setup.responder.requests == 0  # nothing fetched without --ocsp
+    code, out = explain(revoked, "--ocsp")
+    assert code == 2 and "REFUSED (revoked" in out and "OCSP answer: [0] revoked" in out, out
+    code, out = explain(good, "--ocsp")
+    assert code == 0 and "ACCEPTED" in out and "OCSP answer: [0] good" in out, out
+    code, out = explain(plain, "--ocsp")
+    assert code == 2 and "names no responder" in out and "REFUSED (ocsp_unavailable" in out, out

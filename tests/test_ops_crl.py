@@ -282,3 +282,89 @@ def test_reload_with_a_slow_crl_url_never_freezes_serving(pki, reactor, procs, e
     finally:
         s.stop()
         in_reactor(listening.stopListening)
+
+
+def serve_crl(data: bytes) -> tuple[CRLServer, Any, str]:
+    from twisted.internet import reactor as r
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.web.server import Site
+
+    from tests.support import in_reactor
+
+    dp = CRLServer(data)
+    listening = in_reactor(lambda: TCP4ServerEndpoint(r, 0, interface="127.0.0.1").listen(Site(dp.resource())))
+    return dp, listening, f"http://127.0.0.1:{listening.getHost().port}/inter.crl"
+
+
+def test_crl_url_without_refresh_is_fetched_at_start(pki, reactor, procs, events):
+    """crl_refresh = 0 (never refreshed): a URL with no cached copy is still fetched once at start."""
+    from tests.support import in_reactor
+
+    dp, listening, url = serve_crl(pki.inter.crl_pem())
+    f = pki.files
+    ini = f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {f['root.ca']}
+crl_url = {url}
+crl_refresh = 0
+handler = h:serve
+"""
+    try:
+        mark = events.mark()
+        s = start(ini, procs)
+        try:
+            events.wait_for(mark, "janustls.crl.fetched", "SECURE")
+            events.wait_for(mark, "janustls.crl.reloaded", "SECURE")
+            assert hello(s.port("SECURE"), pki, "alice") == "hi alice"
+            assert hello(s.port("SECURE"), pki, "revoked").startswith("refused")
+            time.sleep(0.5)
+            assert len(dp.requests) == 1  # once: crl_refresh = 0 never fetches again
+        finally:
+            s.stop()
+    finally:
+        in_reactor(listening.stopListening)
+
+
+def test_check_reports_an_unreachable_crl_url(pki, reactor, procs, tmp_path):
+    """`janustls check` fetches each crl_url once (bounded, nothing written) and says which
+    cannot be fetched and what that means; the file is still valid (the port would start,
+    failing closed for the clients that need the CRL)."""
+    import subprocess
+    import sys
+
+    from tests.ocsp_responder import closed_port_url
+    from tests.support import in_reactor
+
+    dp, listening, good = serve_crl(pki.inter.crl_pem())
+    down = closed_port_url().replace("/ocsp", "/inter.crl")
+    f = pki.files
+    ini = tmp_path / "ports.ini"
+    ini.write_text(f"""
+[janustls]
+procs = {procs}
+[port:SECURE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1
+certificate = {f['server.pem']}
+private_key = {f['server.key']}
+client_cert = require
+addca = {f['root.ca']}
+crl_url = {good} {down}
+handler = h:serve
+""")
+    try:
+        done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60)
+    finally:
+        in_reactor(listening.stopListening)
+    assert done.returncode == 0, done.stderr
+    assert f"CRL URL      {good}: reachable" in done.stdout, done.stdout
+    assert f"WARNING      crl_url {down}: cannot fetch" in done.stdout, done.stdout
+    assert "no cached copy" in done.stdout
+    assert not (procs / ".crl-cache").exists()  # check writes nothing

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -125,3 +127,147 @@ def test_mismatched_or_expired_pair_keeps_the_old_one(setup: Any, pki: Any) -> N
     EVENTS.wait_for(mark, "janustls.cert.rotation_failed", "ROT", timeout=10)
     assert served_serial(port) == first.cert.serial_number
     assert not EVENTS.since(mark, "janustls.cert.rotated", "ROT")
+
+
+PID_HANDLER = '''
+import os
+
+def serve(sock):
+    sock.write(("%d\\n" % os.getpid()).encode())
+'''
+
+
+def served_pid_and_serial(port: int) -> tuple[int, int]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = s.recv(20)
+            assert chunk, line
+            line += chunk
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return int(line), x509.load_der_x509_certificate(der).serial_number
+
+
+def twistd_setup(tmp_path: Path, pki: Any, refresh: str, workers: int) -> tuple[Any, int, Path, Path]:
+    import signal  # noqa: F401
+
+    from tests.test_ops_twistd import Twistd, free_port
+
+    procs = tmp_path / "procs"
+    procs.mkdir()
+    (procs / "h.py").write_text(PID_HANDLER)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    write_pair(certs, pki.inter.server("localhost", "127.0.0.1"))
+    port = free_port()
+    ini = procs / "ports.ini"
+    ini.write_text(f"""
+[janustls]
+procs = {procs}
+[port:ROT]
+type = srvsock
+listen = tcp:{port}:interface=127.0.0.1
+certificate = {certs / 'server.pem'}
+private_key = {certs / 'server.key'}
+handler = h:serve
+cert_refresh = {refresh}
+[status]
+listen = tcp:{free_port()}:interface=127.0.0.1
+""")
+    pidfile = tmp_path / "twistd.pid"
+    args = ["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini), "--log-format", "json"]
+    if workers:
+        args += ["--workers", str(workers)]
+    t = Twistd(args, tmp_path)
+    t.wait_for("janustls.port.listening")
+    for _ in range(workers):
+        t.wait_for("janustls.workers.started")
+    return t, port, certs, pidfile
+
+
+def wait_for_serial(port: int, serial: int, pids: int, timeout: float = 20.0) -> set[int]:
+    """Connect until `pids` different processes have served `serial`."""
+    served: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(served) < pids:
+        assert time.monotonic() < deadline, f"only {served} serve the new certificate"
+        try:
+            pid, got = served_pid_and_serial(port)
+        except (OSError, ssl.SSLError, AssertionError):
+            time.sleep(0.1)
+            continue
+        if got == serial:
+            served.add(pid)
+    return served
+
+
+def test_rotation_on_sighup(tmp_path: Path, pki: Any) -> None:
+    """cert_refresh = 0 (no watching): a new pair on disk is served after SIGHUP."""
+    import os
+    import signal
+
+    t, port, certs, pidfile = twistd_setup(tmp_path, pki, "0", 0)
+    try:
+        wait_for_serial(port, served_pid_and_serial_retry(port)[1], 1)
+        second = pki.inter.server("localhost", "127.0.0.1")
+        write_pair(certs, second)
+        time.sleep(0.5)
+        assert served_pid_and_serial(port)[1] != second.cert.serial_number  # not watched: not yet
+        os.kill(int(pidfile.read_text()), signal.SIGHUP)
+        t.wait_for("janustls.reload.done")
+        assert served_pid_and_serial(port)[1] == second.cert.serial_number
+    finally:
+        t.stop()
+
+
+def served_pid_and_serial_retry(port: int, timeout: float = 20.0) -> tuple[int, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return served_pid_and_serial(port)
+        except (OSError, ssl.SSLError):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("path", ["watch", "sighup"])
+def test_rotation_with_two_workers(tmp_path: Path, pki: Any, path: str) -> None:
+    """--workers 2: a new pair on disk is picked up by every worker, by each worker's
+    watcher (cert_refresh) or by the reload SIGHUP starts."""
+    import os
+    import signal
+
+    from janustls.tls import _hidden
+
+    if not _hidden.ticket_keys_supported():
+        pytest.skip("no way to set ticket keys here (--workers needs them)")
+    t, port, certs, pidfile = twistd_setup(tmp_path, pki, "0.3" if path == "watch" else "0", 2)
+    try:
+        first = served_pid_and_serial_retry(port)[1]
+        assert len(wait_for_serial(port, first, 2)) == 2
+        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        second = pki.inter.server("localhost", "127.0.0.1", not_before=now - datetime.timedelta(hours=1),
+                                  not_after=now + datetime.timedelta(days=10))  # fmt: skip
+        write_pair(certs, second)
+        if path == "sighup":
+            os.kill(int(pidfile.read_text()), signal.SIGHUP)
+        assert len(wait_for_serial(port, second.cert.serial_number, 2)) == 2
+        # The parent's /status shows the certificate the workers serve (it watches the files too).
+        ini = (tmp_path / "procs" / "ports.ini").read_text()
+        status_port = int(ini.split("[status]")[1].split("tcp:")[1].split(":")[0])
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=5) as r:
+                doc = json.loads(r.read())
+            cert = next(p for p in doc["ports"] if p["name"] == "ROT")["certificate"]
+            if cert["not_after"].startswith((now + datetime.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%S")):
+                break
+            assert time.monotonic() < deadline, cert
+            time.sleep(0.2)
+
+    finally:
+        t.stop()

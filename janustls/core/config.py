@@ -181,7 +181,8 @@ class WebRuleLine:
     """One raw line of a `[web:PORT]` table; `janustls.core.rules` gives it meaning."""
 
     key: str
-    value: str
+    #: The rule's text; embedding code may give an ON rule's callable, or (callable, "options").
+    value: str | Callable[..., Any] | tuple[Callable[..., Any], str]
 
 
 @dataclass(frozen=True)

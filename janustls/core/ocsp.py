@@ -57,7 +57,8 @@ class Verdict:
 
     status: Status
     cause: str = ""
-    #: When the answer stops being usable (nextUpdate, or this_update + a TTL); None for UNAVAILABLE.
+    #: When the answer stops being usable (nextUpdate, or this_update + a TTL); None for UNAVAILABLE
+    #: unless the fetcher gives it a negative-cache time (`janustls.ops.ocspcheck.negative_ttl`).
     expires: datetime.datetime | None = None
     this_update: datetime.datetime | None = None
     revoked_at: datetime.datetime | None = None
@@ -273,8 +274,9 @@ class OCSPCache:
         return verdict
 
     def put(self, key: tuple[str, bytes, int], verdict: Verdict) -> None:
-        """Keep a GOOD or REVOKED answer; "no answer" is never cached."""
-        if verdict.status is Status.UNAVAILABLE or verdict.expires is None:
+        """Keep an answer until its `expires`; one without (an UNAVAILABLE that the caller did
+        not give a negative-cache time) is not kept."""
+        if verdict.expires is None:
             return
         self._entries[key] = verdict
         self._entries.move_to_end(key)

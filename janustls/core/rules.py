@@ -363,7 +363,9 @@ def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Ca
     action, target = fields["action"], fields["target"]
     if action in (Action.CALL, Action.WSGI) and "*" in target:
         raise _Refused(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
-    if action in (Action.CALL, Action.WSGI):
+    if action is Action.CALL and fields.get("handler") is not None:
+        pass  # embedding: the callable itself (`_embedded`)
+    elif action in (Action.CALL, Action.WSGI):
         if not REFERENCE.match(target):
             raise _Refused(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
         if resolve is not None:
@@ -397,6 +399,20 @@ def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Ca
         raise _Refused(f"substitutes * into {target!r} but the URL {url!r} has no wildcard")
 
 
+def _embedded(key: str, value: Any) -> tuple[str, Callable[..., Any]]:
+    """An embedding program's action target: a callable, or (callable, "options").  Returns the
+    rule's text (`call <name> options`, what logs and `describe` show) and the callable."""
+    options = ""
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], str):
+        value, options = value
+    if not callable(value):
+        raise _Refused(f'has {value!r}; expected rule text, a callable, or (callable, "options")')
+    name = getattr(value, "__qualname__", None) or type(value).__name__
+    module = getattr(value, "__module__", None)
+    label = "".join(c for c in (f"{module}.{name}" if module else name) if not c.isspace() and c not in "\"'")
+    return f"call <{label}> {options}".strip(), value
+
+
 class _TableBuilder:
     """The rules and exception handlers read so far; TYPE lines of exceptions wait for their handler."""
 
@@ -407,9 +423,18 @@ class _TableBuilder:
         self.exceptions: dict[Exc, Rule] = {}
         self.pending_types: dict[Exc, str] = {}
 
-    def add(self, index: int, key: str, value: str) -> None:
-        """Read one line into the table; `_Refused` with its mistakes."""
+    def add(self, index: int, key: str, value: Any) -> None:
+        """Read one line into the table; `_Refused` with its mistakes.
+
+        `value` is the line's text, or (embedding) the Python callable an `ON` rule calls,
+        alone or as (callable, "options"): `WebRuleLine("ON /hi", hello)`.
+        """
+        embedded = None
+        if not isinstance(value, str):
+            value, embedded = _embedded(key, value)
         kind, methods, url, exc = _read_key(key, self.exceptions)
+        if embedded is not None and kind is not Kind.ON:
+            raise _Refused("has a Python callable; only an ON rule calls one")
         fields: dict[str, Any] = dict(index=index, key=key, value=value, kind=kind, methods=methods, url=url,
                                       exception=exc, _regex=_pattern(url))  # fmt: skip
         where = f"[{self.section}] {key}"
@@ -420,6 +445,8 @@ class _TableBuilder:
             self.rules.append(Rule(**fields))
         else:  # ON and REDIRECT: an action, then options.
             fields.update(_action_fields(kind, value, where, self.resolve))
+            if embedded is not None:
+                fields["handler"] = embedded  # given, not loaded from the procedure library
             _check_action(fields, url, exc, self.resolve)
             self._add_action(Rule(**fields), exc)
 
@@ -452,7 +479,9 @@ def build_table(
     """Check and compile a port's rule lines; raise ConfigErrors listing every mistake.
 
     `lines` are `janustls.core.config.WebRuleLine`s (key, value).  `resolve` loads
-    `MODULE:CALLABLE` references from the procedure library (None: do not load).
+    `MODULE:CALLABLE` references from the procedure library (None: do not load).  An
+    embedding program may give an ON rule's value as the callable itself, or as
+    (callable, "options"): it is called as a `call` target is.
     """
     errors: list[ConfigError] = []
     table = _TableBuilder(section, resolve)

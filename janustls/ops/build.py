@@ -233,6 +233,8 @@ class PortService(service.Service):
 
     def _listening(self, listening: IListeningPort) -> None:
         self.listening = self.built.listening = listening
+        if self.built.runtime.stapler is not None:
+            self.built.runtime.stapler.start()  # the port serves: its staple is fetched from now on
         port = self.built.definition
         emit(
             "janustls.port.listening",
@@ -268,7 +270,15 @@ class PortService(service.Service):
         return None
 
 
-def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None) -> defer.Deferred[IListeningPort]:
-    """Build one port and start listening: the embedding API's shortest form."""
-    built = build_port(port, procs or Path.cwd(), reactor)
-    return built.endpoint.listen(built.factory)
+def listen(port: PortDefinition, procs: Path | None = None, reactor: IReactorCore | IReactorTime | None = None,
+           web: Sequence[WebRuleLine] = ()) -> defer.Deferred[IListeningPort]:  # fmt: skip
+    """Build one port and start listening: the embedding API's shortest form.  `web`: a webserv
+    port's rules, whose ON values may be callables (`WebRuleLine("ON /hi", hello)`)."""
+    built = build_port(port, procs or Path.cwd(), reactor, web)
+
+    def listening(lp: IListeningPort) -> IListeningPort:
+        if built.runtime.stapler is not None:
+            built.runtime.stapler.start()
+        return lp
+
+    return built.endpoint.listen(built.factory).addCallback(listening)

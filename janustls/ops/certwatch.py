@@ -44,8 +44,11 @@ class CertWatcher(service.Service):
 
     name = "cert-watch"
 
-    def __init__(self, svc: PortsHost, reactor: Any = None) -> None:
+    def __init__(self, svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
         self.svc = svc
+        # The parent of worker processes keeps its /status view (the certificate's expiry)
+        # current without logging what each worker logs itself.
+        self.quiet = quiet
         self._reactor = reactor
         self._seen: dict[str, tuple[Any, Any]] = {}
         self._last_check: dict[str, float] = {}
@@ -103,6 +106,8 @@ class CertWatcher(service.Service):
             return  # rewritten with the same content: nothing to swap
         replace_port(self.svc, rebuilt)
         leaf = rebuilt.runtime.tls.material.leaf
+        if self.quiet:
+            return
         emit(
             "janustls.cert.rotated",
             "port {port}: new certificate (serial {serial}, valid until {not_after}) serves new connections",
@@ -113,6 +118,8 @@ class CertWatcher(service.Service):
         )
 
     def _failed(self, name: str, paths: list[str], error: str) -> None:
+        if self.quiet:
+            return
         emit(
             "janustls.cert.rotation_failed",
             "port {port}: changed {paths} cannot be used; the old certificate keeps serving: {error}",
@@ -123,11 +130,12 @@ class CertWatcher(service.Service):
         )
 
 
-def ensure_cert_watcher(svc: PortsHost, reactor: Any = None) -> None:
-    """Give `svc` a certificate watcher when a port has cert_refresh > 0 (and none yet)."""
+def ensure_cert_watcher(svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
+    """Give `svc` a certificate watcher when a port has cert_refresh > 0 (and none yet);
+    `quiet`: the parent of workers (they log; it keeps /status current)."""
     if not any(b.definition.cert_refresh > 0 for b in svc.ports):
         return
     try:
         svc.getServiceNamed(CertWatcher.name)
     except KeyError:
-        CertWatcher(svc, reactor).setServiceParent(svc)
+        CertWatcher(svc, reactor, quiet).setServiceParent(svc)

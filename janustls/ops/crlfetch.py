@@ -31,7 +31,7 @@ from janustls.errors import MaterialError
 from janustls.events import emit
 from janustls.ops import httpfetch
 
-__all__ = ["prefetch", "missing", "fetch", "store", "refresh", "CACHE_DIR", "FETCH_TIMEOUT"]
+__all__ = ["prefetch", "missing", "fetch", "store", "refresh", "probe", "CACHE_DIR", "FETCH_TIMEOUT"]
 
 CACHE_DIR = CRL_CACHE_DIR
 FETCH_TIMEOUT = 10.0
@@ -187,3 +187,26 @@ def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> def
         )
 
     return defer.DeferredList([one(url) for url in port.crl_url])
+
+
+def probe(definitions: Definitions, reactor: Any, timeout: float = FETCH_TIMEOUT) -> defer.Deferred[list[tuple[PortDefinition, str, str | None]]]:
+    """For `janustls check`: fetch every CRL URL once (nothing is written) and say what came:
+    (port, url, None) for a usable CRL, (port, url, why not) otherwise; all at once, each bounded."""
+
+    def one(port: PortDefinition, url: str) -> defer.Deferred[tuple[PortDefinition, str, str | None]]:
+        d = httpfetch.fetch(reactor, url, timeout=timeout, max_size=MAX_CRL_BYTES)
+
+        def got(answer: httpfetch.Fetched) -> tuple[PortDefinition, str, str | None]:
+            if answer.code != 200:
+                return port, url, f"cannot fetch {url}: HTTP {answer.code}"
+            try:
+                crl = _parse(answer.body)
+            except ValueError as e:
+                return port, url, f"{url} did not send a CRL: {e}"
+            if _issued_by_port_ca(crl, port) is False:
+                return port, url, f"the CRL from {url} ({crl.issuer.rfc4514_string()}) does not verify with the port's CA of that name"
+            return port, url, None
+
+        return d.addCallbacks(got, lambda f: (port, url, f.getErrorMessage()))
+
+    return defer.gatherResults([one(p, url) for p, url in _urls(definitions.ports)])

@@ -23,7 +23,7 @@ from janustls._reactor import reactor_or_global
 from janustls.errors import ConfigErrors
 from janustls.events import emit
 from janustls.ops.build import PortsHost
-from janustls.ops.crlfetch import refresh
+from janustls.ops.crlfetch import FETCH_TIMEOUT, refresh
 from janustls.ops.reload import rebuild_port, replace_port
 
 __all__ = ["CRLWatcher", "ensure_watcher"]
@@ -55,6 +55,7 @@ class CRLWatcher(service.Service):
         self._seen: dict[tuple[str, str], tuple[int, int] | None] = {}
         self._last_check: dict[str, float] = {}
         self._stale_logged: set[tuple[str, str, str]] = set()
+        self._fetched_once: set[tuple[str, tuple[str, ...]]] = set()
         self._loop: LoopingCall | None = None
 
     def interval(self) -> float:
@@ -80,6 +81,8 @@ class CRLWatcher(service.Service):
         now = self._reactor.seconds() if self._reactor is not None else 0.0
         for built in list(self.svc.ports):
             port = built.definition
+            if port.crl_url and port.crl_refresh <= 0:
+                self._fetch_once(port)
             if not port.crl or port.crl_refresh <= 0:
                 continue
             if now - self._last_check.get(port.name, -1e18) < port.crl_refresh * 0.999:
@@ -93,6 +96,26 @@ class CRLWatcher(service.Service):
                 self._check_stale(port.name)
         if self._loop is not None:
             self._loop.interval = self.interval()
+
+    def _fetch_once(self, port: Any) -> None:
+        """crl_refresh = 0: a port's CRL URLs are fetched once, at start (or when a reload adds
+        them), never again; without this a URL never fetched would refuse its clients forever."""
+        key = (port.name, tuple(port.crl_url))
+        if key in self._fetched_once:
+            return
+        self._fetched_once.add(key)
+        self._poll_files(port)  # the files as they are before the fetch
+        if self.fetch and self._reactor is not None:
+
+            def fetched(_: object) -> None:
+                self._poll_files(port)
+
+            refresh(self.svc.definitions, port, self._reactor).addCallback(fetched)
+        elif self._reactor is not None:
+            # A worker: the parent fetches and writes the cache file;
+            # look for it a few times within the fetch's bound.
+            for delay in (1.0, 3.0, FETCH_TIMEOUT + 1.0):
+                self._reactor.callLater(delay, self._poll_files, port)
 
     def _poll_files(self, port: Any) -> None:
         """Stat a port's CRL files; changed ones rebuild the port."""
@@ -158,9 +181,9 @@ class CRLWatcher(service.Service):
 
 
 def ensure_watcher(svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
-    """Give `svc` a CRL watcher when one of its ports has CRL files to watch (and none yet)."""
-    if not any(b.definition.crl and b.definition.crl_refresh > 0 for b in svc.ports):
-        return
+    """Give `svc` a CRL watcher when one of its ports has CRL files to watch or CRL URLs to fetch (and none yet)."""
+    if not any((b.definition.crl and b.definition.crl_refresh > 0) or b.definition.crl_url for b in svc.ports):
+        return  # nothing to watch, and no CRL URL to fetch (crl_refresh = 0 still fetches once at start)
     try:
         svc.getServiceNamed(CRLWatcher.name)
     except KeyError:

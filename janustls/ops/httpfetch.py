@@ -7,18 +7,21 @@ limit) and the whole exchange with a timeout (connect, send, read).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, threads
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
-__all__ = ["FetchError", "Fetched", "fetch"]
+from janustls._reactor import reactor_or_global
+
+__all__ = ["FetchError", "Fetched", "fetch", "run_to_completion"]
 
 
 class FetchError(Exception):
@@ -107,3 +110,32 @@ def fetch(
         raise FetchError(f"cannot fetch {url}: {text or type(value).__name__}")
 
     return d.addErrback(failed)
+
+
+def run_to_completion(make: Callable[[Any], defer.Deferred[Any]], reactor: Any = None) -> Any:
+    """For the offline commands (`janustls check`, `janustls explain`): run `make(reactor)`
+    on Twisted's client and wait for its result, never with a blocking HTTP library.
+
+    When the reactor already runs in another thread (an embedding program, the tests), the
+    work is handed to it; otherwise the reactor runs until the Deferred fires (once: a
+    stopped reactor cannot start again, which an offline command never needs).  Every
+    fetch `make` starts must be bounded (`fetch` has a timeout), so this returns.
+    """
+    reactor = reactor_or_global(reactor)
+    if reactor.running:
+        if threading.current_thread().name == "reactor":
+            raise RuntimeError("run_to_completion() called from the reactor thread")
+        return threads.blockingCallFromThread(reactor, lambda: make(reactor))
+    outcome: list[Any] = []
+
+    def go() -> None:
+        d = defer.maybeDeferred(make, reactor)
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(go)
+    reactor.run(installSignalHandlers=False)
+    result = outcome[0] if outcome else Failure(RuntimeError("the reactor stopped before the work was done"))
+    if isinstance(result, Failure):
+        result.raiseException()
+    return result

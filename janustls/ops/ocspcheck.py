@@ -10,6 +10,7 @@ rules live in `janustls.core.ocsp`; the HTTP exchange in `janustls.ops.httpfetch
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,13 +36,25 @@ from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
 from janustls.ops import httpfetch
 
-__all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES"]
+__all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES", "negative_ttl", "NEGATIVE_TTL_MAX"]
 
 #: Verified answers shared by every port and connection of the process.
 CACHE = OCSPCache()
 #: Counters for /status and /metrics: requests sent, and answers by status.
 STATS: collections.Counter[str] = collections.Counter()
 MAX_RESPONSE_BYTES = 64 * 1024
+
+#: The longest a "no usable answer" is remembered (negative cache), in seconds.
+NEGATIVE_TTL_MAX = 30.0
+
+
+def negative_ttl(timeout: float) -> float:
+    """How long a failed look-up (unreachable, timed out, garbage, unknown ...) is cached:
+    min(30 s, 10 x ocsp_timeout).  A down responder then costs one timeout per interval, not
+    one per connection, and at most a tenth of the time is spent waiting for it; a responder
+    that comes back is asked again within 30 s."""
+    return min(NEGATIVE_TTL_MAX, 10.0 * timeout)
+
 
 _Key = tuple[str, bytes, int]
 _INFLIGHT: dict[_Key, list[defer.Deferred[Verdict]]] = {}
@@ -106,7 +119,12 @@ def ask(
 
     def deliver(verdict: Verdict) -> None:
         STATS[verdict.status.value] += 1
-        CACHE.put(key, verdict)
+        if verdict.status is Status.UNAVAILABLE:
+            ttl = negative_ttl(timeout)
+            until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+            CACHE.put(key, dataclasses.replace(verdict, cause=f"{verdict.cause} (remembered for {ttl:g}s)", expires=until))
+        else:
+            CACHE.put(key, verdict)
         emit(
             "janustls.ocsp.answer",
             "port {port}: OCSP {url} about {subject} (serial {serial}): {status}{cause}",
@@ -176,6 +194,33 @@ class OCSPChecker:
             return self._decide(chain, [(d, u, v if v is not None else next(it)) for d, u, v in known])
 
         return defer.gatherResults(waiting).addCallback(all_in)
+
+    def ask_all(self, chain: Sequence[x509.Certificate]) -> defer.Deferred[list[tuple[int, str, Verdict]]]:
+        """For `janustls explain --ocsp`: (depth, url, verdict) for every certificate the port
+        would ask about, from the cache or the responder ("" and UNAVAILABLE without a responder)."""
+        now = datetime.datetime.now(datetime.UTC)
+        pending: list[defer.Deferred[tuple[int, str, Verdict]]] = []
+        for depth, (cert, issuer) in enumerate(asked_about(chain, self.scope)):
+            url = self.url_for(cert)
+            if url is None:
+                none = Verdict(Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set")
+                pending.append(defer.succeed((depth, "", none)))
+                continue
+            cached = CACHE.get(_key(url, cert, issuer), now)
+            if cached is not None:
+                pending.append(defer.succeed((depth, url, cached)))
+            else:
+                d = ask(self.reactor, url, cert, issuer, timeout=self.port.ocsp_timeout, port=self.port.name)
+
+                def tagged(v: Verdict, depth: int = depth, url: str = url) -> tuple[int, str, Verdict]:
+                    return (depth, url, v)
+
+                pending.append(d.addCallback(tagged))
+        return defer.gatherResults(pending)
+
+    def decide(self, chain: Sequence[x509.Certificate], verdicts: list[tuple[int, str, Verdict]]) -> Refusal | None:
+        """The port's refusal (or None) given every certificate's verdict, as `judge` decides."""
+        return self._decide(chain, verdicts)
 
     def _decide(self, chain: Sequence[x509.Certificate], verdicts: list[tuple[int, str, Verdict]]) -> Refusal | None:
         for depth, url, v in verdicts:

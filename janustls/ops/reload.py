@@ -26,6 +26,7 @@ from janustls.core.config import Definitions, PortDefinition, load_definitions
 from janustls.core.procedures import forget_modules
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.events import emit
+from janustls.ops import staple
 from janustls.ops.build import BuiltPort, PortsHost, build_port
 
 __all__ = ["ReloadPlan", "plan_reload", "same_port", "read_again", "error_texts", "started", "failed", "done",
@@ -103,6 +104,8 @@ def error_texts(e: Exception, source: str) -> list[str]:
 def adopt(old: BuiltPort, new: BuiltPort) -> None:
     """`old` (listening) serves new connections as `new` was built; NumSigned carries over."""
     new.runtime.tls.trust.signed.update(old.runtime.tls.trust.signed)
+    if old.listening is not None:  # a live port: the new certificate's stapler, if another, takes over
+        staple.swap(old.runtime.stapler, new.runtime.stapler)
     old.factory.adopt(new.factory)
     old.runtime = old.factory.runtime
     old.definition = new.definition

@@ -6,7 +6,8 @@ Authority Information Access, or `ocsp_responder`), verified like any OCSP answe
 fetched again halfway to its nextUpdate.  While there is none the port serves without a
 staple and asks again after 1, 2, 4 ... seconds, never more than 30 s apart.  One
 stapler per port and certificate survives the port's rebuilds (a CRL change, a reload);
-a rotated certificate gets its own.
+a rotated certificate gets its own, which starts only when the rebuilt port is adopted
+(a refused reload or rotation leaves the live port's stapler running).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from janustls.core.ocsp import Status, build_request, judge_response, new_nonce,
 from janustls.events import emit
 from janustls.ops import httpfetch
 
-__all__ = ["Stapler", "stapler_for", "MAX_RETRY"]
+__all__ = ["Stapler", "stapler_for", "swap", "MAX_RETRY"]
 
 #: Longest wait between attempts while no usable response is at hand.
 MAX_RETRY = 30.0
@@ -49,6 +50,8 @@ class Stapler:
         self._retry = 1.0
         self._timer: IDelayedCall | None = None
         self._stopped = False
+        #: Started and not stopped since (a built port's stapler runs only once the port serves).
+        self.running = False
 
     def current(self) -> bytes:
         """The DER response to staple now, or b"" (no staple)."""
@@ -58,11 +61,13 @@ class Stapler:
 
     def start(self) -> None:
         self._stopped = False
+        self.running = True
         if self._timer is None:
             self._timer = self.reactor.callLater(0, self._fetch)
 
     def stop(self) -> None:
         self._stopped = True
+        self.running = False
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -142,17 +147,30 @@ class Stapler:
 
 
 def stapler_for(port: PortDefinition, chain: tuple[x509.Certificate, ...], reactor: Any) -> Stapler:
-    """The port's stapler for this certificate (made and started once; kept across rebuilds)."""
+    """The port's stapler for this certificate (made once; kept across rebuilds).
+
+    Building never starts or stops a stapler: a build may still be refused (a reload with
+    an error, a rotation that fails), and the live port must keep stapling.  The port's
+    service starts it as it listens, and `swap` passes the duty on when a rebuilt port is
+    adopted.
+    """
     leaf = chain[0]
     key = (port.name, leaf.fingerprint(hashes.SHA256()))
     stapler = _STAPLERS.get(key)
     if stapler is None:
         issuer = next((c for c in chain[1:] if c.subject == leaf.issuer), None)
-        for other_key in [k for k in _STAPLERS if k[0] == port.name]:
-            _STAPLERS.pop(other_key).stop()  # the port's previous certificate
+        for other_key in [k for k, s in _STAPLERS.items() if k[0] == port.name and not s.running]:
+            del _STAPLERS[other_key]  # a certificate the port no longer uses, or a refused build's
         stapler = _STAPLERS[key] = Stapler(port, leaf, issuer, reactor)
     else:
         stapler.port = port  # a rebuild may change ocsp_responder or ocsp_timeout
         stapler.url = port.ocsp_responder or responder_url(leaf)
-    stapler.start()
     return stapler
+
+
+def swap(old: Stapler | None, new: Stapler | None) -> None:
+    """A rebuilt port was adopted: its stapler runs, the one it replaces (if another) stops."""
+    if old is not None and old is not new:
+        old.stop()
+    if new is not None:
+        new.start()

@@ -47,6 +47,7 @@ from janustls.events import emit
 from janustls.ops import logs
 from janustls.ops import reload as planner
 from janustls.ops.build import BuiltPort, build_ports, server_endpoint
+from janustls.ops.certwatch import ensure_cert_watcher
 from janustls.ops.crlwatch import ensure_watcher
 from janustls.ops.operate import drain, exit_status_at_end
 from janustls.ops.service import JanusService
@@ -229,6 +230,7 @@ class WorkersService(service.MultiService):
         self._failed_starts: dict[int, int] = {}
         self._add_status(definitions)
         ensure_watcher(self, reactor, quiet=True)  # the workers watch and log; this keeps /status current
+        ensure_cert_watcher(self, reactor, quiet=True)  # likewise for rotated certificates (their expiry in /status)
 
     def _status_service(self, definitions: Definitions) -> Any:
         from janustls.ops.status import StatusService
@@ -377,6 +379,8 @@ class WorkersService(service.MultiService):
             return
         for b in self.ports:
             b.listening = self._sockets[b.definition.name]
+            if b.runtime.stapler is not None:
+                b.runtime.stapler.start()  # the workers staple; the parent's copy keeps /status current
             emit("janustls.port.listening", "port {port}: {type} listening on {address} for {workers} workers",
                  port=b.definition.name, type=b.definition.type.value, address=str(b.listening.getHost()),
                  workers=self.count, mode=b.definition.client_cert.value)  # fmt: skip
@@ -441,6 +445,12 @@ class WorkersService(service.MultiService):
         self._sockets.update(opened)
         for b in built:
             b.listening = self._sockets[b.definition.name]
+        for b in self.ports:
+            if b.runtime.stapler is not None:
+                b.runtime.stapler.stop()
+        for b in built:
+            if b.runtime.stapler is not None:
+                b.runtime.stapler.start()
         self.definitions, self.ports = new_defs, built
         if status_moved:
             try:
@@ -450,6 +460,7 @@ class WorkersService(service.MultiService):
             if new_status is not None:
                 new_status.setServiceParent(self)
         ensure_watcher(self, self._reactor, quiet=True)
+        ensure_cert_watcher(self, self._reactor, quiet=True)
         old, self._current = self._current, self._spawn_generation()
         try:
             yield defer.gatherResults([w.ready for w in self._current], consumeErrors=True)

@@ -26,6 +26,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from janustls.core.certinfo import EMPTY_CHAIN
 from janustls.core.config import ClientCertMode, PortDefinition
 from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
@@ -169,8 +170,10 @@ class PortProtocol(Protocol):
                 verdict.addCallback(self._ocsp_judged, chain, handle)
                 return
             if verdict is not None:
-                self._refuse_after_handshake(verdict)
-                return
+                if not self._left_to_web_layer(verdict):
+                    self._refuse_after_handshake(verdict)
+                    return
+                chain = EMPTY_CHAIN
         self._admit(chain, handle)
 
     def _ocsp_judged(self, refusal: Refusal | None, chain: Any, handle: SSL.Connection) -> None:
@@ -178,14 +181,26 @@ class PortProtocol(Protocol):
         if self._gone or self.transport.disconnecting:
             return
         if refusal is not None:
-            self._refuse_after_handshake(refusal)
-            return
+            if not self._left_to_web_layer(refusal):
+                self._refuse_after_handshake(refusal)
+                return
+            chain = EMPTY_CHAIN
         self.transport.resumeProducing()
         self._admit(chain, handle)
         for data in held:
             if self._gone:
                 break
             self.dataReceived(data)
+
+    def _left_to_web_layer(self, refusal: Refusal) -> bool:
+        """An OCSP refusal on a port whose web layer answers refused certificates (`ON
+        SSLCERTERR`): recorded as the TLS layer records any other refused certificate, and
+        the connection goes on without a verified certificate, so its requests get the
+        SSLCERTERR handler (which logs the refusal) exactly as for an expired or unknown one."""
+        if not self.factory.runtime.tls.tolerate_refused:
+            return False
+        self.transport.refusal = refusal
+        return True
 
     def _refuse_after_handshake(self, refusal: Refusal) -> None:
         """A completed handshake whose certificate the port refuses now (OCSP): logged, closed."""

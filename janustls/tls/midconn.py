@@ -147,7 +147,8 @@ class CertificateRequest:
             return
         self._tls.refusal = refusal
         self._finish(Outcome.REFUSED, [], str(refusal), refusal.reason)
-        self._tls.abortConnection()
+        if not self._policy.tolerate_refused:  # else the web layer answers SSLCERTERR, as for any refused certificate
+            self._tls.abortConnection()
 
     def _expired(self) -> None:
         self._timer = None
