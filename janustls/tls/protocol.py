@@ -276,11 +276,12 @@ class PortTLSProtocol(TLSProtocolBase):
             self._hello += data
         super().dataReceived(data)
         if not self._buffers_released and self.handshake_done:
-            # Once, when the handshake's flights have gone: an idle connection then
-            # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
+            # Once, when the handshake's flights have gone: from now on OpenSSL releases its
+            # record buffers when idle, and the connection holds no handshake-sized BIO
+            # buffers (about 5 KiB; best effort).
             self._buffers_released = True
             if not self.tls_lost:
-                _openssl.release_bio_buffers(self.getHandle())
+                _openssl.idle_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
 
