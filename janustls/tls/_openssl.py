@@ -33,6 +33,8 @@ __all__ = [
     "verified_chain_der",
     "peer_certificate_der",
     "release_bio_buffers",
+    "idle_buffers",
+    "x509_pointer",
 ]
 
 _lib: Any = Binding.lib
@@ -129,23 +131,59 @@ def set_store_purpose_ssl_client(store: Any) -> None:
 # -- certificates as DER without pyOpenSSL's per-certificate wrappers (the per-handshake path) --
 
 
+#: Memory BIOs to encode certificates into, reused (taken and put back, so threads never share one):
+#: a certificate is encoded in three binding calls instead of seven.
+_der_bios: list[Any] = []
+_DER_CHUNK = 16384
+_der_chunk: Any = None
+_mem_method: Any = None
+
+
 def _x509_der(x509_ptr: Any) -> bytes:
-    bio = _lib.BIO_new(_lib.BIO_s_mem())
-    if bio == _ffi.NULL:
-        raise MemoryError("BIO_new")
+    try:
+        bio, buf = _der_bios.pop()
+    except IndexError:
+        global _mem_method
+        if _mem_method is None:
+            _mem_method = _lib.BIO_s_mem()
+        bio = _lib.BIO_new(_mem_method)
+        if bio == _ffi.NULL:
+            raise MemoryError("BIO_new")
+        buf = _ffi.new("char[]", _DER_CHUNK)
     try:
         if _lib.i2d_X509_bio(bio, x509_ptr) != 1:
             raise ValueError("cannot encode a certificate as DER")
-        buf = _ffi.new("char**")
-        size = _lib.BIO_get_mem_data(bio, buf)
-        return _ffi.buffer(buf[0], size)[:]  # type: ignore[no-any-return]  # cffi is untyped: a buffer slice is bytes
-    finally:
-        _lib.BIO_free(bio)
+        n = _lib.BIO_read(bio, buf, _DER_CHUNK)
+        der = _ffi.buffer(buf, n)[:] if n > 0 else b""
+        while n == _DER_CHUNK:  # a certificate over 16 KiB: the rest (the BIO is left empty)
+            n = _lib.BIO_read(bio, buf, _DER_CHUNK)
+            if n > 0:
+                der += _ffi.buffer(buf, n)[:]
+    except BaseException:
+        _lib.BIO_free(bio)  # may hold bytes: not reused
+        raise
+    _der_bios.append((bio, buf))
+    return der
 
 
-def certificate_der(cert: Any) -> bytes:
-    """The DER of a pyOpenSSL X509 (as a verify callback gets it), without a BIO round trip in Python."""
-    return _x509_der(cert._x509)  # noqa: SLF001
+def certificate_der(cert: Any, known: dict[Any, bytes] | None = None) -> bytes:
+    """The DER of a pyOpenSSL X509 (as a verify callback gets it), without a BIO round trip in Python.
+
+    `known`: DER by X509 pointer for certificates whose pointers cannot be reused while the
+    caller holds them (the port's trust store: OpenSSL hands the store's own objects to the
+    verify callback), answered without encoding.
+    """
+    ptr = cert._x509  # noqa: SLF001
+    if known:
+        der = known.get(ptr)
+        if der is not None:
+            return der
+    return _x509_der(ptr)
+
+
+def x509_pointer(cert: Any) -> Any:
+    """The X509* of a pyOpenSSL X509 (a key for `certificate_der(known=...)`)."""
+    return cert._x509  # noqa: SLF001
 
 
 def verified_chain_der(connection: SSL.Connection) -> list[bytes] | None:
@@ -171,6 +209,19 @@ def peer_certificate_der(connection: SSL.Connection) -> bytes | None:
         _lib.X509_free(cert)
 
 
+_MODE_RELEASE_BUFFERS: int = int(getattr(_lib, "SSL_MODE_RELEASE_BUFFERS", 0))
+
+
+def idle_buffers(connection: SSL.Connection) -> bool:
+    """After the handshake: OpenSSL gives back its record buffers whenever they are empty
+    from now on (MODE_RELEASE_BUFFERS, set per connection so the handshake's own records
+    do not free and reallocate them), and the memory BIOs are swapped for empty ones
+    (`release_bio_buffers`)."""
+    if _MODE_RELEASE_BUFFERS:
+        _lib.SSL_set_mode(connection._ssl, _MODE_RELEASE_BUFFERS)  # noqa: SLF001
+    return release_bio_buffers(connection)
+
+
 def release_bio_buffers(connection: SSL.Connection) -> bool:
     """Give back the memory BIOs' buffers, grown to the size of the handshake's flights.
 
@@ -183,17 +234,21 @@ def release_bio_buffers(connection: SSL.Connection) -> bool:
     into, out = getattr(connection, "_into_ssl", None), getattr(connection, "_from_ssl", None)
     if into is None or out is None:
         return False
-    buf = _ffi.new("char**")
-    if _lib.BIO_get_mem_data(into, buf) != 0 or _lib.BIO_get_mem_data(out, buf) != 0:
+    # BIO_get_mem_data with a NULL pointer: only the number of bytes held.
+    if _lib.BIO_get_mem_data(into, _ffi.NULL) != 0 or _lib.BIO_get_mem_data(out, _ffi.NULL) != 0:
         return False
-    new_into = _lib.BIO_new(_lib.BIO_s_mem())
-    new_out = _lib.BIO_new(_lib.BIO_s_mem())
+    global _mem_method
+    if _mem_method is None:
+        _mem_method = _lib.BIO_s_mem()
+    new_into = _lib.BIO_new(_mem_method)
+    new_out = _lib.BIO_new(_mem_method)
     if new_into == _ffi.NULL or new_out == _ffi.NULL:
         for bio in (new_into, new_out):
             if bio != _ffi.NULL:
                 _lib.BIO_free(bio)
         return False
-    _lib.SSL_set_bio(connection_pointer(connection), new_into, new_out)
+    ssl = connection._ssl  # noqa: SLF001
+    _lib.SSL_set_bio(ssl, new_into, new_out)
     connection._into_ssl, connection._from_ssl = new_into, new_out  # noqa: SLF001
     return True
 

@@ -96,8 +96,9 @@ class PortTLS:
             | SSL.OP_CIPHER_SERVER_PREFERENCE
             | _openssl.OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
         )
-        # Idle connections give their read and write buffers back to OpenSSL.
-        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        # Idle connections give their read and write buffers back to OpenSSL: set on each
+        # connection once its handshake is done (`PortTLSProtocol.dataReceived`), so that
+        # the handshake's records do not free and reallocate them one by one.
         try:
             ctx.set_cipher_list((port.ciphers or DEFAULT_CIPHERS).encode("ascii"))
         except (SSL.Error, UnicodeEncodeError) as e:
@@ -119,8 +120,16 @@ class PortTLS:
                 _hidden.keep_chain_in_tickets(ctx)
         store = ctx.get_cert_store()
         assert store is not None
+        # The store keeps these very X509 objects and OpenSSL hands them to the verify
+        # callback as they are: held here, their pointers stay theirs, and the callback
+        # knows their DER without encoding them on every handshake.
+        self._store_certs: list[crypto.X509] = []
+        self._store_der: dict[Any, bytes] = {}
         for ca in self.trust.cas:
-            store.add_cert(crypto.X509.from_cryptography(ca))
+            held = crypto.X509.from_cryptography(ca)
+            store.add_cert(held)
+            self._store_certs.append(held)
+            self._store_der[_openssl.x509_pointer(held)] = ca.public_bytes(serialization.Encoding.DER)
             ctx.add_client_ca(ca)
         for crl in self.trust.crls:
             store.add_crl(crl)
@@ -160,10 +169,10 @@ class PortTLS:
 
     def verify(self, connection: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         """OpenSSL's verdict on each certificate, plus ours; the first failure is kept."""
-        state: PortTLSProtocol = _openssl.tls_protocol_of(connection)
-        if not ok and errno == CRL_HAS_EXPIRED and self.port.crl_expired is CRLExpired.TOLERATE:
-            return True  # a stale CRL is still checked (janustls.ops.crlwatch logs that it is stale)
         if not ok:
+            if errno == CRL_HAS_EXPIRED and self.port.crl_expired is CRLExpired.TOLERATE:
+                return True  # a stale CRL is still checked (janustls.ops.crlwatch logs that it is stale)
+            state: PortTLSProtocol = _openssl.tls_protocol_of(connection)
             if state.refusal is None:
                 state.refusal = Refusal(
                     reason_for_verify_error(errno),
@@ -172,14 +181,18 @@ class PortTLS:
                     _openssl.verify_error_string(errno),
                 )
             return self.tolerate_refused
-        der = _openssl.certificate_der(cert)
-        reason = self._check(der, depth)
+        der = _openssl.certificate_der(cert, self._store_der)
+        try:
+            reason = self._checked[(der, depth)]
+        except KeyError:
+            reason = self._check(der, depth)
         if reason is not None:
+            state = _openssl.tls_protocol_of(connection)
             if state.refusal is None:
                 state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
             return self.tolerate_refused
         if depth == 0:
-            state.leaf_der = der
+            _openssl.tls_protocol_of(connection).leaf_der = der
         return True
 
     def _check(self, der: bytes, depth: int) -> Reason | None:

@@ -6,6 +6,7 @@ What a handshake failure means for the log (`refusal_for_failure`, `refused_leaf
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +35,54 @@ WRITE_BUFFER_HIGH = DEFAULT_WRITE_BUFFER_HIGH  # the port key write_buffer_high
 #: Seconds a closing connection may go without the client taking any of its remaining
 #: output (or answering the TLS close) before it is aborted.
 CLOSE_GRACE = 5.0
+
+
+class _CloseWatch:
+    """The close grace of every closing connection on one clock, kept by one timer.
+
+    A connection is added when its close begins and removed when it is lost (a dict
+    insert and delete, where a timer each cost a `callLater` and a `cancel`); a sweep
+    a few times per grace aborts the overdue ones, so a close is held up for between
+    the grace and 1.25 x the grace.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.pending: dict[PortTLSProtocol, None] = {}
+        self.interval = 1.0
+        self._call: IDelayedCall | None = None
+
+    def add(self, tls: PortTLSProtocol, grace: float) -> None:
+        tls._close_deadline = self.clock.seconds() + grace
+        tls._close_watch = self
+        self.pending[tls] = None
+        if grace / 4 < self.interval:
+            self.interval = grace / 4
+        if self._call is None:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for tls in [t for t in self.pending if t._close_deadline is None or t._close_deadline <= now]:
+            if tls._close_overdue(now):
+                self.pending.pop(tls, None)
+                tls._close_deadline = None
+        if self.pending:
+            self._call = self.clock.callLater(self.interval, self._sweep)
+
+
+_close_watches: weakref.WeakKeyDictionary[Any, _CloseWatch] = weakref.WeakKeyDictionary()
+
+
+def _close_watch(clock: Any) -> _CloseWatch:
+    try:
+        watch = _close_watches.get(clock)
+        if watch is None:
+            watch = _close_watches[clock] = _CloseWatch(clock)
+    except TypeError:  # a clock that takes no weak reference: a watch of its own each time
+        watch = _CloseWatch(clock)
+    return watch
 
 
 @implementer(IPushProducer)
@@ -91,7 +140,10 @@ class PortTLSProtocol(TLSProtocolBase):
     #: mark (its `bufferSize`): only then is a write followed by a look at the high-water mark.
     _high = WRITE_BUFFER_HIGH
     _socket_over = False
-    _close_timer: IDelayedCall | None = None
+    #: When a held-up close is aborted (the clock's seconds), kept by one `_CloseWatch` per
+    #: clock: a dict entry per closing connection, not a timer each.
+    _close_deadline: float | None = None
+    _close_watch: _CloseWatch | None = None
     _close_unsent = -1
     _drain_waiters: list[defer.Deferred[None]] | None = None
     #: Seconds a close may be held up before it is forced; None leaves it to the port type.
@@ -237,22 +289,23 @@ class PortTLSProtocol(TLSProtocolBase):
 
     def _arm_close_timer(self) -> None:
         grace = self.close_grace
-        if grace is None or self._close_timer is not None or not self.connected:
+        if grace is None or self._close_deadline is not None or not self.connected:
             return
         runtime = getattr(self.factory, "runtime", None)
         clock = reactor_or_global(getattr(runtime, "reactor", None))
         self._close_unsent = self.unsent()
-        self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
+        _close_watch(clock).add(self, grace)
 
-    def _close_overdue(self, clock: Any, grace: float) -> None:
-        self._close_timer = None
-        if not self.connected:
-            return
+    def _close_overdue(self, now: float) -> bool:
+        """The close grace ran out (`_CloseWatch`); True when the connection is done with."""
+        grace = self.close_grace
+        if not self.connected or grace is None:
+            return True
         left = self.unsent()
         if 0 < left < self._close_unsent:  # the client is still taking its output
             self._close_unsent = left
-            self._close_timer = clock.callLater(grace, self._close_overdue, clock, grace)
-            return
+            self._close_deadline = now + grace
+            return False
         runtime = getattr(self.factory, "runtime", None)
         emit(
             "janustls.conn.close_forced",
@@ -264,11 +317,14 @@ class PortTLSProtocol(TLSProtocolBase):
             unsent=left,
         )
         self.abortConnection()
+        return True
 
     def _cancel_close_timer(self) -> None:
-        if self._close_timer is not None and self._close_timer.active():
-            self._close_timer.cancel()
-        self._close_timer = None
+        if self._close_deadline is not None:
+            self._close_deadline = None
+            watch = self._close_watch
+            if watch is not None:
+                watch.pending.pop(self, None)
 
     def connectionLost(self, reason: Any) -> None:  # type: ignore[override]  # Twisted always passes the reason
         self._cancel_close_timer()
@@ -280,11 +336,12 @@ class PortTLSProtocol(TLSProtocolBase):
             self._hello += data
         super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if not self._buffers_released and self.handshake_done:
-            # Once, when the handshake's flights have gone: an idle connection then
-            # holds no handshake-sized BIO buffers (about 5 KiB; best effort).
+            # Once, when the handshake's flights have gone: from now on OpenSSL releases its
+            # record buffers when idle, and the connection holds no handshake-sized BIO
+            # buffers (about 5 KiB; best effort).
             self._buffers_released = True
             if not self.tls_lost:
-                _openssl.release_bio_buffers(self.getHandle())
+                _openssl.idle_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
 
