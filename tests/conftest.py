@@ -8,14 +8,15 @@ import pytest
 
 from tests.support import EVENTS, EventLog, TestPKI, make_test_pki, reactor_thread
 
-
 #: A test that hangs fails after this long instead of stalling the run (pytest-timeout).
 TEST_TIMEOUT = 180
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Part of the default run; `-m "not packaging"` leaves out the fresh-virtualenv installs.
-    config.addinivalue_line("markers", "packaging: installs the checkout into fresh virtualenvs (slow, needs the package index)")
+    config.addinivalue_line(
+        "markers", "packaging: installs the checkout into fresh virtualenvs (slow, needs the package index)"
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,7 +31,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPKI:
 
 
 @pytest.fixture(scope="session")
-def reactor():  # noqa: ANN201
+def reactor():
     return reactor_thread()
 
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from janustls.pki import CA, Issued, make_key
-from tests.support import free_port  # noqa: F401  (also imported from here by test_ocsp, test_staple)
+from tests.support import free_port
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Responder:
     def __post_init__(self) -> None:
         # The issuer's name with another key: a response "from the issuer" that its key did not sign.
         self._wrong = make_key()
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self._impostor = (
             x509.CertificateBuilder().subject_name(self.ca.cert.subject).issuer_name(self.ca.cert.subject)
             .public_key(self._wrong.public_key()).serial_number(x509.random_serial_number())
@@ -76,11 +76,14 @@ class Responder:
         except x509.ExtensionNotFound:
             nonce = None
         self.nonces.append(nonce)
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         if self.stale:
             this_update, next_update = now - datetime.timedelta(days=2), now - datetime.timedelta(days=1)
         else:
-            this_update, next_update = now - datetime.timedelta(minutes=1), now + datetime.timedelta(seconds=self.validity)
+            this_update, next_update = (
+                now - datetime.timedelta(minutes=1),
+                now + datetime.timedelta(seconds=self.validity),
+            )
         state = self.status.get(req.serial_number, self.default)
         cert_status = {"good": ocsp.OCSPCertStatus.GOOD, "revoked": ocsp.OCSPCertStatus.REVOKED,
                        "unknown": ocsp.OCSPCertStatus.UNKNOWN}[state]  # fmt: skip
@@ -127,8 +130,6 @@ def _handler(responder: Responder) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
-
-
 
 
 def closed_port_url() -> str:

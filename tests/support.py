@@ -18,16 +18,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from twisted.internet import defer, threads
 from twisted.logger import globalLogPublisher
 
 from janustls.core.config import Definitions, parse_definitions
-from janustls.pki import CA, Issued, self_signed
 from janustls.ops.service import JanusService
+from janustls.pki import CA, Issued, self_signed
 
 _reactor_started = threading.Event()
 
@@ -92,13 +93,15 @@ class EventLog:
             if found:
                 return found[0]
             time.sleep(0.02)
-        raise AssertionError(f"no {event_id} event for port {port} within {timeout}s; saw {[e['event_id'] for e in self.since(mark)]}")
+        raise AssertionError(
+            f"no {event_id} event for port {port} within {timeout}s; saw {[e['event_id'] for e in self.since(mark)]}"
+        )
 
 
 EVENTS = EventLog()
 
 #: Connection objects that test handlers hand over (`hand_over(sock)`), for the test thread to inspect.
-HANDED: "queue.Queue[Any]" = queue.Queue()
+HANDED: queue.Queue[Any] = queue.Queue()
 
 
 def hand_over(sock: Any) -> None:
@@ -138,7 +141,7 @@ class TestPKI:
 def make_test_pki(directory: Path) -> TestPKI:
     import datetime
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     day = datetime.timedelta(days=1)
     root = CA.create("Test Root CA")
     inter = root.intermediate("Test Intermediate CA")
@@ -296,7 +299,9 @@ def talk(port: int, ctx: ssl.SSLContext, send: bytes = b"", timeout: float = 5.0
         return b"".join(chunks)
 
 
-def openssl_client(port: int, args: Iterable[str], stdin: bytes = b"", timeout: float = 10.0) -> subprocess.CompletedProcess[bytes]:
+def openssl_client(
+    port: int, args: Iterable[str], stdin: bytes = b"", timeout: float = 10.0
+) -> subprocess.CompletedProcess[bytes]:
     cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost", "-quiet", *args]
     return subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
 

@@ -16,14 +16,17 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 def _run(script: str, *args: str) -> str:
     out = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--quick", *args],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
 
 def _row(text: str, start: str) -> str:
-    line = next((l for l in text.splitlines() if l.startswith(start)), None)
+    line = next((row for row in text.splitlines() if row.startswith(start)), None)
     assert line is not None, f"no {start!r} row in:\n{text}"
     return line
 

@@ -44,7 +44,9 @@ def test_unknown_item():
 
 def test_every_documented_item_exists():
     """The vocabulary is exactly the documented one (PORTDEF.md)."""
-    documented = "CN O OU L ST C EMAIL SUBJECT ISSUER SERIAL NOTBEFORE NOTAFTER FINGERPRINT SAN_DNS SAN_EMAIL SAN_URI SAN_IP PEM"
+    documented = (
+        "CN O OU L ST C EMAIL SUBJECT ISSUER SERIAL NOTBEFORE NOTAFTER FINGERPRINT SAN_DNS SAN_EMAIL SAN_URI SAN_IP PEM"
+    )
     assert set(documented.split()) == set(ITEMS)
 
 
@@ -92,8 +94,8 @@ def _full_cert(issuer: CA) -> x509.Certificate:
         .issuer_name(issuer.cert.subject)
         .public_key(key.public_key())
         .serial_number(0x0ABCDEF0123)
-        .not_valid_before(datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc))
-        .not_valid_after(datetime.datetime(2035, 6, 7, 8, 9, 10, tzinfo=datetime.timezone.utc))
+        .not_valid_before(datetime.datetime(2025, 1, 2, 3, 4, 5, tzinfo=datetime.UTC))
+        .not_valid_after(datetime.datetime(2035, 6, 7, 8, 9, 10, tzinfo=datetime.UTC))
         .add_extension(san, critical=False)
         .sign(issuer.key, hashes.SHA256())
     )
@@ -133,7 +135,7 @@ def test_every_item_of_a_full_certificate(cas):
 
 def test_email_falls_back_to_san(cas):
     """EMAIL is the subject's emailAddress, else the SAN's email, else None."""
-    root, inter = cas
+    _root, inter = cas
     issued = inter.issue("dave", emails=["dave@san.test"])
     assert CertChain([issued.cert]).info("EMAIL") == "dave@san.test"
     assert CertChain([inter.issue("erin").cert]).info("EMAIL") is None
@@ -154,7 +156,7 @@ def test_levels(cas):
 
 def test_values_are_cached_per_level(cas):
     """A field is parsed once per connection: the same list object comes back."""
-    root, inter = cas
+    _root, inter = cas
     chain = CertChain([inter.issue("gina", units=["a", "b"]).cert, inter.cert])
     first = chain.values("OU")
     assert chain.values("ORGANIZATIONALUNIT") is first

@@ -53,7 +53,14 @@ def test_hello_split_across_records():
     data = hello("1.3", True)
     body = data[5:]
     first, second = body[:100], body[100:]
-    records = b"\x16\x03\x01" + len(first).to_bytes(2, "big") + first + b"\x16\x03\x01" + len(second).to_bytes(2, "big") + second
+    records = (
+        b"\x16\x03\x01"
+        + len(first).to_bytes(2, "big")
+        + first
+        + b"\x16\x03\x01"
+        + len(second).to_bytes(2, "big")
+        + second
+    )
     h = parse_client_hello(records)
     assert h is not None and h.post_handshake_auth
 

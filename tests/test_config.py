@@ -348,7 +348,9 @@ def test_unreadable_file(tmp_path):
 
 def test_port_from_options_embedded():
     """The endpoint plugin's form: listen, type and handler may be left out."""
-    p = port_from_options("ep", {"certificate": "c.pem", "client_cert": "require", "addca": "ca.pem"}, procs=BASE, embedded=True)
+    p = port_from_options(
+        "ep", {"certificate": "c.pem", "client_cert": "require", "addca": "ca.pem"}, procs=BASE, embedded=True
+    )
     assert p.name == "EP" and p.type is PortType.SRVSOCK and p.addca == (BASE / "ca.pem",)
     with pytest.raises(ConfigErrors) as info:
         port_from_options("ep", {"certificate": "c.pem", "client_cert": "require"}, procs=BASE, embedded=True)
@@ -383,7 +385,8 @@ def server_port(pki, **keys: str) -> str:
 def test_good_material_builds(pki, lib, reactor):
     """The test PKI's server material builds a port: the failures below are the files' fault."""
     definitions = parse_definitions(
-        f"[janustls]\nprocs = {lib}\n" + server_port(pki, client_cert="require", addca=str(pki.files["root.ca"])), base=lib
+        f"[janustls]\nprocs = {lib}\n" + server_port(pki, client_cert="require", addca=str(pki.files["root.ca"])),
+        base=lib,
     )
     built = build_ports(definitions, reactor)
     assert [b.definition.name for b in built] == ["SECURE"]
@@ -428,8 +431,14 @@ def _write_server(lib: Path, name: str, issued) -> tuple[str, str]:
 
 def test_expired_server_certificate(pki, lib):
     """PORTDEF example: an expired server certificate is refused at start, not at the first handshake."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert, key = _write_server(lib, "old", pki.inter.server("localhost", not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)))
+    now = datetime.datetime.now(datetime.UTC)
+    cert, key = _write_server(
+        lib,
+        "old",
+        pki.inter.server(
+            "localhost", not_before=now - datetime.timedelta(days=30), not_after=now - datetime.timedelta(days=1)
+        ),
+    )
     [e] = build_errors(lib, port(certificate=cert, private_key=key))
     assert (e.section, e.key) == ("port:SECURE", "certificate")
     assert "expired" in e.message
@@ -437,7 +446,7 @@ def test_expired_server_certificate(pki, lib):
 
 def test_not_yet_valid_server_certificate(pki, lib):
     """A server certificate that is not valid yet is refused at start."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert, key = _write_server(lib, "future", pki.inter.server("localhost", not_before=now + datetime.timedelta(days=1)))
     [e] = build_errors(lib, port(certificate=cert, private_key=key))
     assert e.key == "certificate" and "not valid until" in e.message
@@ -471,7 +480,9 @@ def test_handler_module_that_fails_to_import(pki, lib):
 
 def test_missing_and_non_ca_addca_and_crl(pki, lib):
     """CA and CRL files: missing, or a leaf given as a CA, each located."""
-    found = build_errors(lib, server_port(pki, client_cert="require", addca=f"nope.pem {pki.cert('bob')}", crl="nope.crl"))
+    found = build_errors(
+        lib, server_port(pki, client_cert="require", addca=f"nope.pem {pki.cert('bob')}", crl="nope.crl")
+    )
     keys = sorted((e.key, e.message) for e in found)
     assert [k for k, _ in keys] == ["addca", "addca", "crl"]
     assert any("not a CA certificate" in m for _, m in keys)
@@ -480,7 +491,11 @@ def test_missing_and_non_ca_addca_and_crl(pki, lib):
 def _encrypted_key(pki, lib: Path, password: bytes) -> str:
     key = pki.issued["server"].key
     (lib / "enc.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(password))
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(password),
+        )
     )
     return str(lib / "enc.key")
 
@@ -494,20 +509,28 @@ def test_encrypted_key_without_password_env(pki, lib):
 def test_encrypted_key_with_unset_password_env(pki, lib, monkeypatch):
     """The named environment variable is not set."""
     monkeypatch.delenv("JANUSTLS_TEST_PW", raising=False)
-    [e] = build_errors(lib, server_port(pki, private_key=_encrypted_key(pki, lib, b"s3cret"), private_key_password_env="JANUSTLS_TEST_PW"))
+    [e] = build_errors(
+        lib,
+        server_port(pki, private_key=_encrypted_key(pki, lib, b"s3cret"), private_key_password_env="JANUSTLS_TEST_PW"),
+    )
     assert e.key == "private_key_password_env" and "JANUSTLS_TEST_PW" in e.message
 
 
 def test_encrypted_key_with_wrong_password(pki, lib, monkeypatch):
     """The password does not decrypt the key."""
     monkeypatch.setenv("JANUSTLS_TEST_PW", "wrong")
-    [e] = build_errors(lib, server_port(pki, private_key=_encrypted_key(pki, lib, b"s3cret"), private_key_password_env="JANUSTLS_TEST_PW"))
+    [e] = build_errors(
+        lib,
+        server_port(pki, private_key=_encrypted_key(pki, lib, b"s3cret"), private_key_password_env="JANUSTLS_TEST_PW"),
+    )
     assert e.key == "private_key" and "wrong password" in e.message
 
 
 def test_errors_of_all_ports_reported_and_nothing_built(pki, lib):
     """One bad port among good ones: build_ports raises, listing each port's problems."""
     text = server_port(pki).replace("[port:SECURE]", "[port:GOOD]")
-    text += port("BAD1", certificate="missing.pem") + server_port(pki, handler="nothere:serve").replace("[port:SECURE]", "[port:BAD2]")
+    text += port("BAD1", certificate="missing.pem") + server_port(pki, handler="nothere:serve").replace(
+        "[port:SECURE]", "[port:BAD2]"
+    )
     found = build_errors(lib, text)
     assert {(e.section, e.key) for e in found} == {("port:BAD1", "certificate"), ("port:BAD2", "handler")}

@@ -39,12 +39,14 @@ def child(pki, tmp_path):
     (procs / "pages" / "big.txt").write_bytes(b"x" * 65536)
     echo, web = free_port(), free_port()
     ini = procs / "ports.ini"
-    ini.write_text(definitions(
-        procs,
-        port_section(pki, "ECHO", listen=f"tcp:{echo}:interface=127.0.0.1", client_cert="none", handler="h:serve"),
-        port_section(pki, "WEB", type="webserv", listen=f"tcp:{web}:interface=127.0.0.1", client_cert="none"),
-        "[web:WEB]\nON /big = page pages/big.txt\n",
-    ))
+    ini.write_text(
+        definitions(
+            procs,
+            port_section(pki, "ECHO", listen=f"tcp:{echo}:interface=127.0.0.1", client_cert="none", handler="h:serve"),
+            port_section(pki, "WEB", type="webserv", listen=f"tcp:{web}:interface=127.0.0.1", client_cert="none"),
+            "[web:WEB]\nON /big = page pages/big.txt\n",
+        )
+    )
     t = Twistd(["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json"], tmp_path)  # fmt: skip
     try:
@@ -70,7 +72,7 @@ def push(s: ssl.SSLSocket, data: bytes, total: int, seconds: float) -> int:
         while sent < total and time.monotonic() < deadline:
             s.sendall(data)
             sent += len(data)
-    except (socket.timeout, ssl.SSLError, OSError):
+    except (TimeoutError, ssl.SSLError, OSError):
         pass
     return sent
 
@@ -138,8 +140,11 @@ def web(pki, reactor, tmp_path):
     (procs / "pages" / "big.txt").write_bytes(b"z" * 2**20)
     (procs / "pages" / "small.txt").write_bytes(b"small\n")
     s = start(
-        definitions(procs, port_section(pki, "IDLEWEB", type="webserv", client_cert="none", idle_timeout=IDLE),
-                    "[web:IDLEWEB]\nON /big = page pages/big.txt\nON /small = page pages/small.txt\n"),  # fmt: skip
+        definitions(
+            procs,
+            port_section(pki, "IDLEWEB", type="webserv", client_cert="none", idle_timeout=IDLE),
+            "[web:IDLEWEB]\nON /big = page pages/big.txt\nON /small = page pages/small.txt\n",
+        ),
         procs,
     )
     yield s.port("IDLEWEB")
@@ -203,7 +208,7 @@ def test_trickling_client_does_not_outlive_idle_timeout(web, pki, events):
                 if s.recv(4096) == b"":
                     closed = True
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except (ConnectionError, ssl.SSLError, OSError):
                 closed = True
@@ -219,7 +224,9 @@ def test_write_buffer_high_is_a_checked_port_key(pki, tmp_path):
     from janustls.errors import ConfigErrors
 
     def text(value: str) -> str:
-        return definitions(tmp_path, port_section(pki, "W", client_cert="none", handler="h:serve", write_buffer_high=value))
+        return definitions(
+            tmp_path, port_section(pki, "W", client_cert="none", handler="h:serve", write_buffer_high=value)
+        )
 
     install_handlers(tmp_path, h="echo")
     assert parse_definitions(text("65536"), source="t.ini", base=tmp_path).ports[0].write_buffer_high == 65536

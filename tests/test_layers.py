@@ -25,12 +25,30 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 
 #: (importing module, imported module) -> why the import is inside a function.
 FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
-    ("janustls._reactor", "twisted.internet"): "importing the global reactor installs it; twistd or a test may install another first",
-    ("janustls.ops.service", "janustls.ops.status"): "prometheus-client fixes its value class at import; --workers sets PROMETHEUS_MULTIPROC_DIR first",
-    ("janustls.ops.workers", "janustls.ops.status"): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
-    ("janustls.ops.workers", "janustls.ops.metrics"): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
-    ("janustls.ops.workers", "prometheus_client"): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
-    ("janustls.cli", "janustls.ops.status"): "status pulls in prometheus-client, which fixes its value class at import: only `janustls status` needs it",
+    (
+        "janustls._reactor",
+        "twisted.internet",
+    ): "importing the global reactor installs it; twistd or a test may install another first",
+    (
+        "janustls.ops.service",
+        "janustls.ops.status",
+    ): "prometheus-client fixes its value class at import; --workers sets PROMETHEUS_MULTIPROC_DIR first",
+    (
+        "janustls.ops.workers",
+        "janustls.ops.status",
+    ): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
+    (
+        "janustls.ops.workers",
+        "janustls.ops.metrics",
+    ): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
+    (
+        "janustls.ops.workers",
+        "prometheus_client",
+    ): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
+    (
+        "janustls.cli",
+        "janustls.ops.status",
+    ): "status pulls in prometheus-client, which fixes its value class at import: only `janustls status` needs it",
 }
 
 
@@ -58,7 +76,7 @@ def _resolve(importer: str, node: ast.ImportFrom | ast.Import) -> list[str]:
     base = node.module or ""
     if node.level:
         package = importer.split(".")
-        if not MODULES[importer].name == "__init__.py":
+        if MODULES[importer].name != "__init__.py":
             package = package[:-1]
         package = package[: len(package) - node.level + 1]
         base = ".".join(package + ([base] if base else []))
@@ -75,13 +93,13 @@ def imports() -> list[tuple[str, str, int, bool]]:
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
 
-        def visit(node: ast.AST, in_function: bool) -> None:
+        def visit(node: ast.AST, in_function: bool, module: str = module) -> None:
             for child in ast.iter_child_nodes(node):
                 inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     for name in _resolve(module, child):
                         found.append((module, name, child.lineno, in_function))
-                visit(child, inner)
+                visit(child, inner, module)
 
         visit(tree, False)
     return found
@@ -114,7 +132,7 @@ def test_no_import_cycle():
         path.append(m)
         for n in sorted(graph.get(m, ())):
             if state.get(n) == 1:
-                cycles.append(path[path.index(n):] + [n])
+                cycles.append(path[path.index(n) :] + [n])
             elif n not in state:
                 walk(n)
         path.pop()
@@ -132,12 +150,17 @@ def test_function_level_imports_are_listed_with_a_reason():
     for importer, imported, line, in_function in imports():
         if not in_function:
             continue
-        key = next((k for k in FUNCTION_IMPORTS if k[0] == importer and (imported == k[1] or imported.startswith(k[1] + "."))), None)
+        key = next(
+            (k for k in FUNCTION_IMPORTS if k[0] == importer and (imported == k[1] or imported.startswith(k[1] + "."))),
+            None,
+        )
         if key is None:
             unlisted.append(f"{MODULES[importer].relative_to(ROOT)}:{line} imports {imported} inside a function")
         else:
             used.add(key)
-    assert not unlisted, "imports inside functions (hoist them, or list them in FUNCTION_IMPORTS with a reason):\n" + "\n".join(unlisted)
+    assert not unlisted, (
+        "imports inside functions (hoist them, or list them in FUNCTION_IMPORTS with a reason):\n" + "\n".join(unlisted)
+    )
     assert used == set(FUNCTION_IMPORTS), f"listed but no longer there: {set(FUNCTION_IMPORTS) - used}"
 
 

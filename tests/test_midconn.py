@@ -16,16 +16,20 @@ import pytest
 
 from tests.support import client_context, definitions, install_handlers, secure_port, start, tls_connect
 
+
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs")
     install_handlers(procs, h="midconn")
     f = pki.files
-    s = start(definitions(
+    s = start(
+        definitions(
+            procs,
+            secure_port(pki, "PLAIN", client_cert="none", crl=f["inter.crl"], request_timeout=1.5),
+            secure_port(pki, "ASKS", client_cert="request", crl=f["inter.crl"], request_timeout=1.5),
+        ),
         procs,
-        secure_port(pki, "PLAIN", client_cert="none", crl=f["inter.crl"], request_timeout=1.5),
-        secure_port(pki, "ASKS", client_cert="request", crl=f["inter.crl"], request_timeout=1.5),
-    ), procs)
+    )
     yield s
     s.stop()
 

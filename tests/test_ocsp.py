@@ -18,10 +18,10 @@ from janustls.pki import CA, Issued
 from tests.ocsp_responder import Responder, closed_port_url
 from tests.support import EVENTS, start
 
-HANDLER = '''
+HANDLER = """
 def serve(sock):
     sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +57,10 @@ procs = {procs}
 [port:OC]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {self.server_files['chain']}
-private_key = {self.server_files['key']}
+certificate = {self.server_files["chain"]}
+private_key = {self.server_files["key"]}
 client_cert = require
-addca = {self.tmp / 'root.pem'}
+addca = {self.tmp / "root.pem"}
 handler = h:serve
 ocsp = leaf
 {extra or "ocsp_timeout = 2"}
@@ -84,7 +84,9 @@ def hello(port: int, cert: Path, key: Path, tls: str = "1.3", timeout: float = 1
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.load_cert_chain(cert, key)
     try:
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=timeout), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=timeout), server_hostname="localhost"
+        ) as s:
             return s.recv(100).decode().strip() or "closed"
     except (ssl.SSLError, ConnectionError) as e:
         return f"refused: {e}"
@@ -98,7 +100,7 @@ def refusal(mark: int, reason: str) -> dict[str, Any]:
 
 
 def test_judge_response_rules(cas: tuple[CA, CA]) -> None:
-    root, inter = cas
+    _root, inter = cas
     r = Responder(inter)
     try:
         leaf = inter.issue("unit")
@@ -128,7 +130,7 @@ def test_judge_response_rules(cas: tuple[CA, CA]) -> None:
         # Within the skew, a response just past nextUpdate still counts; past it, not.
         r.stale = False
         answer = r.answer(req)
-        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=3600 + 100)
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=3600 + 100)
         assert ocsp.judge_response(answer, leaf.cert, inter.cert, now=later).status is ocsp.Status.GOOD
         much_later = later + datetime.timedelta(seconds=600)
         assert ocsp.judge_response(answer, leaf.cert, inter.cert, now=much_later).status is ocsp.Status.UNAVAILABLE
@@ -139,7 +141,7 @@ def test_judge_response_rules(cas: tuple[CA, CA]) -> None:
 
 def test_cache_is_bounded_and_expires() -> None:
     cache = ocsp.OCSPCache(max_entries=3)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     soon = now + datetime.timedelta(seconds=60)
     for i in range(5):
         cache.put(("u", b"k", i), ocsp.Verdict(ocsp.Status.GOOD, expires=soon))
@@ -391,7 +393,9 @@ def test_status_metrics_and_check_show_ocsp(setup: Setup, procs: Path, tmp_path:
 
     path = tmp_path / "check.ini"
     path.write_text(setup.ini(procs) + "ocsp_staple = yes\n")
-    done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "janustls.cli", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert "OCSP         leaf" in done.stdout, done.stdout + done.stderr
     assert "server certificate names no OCSP responder" in done.stdout
 
@@ -412,7 +416,9 @@ def test_resumed_session_is_judged_again(setup: Setup, procs: Path, tls: str) ->
         else:
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         ctx.load_cert_chain(cert, key)
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=10), server_hostname="localhost"
+        ) as s:
             assert s.recv(100) == f"hi resumed{tls}\n".encode()
             session = s.session
         setup.responder.status[issued.cert.serial_number] = "revoked"
@@ -431,7 +437,7 @@ def test_resumed_session_is_judged_again(setup: Setup, procs: Path, tls: str) ->
         server.stop()
 
 
-MIDCONN_HANDLER = '''
+MIDCONN_HANDLER = """
 async def serve(sock):
     sock.write(b"hello\\n")
     while True:
@@ -440,7 +446,7 @@ async def serve(sock):
             return
         cert = await sock.request_certificate()
         sock.write(("got %s\\n" % sock.cert_info("CN")).encode())
-'''
+"""
 
 
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
@@ -463,7 +469,9 @@ def test_mid_connection_certificate_is_judged_by_ocsp(setup: Setup, procs: Path,
                 ctx.post_handshake_auth = True
             ctx.load_cert_chain(cert, key)
             mark = EVENTS.mark()
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port("OC")), timeout=10), server_hostname="localhost") as s:
+            with ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", server.port("OC")), timeout=10), server_hostname="localhost"
+            ) as s:
                 f = s.makefile("rb", buffering=0)
                 assert f.readline() == b"hello\n"
                 s.sendall(b"ask\n")
@@ -479,13 +487,13 @@ def test_mid_connection_certificate_is_judged_by_ocsp(setup: Setup, procs: Path,
         server.stop()
 
 
-WEB_VIEWS = '''
+WEB_VIEWS = """
 def who(request):
     return "hi %s" % request.connection.cert_info("CN")
 
 def certerr(request):
     return "certerr: %s" % request.refusal.reason.value
-'''
+"""
 
 
 def https_get(port: int, path: str, cert: Path, key: Path, tls: str, pha: bool = False) -> tuple[int, bytes]:
@@ -521,9 +529,9 @@ def test_web_port_sslcerterr_answers_an_ocsp_refusal(setup: Setup, procs: Path, 
     common = f"""
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {setup.server_files['chain']}
-private_key = {setup.server_files['key']}
-addca = {setup.tmp / 'root.pem'}
+certificate = {setup.server_files["chain"]}
+private_key = {setup.server_files["key"]}
+addca = {setup.tmp / "root.pem"}
 ocsp = leaf
 ocsp_timeout = 2
 request_timeout = 3

@@ -11,8 +11,8 @@ import ssl
 import pytest
 from OpenSSL import SSL, crypto
 
-from janustls.tls import _openssl
 from janustls.core.clienthello import parse_client_hello
+from janustls.tls import _openssl
 from tests.support import client_context
 
 
@@ -125,4 +125,3 @@ def test_post_handshake_request_probe(pki, pha):
         server.recv(1)
     assert seen, "the info callback did not see 'read finished'"
     assert server.get_peer_certificate(as_cryptography=True) is not None
-

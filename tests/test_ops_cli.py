@@ -16,7 +16,9 @@ from tests.test_ops_twistd import hello
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "janustls.cli", *args], capture_output=True, text=True, timeout=90, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "janustls.cli", *args], capture_output=True, text=True, timeout=90, cwd=cwd
+    )
 
 
 def setup_files(pki, tmp_path: Path, status: int | None) -> tuple[Path, Path, int]:
@@ -34,7 +36,9 @@ def test_start_fails_when_status_listener_cannot_bind(pki, tmp_path):
     busy = held.getsockname()[1]
     try:
         _, ini, port = setup_files(pki, tmp_path, busy)
-        t = Twistd(["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini)], tmp_path)
+        t = Twistd(
+            ["-n", "--pidfile", str(tmp_path / "t.pid"), "--logfile", "-", "janustls", "--port-def", str(ini)], tmp_path
+        )
         try:
             code = t.proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -65,7 +69,7 @@ def server(pki, tmp_path):
 
 
 def test_status_checks_the_pid_against_the_pidfile(server, tmp_path):
-    t, ini, procs, pidfile, port, status = server
+    t, _ini, _procs, pidfile, _port, status = server
     r = cli("status", f"127.0.0.1:{status}", "--pidfile", str(pidfile))
     assert r.returncode == 0 and "SECURE" in r.stdout, r.stderr
     other = tmp_path / "other.pid"
@@ -77,9 +81,15 @@ def test_status_checks_the_pid_against_the_pidfile(server, tmp_path):
 
 
 def test_reload_command_waits_for_the_outcome(server, pki):
-    t, ini, procs, pidfile, port, status = server
+    _t, ini, procs, pidfile, port, status = server
     args = ("reload", "--pidfile", str(pidfile), "--port-def", str(ini), "--timeout", "30")
-    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}"), status_section(status)))
+    ini.write_text(
+        definitions(
+            procs,
+            secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}"),
+            status_section(status),
+        )
+    )
     r = cli(*args)
     assert r.returncode == 0 and "reloaded" in r.stdout, (r.stdout, r.stderr)
     assert hello(port, pki, "othera") == "hi othera"
@@ -98,8 +108,10 @@ def test_reload_command_waits_for_the_outcome(server, pki):
 
 def test_reload_command_without_answer_gives_up_in_time(server, tmp_path):
     """A pidfile naming a process that is not the status listener's: refused before any signal."""
-    t, ini, procs, pidfile, port, status = server
-    sleeper = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); time.sleep(60)"])
+    _t, ini, _procs, _pidfile, _port, _status = server
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_IGN); time.sleep(60)"]
+    )
     try:
         other = tmp_path / "sleeper.pid"
         other.write_text(f"{sleeper.pid}\n")

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from janustls.explain import explain_chain
 from janustls.core.materials import load_certificates
+from janustls.explain import explain_chain
 from tests.support import client_context, start
 
-HANDLER = '''
+HANDLER = """
 def serve(sock):
     sock.write(("hi %s\\n" % sock.cert_info("CN")).encode())
-'''
+"""
 
 
 def hello(port: int, pki: Any, cert: str) -> str:
@@ -40,10 +40,10 @@ procs = {procs}
 [port:SECURE]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
+certificate = {f["server.pem"]}
+private_key = {f["server.key"]}
 client_cert = require
-addca = {f['root.ca']}
+addca = {f["root.ca"]}
 crl = {crl}
 crl_refresh = 0.2
 handler = h:serve
@@ -94,7 +94,7 @@ def test_crl_replaced_on_disk(pki, reactor, procs, events):
 
 @pytest.mark.parametrize("policy", ["refuse", "tolerate"])
 def test_stale_crl(pki, reactor, procs, events, policy):
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     crl = procs / "stale.crl"
     crl.write_bytes(pki.inter.crl_pem(last_update=now - datetime.timedelta(days=10),
                                       next_update=now - datetime.timedelta(days=1)))  # fmt: skip
@@ -174,10 +174,10 @@ procs = {procs}
 [port:SECURE]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
+certificate = {f["server.pem"]}
+private_key = {f["server.key"]}
 client_cert = require
-addca = {f['root.ca']}
+addca = {f["root.ca"]}
 crl_url = {url}
 crl_refresh = 0.3
 handler = h:serve
@@ -205,7 +205,7 @@ handler = h:serve
             assert hello(port, pki, "revoked").startswith("refused")
             # An older CRL (one from before the revocation) is not taken: no replay.
             mark = events.mark()
-            dp.data = empty.crl_pem(last_update=datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2))
+            dp.data = empty.crl_pem(last_update=datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2))
             e = events.wait_for(mark, "janustls.crl.fetch_failed", "SECURE")
             assert "older than the cached one" in e["error"]
             assert hello(port, pki, "revoked").startswith("refused")
@@ -308,10 +308,10 @@ procs = {procs}
 [port:SECURE]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
+certificate = {f["server.pem"]}
+private_key = {f["server.key"]}
 client_cert = require
-addca = {f['root.ca']}
+addca = {f["root.ca"]}
 crl_url = {url}
 crl_refresh = 0
 handler = h:serve
@@ -342,7 +342,7 @@ def test_check_reports_an_unreachable_crl_url(pki, reactor, procs, tmp_path):
     from tests.ocsp_responder import closed_port_url
     from tests.support import in_reactor
 
-    dp, listening, good = serve_crl(pki.inter.crl_pem())
+    _dp, listening, good = serve_crl(pki.inter.crl_pem())
     down = closed_port_url().replace("/ocsp", "/inter.crl")
     f = pki.files
     ini = tmp_path / "ports.ini"
@@ -352,15 +352,17 @@ procs = {procs}
 [port:SECURE]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {f['server.pem']}
-private_key = {f['server.key']}
+certificate = {f["server.pem"]}
+private_key = {f["server.key"]}
 client_cert = require
-addca = {f['root.ca']}
+addca = {f["root.ca"]}
 crl_url = {good} {down}
 handler = h:serve
 """)
     try:
-        done = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60
+        )
     finally:
         in_reactor(listening.stopListening)
     assert done.returncode == 0, done.stderr

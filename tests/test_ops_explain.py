@@ -12,14 +12,15 @@ from typing import Any
 import pytest
 
 from janustls.core.config import parse_definitions
-from janustls.explain import explain, explain_chain, format_verdict
 from janustls.core.materials import load_certificates
+from janustls.explain import explain, explain_chain, format_verdict
 from janustls.tls.policy import build_port_tls
 from tests.support import client_context, definitions, install_handlers, port_section, start
 
 CERTS = ["alice", "bob", "direct", "expired", "notyet", "revoked", "othera", "serveronly",
          "selfsigned", "weakrsa", "deep", "large", None]  # fmt: skip
 PORTS = ["SECURE", "DIRECT", "OTHER", "CHAINCRL", "REQUEST", "DEEP3", "ALLOWED"]
+
 
 def _ini(pki: Any, procs: Path) -> str:
     f = pki.files
@@ -32,10 +33,18 @@ def _ini(pki: Any, procs: Path) -> str:
         port("SECURE", client_cert="require", addca=f["root.ca"], crl=f["inter.crl"], verify_depth=2),
         port("DIRECT", client_cert="require", addca=f["root.ca"], verify_depth=1),
         port("OTHER", client_cert="require", addca=f["other.ca"]),
-        port("CHAINCRL", client_cert="require", addca=f["root.ca"], crl=f"{f['inter.crl']} {f['root.crl']}", crl_check="chain"),
+        port(
+            "CHAINCRL",
+            client_cert="require",
+            addca=f["root.ca"],
+            crl=f"{f['inter.crl']} {f['root.crl']}",
+            crl_check="chain",
+        ),
         port("REQUEST", client_cert="request", addca=f["root.ca"]),
         port("DEEP3", client_cert="require", addca=f["root.ca"], verify_depth=3, max_cert_size=65536),
-        port("ALLOWED", client_cert="request", addca=f["root.ca"], allow="cn:alice | ou:ops & o:'Example Org' | cn:deep"),
+        port(
+            "ALLOWED", client_cert="request", addca=f["root.ca"], allow="cn:alice | ou:ops & o:'Example Org' | cn:deep"
+        ),
     )
 
 

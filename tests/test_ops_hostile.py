@@ -8,7 +8,6 @@ import socket
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,11 +20,19 @@ SILENT = 500
 @pytest.fixture
 def server(pki, reactor, tmp_path):
     procs = install_handlers(tmp_path / "procs", h="ok")
-    s = start(definitions(
+    s = start(
+        definitions(
+            procs,
+            secure_port(
+                pki,
+                listen="tcp:0:interface=127.0.0.1:backlog=1024",
+                handshake_timeout=3,
+                max_connections_per_client=600,
+            ),
+            secure_port(pki, "LIMITED", max_connections_per_client=3),
+        ),
         procs,
-        secure_port(pki, listen="tcp:0:interface=127.0.0.1:backlog=1024", handshake_timeout=3, max_connections_per_client=600),
-        secure_port(pki, "LIMITED", max_connections_per_client=3),
-    ), procs)
+    )
     yield s
     s.stop()
 
@@ -48,7 +55,7 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
                 return True
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -140,7 +147,9 @@ def test_connection_limit_per_client_address(server, pki, events):
         s.close()
 
 
-@pytest.mark.parametrize("junk", [os.urandom(3000), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"\x16\x03\x01\x00\x05hello"])
+@pytest.mark.parametrize(
+    "junk", [os.urandom(3000), b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", b"\x16\x03\x01\x00\x05hello"]
+)
 def test_garbage_and_plaintext_closed_cleanly(server, pki, events, junk):
     port = server.port("SECURE")
     mark = events.mark()

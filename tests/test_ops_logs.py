@@ -9,15 +9,17 @@ from pathlib import Path
 
 from twisted.logger import Logger, LogLevel
 
+from janustls.core.reasons import Reason, Refusal
 from janustls.events import CATALOGUE
 from janustls.ops.logs import catalogue_markdown, event_as_json, json_lines_observer
-from janustls.core.reasons import Reason, Refusal
 
 ROOT = Path(__file__).parents[1]
 
 
 def test_docs_events_md_is_generated_from_the_catalogue():
-    assert (ROOT / "docs" / "events.md").read_text() == catalogue_markdown(), "run: python -m janustls.ops.logs > docs/events.md"
+    assert (ROOT / "docs" / "events.md").read_text() == catalogue_markdown(), (
+        "run: python -m janustls.ops.logs > docs/events.md"
+    )
     for event_id in CATALOGUE:
         assert f"`{event_id}`" in catalogue_markdown()
 
@@ -27,10 +29,15 @@ def test_every_emitted_identifier_is_catalogued():
     for path in (ROOT / "janustls").rglob("*.py"):
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "emit":
-                if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                    if node.args[0].value not in CATALOGUE:
-                        missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.args[0].value}")
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "emit"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+                and node.args[0].value not in CATALOGUE
+            ):
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.args[0].value}")
     assert not missing, missing
 
 
@@ -47,7 +54,9 @@ def test_json_line_per_event():
     first = json.loads(lines[0])
     assert first["event_id"] == "janustls.refused.revoked"
     assert first["level"] == "warn" and first["reason"] == "revoked" and first["depth"] == 0
-    assert first["message"] == "port SECURE: refused 127.0.0.1:5000: revoked at depth 0 (CN=revoked): certificate revoked"
+    assert (
+        first["message"] == "port SECURE: refused 127.0.0.1:5000: revoked at depth 0 (CN=revoked): certificate revoked"
+    )
     assert first["time"].endswith("+00:00")
     assert "log_format" not in first and "log_logger" not in first
     second = json.loads(lines[1])
@@ -56,7 +65,7 @@ def test_json_line_per_event():
 
 def test_json_line_with_failure():
     try:
-        1 / 0
+        1 / 0  # noqa: B018  (raises on purpose)
     except ZeroDivisionError:
         from twisted.python.failure import Failure
 

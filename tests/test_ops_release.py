@@ -161,7 +161,10 @@ def test_wheel_installs_and_runs_without_the_checkout(tmp_path):
     env = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(env)], cwd=tmp_path)
     bindir = env / "bin"
-    run([str(bindir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0])], cwd=tmp_path)
+    run(
+        [str(bindir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0])],
+        cwd=tmp_path,
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     where = run([str(bindir / "python"), "-c", "import janustls; print(janustls.__file__)"], cwd=empty).stdout.strip()

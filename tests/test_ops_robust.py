@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -30,7 +29,9 @@ def checked(pki, procs, capsys):
     return run
 
 
-@pytest.mark.parametrize("listen", ["tcp:99999", "tcp:65536:interface=127.0.0.1", "tcp:-1", "tcp6:port=70000", "tcp:port=abc"])
+@pytest.mark.parametrize(
+    "listen", ["tcp:99999", "tcp:65536:interface=127.0.0.1", "tcp:-1", "tcp6:port=70000", "tcp:port=abc"]
+)
 def test_check_refuses_port_numbers_out_of_range(checked, listen):
     code, out, err = checked(listen)
     assert code == 1, out
@@ -40,7 +41,7 @@ def test_check_refuses_port_numbers_out_of_range(checked, listen):
 
 @pytest.mark.parametrize("listen", ["tcp:99999", "tcp:70000:interface=127.0.0.1"])
 def test_check_refuses_status_port_out_of_range(checked, listen):
-    code, out, err = checked("tcp:0:interface=127.0.0.1", f"[status]\nlisten = {listen}\n")
+    code, _out, err = checked("tcp:0:interface=127.0.0.1", f"[status]\nlisten = {listen}\n")
     assert code == 1 and "[status] listen:" in err and "0 to 65535" in err, err
 
 
@@ -71,7 +72,7 @@ def test_check_accepts_every_endpoint_type(checked, listen):
     ],
 )
 def test_check_locates_bad_endpoints_without_traceback(checked, listen, words):
-    code, out, err = checked(listen)
+    code, _out, err = checked(listen)
     assert code == 1
     assert "p.ini: [port:A] listen:" in err and words in err, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 2
@@ -85,7 +86,7 @@ def test_check_turns_unexpected_errors_into_one_line(checked, monkeypatch):
         raise RuntimeError("something\nunforeseen")
 
     monkeypatch.setattr(janustls.cli, "build_ports", broken)
-    code, out, err = checked("tcp:0:interface=127.0.0.1")
+    code, _out, err = checked("tcp:0:interface=127.0.0.1")
     assert code == 1 and err.count("\n") == 1 and "RuntimeError" in err and "something unforeseen" in err, err
 
 
@@ -103,7 +104,9 @@ def read_line_within(stream: Any, seconds: float) -> bytes:
 # -- SNI on proxy-v2 ports --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["a" * 64 + ".example", "bad..name", "b\u00e4d.example", ".".join(["x" * 62] * 4) + ".abc"])
+@pytest.mark.parametrize(
+    "name", ["a" * 64 + ".example", "bad..name", "b\u00e4d.example", ".".join(["x" * 62] * 4) + ".abc"]
+)
 def test_bad_sni_on_proxy_v2_port_is_forwarded_without_authority(servers, pki, procs, events, name):
     """openssl sends any server name; one that is no DNS name cannot become PP2_TYPE_AUTHORITY,
     so the header goes without it, the client is served, and the server says so."""
@@ -154,7 +157,9 @@ def test_reload_loads_changed_handler_modules(pki, procs, events):
         ctx = client_context(pki, None, tls="1.3")
 
         def say(name: str) -> bytes:
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", s.port(name)), timeout=5), server_hostname="localhost") as c:
+            with ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", s.port(name)), timeout=5), server_hostname="localhost"
+            ) as c:
                 return c.recv(100)
 
         assert say("A") == b"one\n" and say("B") == b"first\n"

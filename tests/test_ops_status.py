@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,8 +89,11 @@ def test_metrics_count_each_refusal_reason(server, pki, events):
         got = {r: value(after, "janustls_refusals_total", port="SECURE", reason=r)
                - value(before, "janustls_refusals_total", port="SECURE", reason=r) for r in expected}  # fmt: skip
         hs = value(after, "janustls_handshakes_total", port="SECURE", version="TLSv1.3") - value(
-            before, "janustls_handshakes_total", port="SECURE", version="TLSv1.3")
-        done = value(after, "janustls_connections_total", port="SECURE") - value(before, "janustls_connections_total", port="SECURE")
+            before, "janustls_handshakes_total", port="SECURE", version="TLSv1.3"
+        )
+        done = value(after, "janustls_connections_total", port="SECURE") - value(
+            before, "janustls_connections_total", port="SECURE"
+        )
         if (got == expected and hs == accepted and done == accepted) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -99,9 +101,11 @@ def test_metrics_count_each_refusal_reason(server, pki, events):
     assert hs == accepted == 2  # alice, bob
     assert done == accepted
     received = value(after, "janustls_bytes_total", port="SECURE", direction="received") - value(
-        before, "janustls_bytes_total", port="SECURE", direction="received")
+        before, "janustls_bytes_total", port="SECURE", direction="received"
+    )
     sent = value(after, "janustls_bytes_total", port="SECURE", direction="sent") - value(
-        before, "janustls_bytes_total", port="SECURE", direction="sent")
+        before, "janustls_bytes_total", port="SECURE", direction="sent"
+    )
     assert (received, sent) == (5 * accepted, 8 * accepted)
     leaf = pki.issued["server"].cert
     assert value(after, "janustls_certificate_expiry_timestamp_seconds", port="SECURE",
@@ -145,11 +149,18 @@ def test_open_connections_counted(server, pki):
 
 
 def test_status_command(server, pki):
-    s, base, ini = server
+    _s, base, ini = server
     for args in ([base], ["--port-def", str(ini)]):
-        r = subprocess.run([sys.executable, "-m", "janustls.cli", "status", *args], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "janustls.cli", "status", *args], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         assert "SECURE" in r.stdout and "NUMSIGNED" in r.stdout and "CN=Test Root CA" in r.stdout
         assert "NEXT UPDATE" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "janustls.cli", "status", "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "janustls.cli", "status", "http://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1 and "cannot" in r.stderr

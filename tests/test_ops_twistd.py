@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support import Twistd, client_context, definitions, free_port, install_handlers, secure_port
+
 
 def hello(port: int, pki: Any, cert: str | None) -> str:
     with client_context(pki, cert, tls="1.3").wrap_socket(
@@ -43,7 +43,9 @@ def test_json_lines_and_reload_by_signal(twistd, pki):
     t, port, ini, procs, pidfile = twistd
     assert hello(port, pki, "alice") == "hi alice"
     accepted = t.wait_for("janustls.conn.accepted")
-    assert accepted["port"] == "SECURE" and accepted["subject"].startswith("CN=alice") and accepted["version"] == "TLSv1.3"
+    assert (
+        accepted["port"] == "SECURE" and accepted["subject"].startswith("CN=alice") and accepted["version"] == "TLSv1.3"
+    )
     with pytest.raises((ssl.SSLError, ConnectionError)):
         hello(port, pki, None)
     refused = t.wait_for("janustls.refused.no_certificate")
@@ -53,7 +55,9 @@ def test_json_lines_and_reload_by_signal(twistd, pki):
     assert t.wait_for("janustls.refused.unknown_ca")["subject"] == "CN=othera"
 
     # A new trust list, sent by `janustls reload --pidfile` (SIGHUP).
-    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}")))
+    ini.write_text(
+        definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}"))
+    )
     r = subprocess.run([sys.executable, "-m", "janustls.cli", "reload", "--pidfile", str(pidfile)],
                        capture_output=True, text=True, timeout=30)  # fmt: skip
     assert r.returncode == 2 and "cannot be known" in r.stderr, r.stderr  # no status listener to ask

@@ -40,7 +40,9 @@ def test_workers_ignore_modules_in_the_working_directory(pki, tmp_path):
 
 
 def test_parent_gives_up_when_no_worker_stays_up(pki, tmp_path):
-    procs = install_handlers(tmp_path / "procs", h="worker_fails")  # loads in the parent, which validates; dies in every worker
+    procs = install_handlers(
+        tmp_path / "procs", h="worker_fails"
+    )  # loads in the parent, which validates; dies in every worker
     ini = procs / "ports.ini"
     ini.write_text(definitions(procs, secure_port(pki, port=free_port())))
     pidfile = tmp_path / "t.pid"

@@ -8,8 +8,6 @@ import os
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 import urllib.request
 from typing import Any
@@ -28,7 +26,13 @@ def workers(pki, tmp_path):
     procs = install_handlers(tmp_path / "procs", h="pid_echo")
     port, status = free_port(), free_port()
     ini = procs / "ports.ini"
-    ini.write_text(definitions(procs, secure_port(pki, port=port, listen=f"tcp:{port}:interface=127.0.0.1:backlog=512"), status_section(status)))
+    ini.write_text(
+        definitions(
+            procs,
+            secure_port(pki, port=port, listen=f"tcp:{port}:interface=127.0.0.1:backlog=512"),
+            status_section(status),
+        )
+    )
     pidfile = tmp_path / "twistd.pid"
     t = Twistd(["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini),
                 "--log-format", "json", "--workers", "2", "--drain-timeout", "3"], tmp_path)  # fmt: skip
@@ -86,7 +90,7 @@ def metric_sum(status: int, name: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("tls", ["1.3", "1.2"])
 def test_two_workers_resume_each_others_sessions(workers, pki, tls):
-    t, port, status, *_ = workers
+    _t, port, _status, *_ = workers
     ctx = client_context(pki, "alice", tls=tls)
     first, first_pid, _ = connect(port, pki, ctx=ctx)
     first.sendall(b"x\n")
@@ -108,7 +112,7 @@ def test_two_workers_resume_each_others_sessions(workers, pki, tls):
 
 
 def test_metrics_and_status_add_up_across_workers(workers, pki):
-    t, port, status, *_ = workers
+    _t, port, status, *_ = workers
     before = metric_sum(status, "janustls_handshakes_total", port="SECURE")
     pids = set()
     for _ in range(30):
@@ -157,8 +161,18 @@ def test_one_reload_for_all_and_graceful_shutdown(workers, pki):
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(2)]
     for th in threads:
         th.start()
-    ini.write_text(definitions(procs, secure_port(pki, port=port, cas=f"{pki.files['root.ca']} {pki.files['other.ca']}",
-                                                  listen=f"tcp:{port}:interface=127.0.0.1:backlog=512"), status_section(int(status))))
+    ini.write_text(
+        definitions(
+            procs,
+            secure_port(
+                pki,
+                port=port,
+                cas=f"{pki.files['root.ca']} {pki.files['other.ca']}",
+                listen=f"tcp:{port}:interface=127.0.0.1:backlog=512",
+            ),
+            status_section(int(status)),
+        )
+    )
     os.kill(int(pidfile.read_text()), signal.SIGHUP)
     t.wait_for("janustls.reload.done")
     time.sleep(0.3)

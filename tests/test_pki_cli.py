@@ -22,6 +22,7 @@ from tests.support import EVENTS, definitions, install_handlers, port_section, s
 
 JANUSTLS = str(Path(sys.executable).parent / "janustls")
 
+
 def jt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([JANUSTLS, *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, **(env or {})})  # fmt: skip
@@ -214,7 +215,9 @@ def test_openssl_cert_sends_only_the_leaf_and_the_demo_says_so(tmp_path, procs):
         leaf_only = subprocess.run(base, capture_output=True, timeout=30, input=b"")
         assert b"ok" not in leaf_only.stdout
         assert EVENTS.wait_for(mark, "janustls.refused", port="SECURE")["reason"] == "unknown_ca"
-        chained = subprocess.run(base + ["-cert_chain", str(c / "alice.pem")], capture_output=True, timeout=30, input=b"")
+        chained = subprocess.run(
+            base + ["-cert_chain", str(c / "alice.pem")], capture_output=True, timeout=30, input=b""
+        )
         assert b"ok" in chained.stdout, chained.stderr
     finally:
         s.stop()
@@ -225,8 +228,12 @@ def test_openssl_cert_sends_only_the_leaf_and_the_demo_says_so(tmp_path, procs):
     repo = Path(__file__).parents[1] / "procs"
     for name in ("whoami.py", "echo.py"):
         shutil.copy(repo / name, demo / name)
-    (demo / "demo.ini").write_text((repo / "demo.ini").read_text().replace("tcp:8443:", "tcp:0:").replace("tcp:8444:", "tcp:0:"))
-    proc = subprocess.Popen([JANUSTLS, "demo", str(demo / "demo.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    (demo / "demo.ini").write_text(
+        (repo / "demo.ini").read_text().replace("tcp:8443:", "tcp:0:").replace("tcp:8444:", "tcp:0:")
+    )
+    proc = subprocess.Popen(
+        [JANUSTLS, "demo", str(demo / "demo.ini")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     hint = ""
     try:
         assert proc.stdout is not None

@@ -21,9 +21,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from janustls.errors import UnknownCertItem
-from tests.support import HANDED, client_context, definitions, handed, install_handlers, port_section, secure_port, start
+from tests.support import (
+    HANDED,
+    client_context,
+    definitions,
+    handed,
+    install_handlers,
+    port_section,
+    secure_port,
+    start,
+)
 
 VERSIONS = ["1.2", "1.3"]
+
 
 def _port(pki: Any, name: str, **keys: object) -> str:
     """A port running the capture handler (it hands each connection to the test)."""
@@ -31,7 +41,7 @@ def _port(pki: Any, name: str, **keys: object) -> str:
 
 
 def _days(n: int) -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=n)
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=n)
 
 
 @pytest.fixture(scope="module")
@@ -453,7 +463,9 @@ def addca_server(pki, reactor, tmp_path_factory):
 def _ca_names(port: int, version: str) -> list[str]:
     r = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", f"-tls{version.replace('.', '_')}"],
-        input=b"", capture_output=True, timeout=10,
+        input=b"",
+        capture_output=True,
+        timeout=10,
     )
     lines = r.stdout.decode().splitlines()
     start_at = lines.index("Acceptable client certificate CA names") + 1
@@ -541,7 +553,9 @@ def test_client_initiated_renegotiation_refused(echo_server, pki, events):
     mark = events.mark()
     p = subprocess.Popen(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_2", "-servername", "localhost"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     out = _Output(p.stdout)
     try:
@@ -593,7 +607,10 @@ def _has_ipv6() -> bool:
 def test_ipv6_port(pki, reactor, events, tmp_path):
     """A port on ::1: the connection's peer is the v6 address, and log events write it [::1]:port."""
     install_handlers(tmp_path, capture="capture")
-    ini = definitions(tmp_path, _port(pki, "SIX", listen="tcp6:0:interface=\\:\\:1", client_cert="require", addca=pki.files["root.ca"]))
+    ini = definitions(
+        tmp_path,
+        _port(pki, "SIX", listen="tcp6:0:interface=\\:\\:1", client_cert="require", addca=pki.files["root.ca"]),
+    )
     s = start(ini, tmp_path)
     try:
         number = s.port("SIX")

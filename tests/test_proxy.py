@@ -293,12 +293,14 @@ def test_refused_client_never_reaches_backend(servers, pki, procs, events):
     servers.append(backend)
     server = gate(servers, pki, procs, f"tcp:127.0.0.1:{backend.port}")
     mark = events.mark()
-    with pytest.raises((ssl.SSLError, ConnectionError)):
-        with client_context(pki, "othera").wrap_socket(
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError)),
+        client_context(pki, "othera").wrap_socket(
             socket.create_connection(("127.0.0.1", server.port("GATE")), timeout=5), server_hostname="localhost"
-        ) as s:
-            s.sendall(b"x")
-            s.recv(1)
+        ) as s,
+    ):
+        s.sendall(b"x")
+        s.recv(1)
     events.wait_for(mark, "janustls.refused", "GATE")
     time.sleep(0.2)
     assert backend.records == []
@@ -527,7 +529,9 @@ def test_backend_that_stops_reading_pauses_the_client(servers, pki, procs):
 
         return {
             "buffered": backend_tcp._tempDataLen + len(backend_tcp.dataBuffer) - backend_tcp.offset,
-            "client_reading": client_tcp.transport in reactor.getReaders() if hasattr(client_tcp, "transport") else client_tcp in reactor.getReaders(),
+            "client_reading": client_tcp.transport in reactor.getReaders()
+            if hasattr(client_tcp, "transport")
+            else client_tcp in reactor.getReaders(),
         }
 
     state = in_reactor(held)
@@ -648,13 +652,15 @@ def test_limits_apply_to_proxy_ports(servers, pki, procs, events):
     )
     first.sendall(b"x")
     assert recv_exactly(first, 1) == b"X"
-    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        with client_context(pki, "alice").wrap_socket(
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        client_context(pki, "alice").wrap_socket(
             socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
-        ) as second:
-            second.sendall(b"y")
-            if second.recv(1) == b"":
-                raise ConnectionError("closed")
+        ) as second,
+    ):
+        second.sendall(b"y")
+        if second.recv(1) == b"":
+            raise ConnectionError("closed")
     events.wait_for(mark, "janustls.conn.limit", "GATE")
     # idle_timeout: the first client, silent, is closed; its backend connection too.
     t0 = time.monotonic()
@@ -780,7 +786,9 @@ def test_bad_connect_is_a_config_error(pki, procs):
 def srvsock_ini(pki: Any, procs: Path) -> str:
     """A srvsock port BEHIND a load balancer (proxy_protocol = yes) saying the peer it saw."""
     install_handlers(procs, who="peer_who")
-    return definitions(procs, secure_port(pki, "BEHIND", handler="who:serve", proxy_protocol="yes", handshake_timeout=1))
+    return definitions(
+        procs, secure_port(pki, "BEHIND", handler="who:serve", proxy_protocol="yes", handshake_timeout=1)
+    )
 
 
 @pytest.mark.parametrize(
@@ -1006,7 +1014,9 @@ backend sink
     server s1 127.0.0.1:{sink.port}
 """
     )
-    proc = subprocess.Popen([HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [HAPROXY, "-db", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     servers.append(proc)
     deadline = time.monotonic() + 10
     while True:
@@ -1040,7 +1050,7 @@ def test_v2_roundtrip_and_byte_by_byte_reading():
     header = proxyproto.build_v2(("2001:db8::1", 1234), ("2001:db8::2", 443), ssl=ssl_info)
     reader = proxyproto.HeaderReader()
     stream = header + b"\x16\x03\x01"
-    for i, byte in enumerate(stream):
+    for i, byte in enumerate(stream):  # noqa: B007  (i is checked after the loop)
         out = reader.feed(bytes([byte]))
         if out is not None:
             break
@@ -1102,7 +1112,9 @@ def test_haproxy_health_checks_are_quiet(servers, pki, procs, events, tmp_path):
     mark = events.mark()
     start_haproxy(servers, tmp_path, 0, server.port("BEHIND"), "send-proxy-v2 check check-send-proxy inter 200ms")
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not any(e.get("local") for e in events.since(mark, "janustls.proxy.header_received")):
+    while time.monotonic() < deadline and not any(
+        e.get("local") for e in events.since(mark, "janustls.proxy.header_received")
+    ):
         time.sleep(0.05)
     local = [e for e in events.since(mark, "janustls.proxy.header_received", "BEHIND") if e["local"]]
     assert local and local[0]["peer"] == local[0]["via"]

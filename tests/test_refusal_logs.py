@@ -12,21 +12,25 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 
+from janustls.core.reasons import Reason
 from janustls.events import CATALOGUE
 from janustls.ops.logs import json_lines_observer
-from janustls.core.reasons import Reason
 from tests.support import EVENTS, client_context, definitions, install_handlers, secure_port, start, tls_connect
+
 
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_refusal_logs")
     install_handlers(procs, ok="ok")
     f = pki.files
-    s = start(definitions(
+    s = start(
+        definitions(
+            procs,
+            secure_port(pki, "SECURE", handler="ok:serve", crl=f["inter.crl"], verify_depth=2),
+            secure_port(pki, "ALLOW", handler="ok:serve", allow="cn:bob"),
+        ),
         procs,
-        secure_port(pki, "SECURE", handler="ok:serve", crl=f["inter.crl"], verify_depth=2),
-        secure_port(pki, "ALLOW", handler="ok:serve", allow="cn:bob"),
-    ), procs)
+    )
     yield s
     s.stop()
 
@@ -61,8 +65,16 @@ def test_refusals_name_the_leaf(server, pki, cert, port_name, reason):
     out = io.StringIO()
     json_lines_observer(out)(event)
     line = json.loads(out.getvalue())
-    assert line["serial"] == event["serial"] and line["fingerprint"] == event["fingerprint"] and line["issuer"] == event["issuer"]
-    assert event["serial"] in line["message"] and event["fingerprint"] in line["message"] and event["issuer"] in line["message"]
+    assert (
+        line["serial"] == event["serial"]
+        and line["fingerprint"] == event["fingerprint"]
+        and line["issuer"] == event["issuer"]
+    )
+    assert (
+        event["serial"] in line["message"]
+        and event["fingerprint"] in line["message"]
+        and event["issuer"] in line["message"]
+    )
 
 
 def test_a_refusal_without_a_certificate_has_no_leaf_fields(server, pki):

@@ -12,11 +12,12 @@ import ssl
 
 import pytest
 
-from janustls.tls import _hidden, tickets
 from janustls.pki import CA
+from janustls.tls import _hidden, tickets
 from tests.support import client_context, definitions, in_reactor, install_handlers, secure_port, start
 
 pytestmark = pytest.mark.skipif(not _hidden.ticket_keys_supported(), reason="no way to set ticket keys here")
+
 
 @pytest.fixture
 def shared_keys(tmp_path):
@@ -45,7 +46,9 @@ def test_revoked_since_the_session_was_made(pki, reactor, procs, events, shared_
         ctx = client_context(pki, None, tls=version)
         ctx.load_cert_chain(tmp_path / "carol.pem", tmp_path / "carol.key")
         port = server.port("RESUME")
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+        ) as s:
             assert first_line(s) == "carol 2"
             s.sendall(b"bye\n")
             session = s.session
@@ -82,7 +85,9 @@ def test_session_without_certificate_after_the_port_came_to_require_one(pki, rea
     try:
         port = server.port("COMES")
         ctx = client_context(pki, None, tls="1.3")
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+        ) as s:
             assert first_line(s) == "None 0"
             s.sendall(b"bye\n")
             session = s.session
@@ -128,7 +133,9 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
         ctx = client_context(pki, None, tls="1.3")
         ctx.load_cert_chain(tmp_path / "dave.pem", tmp_path / "dave.key")
         port = server.port("STRICT")
-        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+        with ctx.wrap_socket(
+            socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+        ) as s:
             assert first_line(s) == "dave 3"
             s.sendall(b"bye\n")
             session = s.session
@@ -137,7 +144,7 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
         elif change == "max_cert_size":
             extra = {"max_cert_size": 300}
         else:
-            past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+            past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
             crl.write_bytes(inter.crl_pem(last_update=past - datetime.timedelta(days=1), next_update=past))
             extra = crl_keys
         new = parse_definitions(_strict_port(procs, pki, tmp_path, **extra), source="test.ini", base=procs)
@@ -145,7 +152,9 @@ def test_resumption_refused_where_a_fresh_handshake_is(pki, reactor, procs, even
         # A fresh handshake with the same chain is refused ...
         mark = events.mark()
         with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-            with ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost") as s:
+            with ctx.wrap_socket(
+                socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost"
+            ) as s:
                 if not first_line(s):
                     raise ConnectionError("closed")
         fresh = events.wait_for(mark, "janustls.refused", "STRICT")

@@ -18,10 +18,10 @@ from cryptography import x509
 from janustls.pki import Issued
 from tests.support import EVENTS, start
 
-HANDLER = '''
+HANDLER = """
 def serve(sock):
     sock.write(b"hi\\n")
-'''
+"""
 
 
 def served_serial(port: int, tls: str = "1.3") -> int:
@@ -58,8 +58,8 @@ procs = {procs}
 [port:ROT]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {certs / 'server.pem'}
-private_key = {certs / 'server.key'}
+certificate = {certs / "server.pem"}
+private_key = {certs / "server.key"}
 handler = h:serve
 cert_refresh = 0.3
 """
@@ -116,8 +116,10 @@ def test_mismatched_or_expired_pair_keeps_the_old_one(setup: Any, pki: Any) -> N
     event = EVENTS.wait_for(mark, "janustls.cert.rotation_failed", "ROT", timeout=10)
     assert "does not match" in event["error"]
     assert served_serial(port) == first.cert.serial_number
-    now = datetime.datetime.now(datetime.timezone.utc)
-    expired = pki.inter.server("localhost", not_before=now - datetime.timedelta(days=9), not_after=now - datetime.timedelta(days=1))
+    now = datetime.datetime.now(datetime.UTC)
+    expired = pki.inter.server(
+        "localhost", not_before=now - datetime.timedelta(days=9), not_after=now - datetime.timedelta(days=1)
+    )
     mark = EVENTS.mark()
     write_pair(certs, expired)
     event = EVENTS.wait_for(mark, "janustls.cert.rotation_failed", "ROT", timeout=10)
@@ -129,12 +131,12 @@ def test_mismatched_or_expired_pair_keeps_the_old_one(setup: Any, pki: Any) -> N
     assert not EVENTS.since(mark, "janustls.cert.rotated", "ROT")
 
 
-PID_HANDLER = '''
+PID_HANDLER = """
 import os
 
 def serve(sock):
     sock.write(("%d\\n" % os.getpid()).encode())
-'''
+"""
 
 
 def served_pid_and_serial(port: int) -> tuple[int, int]:
@@ -171,15 +173,26 @@ procs = {procs}
 [port:ROT]
 type = srvsock
 listen = tcp:{port}:interface=127.0.0.1
-certificate = {certs / 'server.pem'}
-private_key = {certs / 'server.key'}
+certificate = {certs / "server.pem"}
+private_key = {certs / "server.key"}
 handler = h:serve
 cert_refresh = {refresh}
 [status]
 listen = tcp:{free_port()}:interface=127.0.0.1
 """)
     pidfile = tmp_path / "twistd.pid"
-    args = ["-n", "--pidfile", str(pidfile), "--logfile", "-", "janustls", "--port-def", str(ini), "--log-format", "json"]
+    args = [
+        "-n",
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        "-",
+        "janustls",
+        "--port-def",
+        str(ini),
+        "--log-format",
+        "json",
+    ]
     if workers:
         args += ["--workers", str(workers)]
     t = Twistd(args, tmp_path)
@@ -249,7 +262,7 @@ def test_rotation_with_two_workers(tmp_path: Path, pki: Any, path: str) -> None:
     try:
         first = served_pid_and_serial_retry(port)[1]
         assert len(wait_for_serial(port, first, 2)) == 2
-        now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
         second = pki.inter.server("localhost", "127.0.0.1", not_before=now - datetime.timedelta(hours=1),
                                   not_after=now + datetime.timedelta(days=10))  # fmt: skip
         write_pair(certs, second)

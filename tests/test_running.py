@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 
@@ -26,6 +24,8 @@ from tests.support import client_context, definitions, free_port, in_reactor, in
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
 def who_port(pki, name: str = "WHO", **keys: str) -> str:
     """The usual port (tests.support.secure_port) running who:serve; `keys` add or replace lines."""
     return secure_port(pki, name, **{"handler": "who:serve", **keys})
@@ -46,7 +46,9 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}")
+            raise AssertionError(
+                f"exited early: {proc.returncode}: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -78,7 +80,10 @@ def test_twistd_runs_a_port_definition_file(pki, lib, tmp_path):
     try:
         wait_listening(number, proc)
         for version in ("1.2", "1.3"):
-            assert talk(number, client_context(pki, "alice", tls=version), b"hi\n") == f"alice|3|TLSv{version}|hi\n".encode()
+            assert (
+                talk(number, client_context(pki, "alice", tls=version), b"hi\n")
+                == f"alice|3|TLSv{version}|hi\n".encode()
+            )
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
@@ -202,11 +207,15 @@ def test_check_reports_file_mistakes_and_material_problems_in_one_run(pki, lib):
 def test_encrypted_key_with_right_password_serves(pki, lib, monkeypatch, reactor):
     """private_key_password_env with the right password: the port starts and serves."""
     key = pki.issued["server"].key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"open sesame")
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"open sesame"),
     )
     (lib / "enc.key").write_bytes(key)
     monkeypatch.setenv("JANUSTLS_TEST_KEY_PW", "open sesame")
-    s = start(definitions(lib, who_port(pki, private_key="enc.key", private_key_password_env="JANUSTLS_TEST_KEY_PW")), lib)
+    s = start(
+        definitions(lib, who_port(pki, private_key="enc.key", private_key_password_env="JANUSTLS_TEST_KEY_PW")), lib
+    )
     try:
         assert talk(s.port("WHO"), client_context(pki, "alice"), b"x\n") == b"alice|3|TLSv1.3|x\n"
     finally:

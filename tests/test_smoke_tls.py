@@ -8,6 +8,7 @@ import pytest
 
 from tests.support import client_context, definitions, install_handlers, secure_port, start, talk
 
+
 @pytest.fixture
 def server(pki, reactor, procs):
     install_handlers(procs, h="cn_levels_version")

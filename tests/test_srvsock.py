@@ -17,6 +17,7 @@ import pytest
 from janustls.ports.connection import MAX_LINE, READ_BUFFER_HIGH
 from tests.support import HANDED, client_context, definitions, handed, install_handlers, secure_port, start, talk
 
+
 @pytest.fixture(scope="module")
 def server(pki, reactor, tmp_path_factory):
     procs = tmp_path_factory.mktemp("procs_srvsock")
@@ -272,7 +273,9 @@ def test_handshake_timeout(server, pki, events):
 # -- curl --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("tls_args,version", [([], None), (["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")])
+@pytest.mark.parametrize(
+    "tls_args,version", [([], None), (["--tlsv1.2", "--tls-max", "1.2"], "TLSv1.2"), (["--tlsv1.3"], "TLSv1.3")]
+)
 def test_curl_with_client_certificate(server, pki, tls_args, version):
     """curl with a client certificate against a srvsock port answering HTTP: the CN comes back."""
     port = server.port("WHOAMI")
@@ -295,7 +298,8 @@ def test_curl_without_certificate_refused(server, pki, events):
     mark = events.mark()
     r = subprocess.run(
         ["curl", "-sS", "--max-time", "10", "--cacert", str(pki.files["root.ca"]), f"https://localhost:{port}/"],
-        capture_output=True, timeout=15,
+        capture_output=True,
+        timeout=15,
     )
     assert r.returncode != 0
     assert b"hello" not in r.stdout

@@ -10,10 +10,10 @@ from janustls.pki import CA
 from tests.ocsp_responder import Responder, free_port
 from tests.support import EVENTS, start
 
-HANDLER = '''
+HANDLER = """
 def serve(sock):
     sock.write(b"hi\\n")
-'''
+"""
 
 
 def s_client_status(port: int, tls: str) -> str:
@@ -37,8 +37,8 @@ procs = {procs}
 [port:STAPLE]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {server['chain']}
-private_key = {server['key']}
+certificate = {server["chain"]}
+private_key = {server["key"]}
 handler = h:serve
 ocsp_staple = yes
 ocsp_timeout = 2

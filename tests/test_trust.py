@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from janustls.core.config import port_from_options
+from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
+from janustls.core.trust import PortTrust, check_key_strength, check_usage, fingerprint, load_port_trust
 from janustls.errors import ConfigErrors
 from janustls.events import CATALOGUE
 from janustls.pki import CA, self_signed
-from janustls.core.reasons import Reason, Refusal, reason_for_verify_error
-from janustls.core.trust import PortTrust, check_key_strength, check_usage, fingerprint, load_port_trust
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def cas():
 
 def _leaf(issuer: CA, *, eku=None, digital_signature=True, key_usage=True) -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     b = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "custom")]))
@@ -44,7 +44,8 @@ def _leaf(issuer: CA, *, eku=None, digital_signature=True, key_usage=True) -> x5
         b = b.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
     if key_usage:
         b = b.add_extension(
-            x509.KeyUsage(digital_signature, False, not digital_signature, False, False, False, False, False, False), critical=True
+            x509.KeyUsage(digital_signature, False, not digital_signature, False, False, False, False, False, False),
+            critical=True,
         )
     return b.sign(issuer.key, hashes.SHA256())
 
@@ -64,7 +65,9 @@ def test_check_usage(cas):
     assert check_usage(_leaf(inter, key_usage=False)) is None
     assert check_usage(_leaf(inter, eku=[ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE])) is None
     # Key usage that cannot sign cannot authenticate a TLS client.
-    assert check_usage(_leaf(inter, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], digital_signature=False)) is Reason.WRONG_USAGE
+    assert (
+        check_usage(_leaf(inter, eku=[ExtendedKeyUsageOID.CLIENT_AUTH], digital_signature=False)) is Reason.WRONG_USAGE
+    )
 
 
 def test_check_key_strength(cas):
@@ -83,7 +86,9 @@ def test_port_trust_check(cas):
     """One certificate at one depth: size, depth, key, replay and usage checks."""
     root, inter = cas
     server = inter.issue("localhost", usage="both")
-    trust = PortTrust(cas=(root.cert,), verify_depth=2, max_cert_size=4096, server_fingerprints=frozenset({fingerprint(server.cert)}))
+    trust = PortTrust(
+        cas=(root.cert,), verify_depth=2, max_cert_size=4096, server_fingerprints=frozenset({fingerprint(server.cert)})
+    )
     alice = inter.issue("alice").cert
     assert trust.check(alice, 800, 0) is None
     assert trust.check(alice, 4097, 0) is Reason.TOO_LARGE
@@ -132,7 +137,7 @@ def test_complete_chain(cas):
 
 def test_complete_chain_checks_signatures(cas):
     """A certificate with the right issuer names but other keys never makes a chain."""
-    root, inter = cas
+    root, _inter = cas
     trust = PortTrust(cas=(root.cert,))
     impostor_root = CA.create("Trust Root")  # same subject, other key
     impostor = impostor_root.intermediate("Trust Intermediate")
@@ -168,7 +173,9 @@ def test_load_port_trust(cas, tmp_path):
     assert trust.cas == (root.cert, inter.cert)  # the root listed twice counts once
     assert len(trust.crls) == 1 and trust.verify_depth == 3
     assert trust.server_fingerprints == frozenset({fingerprint(server.cert)})
-    bad = port_from_options("p", {"certificate": "c.pem", "addca": "leaf.pem missing.pem", "crl": "root.pem"}, procs=tmp_path, embedded=True)
+    bad = port_from_options(
+        "p", {"certificate": "c.pem", "addca": "leaf.pem missing.pem", "crl": "root.pem"}, procs=tmp_path, embedded=True
+    )
     with pytest.raises(ConfigErrors) as info:
         load_port_trust(bad)
     found = {(e.key, e.message.split(" ")[0]) for e in info.value.errors}

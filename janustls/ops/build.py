@@ -56,7 +56,9 @@ class BuiltPort:
     listening: IListeningPort | None = None
 
 
-def wrap_factory(runtime: PortRuntime, procs: Path, web: WebRules | None = None, protected: Sequence[Path] = ()) -> PortTLSFactory:
+def wrap_factory(
+    runtime: PortRuntime, procs: Path, web: WebRules | None = None, protected: Sequence[Path] = ()
+) -> PortTLSFactory:
     """The TLS factory serving one port, its application factory chosen by the port's type.
 
     `web`: the port's rule table (webserv ports, `read_web_rules`); `protected`: the files of
@@ -78,14 +80,20 @@ def wrap_factory(runtime: PortRuntime, procs: Path, web: WebRules | None = None,
         try:
             inner = ProxyFactory(runtime, backend_endpoint(runtime.reactor, port.connect))
         except (ValueError, KeyError, TypeError) as e:
-            raise ConfigErrors([ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")])
+            raise ConfigErrors(
+                [ConfigError(port.source, port.section, "connect", f"is not a usable client endpoint: {e}")]
+            )
         return ProxyTLSFactory(runtime, inner)  # its TLS layer passes the client's half-close on
     elif port.type is PortType.WEBSERV:
         assert web is not None
         inner = WebFactory(runtime, procs, web, protected=protected)
     else:
         raise ConfigErrors(
-            [ConfigError(port.source, port.section, "type", f"{port.type.value} ports are not available in this version")]
+            [
+                ConfigError(
+                    port.source, port.section, "type", f"{port.type.value} ports are not available in this version"
+                )
+            ]
         )
     return PortTLSFactory(runtime, inner)
 
@@ -123,7 +131,13 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     return serverFromString(reactor, description)  # type: ignore[no-any-return]  # Twisted's parser is unannotated
 
 
-def build_port(port: PortDefinition, procs: Path, reactor: Any = None, web: Sequence[WebRuleLine] = (), protected: Sequence[Path] = ()) -> BuiltPort:
+def build_port(
+    port: PortDefinition,
+    procs: Path,
+    reactor: Any = None,
+    web: Sequence[WebRuleLine] = (),
+    protected: Sequence[Path] = (),
+) -> BuiltPort:
     """Check one port's files and build it; raises ConfigErrors (all of this port's problems)."""
     reactor = reactor_or_global(reactor)
     errors: list[ConfigError] = []
@@ -171,7 +185,11 @@ def build_ports(definitions: Definitions, reactor: Any = None) -> list[BuiltPort
     built: list[BuiltPort] = []
     for port in definitions.ports:
         try:
-            built.append(build_port(port, definitions.procs, reactor, definitions.web.get(port.name, ()), definitions.key_material()))
+            built.append(
+                build_port(
+                    port, definitions.procs, reactor, definitions.web.get(port.name, ()), definitions.key_material()
+                )
+            )
         except ConfigErrors as e:
             errors.extend(e.errors)
     if errors:

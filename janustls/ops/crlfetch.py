@@ -82,7 +82,9 @@ def _conditional_headers(path: Path) -> dict[str, str]:
     return headers
 
 
-def fetch(port: PortDefinition, url: str, procs: Path, reactor: Any, timeout: float = FETCH_TIMEOUT) -> defer.Deferred[str]:
+def fetch(
+    port: PortDefinition, url: str, procs: Path, reactor: Any, timeout: float = FETCH_TIMEOUT
+) -> defer.Deferred[str]:
     """Fetch one CRL URL into its cache file, on Twisted's HTTP client (the reactor never
     waits): fires "changed" or "unchanged"; fails with MaterialError."""
     path = crl_cache_path(procs, url)
@@ -117,14 +119,18 @@ def store(port: PortDefinition, url: str, procs: Path, data: bytes, etag: str | 
     except ValueError as e:
         raise MaterialError(f"{url} did not send a CRL: {e}")
     if _issued_by_port_ca(crl, port) is False:
-        raise MaterialError(f"the CRL from {url} ({crl.issuer.rfc4514_string()}) does not verify with the port's CA of that name")
+        raise MaterialError(
+            f"the CRL from {url} ({crl.issuer.rfc4514_string()}) does not verify with the port's CA of that name"
+        )
     if path.exists():
         try:
             cached = _parse(path.read_bytes())
         except ValueError:
             cached = None
         if cached is not None and cached.issuer == crl.issuer and crl.last_update_utc < cached.last_update_utc:
-            raise MaterialError(f"the CRL from {url} is older than the cached one (lastUpdate {crl.last_update_utc:%Y-%m-%d %H:%M})")
+            raise MaterialError(
+                f"the CRL from {url} is older than the cached one (lastUpdate {crl.last_update_utc:%Y-%m-%d %H:%M})"
+            )
     if path.exists() and path.read_bytes() == data:
         changed = "unchanged"
     else:
@@ -141,14 +147,18 @@ def _urls(ports: Iterable[PortDefinition]) -> list[tuple[PortDefinition, str]]:
     return [(p, url) for p in ports for url in p.crl_url]
 
 
-def missing(definitions: Definitions, ports: Sequence[PortDefinition] | None = None) -> list[tuple[PortDefinition, str]]:
+def missing(
+    definitions: Definitions, ports: Sequence[PortDefinition] | None = None
+) -> list[tuple[PortDefinition, str]]:
     """The CRL URLs that have no cached copy yet: their port refuses the clients that need
     the CRL (crl_unavailable) until the first fetch arrives."""
     return [(p, url) for p, url in _urls(ports if ports is not None else definitions.ports)
             if not crl_cache_path(definitions.procs, url).exists()]  # fmt: skip
 
 
-def prefetch(definitions: Definitions, reactor: Any, ports: Sequence[PortDefinition] | None = None) -> defer.Deferred[None]:
+def prefetch(
+    definitions: Definitions, reactor: Any, ports: Sequence[PortDefinition] | None = None
+) -> defer.Deferred[None]:
     """Fetch the CRL URLs that have no cached copy yet, all at once, each bounded by
     FETCH_TIMEOUT; fires when all have answered (failures are logged, never raised).
 
@@ -180,7 +190,11 @@ def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> def
 
     def one(url: str) -> defer.Deferred[None]:
         path = crl_cache_path(definitions.procs, url)
-        effect = "keeping the cached copy" if path.exists() else "no cached copy yet: its CA's clients are refused until it arrives"
+        effect = (
+            "keeping the cached copy"
+            if path.exists()
+            else "no cached copy yet: its CA's clients are refused until it arrives"
+        )
         d = fetch(port, url, definitions.procs, reactor)
         return d.addCallback(lambda outcome: _fetched(port, url, outcome) if outcome == "changed" else None).addErrback(
             lambda f: _fetch_failed(port, url, f, effect)
@@ -189,7 +203,9 @@ def refresh(definitions: Definitions, port: PortDefinition, reactor: Any) -> def
     return defer.DeferredList([one(url) for url in port.crl_url])
 
 
-def probe(definitions: Definitions, reactor: Any, timeout: float = FETCH_TIMEOUT) -> defer.Deferred[list[tuple[PortDefinition, str, str | None]]]:
+def probe(
+    definitions: Definitions, reactor: Any, timeout: float = FETCH_TIMEOUT
+) -> defer.Deferred[list[tuple[PortDefinition, str, str | None]]]:
     """For `janustls check`: fetch every CRL URL once (nothing is written) and say what came:
     (port, url, None) for a usable CRL, (port, url, why not) otherwise; all at once, each bounded."""
 
@@ -204,7 +220,11 @@ def probe(definitions: Definitions, reactor: Any, timeout: float = FETCH_TIMEOUT
             except ValueError as e:
                 return port, url, f"{url} did not send a CRL: {e}"
             if _issued_by_port_ca(crl, port) is False:
-                return port, url, f"the CRL from {url} ({crl.issuer.rfc4514_string()}) does not verify with the port's CA of that name"
+                return (
+                    port,
+                    url,
+                    f"the CRL from {url} ({crl.issuer.rfc4514_string()}) does not verify with the port's CA of that name",
+                )
             return port, url, None
 
         return d.addCallbacks(got, lambda f: (port, url, f.getErrorMessage()))

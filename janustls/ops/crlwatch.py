@@ -175,7 +175,8 @@ class CRLWatcher(service.Service):
                 issuer=crl.issuer.rfc4514_string(),
                 next_update=next_update.isoformat(),
                 policy=policy,
-                effect="its clients are refused until a fresh CRL arrives" if policy == "refuse"
+                effect="its clients are refused until a fresh CRL arrives"
+                if policy == "refuse"
                 else "the stale list is still used",
             )
 

@@ -42,7 +42,10 @@ HANDSHAKES = Counter(
     "janustls_handshakes", "TLS handshakes completed, by port and TLS version", ["port", "version"], registry=REGISTRY
 )
 REFUSALS = Counter(
-    "janustls_refusals", "Clients refused for their certificate, by port and typed reason", ["port", "reason"], registry=REGISTRY
+    "janustls_refusals",
+    "Clients refused for their certificate, by port and typed reason",
+    ["port", "reason"],
+    registry=REGISTRY,
 )
 HANDSHAKE_FAILURES = Counter(
     "janustls_handshake_failures",
@@ -67,9 +70,14 @@ OPEN = Gauge(
     multiprocess_mode="livesum",
 )
 BYTES = Counter(
-    "janustls_bytes", "Application bytes of ended connections, by direction (received, sent)", ["port", "direction"], registry=REGISTRY
+    "janustls_bytes",
+    "Application bytes of ended connections, by direction (received, sent)",
+    ["port", "direction"],
+    registry=REGISTRY,
 )
-RELOADS = Counter("janustls_reloads", "Reloads of the port-definition file, by outcome (done, failed)", ["outcome"], registry=REGISTRY)
+RELOADS = Counter(
+    "janustls_reloads", "Reloads of the port-definition file, by outcome (done, failed)", ["outcome"], registry=REGISTRY
+)
 MIDCONN = Counter(
     "janustls_midconn_requests",
     "Mid-connection certificate requests, by outcome (certificate, no_certificate, refused, unsupported, "
@@ -157,17 +165,25 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         cert = GaugeMetricFamily(
-            "janustls_certificate_expiry_timestamp_seconds", "The port's server certificate notAfter", labels=["port", "subject"]
+            "janustls_certificate_expiry_timestamp_seconds",
+            "The port's server certificate notAfter",
+            labels=["port", "subject"],
         )
-        ca = GaugeMetricFamily("janustls_ca_expiry_timestamp_seconds", "A CA added to the port: its notAfter", labels=["port", "ca"])
+        ca = GaugeMetricFamily(
+            "janustls_ca_expiry_timestamp_seconds", "A CA added to the port: its notAfter", labels=["port", "ca"]
+        )
         crl = GaugeMetricFamily(
             "janustls_crl_next_update_timestamp_seconds", "A CRL of the port: its nextUpdate", labels=["port", "issuer"]
         )
         signed = GaugeMetricFamily(
-            "janustls_ca_signed", "Accepted client chains per trust anchor (Janus STATUSCA NumSigned)", labels=["port", "ca"]
+            "janustls_ca_signed",
+            "Accepted client chains per trust anchor (Janus STATUSCA NumSigned)",
+            labels=["port", "ca"],
         )
         tcp = GaugeMetricFamily(
-            "janustls_tcp_connections_open", "TCP connections open on the port, handshaking ones included", labels=["port"]
+            "janustls_tcp_connections_open",
+            "TCP connections open on the port, handshaking ones included",
+            labels=["port"],
         )
         built: Iterable[BuiltPort] = list(self._ports())
         for b in built:

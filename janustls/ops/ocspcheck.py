@@ -36,7 +36,16 @@ from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
 from janustls.ops import httpfetch
 
-__all__ = ["OCSPChecker", "CACHE", "STATS", "ask", "ocsp_state", "MAX_RESPONSE_BYTES", "negative_ttl", "NEGATIVE_TTL_MAX"]
+__all__ = [
+    "OCSPChecker",
+    "CACHE",
+    "STATS",
+    "ask",
+    "ocsp_state",
+    "MAX_RESPONSE_BYTES",
+    "negative_ttl",
+    "NEGATIVE_TTL_MAX",
+]
 
 #: Verified answers shared by every port and connection of the process.
 CACHE = OCSPCache()
@@ -122,7 +131,9 @@ def ask(
         if verdict.status is Status.UNAVAILABLE:
             ttl = negative_ttl(timeout)
             until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
-            CACHE.put(key, dataclasses.replace(verdict, cause=f"{verdict.cause} (remembered for {ttl:g}s)", expires=until))
+            CACHE.put(
+                key, dataclasses.replace(verdict, cause=f"{verdict.cause} (remembered for {ttl:g}s)", expires=until)
+            )
         else:
             CACHE.put(key, verdict)
         emit(
@@ -180,11 +191,21 @@ class OCSPChecker:
         for depth, (cert, issuer) in enumerate(asked_about(chain, self.scope)):
             url = self.url_for(cert)
             if url is None:
-                known.append((depth, "", Verdict(Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set")))
+                known.append(
+                    (
+                        depth,
+                        "",
+                        Verdict(
+                            Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set"
+                        ),
+                    )
+                )
                 continue
             verdict = CACHE.get(_key(url, cert, issuer), now)
             if verdict is None:
-                waiting.append(ask(self.reactor, url, cert, issuer, timeout=self.port.ocsp_timeout, port=self.port.name))
+                waiting.append(
+                    ask(self.reactor, url, cert, issuer, timeout=self.port.ocsp_timeout, port=self.port.name)
+                )
             known.append((depth, url, verdict))
         if not waiting:
             return self._decide(chain, [(d, u, v) for d, u, v in known if v is not None])
@@ -203,7 +224,9 @@ class OCSPChecker:
         for depth, (cert, issuer) in enumerate(asked_about(chain, self.scope)):
             url = self.url_for(cert)
             if url is None:
-                none = Verdict(Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set")
+                none = Verdict(
+                    Status.UNAVAILABLE, "the certificate names no OCSP responder and ocsp_responder is not set"
+                )
                 pending.append(defer.succeed((depth, "", none)))
                 continue
             cached = CACHE.get(_key(url, cert, issuer), now)
@@ -244,5 +267,7 @@ class OCSPChecker:
                     )
                     continue
                 self.refused["ocsp_unavailable"] += 1
-                return Refusal(Reason.OCSP_UNAVAILABLE, depth, _subject(chain[depth]), f"no usable OCSP answer{where}: {v.cause}")
+                return Refusal(
+                    Reason.OCSP_UNAVAILABLE, depth, _subject(chain[depth]), f"no usable OCSP answer{where}: {v.cause}"
+                )
         return None

@@ -58,6 +58,7 @@ def drain(ports: Iterable[Any], seconds: float, reactor: Any) -> Any:
 def exit_status_at_end(code: int) -> None:
     """End the process with `code` once twistd has finished (it removed its pidfile); twistd
     itself ends with 0 after any reactor stop, which a service manager takes for success."""
+
     def end() -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -143,6 +144,7 @@ class ServerRoot(service.MultiService):
     def stopService(self) -> Any:
         """Stop listening, then let open connections finish within drain_timeout."""
         d = defer.maybeDeferred(super().stopService)
-        d.addCallback(lambda _: drain(getattr(self.inner, "ports", ()), self.drain_timeout, reactor_or_global(self._reactor)))
+        d.addCallback(
+            lambda _: drain(getattr(self.inner, "ports", ()), self.drain_timeout, reactor_or_global(self._reactor))
+        )
         return d
-

@@ -54,7 +54,9 @@ class ReloadPlan:
     removed: list[str]
 
 
-def plan_reload(old: Mapping[str, PortDefinition], new: Sequence[PortDefinition], *, shared_socket: bool = False) -> ReloadPlan:
+def plan_reload(
+    old: Mapping[str, PortDefinition], new: Sequence[PortDefinition], *, shared_socket: bool = False
+) -> ReloadPlan:
     """What a reload from `old` (by name) to `new` keeps, adds and removes; a port whose socket
     cannot be kept (`same_port`) is removed and added."""
     kept = [p.name for p in new if p.name in old and same_port(old[p.name], p, shared_socket=shared_socket)]
@@ -124,7 +126,9 @@ def rebuild_port(host: PortsHost, name: str) -> BuiltPort:
     """Build one port of the running definitions again (its files re-read); ConfigErrors on failure."""
     definitions = host.definitions
     port = definitions.port(name)
-    return build_port(port, definitions.procs, host.reactor, definitions.web.get(port.name, ()), definitions.key_material())
+    return build_port(
+        port, definitions.procs, host.reactor, definitions.web.get(port.name, ()), definitions.key_material()
+    )
 
 
 @defer.inlineCallbacks

@@ -75,7 +75,9 @@ class JanusService(service.MultiService):
             try:
                 opened[name] = yield b.endpoint.listen(b.factory)
             except Exception as e:  # any listen failure aborts the whole reload
-                errors.append(str(ConfigError(b.definition.source, b.definition.section, "listen", f"cannot listen: {e}")))
+                errors.append(
+                    str(ConfigError(b.definition.source, b.definition.section, "listen", f"cannot listen: {e}"))
+                )
         status_moved = new_defs.status != self.definitions.status
         new_status: Any = None
         if not errors and status_moved and new_defs.status is not None:

@@ -38,7 +38,9 @@ _STAPLERS: dict[tuple[str, bytes], Stapler] = {}
 class Stapler:
     """Keeps a current, verified OCSP response for one certificate."""
 
-    def __init__(self, port: PortDefinition, leaf: x509.Certificate, issuer: x509.Certificate | None, reactor: Any) -> None:
+    def __init__(
+        self, port: PortDefinition, leaf: x509.Certificate, issuer: x509.Certificate | None, reactor: Any
+    ) -> None:
         self.port = port
         self.leaf = leaf
         self.issuer = issuer
@@ -95,7 +97,11 @@ class Stapler:
         if self._stopped:
             return
         if self.url is None or self.issuer is None:
-            why = "the certificate names no OCSP responder" if self.url is None else "the certificate file holds no issuer"
+            why = (
+                "the certificate names no OCSP responder"
+                if self.url is None
+                else "the certificate file holds no issuer"
+            )
             self._failed(f"{why} (set ocsp_responder, or give the chain)")
             return
         nonce = new_nonce()
@@ -120,7 +126,9 @@ class Stapler:
         assert self.issuer is not None
         verdict = judge_response(answer.body, self.leaf, self.issuer, nonce=nonce)
         if verdict.status is not Status.GOOD or verdict.expires is None:
-            self._failed(verdict.cause if verdict.status is Status.UNAVAILABLE else f"the certificate is {verdict.status.value}")
+            self._failed(
+                verdict.cause if verdict.status is Status.UNAVAILABLE else f"the certificate is {verdict.status.value}"
+            )
             return
         self.response, self.expires, self.last_error = answer.body, verdict.expires, None
         self._retry = 1.0

@@ -153,7 +153,9 @@ def merge_live_counts(doc: dict[str, Any], registry: CollectorRegistry) -> dict[
             elif sample.name == "janustls_refusals_total":
                 totals[(port, "refused")] = totals.get((port, "refused"), 0) + sample.value
             elif sample.name == "janustls_ca_signed":
-                signed[(port, sample.labels.get("ca", ""))] = signed.get((port, sample.labels.get("ca", "")), 0) + sample.value
+                signed[(port, sample.labels.get("ca", ""))] = (
+                    signed.get((port, sample.labels.get("ca", "")), 0) + sample.value
+                )
     for p in doc["ports"]:
         p["open_connections"] = int(totals.get((p["name"], "open"), 0))
         p["accepted"] = int(totals.get((p["name"], "accepted"), 0))
@@ -295,9 +297,19 @@ def format_status(doc: dict[str, Any]) -> str:
            + (f", {len(doc['workers'])} workers" if doc.get("workers") else "") + ")", ""]  # fmt: skip
     ports = doc.get("ports", [])
     out += _table(
-        [[p["name"], p["type"], p.get("address") or p["listen"], p["client_cert"], p["open_connections"],
-          p["accepted"], p["refused"], f"{p['certificate']['not_after']} ({p['certificate']['days_left']}d)"]
-         for p in ports],
+        [
+            [
+                p["name"],
+                p["type"],
+                p.get("address") or p["listen"],
+                p["client_cert"],
+                p["open_connections"],
+                p["accepted"],
+                p["refused"],
+                f"{p['certificate']['not_after']} ({p['certificate']['days_left']}d)",
+            ]
+            for p in ports
+        ],
         ["PORT", "TYPE", "ADDRESS", "CLIENT_CERT", "OPEN", "ACCEPTED", "REFUSED", "CERTIFICATE EXPIRES"],
     )
     cas = [[p["name"], ca["subject"], ca["signed"], ca["not_after"]] for p in ports for ca in p["cas"]]

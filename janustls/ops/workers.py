@@ -304,7 +304,9 @@ class WorkersService(service.MultiService):
         env[ENV_WORKER] = str(index)
         if self.ticket_key is not None:
             env[tickets.ENV_KEY_FILE] = self.ticket_key
-        env["PYTHONPATH"] = os.pathsep.join([package_root] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x])
+        env["PYTHONPATH"] = os.pathsep.join(
+            [package_root] + [x for x in env.get("PYTHONPATH", "").split(os.pathsep) if x]
+        )
         self.reactor.spawnProcess(worker, sys.executable, args, env=env, childFDs=fds)
         self._all.add(worker)
         emit("janustls.workers.started", "worker {worker} started (pid {pid}, generation {generation})",
@@ -374,7 +376,14 @@ class WorkersService(service.MultiService):
         try:
             self._sockets = yield self._open(self.ports)
         except ConfigErrors as e:
-            emit("janustls.port.failed", "cannot listen: {error}", LogLevel.critical, port=None, listen=None, error=str(e))
+            emit(
+                "janustls.port.failed",
+                "cannot listen: {error}",
+                LogLevel.critical,
+                port=None,
+                listen=None,
+                error=str(e),
+            )
             self.reactor.stop()
             return
         for b in self.ports:
@@ -440,7 +449,9 @@ class WorkersService(service.MultiService):
                 new_status.adopt((yield new_status.open()))
             except Exception as e:  # refused as a whole: the old listener and sockets stay
                 yield planner.stop_listening(opened)
-                return planner.failed(source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))])
+                return planner.failed(
+                    source, [str(ConfigError(new_defs.source, "status", "listen", f"cannot listen: {e}"))]
+                )
         closing = {n: self._sockets.pop(n) for n in removed}
         self._sockets.update(opened)
         for b in built:

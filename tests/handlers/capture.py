@@ -2,6 +2,7 @@
 
 from tests.support import hand_over
 
+
 def serve(sock):
     """A plain function (no coroutine): hand the connection over, say ok, return (closes)."""
     hand_over(sock)

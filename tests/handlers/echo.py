@@ -1,5 +1,6 @@
 """Echo every byte back until the client leaves."""
 
+
 async def serve(sock):
     while True:
         data = await sock.read()

@@ -1,5 +1,6 @@
 """Greet with CN, certificate levels and TLS version, then echo lines until `quit`."""
 
+
 async def serve(sock):
     who = sock.cert_info("CN") or "anonymous"
     sock.write(f"hello {who} ({sock.cert_levels()} certificate levels, {sock.tls_version})\n".encode())

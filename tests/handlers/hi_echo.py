@@ -1,5 +1,6 @@
 """Say "hi", then echo lines ("echo:" before each) until the client leaves."""
 
+
 async def serve(sock):
     sock.write(b"hi\n")
     while True:

@@ -2,6 +2,7 @@
 
 from janustls.errors import CertificateRequestTimeout
 
+
 async def serve(sock):
     sock.write(("hello %s %d\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
     while True:
@@ -11,7 +12,7 @@ async def serve(sock):
         word = line.strip()
         if word in (b"ask", b"require"):
             try:
-                cert = await sock.request_certificate(require=word == b"require")
+                await sock.request_certificate(require=word == b"require")
                 sock.write(("got %s %d\n" % (sock.cert_info("CN"), sock.cert_levels())).encode())
             except CertificateRequestTimeout:
                 sock.write(b"timeout\n")

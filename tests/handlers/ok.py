@@ -1,4 +1,5 @@
 """Say "ok" and return (the connection closes)."""
 
+
 def serve(sock):
     sock.write(b"ok\n")

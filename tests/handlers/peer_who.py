@@ -2,4 +2,4 @@
 
 
 async def serve(sock):
-    sock.write(('%s:%d|%s\n' % (sock.peer.host, sock.peer.port, sock.cert_info('CN'))).encode())
+    sock.write(("%s:%d|%s\n" % (sock.peer.host, sock.peer.port, sock.cert_info("CN"))).encode())

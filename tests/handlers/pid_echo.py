@@ -2,6 +2,7 @@
 
 import os
 
+
 async def serve(sock):
     # The CN only with a whole chain up to a root (never the leaf alone): also when resumed.
     who = sock.cert_info("CN") if sock.cert_levels() >= 2 else "levels=%d" % sock.cert_levels()

@@ -1,6 +1,7 @@
 """The srvsock tests' handlers, one function per behaviour under test."""
 
 from twisted.internet import defer, reactor
+
 from tests.support import hand_over
 
 
@@ -12,7 +13,7 @@ async def api(sock):
     sock.write(b"read:" + part + b"\n")
     rest = await sock.readline()
     sock.write(b"rest:" + rest)
-    tail = await sock.readline()          # the client sends "partial" and closes
+    tail = await sock.readline()  # the client sends "partial" and closes
     after = await sock.readline()
     eof = await sock.read(10)
     hand_over((tail, after, eof))
@@ -62,6 +63,7 @@ async def bulk(sock):
             break
         got += chunk
     import hashlib
+
     sock.write(hashlib.sha256(got).hexdigest().encode() + b"\n")
     sock.write(bytes(got))
 
@@ -88,17 +90,21 @@ async def http(sock):
     while (await sock.readline()) not in (b"\r\n", b"\n", b""):
         pass
     body = ("hello %s\nlevels %d\n%s\n" % (sock.cert_info("CN"), sock.cert_levels(), sock.tls_version)).encode()
-    sock.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    sock.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
 
 
 async def mixed(sock):
     """Awaits of every kind in one handler: reads, a later Deferred, a fired one, a failed
     one caught, a read that fails (LineTooLong) caught, and a coroutine of its own."""
     from twisted.internet.task import deferLater
+
     from janustls.errors import LineTooLong
 
     out = [await sock.readline()]
-    out.append((await deferLater(reactor, 0.01, lambda: b"later\n")))
+    out.append(await deferLater(reactor, 0.01, lambda: b"later\n"))
     out.append(await defer.succeed(b"fired\n"))
     try:
         await defer.fail(KeyError("caught"))
