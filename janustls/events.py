@@ -121,11 +121,15 @@ def emit(event_id: str, text: str, level: LogLevel = LogLevel.info, **fields: An
     if level not in _LEVELS:
         log.emit(level, text, event_id=event_id, **fields)  # let Logger report the bad level
         return
-    event = {"event_id": event_id, **fields}
-    event["log_logger"] = log
-    event["log_level"] = level
-    event["log_namespace"] = log.namespace
-    event["log_source"] = log.source
-    event["log_format"] = text
-    event["log_time"] = _time()
-    log.observer(event)
+    log.observer(
+        {
+            "event_id": event_id,
+            **fields,
+            "log_logger": log,
+            "log_level": level,
+            "log_namespace": log.namespace,
+            "log_source": log.source,
+            "log_format": text,
+            "log_time": _time(),
+        }
+    )

@@ -144,7 +144,13 @@ class PortProtocol(Protocol):
         )
         self.transport.abortConnection()
 
+    #: The address the protocol was built for (`PortFactory.buildProtocol`): the peer's, as
+    #: `getPeer()` answers it (the PROXY header's on accept_proxy ports), without a new address object.
+    _addr: IAddress | None = None
+
     def peer_address(self) -> IAddress:
+        if self._addr is not None:
+            return self._addr
         peer: IAddress = self.transport.getPeer()
         return peer
 
@@ -414,6 +420,12 @@ class PortFactory(Factory):
     def __init__(self, runtime: PortRuntime) -> None:
         self.runtime = runtime
 
+    def buildProtocol(self, addr: IAddress | None) -> PortProtocol:  # type: ignore[override]  # always a PortProtocol
+        p = self.protocol()
+        p.factory = self
+        p._addr = addr
+        return p
+
     def doStart(self) -> None:  # no "Starting factory" chatter per port
         self.numPorts += 1
 
@@ -484,16 +496,19 @@ class PortTLSFactory(TLSMemoryBIOFactory):
     def registerProtocol(self, protocol: Any) -> None:
         # Twisted may register a TLS protocol more than once (makeConnection, then
         # the wrapper): count each connection once; and only where a limit needs it.
-        first = protocol not in self.protocols
-        super().registerProtocol(protocol)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
-        if first and self.runtime.port.max_connections_per_client is not None:
+        # (WrappingFactory.registerProtocol is `self.protocols[p] = 1`; done here in place.)
+        protocols = self.protocols
+        if protocol in protocols:
+            return
+        protocols[protocol] = 1
+        if self.runtime.port.max_connections_per_client is not None:
             host = str(getattr(protocol.getPeer(), "host", ""))
             self._per_client[host] = self._per_client.get(host, 0) + 1
 
     def unregisterProtocol(self, protocol: Any) -> None:
-        if protocol not in self.protocols:
+        # (WrappingFactory.unregisterProtocol deletes the entry; done here in place.)
+        if self.protocols.pop(protocol, None) is None:
             return
-        super().unregisterProtocol(protocol)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if not self._per_client:
             return
         host = str(getattr(protocol.getPeer(), "host", ""))
@@ -504,9 +519,10 @@ class PortTLSFactory(TLSMemoryBIOFactory):
             self._per_client.pop(host, None)
 
     def buildProtocol(self, addr: IAddress) -> TLSMemoryBIOProtocol | None:  # type: ignore[override]  # None refuses the connection, as Twisted allows
-        if self._over_client_limit(addr):
+        port = self.runtime.port
+        if port.max_connections_per_client is not None and self._over_client_limit(addr):
             return None
-        limit = self.runtime.port.max_connections
+        limit = port.max_connections
         if limit is not None and len(self.protocols) >= limit:
             emit(
                 "janustls.conn.limit",
@@ -517,7 +533,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 limit=limit,
             )
             return None
-        return super().buildProtocol(addr)
+        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))  # WrappingFactory.buildProtocol
 
     def logPrefix(self) -> str:
         return f"janustls:{self.runtime.port.name}"

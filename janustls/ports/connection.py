@@ -41,10 +41,10 @@ class ReadDeferred(defer.Deferred[bytes]):
         return (yield self)  # type: ignore[no-any-return]  # what is sent in is the read's bytes
 
 
-def _deliver(d: defer.Deferred[bytes], data: bytes, error: Exception | None = None) -> None:
-    runner = getattr(d, "runner", None)
+def _deliver(d: ReadDeferred, data: bytes, error: Exception | None = None) -> None:
+    runner = d.runner
     if runner is not None:
-        d.runner = None  # type: ignore[attr-defined]  # a ReadDeferred's, found by getattr above
+        d.runner = None
         if error is not None:
             runner.resume_failure(Failure(error))
         else:
@@ -105,7 +105,7 @@ class Connection:
         self.peer = peer
         self.port_name = port_name
         self._buffer = bytearray()
-        self._waiting: tuple[defer.Deferred[bytes], Callable[[], bytes | None]] | None = None
+        self._waiting: tuple[ReadDeferred, Callable[[], bytes | None]] | None = None
         # The size of a waiting `read()` (0 for other reads): bytes that arrive for it
         # while nothing is buffered are handed over as they are, without the buffer.
         self._read_size = 0
@@ -204,6 +204,15 @@ class Connection:
             raise ValueError("read() needs a positive size")
         if self._waiting is not None:
             raise RuntimeError("another read is already waiting on this connection")
+        if not self._buffer and not self._eof:
+            # Nothing to take yet (the usual case): wait for the bytes, which `feed` hands
+            # over as they come.
+            w = ReadDeferred()
+            self._read_size = n
+            self._waiting = (w, self._take_read)
+            if self._paused:
+                self._resume()
+            return w
         self._read_size = n
         d = self._wait(self._take_read)
         if self._waiting is None:
@@ -260,7 +269,7 @@ class Connection:
             self._after_read()
             self._protocol.progress()
             return defer.succeed(data)
-        d: defer.Deferred[bytes] = ReadDeferred()
+        d = ReadDeferred()
         self._waiting = (d, take)
         self._resume()
         return d

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Coroutine
+from types import CoroutineType
 from typing import Any, Union
 
 from twisted.internet import defer
@@ -100,8 +101,8 @@ class SrvsockProtocol(PortProtocol):
         except Exception:
             self._handler_failed(Failure())
             return
-        if inspect.iscoroutine(result):
-            HandlerRun(result, self).resume(None)
+        if type(result) is CoroutineType or inspect.iscoroutine(result):
+            HandlerRun(result, self)._step(None, None)
             return
         d: defer.Deferred[object]
         if inspect.isawaitable(result):
