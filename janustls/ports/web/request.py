@@ -22,7 +22,6 @@ from janustls.core.rules import Exc, Rule
 from janustls.core.rules import RuleTable
 from janustls.ports.base import PortRuntime
 from janustls.ports.connection import Connection
-from janustls.tls._twisted import request_line
 
 __all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
 
@@ -184,7 +183,7 @@ class JanusRequest(Request):
     # length over it is refused before any byte is stored, a chunked one when it passes it.
     def gotLength(self, length: int | None) -> None:
         proto = self.janus_protocol
-        command, path = request_line(self.channel)
+        command, path = self.method, self.uri  # set by the channel from the request line
         if isinstance(command, bytes) and isinstance(path, bytes):
             limit, self._hold_limit = proto.factory.limits_for(command, path)
         else:
@@ -212,7 +211,7 @@ class JanusRequest(Request):
         super().connectionLost(reason)
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.  A request
-    # received counts in JanusChannel.allContentReceived, just before requestReceived.
+    # received counts in JanusChannel.on_message_complete.
     def finish(self) -> None:
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
