@@ -280,6 +280,8 @@ class PortTLSProtocol(TLSProtocolBase):
     def dataReceived(self, data: bytes) -> None:
         if self._hello is not None and not self.handshake_done and len(self._hello) < MAX_HELLO:
             self._hello += data
+        if self._pending:
+            self.flush_writes()  # written in an earlier turn: out before the client's bytes are read (a close_notify among them)
         self._receiving = True
         try:
             super().dataReceived(data)
