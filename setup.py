@@ -40,10 +40,12 @@ setup(
         "service-identity>=24.1,<27",
         "zope.interface>=6.0,<9",
         "prometheus-client>=0.20,<1",
-        "httptools>=0.6.4,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
+        "httptools>=0.6.2,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0"],
+        "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0",
+                 # ASGI apps the web tests serve (asgi rules need nothing beyond Twisted's asyncio reactor)
+                 "starlette>=1.10,<2", "fastapi>=0.165,<1"],
     },
     entry_points={"console_scripts": ["janustls = janustls.cli:main"]},
     classifiers=[

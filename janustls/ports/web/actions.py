@@ -9,17 +9,20 @@ import os
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, getChildForRequest
-from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.wsgi import WSGIResource
 
-from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.core.forwarding import identity_headers, is_identity_header, parse_backend
 from janustls.core.rules import Action, Resolution, Rule
 from janustls.core.webpath import encode
-from janustls.ports.base import PortRuntime
+from janustls.events import emit
+from janustls.ports.base import PortRuntime, address_text
+from janustls.ports.web.asgi import AsgiApp, serve_http
 from janustls.ports.web.request import JanusRequest, strip_identity_headers
+from janustls.ports.web.scope import http_scope, mount_paths
 from janustls.tls._twisted import wsgi_response
 
 __all__ = ['Actions', 'JanusWSGIResource']
@@ -49,6 +52,7 @@ class Actions:
     runtime: PortRuntime
     reactor: Any
     _wsgi: dict[int, JanusWSGIResource]
+    _asgi: dict[int, AsgiApp]
 
     def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         if rule.action is Action.CALL:
@@ -64,7 +68,39 @@ class Actions:
             return self._wsgi[rule.index].render(request)
         if rule.action is Action.FORWARD:
             return self._forward(request, rule.substitute([encode(p) for p in res.parts]))
+        if rule.action is Action.ASGI:
+            return self._asgi_request(request, rule)
         raise AssertionError(rule.action)
+
+    def _asgi_request(self, request: JanusRequest, rule: Rule) -> Any:
+        """An ASGI app answers: once its lifespan startup is done, with the connection's TLS extension."""
+        app = self._asgi[rule.index]
+        if not app.ready.called:
+            app.ready.addCallback(lambda _: None if request.gone else self._asgi_request(request, rule))
+            return NOT_DONE_YET
+        proto = request.janus_protocol
+        path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
+        raw_path, _, query = request.uri.partition(b"?")
+        root_path, full = mount_paths(path, rule.prefix, rule.mount)
+        headers = [(n.lower(), v) for n, v in getattr(request, "raw_headers", ()) if not is_identity_header(n)]
+        peer, host = request.client, request.getHost()
+        scope = http_scope(kind="http", method=request.method.decode("latin-1"), path=full, raw_path=raw_path, query=query,
+                           http_version=request.clientproto.decode("latin-1").partition("/")[2] or "1.1", headers=headers,
+                           client=(peer.host, peer.port) if hasattr(peer, "host") else None,
+                           server=(host.host, host.port) if hasattr(host, "host") else None,
+                           root_path=root_path, extensions=proto.asgi_extensions(), state=app.state)  # fmt: skip
+        peer_text = address_text(request.connection.peer)
+
+        def failed(failure: Failure) -> None:
+            if not (request.finished or request.gone):
+                self._handler_error(request, rule, failure)
+                return
+            # answered already (Starlette answers 500 itself, then re-raises): logged only
+            emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
+                 port=self.runtime.port.name, handler=rule.value, peer=peer_text, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+
+        serve_http(app, request, scope, failed)
+        return NOT_DONE_YET
 
     def _forward(self, request: JanusRequest, url: str) -> Any:
         """Send the request on to an HTTP backend with the client's identity as headers.
@@ -97,13 +133,18 @@ class Actions:
         path, _, query = backend.path.partition("?")
         if not query and b"?" in request.uri:
             query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        # twisted.web.proxy imports (so installs) the global reactor: imported here, after the
+        # plugin chose it (asgi rules need the asyncio reactor).
+        from twisted.web.proxy import ReverseProxyResource
+
         resource = ReverseProxyResource(backend.host, backend.port, path.encode("latin-1"), reactor=self.reactor)
         request.uri = (path + ("?" + query if query else "")).encode("latin-1")
         return resource.render(request)
 
     def _mount(self, request: JanusRequest, rule: Rule) -> None:
-        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path."""
-        prefix = rule.prefix.rstrip("/")
+        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path;
+        with mount=root, SCRIPT_NAME is empty and PATH_INFO the full path."""
+        prefix = rule.prefix.rstrip("/") if rule.mount != "root" else ""
         path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
         rest = path[len(prefix):] if path.startswith(prefix) else path
         request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]

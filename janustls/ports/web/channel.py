@@ -366,6 +366,7 @@ class JanusChannel:
         if version == "1.1" and b"close" in tokens:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         request.janus_keep = parsed.keep  # type: ignore[attr-defined]
+        request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
         request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
         request.parseCookies()
         length = None if parsed.chunked else parsed.length

@@ -121,6 +121,8 @@ class JanusRequest(Request):
     gone = False
     #: The request path in its normal form (janustls.core.webpath), set when the request is served.
     normal_path: str | None = None
+    #: The header lines as the client sent them, in order (set by the channel).
+    raw_headers: list[tuple[bytes, bytes]] = []
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
