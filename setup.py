@@ -45,7 +45,9 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-timeout>=2.3", "build>=1.0", "twine>=5.0",
                  # ASGI apps the web tests serve (asgi rules need nothing beyond Twisted's asyncio reactor)
-                 "starlette>=1.10,<2", "fastapi>=0.165,<1"],
+                 "starlette>=1.10,<2", "fastapi>=0.165,<1",
+                 # a WebSocket client, and uvicorn as a forward backend serving a FastAPI WebSocket
+                 "websockets>=15,<18", "uvicorn>=0.30,<1"],
     },
     entry_points={"console_scripts": ["janustls = janustls.cli:main"]},
     classifiers=[

@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request as FRequest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
 
 EVENTS = []
 
@@ -64,7 +66,18 @@ async def echo(request):
 async def state(request):
     return PlainTextResponse(request.state.greeting)
 
-star = Starlette(routes=[Route("/tls", tls), Route("/secure/tls", tls), Route("/boom", boom), Route("/echo", echo, methods=["POST"]),
+async def ws_echo(websocket):
+    await websocket.accept()
+    cn = websocket.scope["extensions"]["janustls"]["cert_info"].get("CN")
+    name = websocket.scope["extensions"]["tls"]["client_cert_name"]
+    while True:
+        try:
+            text = await websocket.receive_text()
+        except WebSocketDisconnect:
+            break
+        await websocket.send_text(f"{cn} ({name}) said: {text}")
+
+star = Starlette(routes=[WebSocketRoute("/ws", ws_echo), Route("/tls", tls), Route("/secure/tls", tls), Route("/boom", boom), Route("/echo", echo, methods=["POST"]),
                          Route("/state", state)], lifespan=lifespan)
 
 api = FastAPI()
@@ -151,20 +164,103 @@ def start_twistd(procs: Path, ini: Path, port: int | None, log: Path) -> subproc
             time.sleep(0.2)
 
 
+BACKEND = '''
+import json
+from fastapi import FastAPI, WebSocket
+
+app = FastAPI()
+
+@app.get("/plain")
+async def plain():
+    return {"plain": True}
+
+@app.websocket("/ws")
+async def ws(websocket: WebSocket):
+    await websocket.accept()
+    seen = {k: v for k, v in websocket.headers.items() if k.startswith("x-ssl-client") or k.startswith("x-forwarded")}
+    text = await websocket.receive_text()
+    await websocket.send_text(json.dumps({"headers": seen, "text": text, "path": websocket.url.path}))
+    await websocket.close()
+'''
+
+
+@pytest.fixture(scope="module")
+def uvicorn_backend(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pytest.importorskip("uvicorn")
+    d = tmp_path_factory.mktemp("backend")
+    (d / "backend.py").write_text(BACKEND)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "backend:app", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                            cwd=d, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.2)
+    yield port
+    proc.terminate()
+    proc.wait(20)
+
+
+class RawBackend:
+    """Answers every connection's first request 200 (keep-alive) and records all it receives."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            data = b""
+            conn.settimeout(1.0)
+            try:
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                end = time.monotonic() + 1.0
+                while time.monotonic() < end:
+                    try:
+                        chunk = conn.recv(65536)
+                    except socket.timeout:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+            except OSError:
+                pass
+            self.seen.append(data)
+            conn.close()
+
+
+RAW = RawBackend()
 server_p12 = [0, 0]  # the TLS 1.2 web port, the srvsock port
 
 
 @pytest.fixture(scope="module")
-def server(pki: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def server(pki: Any, tmp_path_factory: pytest.TempPathFactory, uvicorn_backend: int) -> Any:
     procs = tmp_path_factory.mktemp("asgi")
     (procs / "apps.py").write_text(APPS)
     port, pha, p12, line = free_port(), free_port(), free_port(), free_port()
+    backend = uvicorn_backend
     server_p12[0], server_p12[1] = p12, line
-    ini = write_ini(procs, pki, port, """
+    ini = write_ini(procs, pki, port, f"""
 ON /raw/slow = asgi apps:slow
 ON POST /raw/ignore = asgi apps:ignore_body
 ON /only-bob/* = asgi apps:star allow=cn:bob mount=root
 ON /api/* = asgi apps:api mount=root
+ON /tunnel/* = forward http://127.0.0.1:{backend}/*
+ON /rawtun/* = forward http://127.0.0.1:{RAW.port}/*
 ON /fa/* = asgi apps:api
 ON /secure/* = asgi apps:star client_cert=require mount=root
 ON /* = asgi apps:star
@@ -408,3 +504,47 @@ def test_a_srvsock_port_in_the_same_process_works_under_the_asyncio_reactor(serv
             out += chunk
     assert out == b"line port under the asyncio reactor: alice\n"
     assert "AsyncioSelectorReactor" in log.read_text()  # installed by janustls: twistd got no -r
+
+
+def test_websocket_echoes_and_sees_the_cn(server: Any, pki: Any) -> None:
+    from websockets.sync.client import connect
+
+    port, _, _, _ = server
+    with connect(f"wss://127.0.0.1:{port}/ws", ssl=client_context(pki, "alice", tls="1.3"), open_timeout=10) as ws:
+        for text in ("hello", "again"):
+            ws.send(text)
+            answer = ws.recv(timeout=10)
+            assert answer.startswith(f"alice (") and "CN=alice" in answer and answer.endswith(f"said: {text}"), answer
+
+
+def test_websocket_through_forward_to_uvicorn_with_identity_headers(server: Any, pki: Any) -> None:
+    from websockets.sync.client import connect
+
+    port, _, _, _ = server
+    forged = {"X-SSL-Client-CN": "mallory", "X-SSL-Client_Verify": "SUCCESS", "X-Forwarded-For": "10.6.6.6"}
+    with connect(f"wss://127.0.0.1:{port}/tunnel/ws", ssl=client_context(pki, "alice", tls="1.3"), additional_headers=forged,
+                 open_timeout=10) as ws:  # fmt: skip
+        ws.send("through")
+        doc = json.loads(ws.recv(timeout=10))
+    assert doc["text"] == "through" and doc["path"] == "/ws"
+    assert doc["headers"]["x-ssl-client-cn"] == "alice" and doc["headers"]["x-ssl-client-verify"] == "SUCCESS"
+    assert doc["headers"]["x-forwarded-for"] == "127.0.0.1" and "mallory" not in json.dumps(doc) and "10.6.6.6" not in json.dumps(doc)
+
+
+def test_upgrade_refused_by_the_backend_smuggles_nothing(server: Any, pki: Any) -> None:
+    """The backend answers 200 to an Upgrade (no 101): the client's next bytes never reach it."""
+    port, _, _, _ = server
+    smuggled = b"GET /plain HTTP/1.1\r\nHost: x\r\nX-SSL-Client-CN: mallory\r\n\r\n"
+    out, _ = b"", None
+    with tls_connect(port, client_context(pki, "alice", tls="1.3"), 10) as s:
+        s.sendall(b"GET /rawtun/plain HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + smuggled)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    assert out.startswith(b"HTTP/1.1 200") and out.count(b"HTTP/1.1 ") == 1, out  # one answer, then closed
+    deadline = time.monotonic() + 5
+    while not RAW.seen and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert RAW.seen and b"GET /plain" in RAW.seen[-1] and b"mallory" not in RAW.seen[-1], RAW.seen  # only the head went on

@@ -15,7 +15,7 @@ from twisted.web.resource import IResource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.wsgi import WSGIResource
 
-from janustls.core.forwarding import identity_headers, is_identity_header, parse_backend
+from janustls.core.forwarding import FORWARDED_HEADERS, identity_headers, is_identity_header, parse_backend
 from janustls.core.rules import Action, Resolution, Rule
 from janustls.core.webpath import encode
 from janustls.events import emit
@@ -23,6 +23,7 @@ from janustls.ports.base import PortRuntime, address_text
 from janustls.ports.web.asgi import AsgiApp, serve_http
 from janustls.ports.web.request import JanusRequest, strip_identity_headers
 from janustls.ports.web.scope import http_scope, mount_paths
+from janustls.ports.web.upgrade import ForwardTunnel, WebSocketTunnel, handshake_bytes
 from janustls.tls._twisted import wsgi_response
 
 __all__ = ['Actions', 'JanusWSGIResource']
@@ -67,6 +68,8 @@ class Actions:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
         if rule.action is Action.FORWARD:
+            if request.upgrade_rest is not None:
+                return self._forward_upgrade(request, rule.substitute([encode(p) for p in res.parts]))
             return self._forward(request, rule.substitute([encode(p) for p in res.parts]))
         if rule.action is Action.ASGI:
             return self._asgi_request(request, rule)
@@ -84,6 +87,24 @@ class Actions:
         root_path, full = mount_paths(path, rule.prefix, rule.mount)
         headers = [(n.lower(), v) for n, v in getattr(request, "raw_headers", ()) if not is_identity_header(n)]
         peer, host = request.client, request.getHost()
+        websocket = request.upgrade_rest is not None and any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        if websocket:
+            protocols = [p.strip() for n, v in headers if n == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",") if p.strip()]
+            scope = http_scope(kind="websocket", method="GET", path=full, raw_path=raw_path, query=query, http_version="1.1", headers=headers,
+                               client=(peer.host, peer.port) if hasattr(peer, "host") else None,
+                               server=(host.host, host.port) if hasattr(host, "host") else None,
+                               root_path=root_path, extensions=proto.asgi_extensions(), state=app.state, subprotocols=protocols)  # fmt: skip
+            transport = proto.transport
+            ws_peer = address_text(request.connection.peer)
+
+            def ws_failed(failure: Failure) -> None:
+                emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
+                     port=self.runtime.port.name, handler=rule.value, peer=ws_peer, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+
+            tunnel = WebSocketTunnel(app, scope, transport.write, proto.close, ws_failed)
+            rest = request.channel.take_over(tunnel)
+            tunnel.start(handshake_bytes(request.method, request.uri, request.raw_headers), rest)
+            return NOT_DONE_YET
         scope = http_scope(kind="http", method=request.method.decode("latin-1"), path=full, raw_path=raw_path, query=query,
                            http_version=request.clientproto.decode("latin-1").partition("/")[2] or "1.1", headers=headers,
                            client=(peer.host, peer.port) if hasattr(peer, "host") else None,
@@ -140,6 +161,29 @@ class Actions:
         resource = ReverseProxyResource(backend.host, backend.port, path.encode("latin-1"), reactor=self.reactor)
         request.uri = (path + ("?" + query if query else "")).encode("latin-1")
         return resource.render(request)
+
+    def _forward_upgrade(self, request: JanusRequest, url: str) -> Any:
+        """An Upgrade (a WebSocket) on a forward rule: the head goes on with the identity headers
+        (forged ones removed), then the connection is spliced to the backend both ways."""
+        backend = parse_backend(url)
+        path, _, query = backend.path.partition("?")
+        if not query and b"?" in request.uri:
+            query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        drop = {b"content-length", b"transfer-encoding", b"te", b"trailer", b"proxy-connection", b"keep-alive", *FORWARDED_HEADERS}
+        headers = [(n, v) for n, v in request.raw_headers if not is_identity_header(n) and n.lower() not in drop]
+        conn = request.connection
+        proto = request.janus_protocol
+        headers += [(n.encode("ascii"), v.encode("utf-8")) for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()]
+        peer = getattr(conn.peer, "host", None)
+        if peer is not None:
+            headers.append((b"X-Forwarded-For", peer.encode("ascii")))
+        headers.append((b"X-Forwarded-Proto", b"https"))
+        head = handshake_bytes(request.method, (path + ("?" + query if query else "")).encode("latin-1"), headers)
+        transport = proto.transport
+        tunnel = ForwardTunnel(transport.write, proto.close)
+        rest = request.channel.take_over(tunnel)
+        tunnel.start(self.reactor, backend.host, backend.port, head, rest)
+        return NOT_DONE_YET
 
     def _mount(self, request: JanusRequest, rule: Rule) -> None:
         """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path;

@@ -90,6 +90,8 @@ class JanusChannel:
 
     site: JanusSite
     transport: Any = None
+    #: After an Upgrade taken by a rule: what gets the client's bytes (`take_over`).
+    tunnel: Any = None
     persistent = True
     closing = False
     #: Requests parsed and not yet answered, oldest first; the first is being answered once
@@ -213,7 +215,15 @@ class JanusChannel:
     # -- reading ------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing or self._upgraded or not data:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.data_received(data)
+            return
+        if self.closing or not data:
+            return
+        if self._upgraded:
+            if self.requests and self.requests[-1].upgrade_rest is not None:
+                self.requests[-1].upgrade_rest += data  # for the rule that may take the Upgrade
             return
         if self._current is not None or self.requests or self._error is not None or self._buffer:
             self._buffer.append(data)
@@ -240,16 +250,23 @@ class JanusChannel:
                         raise _HeaderSectionTooLarge
                     chunk, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
                     self._head_seen += len(chunk)
-                    parser.feed_data(chunk)
                 else:
-                    parser.feed_data(data)
-                    data = b""
+                    chunk, data = data, b""
+                try:
+                    parser.feed_data(chunk)
+                except httptools.HttpParserUpgrade as e:
+                    offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(chunk)
+                    data = chunk[offset:] + data
+                    raise
         except httptools.HttpParserUpgrade:
-            # CONNECT, or an Upgrade: the request is answered as plain HTTP, and the connection
-            # closes after it (what follows is not HTTP/1.1).
+            # CONNECT, or an Upgrade: what follows is not HTTP/1.1.  A rule that takes the
+            # Upgrade (asgi: a WebSocket; forward: a tunnel) gets the connection and these bytes;
+            # any other answers as plain HTTP and the connection closes after it.
             self._upgraded = True
             if self.requests:
-                self.requests[-1].janus_keep = False  # type: ignore[attr-defined]
+                request = self.requests[-1]
+                request.janus_keep = False  # type: ignore[attr-defined]
+                request.upgrade_rest = data
         except _HeaderSectionTooLarge:
             self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
         except httptools.HttpParserCallbackError as e:
@@ -462,7 +479,23 @@ class JanusChannel:
         elif self.transport is not None:
             self.transport.loseConnection()
 
+    def take_over(self, tunnel: Any) -> bytes:
+        """The connection leaves HTTP/1.1 (after an Upgrade): later bytes go to `tunnel`.
+        Returns the bytes already read after the request head."""
+        request = self._current
+        rest = b""
+        if request is not None:
+            rest, request.upgrade_rest = request.upgrade_rest or b"", None
+        self.tunnel = tunnel
+        self._buffer.clear()
+        self._buffered = 0
+        self._enter("closed")  # no HTTP deadline; the port's idle_timeout still applies
+        return rest
+
     def connectionLost(self, reason: Failure) -> None:
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.connection_lost()
         self.closing = True
         self._enter("closed")
         self._buffer.clear()

@@ -123,6 +123,8 @@ class JanusRequest(Request):
     normal_path: str | None = None
     #: The header lines as the client sent them, in order (set by the channel).
     raw_headers: list[tuple[bytes, bytes]] = []
+    #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
+    upgrade_rest: bytes | None = None
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
