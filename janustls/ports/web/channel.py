@@ -15,7 +15,6 @@ the producer calls, getPeer/getHost/isSecure) and nothing of `HTTPChannel`'s lin
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,20 +87,21 @@ class JanusChannel:
     starts while the client's unsent output is over the port's high-water mark.
     """
 
-    site: JanusSite
-    transport: Any = None
-    #: After an Upgrade taken by a rule: what gets the client's bytes (`take_over`).
-    tunnel: Any = None
-    persistent = True
-    closing = False
-    #: Requests parsed and not yet answered, oldest first; the first is being answered once
-    #: `_current` is it.
-    requests: deque[JanusRequest]
+    __slots__ = ("site", "limits", "transport", "tunnel", "persistent", "closing", "requests", "_current", "_parser", "_parsed",
+                 "_buffer", "_buffered", "_read_paused", "_out_paused", "_advancing", "_error", "_upgraded", "_head_seen",
+                 "_in_head", "_request_producer", "_request_streaming", "_timer", "_phase", "_deadline", "__weakref__")  # fmt: skip
 
     def __init__(self, site: JanusSite) -> None:
         self.site = site
         self.limits = site.limits
-        self.requests = deque()
+        self.transport: Any = None
+        #: After an Upgrade taken by a rule: what gets the client's bytes (`take_over`).
+        self.tunnel: Any = None
+        self.persistent = True
+        self.closing = False
+        #: Requests parsed and not yet answered, oldest first; the first is being answered once
+        #: `_current` is it.
+        self.requests: list[JanusRequest] = []
         self._current: JanusRequest | None = None
         self._parser: Any = None
         self._parsed: _Parsed | None = None
@@ -119,15 +119,11 @@ class JanusChannel:
         self._timer: IDelayedCall | None = None
         self._phase = "idle"
         self._deadline: float | None = None
-        limits = self.limits
-        self._limits_of = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
-        self._step = min((s for s in self._limits_of.values() if s), default=0.0)
 
     # -- the connection -------------------------------------------------------------------------
 
     def makeConnection(self, transport: Any) -> None:
         self.transport = transport
-        self._parser = httptools.HttpRequestParser(self)
         transport.registerProducer(self, True)
         self._enter("idle")
 
@@ -186,7 +182,7 @@ class JanusChannel:
             return
         self._current = None
         if self.requests and self.requests[0] is request:
-            self.requests.popleft()
+            self.requests.pop(0)
         if not self.persistent or self.closing:
             self.loseConnection()
             return
@@ -241,6 +237,8 @@ class JanusChannel:
     def _feed(self, data: bytes) -> None:
         """Parse `data`, feeding llhttp no more of a header section than max_header_bytes."""
         parser = self._parser
+        if parser is None:  # made for each request: an idle connection holds none (about 1 KiB)
+            parser = self._parser = httptools.HttpRequestParser(self)
         limit = self.limits.max_header_bytes
         try:
             while data and not self.closing and self._error is None and not self._upgraded:
@@ -319,6 +317,8 @@ class JanusChannel:
                 phase = self._parse_phase()
                 if phase != self._phase:  # the same phase keeps its deadline (a trickle gains nothing)
                     self._enter(phase)
+                if self._parsed is None and not self._upgraded:
+                    self._parser = None  # between requests: nothing to keep
                 return
         finally:
             self._advancing = False
@@ -423,7 +423,7 @@ class JanusChannel:
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
-        seconds = self._limits_of.get(phase, 0)
+        seconds = self.site.phase_limits.get(phase, 0)
         if not seconds or self.closing:
             self._deadline = None
             if self.closing and self._timer is not None:
@@ -434,7 +434,7 @@ class JanusChannel:
         clock = self.site.reactor
         self._deadline = clock.seconds() + seconds
         if self._timer is None:
-            self._timer = clock.callLater(self._step, self._tick)
+            self._timer = clock.callLater(self.site.phase_step, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -444,11 +444,11 @@ class JanusChannel:
         clock = self.site.reactor
         left = deadline - clock.seconds()
         if left > 0:
-            self._timer = clock.callLater(min(left, self._step), self._tick)
+            self._timer = clock.callLater(min(left, self.site.phase_step), self._tick)
             return
         phase = self._phase
         self._event(_TIMEOUT_EVENTS[phase], "port {port}: closing {peer}: no complete request {what} within {seconds}s",
-                    what=_TIMEOUT_WHAT[phase], seconds=self._limits_of[phase])  # fmt: skip
+                    what=_TIMEOUT_WHAT[phase], seconds=self.site.phase_limits[phase])  # fmt: skip
         self.refuse(408 if phase != "idle" else None)
 
     def refuse_body(self, request: JanusRequest, limit: int) -> None:
@@ -489,7 +489,10 @@ class JanusChannel:
         self.tunnel = tunnel
         self._buffer.clear()
         self._buffered = 0
-        self._enter("closed")  # no HTTP deadline; the port's idle_timeout still applies
+        self._enter("closed")  # no HTTP deadline; the port's idle_timeout still applies,
+        proto = self._janus_protocol()
+        if proto is not None:
+            proto.bytes_are_progress = True  # counted from the last byte either way, as on a srvsock port
         return rest
 
     def connectionLost(self, reason: Failure) -> None:
@@ -512,11 +515,25 @@ class JanusChannel:
 
 
 class JanusSite(Site):
-    """No per-request access log line (the events and the status listener count requests)."""
+    """No per-request access log line (the events and the status listener count requests).
+    The port's HTTP limits, and what the channels derive from them, once per port."""
 
     noisy = False
     requestFactory = JanusRequest
-    limits: HttpLimits
+    _limits: HttpLimits
+    #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
+    phase_limits: dict[str, float] = {}
+    phase_step = 0.0
+
+    @property
+    def limits(self) -> HttpLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: HttpLimits) -> None:
+        self._limits = limits
+        self.phase_limits = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self.phase_step = min((s for s in self.phase_limits.values() if s), default=0.0)
 
     def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]
         return JanusChannel(self)

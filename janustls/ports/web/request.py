@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import io
+import time
+from urllib.parse import unquote_to_bytes as unquote
 from typing import Any
 from typing import Protocol
 
@@ -13,7 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from twisted.web.server import Request
+from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
 from janustls.core.forwarding import is_identity_header
@@ -126,6 +130,21 @@ class JanusRequest(Request):
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
 
+    def process(self) -> None:
+        """twisted.web's `Request.process` without the per-request work a webserv port does not need:
+        the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
+        formatted once per second, not per request."""
+        site = self.site = self.channel.site
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"server", _SERVER)
+        headers.setRawHeaders(b"date", [http_date()])
+        self.prepath = []
+        self.postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
     def janus_protocol(self) -> WebPortProtocol:
@@ -220,6 +239,18 @@ class JanusRequest(Request):
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
         super().finish()
+
+
+_SERVER = [twisted_web_version]
+_date: list[Any] = [0, b""]
+
+
+def http_date(now: float | None = None) -> bytes:
+    """The HTTP Date header value, formatted once per second."""
+    second = int(time.time() if now is None else now)
+    if _date[0] != second:
+        _date[0], _date[1] = second, datetimeToString(second)
+    return _date[1]  # type: ignore[no-any-return]
 
 
 def wants_json(accept: bytes | str | None) -> bool:
