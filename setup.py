@@ -41,6 +41,7 @@ setup(
         "service-identity>=24.1,<27",
         "zope.interface>=6.0,<9",
         "prometheus-client>=0.20,<1",
+        "httptools>=0.6.2,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
     ],
     extras_require={
         "test": [
@@ -48,6 +49,12 @@ setup(
             "pytest-timeout>=2.3",
             "build>=1.0",
             "twine>=5.0",
+            # ASGI apps the web tests serve (asgi rules need nothing beyond Twisted's asyncio reactor)
+            "starlette>=1.10,<2",
+            "fastapi>=0.165,<1",
+            # a WebSocket client, and uvicorn as a forward backend serving a FastAPI WebSocket
+            "websockets>=15,<18",
+            "uvicorn>=0.30,<1",
             # the checkers .ci/run runs before the tests, pinned so a new release cannot fail CI
             # (mypy-zope: zope.interface's plugin; it follows mypy's releases)
             "mypy==2.4.1",

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -41,6 +43,52 @@ from common import Driver, Paired, ServerProcess, tls_connect
 VIEWS = """\
 def who(request):
     return request.cert_info("CN")
+"""
+#: The line port: a srvsock port over the same TLS answering each request head with a fixed
+#: response carrying the CN (no HTTP parsing, no rule table): what a web port costs over its TLS.
+LINE_HANDLER = """\
+async def serve(sock):
+    cn = (sock.cert_info("CN") or "").encode()
+    answer = b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(cn), cn)
+    pending = b""
+    while True:
+        data = await sock.read()
+        if not data:
+            return
+        pending += data
+        while b"\\r\\n\\r\\n" in pending:
+            pending = pending.partition(b"\\r\\n\\r\\n")[2]
+            sock.write(answer)
+"""
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+error_log {dir}/nginx.err error;
+pid {dir}/nginx.pid;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/nginx-body;
+    proxy_temp_path {dir}/nginx-proxy;
+    fastcgi_temp_path {dir}/nginx-fastcgi;
+    uwsgi_temp_path {dir}/nginx-uwsgi;
+    scgi_temp_path {dir}/nginx-scgi;
+    map $ssl_client_s_dn $cn {{ "~CN=(?<c>[^,/]+)" $c; default ""; }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=1024;
+        ssl_certificate {dir}/server/server.pem;
+        ssl_certificate_key {dir}/server/server.key;
+        ssl_client_certificate {dir}/ca/root.pem;
+        ssl_verify_client on;
+        ssl_verify_depth 3;
+        ssl_protocols TLSv1.3;
+        ssl_session_tickets on;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+        location = /who {{ default_type text/plain; return 200 $cn; }}
+    }}
+}}
 """
 REQUEST = b"GET /who HTTP/1.1\r\nHost: localhost\r\n\r\n"
 WORKLOADS = ("handshake", "resumed", "keepalive")
@@ -87,6 +135,46 @@ ON /who = call views:who
     return int(port.getHost().port)
 
 
+def _serve_line(directory: Path, reactor: Any) -> int:
+    from janustls.core.config import parse_definitions
+    from janustls.ops.build import build_ports
+
+    (directory / "benchline.py").write_text(LINE_HANDLER)
+    text = f"""
+[janustls]
+procs = {directory}
+[port:LINE]
+type = srvsock
+listen = tcp:0:interface=127.0.0.1:backlog=1024
+certificate = {directory / "server" / "server.pem"}
+private_key = {directory / "server" / "server.key"}
+client_cert = require
+addca = {directory / "ca" / "root.pem"}
+handler = benchline:serve
+"""
+    (built,) = build_ports(parse_definitions(text, "bench-line.ini", directory), reactor)
+    port = reactor.listenTCP(0, built.factory, backlog=1024, interface="127.0.0.1")
+    return int(port.getHost().port)
+
+
+def _exec_nginx(directory: Path) -> None:
+    """Print `PORT n` and become nginx (one process, so its CPU is this process's)."""
+    nginx = nginx_binary() or "nginx"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = directory / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=directory, port=port))
+    sys.stdout.write(f"PORT {port}\n")
+    sys.stdout.flush()
+    os.execv(nginx, [nginx, "-p", str(directory), "-c", str(conf), "-e", str(directory / "nginx.err")])
+
+
+def nginx_binary() -> str | None:
+    """nginx where installed (Debian puts it in /usr/sbin, often off a user's PATH)."""
+    return shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+
+
 def _bare_site() -> Any:
     from cryptography.x509.oid import NameOID
     from twisted.web.resource import Resource
@@ -110,6 +198,9 @@ def _bare_site() -> Any:
 
 
 def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffered: bool = False) -> None:
+    if kind == "nginx":
+        _exec_nginx(directory)
+        return
     common.begin_logging(directory, kind, log)
 
     def start() -> int:
@@ -117,6 +208,8 @@ def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffer
 
         if kind == "janustls":
             return _serve_janustls(directory, reactor)
+        if kind == "line":
+            return _serve_line(directory, reactor)
         return common.listen_bare(reactor, directory, _bare_site(), buffered=buffered)
 
     common.run_reactor(start, profile_out)
@@ -239,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)"
     )
-    ap.add_argument("--serve", choices=("janustls", "bare", "bare2"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-nginx", action="store_true", help="leave nginx out even where it is installed")
+    ap.add_argument("--serve", choices=("janustls", "bare", "bare2", "line", "nginx"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -279,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
         print(text, file=sys.stderr, flush=True)
 
     results: dict[str, tuple[Paired, Paired]] = {}
+    extra_results: dict[str, list[Paired]] = {}
+    use_nginx = not args.no_nginx and nginx_binary() is not None
     sweep_results: list[tuple[int, Paired]] = []
     profile_text = ""
     with tempfile.TemporaryDirectory(prefix="bench_web.") as tmp:
@@ -288,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         pool = common.ClientPool(WebDriver, directory, n_clients, pin.clients)
         servers: dict[str, ServerProcess] = {}
         try:
-            for kind in ("janustls", "bare", "bare2"):
+            kinds = (["nginx"] if use_nginx else []) + ["janustls", "bare", "bare2", "line"]
+            for kind in kinds:  # nginx first: it listens a moment after it says its port
                 servers[kind] = common.start_server(
                     script,
                     kind,
@@ -297,10 +394,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             pair = (servers["janustls"], servers["bare"])
             control = (servers["bare2"], servers["bare"])
+            extra_pairs = [(servers["janustls"], servers["line"])] + (
+                [(servers["janustls"], servers["nginx"])] if use_nginx else []
+            )
             for w in workloads:  # warm-up
-                common.run_pairs(pool, [pair, control], w, min(clients, 2), 1, min(window, 0.3), 0.1)
+                common.run_pairs(pool, [pair, control, *extra_pairs], w, min(clients, 2), 1, min(window, 0.3), 0.1)
             for w in workloads:
                 results[w] = tuple(common.run_pairs(pool, [pair, control], w, clients, rounds, window, ramp, progress))  # type: ignore[assignment]
+                extra_results[w] = list(common.run_pairs(pool, extra_pairs, w, clients, rounds, window, ramp, progress))
             for count in sweep:
                 (p,) = common.run_pairs(pool, [pair], "handshake", count, sweep_rounds, window, ramp, progress)
                 sweep_results.append((count, p))
@@ -335,6 +436,22 @@ def main(argv: list[str] | None = None) -> int:
         p, c = results[w]
         print(common.ratio_line(LABELS[w], p))
         print(common.ratio_line(f"  control: bare/bare, {w}", c))
+    print()
+    print(
+        "A = janustls webserv, B = the janustls line port (srvsock, same TLS, a fixed answer per request head)"
+        + (
+            ", then B = nginx (ssl_verify_client on, return 200 $cn)"
+            if use_nginx
+            else "; nginx: not installed (apt-get install nginx-light)"
+        )
+    )
+    print(common.RATIO_HEADER)
+    print("-" * len(common.RATIO_HEADER))
+    for w in workloads:
+        line_pair = extra_results[w][0]
+        print(common.ratio_line(f"{w}: web/line", line_pair))
+        if use_nginx:
+            print(common.ratio_line(f"{w}: web/nginx", extra_results[w][1]))
     if sweep_results:
         print()
         print("full handshake + request, janustls/bare against client processes per server:")
@@ -349,7 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(profile_text)
     print()
-    print("targets: CPU janustls/bare <= 1.05 for a handshake; keep-alive at most 1.00")
+    print(
+        "targets: CPU janustls/bare <= 1.05 for a handshake; keep-alive at most 1.00; web/line keep-alive <= 1.5, "
+        "handshake + request <= 1.1; web/nginx keep-alive about 3.5"
+    )
     print(f"elapsed: {time.monotonic() - started:.0f}s")
     return 0
 

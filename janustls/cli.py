@@ -33,6 +33,7 @@ from janustls.ops.logs import log_observer
 from janustls.ops.operate import install_sighup
 from janustls.ops.service import JanusService
 from janustls.pki import DevCA, PKIError, write_dev_pki
+from janustls.ports.web.loop import AsyncioReactorNeeded, ensure_asyncio_reactor, uses_asgi
 from janustls.ports.web.port import WebFactory, page_exposures
 
 __all__ = ["main"]
@@ -97,6 +98,9 @@ def describe(file: str, out: TextIO) -> int:
         for warning in ocsp_warnings(p.ocsp.value, p.ocsp_responder, p.ocsp_staple, tls.trust.cas, tls.material.chain):
             out.write(f"  WARNING      {warning}\n")
         warnings += _page_warnings(b, definitions)
+        inner = getattr(b.factory, "wrappedFactory", None)
+        if isinstance(inner, WebFactory) and not inner.table.rules and not inner.table.exceptions:
+            warnings.append(f"[port:{p.name}] is a webserv port with no [{inner.table.section}] table: it answers every request 404")
     for w in warnings:
         out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")
@@ -289,16 +293,17 @@ def demo_definitions(file: str | None, cwd: Path) -> Any:
 
 def run_demo(file: str | None, out: TextIO, log_format: str = "text") -> int:
     """Make the demo's PKI on first run, explain how to connect, and serve in the foreground."""
-    reactor = reactor_or_global()
-
     try:
         definitions = demo_definitions(file, Path.cwd())
+        if uses_asgi(definitions.web):
+            ensure_asyncio_reactor()
     except ConfigErrors as e:
         print(e, file=sys.stderr)
         return 1
-    except OSError as e:
+    except (OSError, AsyncioReactorNeeded) as e:
         print(f"janustls demo: {e}", file=sys.stderr)
         return 1
+    reactor = reactor_or_global()
     # The PKI is where the first port's certificate is: <pki>/server/chain.pem.
     chain = definitions.ports[0].certificate
     pki_dir = Path(os.path.normpath(chain)).parent.parent

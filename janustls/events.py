@@ -41,7 +41,11 @@ CATALOGUE: dict[str, str] = {
     "janustls.web.body_too_large": "a request body exceeded the rule's max_body (or the port's): 413, and the connection closed",
     "janustls.web.bad_path": "a request path that cannot be normalised safely (encoded separator, NUL, `;`, invalid or "
     "overlong UTF-8, a segment ending in a dot or space, climbing above /): 400",
-    "janustls.web.bad_request": "a request that cannot be read (bad request line, conflicting or malformed framing): 400, closed",
+    "janustls.web.bad_request": "a request llhttp refuses (bad request line or version, conflicting or malformed framing, obs-fold, invalid header bytes, a bare LF): 400, closed",
+    "janustls.asgi.started": "an ASGI app's lifespan startup completed (or it has none): its requests are served",
+    "janustls.asgi.startup_failed": "an ASGI app's lifespan startup failed: its message",
+    "janustls.asgi.stopping": "the server stops because an ASGI app failed to start",
+    "janustls.asgi.shutdown_failed": "an ASGI app's lifespan shutdown failed: its message",
     "janustls.web.headers_too_large": "a header line or header section over max_header_bytes: 431, and the connection closed",
     "janustls.web.header_timeout": "a client did not finish its request headers within header_timeout: closed",
     "janustls.web.body_timeout": "a client did not finish its request body within body_timeout: closed",

@@ -22,6 +22,7 @@ from janustls.ops.service import JanusService
 from janustls.ops.workers import WorkersService
 from janustls.ports.accept_proxy import ProxyHeaderEndpoint
 from janustls.ports.endpoint import JanusServerEndpoint, connection_of
+from janustls.ports.web.loop import AsyncioReactorNeeded, ensure_asyncio_reactor, uses_asgi
 from janustls.tls import tickets
 from janustls.tls.policy import build_port_tls
 
@@ -79,6 +80,8 @@ class JanusServiceMaker:
         inner: Any
         try:
             definitions = load_definitions(options["port-def"])
+            if uses_asgi(definitions.web):
+                ensure_asyncio_reactor()  # before anything imports the reactor (twistd has not yet)
             if options["workers"] > 0:
                 inner = WorkersService(definitions, options["workers"], log_format=options["log-format"],
                                        drain_timeout=options["drain-timeout"], ticket_key=options["ticket-key"],
@@ -90,6 +93,8 @@ class JanusServiceMaker:
             raise SystemExit(f"janustls: {e}")
         except MaterialError as e:
             raise SystemExit(f"janustls: --ticket-key: {e}")
+        except AsyncioReactorNeeded as e:
+            raise SystemExit(f"janustls: {e}")
         # SIGHUP reloads; --log-format json replaces twistd's text log; stopping drains.
         return ServerRoot(inner, log_format=options["log-format"], log_file=lambda: twistd_log_file(options),
                           drain_timeout=options["drain-timeout"])  # fmt: skip

@@ -46,6 +46,10 @@ FUNCTION_IMPORTS: dict[tuple[str, str], str] = {
         "prometheus_client",
     ): "prometheus-client fixes its value class at import; set PROMETHEUS_MULTIPROC_DIR first",
     (
+        "janustls.ports.web.actions",
+        "twisted.web.proxy",
+    ): "twisted.web.proxy imports the global reactor, which installs it; asgi rules need the asyncio reactor installed first",
+    (
         "janustls.cli",
         "janustls.ops.status",
     ): "status pulls in prometheus-client, which fixes its value class at import: only `janustls status` needs it",

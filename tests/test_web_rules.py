@@ -152,7 +152,7 @@ def test_resolution_is_cached():
         ("ALLOW SSLNOCERTERR", "cn:alice", "exception rules are ON, TYPE or REDIRECT"),
         ("FETCH /x", "page x.html", "expected ON, TYPE, REDIRECT, ALLOW or DISALLOW"),
         ("ON get/ /x", "page x.html", "HTTP methods"),
-        ("ON /x", "serve x.html", "expected call, page, redirect, wsgi or forward"),
+        ("ON /x", "serve x.html", "expected call, page, redirect, wsgi, asgi or forward"),
         ("ON /x", "call notaref", "MODULE:CALLABLE"),
         ("ON /x", "page x.html status=999", "HTTP status"),
         ("ON /x", "page x.html client_cert=maybe", "require or request"),

@@ -64,6 +64,7 @@ class Action(str, enum.Enum):
     REDIRECT = "redirect"
     WSGI = "wsgi"
     FORWARD = "forward"
+    ASGI = "asgi"
 
 
 class Exc(str, enum.Enum):
@@ -83,7 +84,7 @@ EXCEPTIONS = frozenset(e.value for e in Exc)
 _METHOD = re.compile(r"^[A-Z]+(,[A-Z]+)*$")
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
-_OPTIONS = frozenset({"status", "client_cert", "fallback", "allow", "max_body", "type"})
+_OPTIONS = frozenset({"status", "client_cert", "fallback", "allow", "max_body", "type", "mount"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,6 +108,9 @@ class Rule:
     #: DEFAULT_HOLD_LIMIT on a `client_cert=` rule, whose body is held while asking).
     max_body: int | None = None
     content_type: str | None = None
+    #: wsgi/asgi: "prefix" (the app sees the rule's literal prefix as SCRIPT_NAME / root_path and
+    #: the rest as its path) or "root" (the app sees the full path; its own routes name it).
+    mount: str = "prefix"
     #: The loaded callable for call/wsgi actions (filled by the adapter's resolver).
     handler: Any = None
     _regex: re.Pattern[str] | None = field(default=None, repr=False)
@@ -241,7 +245,7 @@ class _Refused(Exception):
         self.messages = messages
 
 
-_ACTIONS_HELP = "call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | forward http://BACKEND"
+_ACTIONS_HELP = "call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | asgi MODULE:APP | forward http://BACKEND"
 
 
 def _read_key(key: str, exceptions: Mapping[Exc, Rule]) -> tuple[Kind, frozenset[str] | None, str, Exc | None]:
@@ -315,6 +319,10 @@ def _option(name: str, val: str, where: str, resolve: Callable[[str], Any] | Non
         if not val.isdigit():
             raise _Refused(f"has max_body={val}; expected a number of bytes")
         return "max_body", int(val)
+    if name == "mount":
+        if val.lower() not in ("prefix", "root"):
+            raise _Refused(f"has mount={val}; expected prefix (the default) or root")
+        return "mount", val.lower()
     if name == "type":
         if not _CONTENT_TYPE.match(val):
             raise _Refused(f"has type={val}; expected a content type such as text/html")
@@ -338,7 +346,7 @@ def _action_fields(kind: Kind, value: str, where: str, resolve: Callable[[str], 
     try:
         action = Action(tokens[0].lower())
     except ValueError:
-        raise _Refused(f"has action {tokens[0]!r}; expected call, page, redirect, wsgi or forward") from None
+        raise _Refused(f"has action {tokens[0]!r}; expected call, page, redirect, wsgi, asgi or forward") from None
     fields: dict[str, Any] = {"action": action, "target": tokens[1]}
     bad: list[str] = []
     for opt in tokens[2:]:
@@ -361,11 +369,13 @@ def _action_fields(kind: Kind, value: str, where: str, resolve: Callable[[str], 
 def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Callable[[str], Any] | None) -> None:
     """What an action, its target and options must agree on; loads call/wsgi handlers (`resolve`)."""
     action, target = fields["action"], fields["target"]
-    if action in (Action.CALL, Action.WSGI) and "*" in target:
+    if fields.get("mount") is not None and action not in (Action.WSGI, Action.ASGI):
+        raise _Refused(f"has mount=, which applies to wsgi and asgi rules only (this is {action.value})")
+    if action in (Action.CALL, Action.WSGI, Action.ASGI) and "*" in target:
         raise _Refused(f"has a * in {action.value} {target}; substitution works in page and redirect targets")
     if action is Action.CALL and fields.get("handler") is not None:
         pass  # embedding: the callable itself (`_embedded`)
-    elif action in (Action.CALL, Action.WSGI):
+    elif action in (Action.CALL, Action.WSGI, Action.ASGI):
         if not REFERENCE.match(target):
             raise _Refused(f"has {action.value} {target!r}; expected MODULE:CALLABLE from the procedure library")
         if resolve is not None:
@@ -389,7 +399,7 @@ def _check_action(fields: dict[str, Any], url: str, exc: Exc | None, resolve: Ca
             raise _Refused(
                 "handles SSLPROTOCOLERR, which has no HTTP request to answer: only call MODULE:CALLABLE (a log hook)"
             )
-        if action in (Action.WSGI, Action.FORWARD):
+        if action in (Action.WSGI, Action.ASGI, Action.FORWARD):
             raise _Refused(f"is an exception rule; {action.value} cannot be an exception handler")
         if "*" in target:
             raise _Refused("is an exception rule; there is no wildcard part to substitute")

@@ -26,7 +26,7 @@ from janustls.events import emit
 from janustls.tls import _openssl
 from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 
-__all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "WRITE_BUFFER_HIGH"]
+__all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "COALESCE_MAX", "WRITE_BUFFER_HIGH"]
 
 
 #: Unsent output (bytes, per connection) above which janustls stops reading from the client
@@ -35,6 +35,9 @@ WRITE_BUFFER_HIGH = DEFAULT_WRITE_BUFFER_HIGH  # the port key write_buffer_high
 #: Seconds a closing connection may go without the client taking any of its remaining
 #: output (or answering the TLS close) before it is aborted.
 CLOSE_GRACE = 5.0
+#: Application bytes gathered in one reactor turn above which they are handed to OpenSSL at
+#: once (a multiple of the 16 KiB record size: no short record in between).
+COALESCE_MAX = 4 * 16384
 
 
 class _CloseWatch:
@@ -217,7 +220,7 @@ class PortTLSProtocol(TLSProtocolBase):
 
     def unsent(self) -> int:
         """Bytes written to the client that the socket has not sent yet (best effort)."""
-        return self.transport_unsent()
+        return self.transport_unsent() + self._pending_len
 
     def drained(self) -> defer.Deferred[None]:
         """Fires when the client's unsent output is back under the high-water mark (or it is gone)."""
@@ -278,6 +281,7 @@ class PortTLSProtocol(TLSProtocolBase):
         """
         if self.disconnecting or not self.connected:
             return
+        self.flush_writes()
         if self.app_producer is not None:
             self.unregisterProducer()
         super().loseConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
@@ -285,6 +289,7 @@ class PortTLSProtocol(TLSProtocolBase):
 
     def abortConnection(self) -> None:
         self._cancel_close_timer()
+        self._drop_writes()
         super().abortConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def _arm_close_timer(self) -> None:
@@ -328,13 +333,22 @@ class PortTLSProtocol(TLSProtocolBase):
 
     def connectionLost(self, reason: Any) -> None:  # type: ignore[override]  # Twisted always passes the reason
         self._cancel_close_timer()
+        self._drop_writes()
         self._fire_drained()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def dataReceived(self, data: bytes) -> None:
         if self._hello is not None and not self.handshake_done and len(self._hello) < MAX_HELLO:
             self._hello += data
-        super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        if self._pending:
+            self.flush_writes()  # written in an earlier turn: out before the client's bytes are read (a close_notify among them)
+        self._receiving = True
+        try:
+            super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        finally:
+            self._receiving = False
+        if self._pending:
+            self.flush_writes()  # what the application answered to these bytes: as few records as fit
         if not self._buffers_released and self.handshake_done:
             # Once, when the handshake's flights have gone: from now on OpenSSL releases its
             # record buffers when idle, and the connection holds no handshake-sized BIO
@@ -348,11 +362,76 @@ class PortTLSProtocol(TLSProtocolBase):
     #: Application bytes written to the client (the status and metrics count them).
     bytes_out = 0
 
+    # -- coalesced writes --------------------------------------------------------------------------
+    #
+    # Each SSL_write makes at least one TLS record: a response written as status line, headers
+    # and body would leave as three records (strict clients and TLS fuzzers object; each record
+    # costs an SSL_write and 22 bytes).  Application writes made in one turn of the reactor are
+    # gathered instead and handed to OpenSSL as one buffer, which it cuts into full 16 KiB
+    # records: when the bytes received are processed (at the end of `dataReceived`), at the
+    # end of the turn for writes made elsewhere (a timer, a backend, a thread's callback), at
+    # once above `COALESCE_MAX` bytes, and before any close.  Writes before the handshake, and
+    # after a close began, go straight through (Twisted's own buffering and rules apply).
+
+    #: Application writes of this turn not yet handed to OpenSSL, and their size.
+    _pending: list[bytes] | None = None
+    _pending_len = 0
+    _flush_call: IDelayedCall | None = None
+    _receiving = False
+
     def write(self, data: bytes) -> None:
+        if not data:
+            return
         self.bytes_out += len(data)
-        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        if not self.handshake_done or self.disconnecting or self.tls_lost:
+            super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+            if self._socket_over:
+                self._check_output()
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            self._pending_len = len(data)
+            if not self._receiving:
+                self._schedule_flush()
+        else:
+            pending.append(data)
+            self._pending_len += len(data)
+        if self._pending_len >= COALESCE_MAX:
+            self.flush_writes()
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.write(b"".join(iovec))
+
+    def _schedule_flush(self) -> None:
+        if self._flush_call is None:
+            runtime = getattr(self.factory, "runtime", None)
+            clock = reactor_or_global(getattr(runtime, "reactor", None))
+            self._flush_call = clock.callLater(0, self._turn_ended)
+
+    def _turn_ended(self) -> None:
+        self._flush_call = None
+        self.flush_writes()
+
+    def flush_writes(self) -> None:
+        """Hand the writes gathered in this turn to OpenSSL now, as one buffer."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        pending, self._pending = self._pending, None
+        if not pending:
+            return
+        self._pending_len = 0
+        super().write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         if self._socket_over:
             self._check_output()
+
+    def _drop_writes(self) -> None:
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        self._pending = None
+        self._pending_len = 0
 
     def client_hello(self) -> ClientHello | None:
         """What the client offered, when this port kept its ClientHello; None otherwise."""

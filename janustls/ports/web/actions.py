@@ -9,17 +9,21 @@ import os
 from typing import Any
 
 from twisted.internet import defer
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, getChildForRequest
-from twisted.web.proxy import ReverseProxyResource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.wsgi import WSGIResource
 
-from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.core.forwarding import FORWARDED_HEADERS, identity_headers, is_identity_header, parse_backend
 from janustls.core.rules import Action, Resolution, Rule
 from janustls.core.webpath import encode
-from janustls.ports.base import PortRuntime
+from janustls.events import emit
+from janustls.ports.base import PortRuntime, address_text
+from janustls.ports.web.asgi import AsgiApp, serve_http
 from janustls.ports.web.request import JanusRequest, strip_identity_headers
+from janustls.ports.web.scope import http_scope, mount_paths
+from janustls.ports.web.upgrade import ForwardTunnel, WebSocketTunnel, handshake_bytes
 from janustls.tls._twisted import wsgi_response
 
 __all__ = ['Actions', 'JanusWSGIResource']
@@ -49,6 +53,7 @@ class Actions:
     runtime: PortRuntime
     reactor: Any
     _wsgi: dict[int, JanusWSGIResource]
+    _asgi: dict[int, AsgiApp]
 
     def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         if rule.action is Action.CALL:
@@ -63,8 +68,60 @@ class Actions:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
         if rule.action is Action.FORWARD:
+            if request.upgrade_rest is not None:
+                return self._forward_upgrade(request, rule.substitute([encode(p) for p in res.parts]))
             return self._forward(request, rule.substitute([encode(p) for p in res.parts]))
+        if rule.action is Action.ASGI:
+            return self._asgi_request(request, rule)
         raise AssertionError(rule.action)
+
+    def _asgi_request(self, request: JanusRequest, rule: Rule) -> Any:
+        """An ASGI app answers: once its lifespan startup is done, with the connection's TLS extension."""
+        app = self._asgi[rule.index]
+        if not app.ready.called:
+            app.ready.addCallback(lambda _: None if request.gone else self._asgi_request(request, rule))
+            return NOT_DONE_YET
+        proto = request.janus_protocol
+        path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
+        raw_path, _, query = request.uri.partition(b"?")
+        root_path, full = mount_paths(path, rule.prefix, rule.mount)
+        headers = [(n.lower(), v) for n, v in getattr(request, "raw_headers", ()) if not is_identity_header(n)]
+        peer, host = request.client, request.getHost()
+        websocket = request.upgrade_rest is not None and any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        if websocket:
+            protocols = [p.strip() for n, v in headers if n == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",") if p.strip()]
+            scope = http_scope(kind="websocket", method="GET", path=full, raw_path=raw_path, query=query, http_version="1.1", headers=headers,
+                               client=(peer.host, peer.port) if hasattr(peer, "host") else None,
+                               server=(host.host, host.port) if hasattr(host, "host") else None,
+                               root_path=root_path, extensions=proto.asgi_extensions(), state=app.state, subprotocols=protocols)  # fmt: skip
+            transport = proto.transport
+            ws_peer = address_text(request.connection.peer)
+
+            def ws_failed(failure: Failure) -> None:
+                emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
+                     port=self.runtime.port.name, handler=rule.value, peer=ws_peer, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+
+            tunnel = WebSocketTunnel(app, scope, transport.write, proto.close, ws_failed)
+            rest = request.channel.take_over(tunnel)
+            tunnel.start(handshake_bytes(request.method, request.uri, request.raw_headers), rest)
+            return NOT_DONE_YET
+        scope = http_scope(kind="http", method=request.method.decode("latin-1"), path=full, raw_path=raw_path, query=query,
+                           http_version=request.clientproto.decode("latin-1").partition("/")[2] or "1.1", headers=headers,
+                           client=(peer.host, peer.port) if hasattr(peer, "host") else None,
+                           server=(host.host, host.port) if hasattr(host, "host") else None,
+                           root_path=root_path, extensions=proto.asgi_extensions(), state=app.state)  # fmt: skip
+        peer_text = address_text(request.connection.peer)
+
+        def failed(failure: Failure) -> None:
+            if not (request.finished or request.gone):
+                self._handler_error(request, rule, failure)
+                return
+            # answered already (Starlette answers 500 itself, then re-raises): logged only
+            emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
+                 port=self.runtime.port.name, handler=rule.value, peer=peer_text, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+
+        serve_http(app, request, scope, failed)
+        return NOT_DONE_YET
 
     def _forward(self, request: JanusRequest, url: str) -> Any:
         """Send the request on to an HTTP backend with the client's identity as headers.
@@ -97,13 +154,41 @@ class Actions:
         path, _, query = backend.path.partition("?")
         if not query and b"?" in request.uri:
             query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        # twisted.web.proxy imports (so installs) the global reactor: imported here, after the
+        # plugin chose it (asgi rules need the asyncio reactor).
+        from twisted.web.proxy import ReverseProxyResource
+
         resource = ReverseProxyResource(backend.host, backend.port, path.encode("latin-1"), reactor=self.reactor)
         request.uri = (path + ("?" + query if query else "")).encode("latin-1")
         return resource.render(request)
 
+    def _forward_upgrade(self, request: JanusRequest, url: str) -> Any:
+        """An Upgrade (a WebSocket) on a forward rule: the head goes on with the identity headers
+        (forged ones removed), then the connection is spliced to the backend both ways."""
+        backend = parse_backend(url)
+        path, _, query = backend.path.partition("?")
+        if not query and b"?" in request.uri:
+            query = request.uri.split(b"?", 1)[1].decode("latin-1")
+        drop = {b"content-length", b"transfer-encoding", b"te", b"trailer", b"proxy-connection", b"keep-alive", *FORWARDED_HEADERS}
+        headers = [(n, v) for n, v in request.raw_headers if not is_identity_header(n) and n.lower() not in drop]
+        conn = request.connection
+        proto = request.janus_protocol
+        headers += [(n.encode("ascii"), v.encode("utf-8")) for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()]
+        peer = getattr(conn.peer, "host", None)
+        if peer is not None:
+            headers.append((b"X-Forwarded-For", peer.encode("ascii")))
+        headers.append((b"X-Forwarded-Proto", b"https"))
+        head = handshake_bytes(request.method, (path + ("?" + query if query else "")).encode("latin-1"), headers)
+        transport = proto.transport
+        tunnel = ForwardTunnel(transport.write, proto.close)
+        rest = request.channel.take_over(tunnel)
+        tunnel.start(self.reactor, backend.host, backend.port, head, rest)
+        return NOT_DONE_YET
+
     def _mount(self, request: JanusRequest, rule: Rule) -> None:
-        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path."""
-        prefix = rule.prefix.rstrip("/")
+        """prepath = the rule's literal prefix, postpath = the rest (SCRIPT_NAME / PATH_INFO), from the normal path;
+        with mount=root, SCRIPT_NAME is empty and PATH_INFO the full path."""
+        prefix = rule.prefix.rstrip("/") if rule.mount != "root" else ""
         path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
         rest = path[len(prefix):] if path.startswith(prefix) else path
         request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]

@@ -1,22 +1,35 @@
-"""The HTTP channel of a webserv port: twisted.web's, with the port's timeouts and size limits."""
+"""The HTTP/1.1 channel of a webserv port: llhttp (through httptools) parses, twisted.web's
+`Request` carries each request to the rule actions, with the port's timeouts and size limits.
+
+Why this split: parsing HTTP is where request smuggling lives, so it is left to llhttp, the
+parser of Node.js (fuzzed, strict by default: conflicting Content-Length/Transfer-Encoding,
+obs-fold, invalid header names and values and a bare LF are errors; used by uvicorn through
+the same binding).  twisted.web's line parser is no longer used.  Handlers keep the request
+API they had (twisted.web's `Request`, plus janustls's certificate calls): `call` handlers,
+mounted twisted.web resources, the WSGI container and `forward` (twisted.web's reverse proxy)
+all take one, so each request is still one `JanusRequest`, built once its headers are read.
+
+The channel implements what `Request` asks of a channel (write, writeHeaders, requestDone,
+the producer calls, getPeer/getHost/isSecure) and nothing of `HTTPChannel`'s line machinery.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import httptools
 from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
-from twisted.web import http
+from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from janustls.events import emit
 from janustls.ports.base import address_text
 from janustls.ports.web.request import JanusRequest, WebPortProtocol
-from janustls.tls._twisted import received_header_size, request_line
+from janustls.tls._twisted import PullToPush
 
-__all__ = ['HttpLimits', 'JanusChannel', 'JanusSite']
-
+__all__ = ["HttpLimits", "JanusChannel", "JanusSite", "REASONS"]
 
 
 @dataclass(frozen=True)
@@ -29,46 +42,388 @@ class HttpLimits:
     max_header_bytes: int
 
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large", 431: "Request Header Fields Too Large"}
+#: Bytes read from the client and kept unparsed while a request is answered, above which
+#: reading from the client pauses until the request is done (pipelined requests wait there).
+_EAGER_READ = 1 << 16
+_TIMEOUT_EVENTS = {"idle": "janustls.web.keepalive_timeout", "header": "janustls.web.header_timeout", "body": "janustls.web.body_timeout"}
+_TIMEOUT_WHAT = {"idle": "started", "header": "header section", "body": "body"}
 
 
-class JanusChannel(http.HTTPChannel):
-    """twisted.web's HTTP channel with a webserv port's timeouts and size limits.
+class _HeaderSectionTooLarge(Exception):
+    """Raised from a parser callback: the header section passed max_header_bytes."""
+
+
+class _Parsed:
+    """A request being parsed: its request line and headers until the `Request` is built."""
+
+    __slots__ = ("url", "headers", "size", "length", "chunked", "request", "expect", "keep", "version", "method")
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.size = 0
+        self.length = 0
+        self.chunked = False
+        self.request: JanusRequest | None = None
+        self.expect = False
+        self.keep = False
+        self.version = b"HTTP/1.1"
+        self.method = b"GET"
+
+
+class JanusChannel:
+    """One connection's HTTP/1.1: llhttp parses, requests are answered one at a time, in order.
 
     One deadline follows the request cycle: `keepalive_timeout` while waiting for a request
     (the first included), `header_timeout` from its first byte to the end of its headers,
     `body_timeout` for its body; none while the application answers.  Each limit answers
-    (when no response is under way) and closes through the port protocol's close.
+    (when no response is under way) and closes through the port protocol's close.  One timer
+    per connection wakes at the deadline (or sooner, at most the shortest phase limit after it
+    was armed) and re-arms until the deadline passes.
 
-    Moving to the next phase only sets the deadline (no timer per phase): one timer per
-    connection wakes at the deadline, or sooner, at most the shortest phase limit after it
-    was armed, and re-arms until the deadline passes.  Since a phase's deadline is at least
-    that far away when it is set, the timer never sleeps past one: each limit keeps its
-    exact time.
+    Pipelining: requests parsed from one read wait in order; bytes read while a request is
+    answered wait unparsed (reading pauses above `_EAGER_READ` of them), and no next request
+    starts while the client's unsent output is over the port's high-water mark.
     """
 
-    site: JanusSite
-    limits: HttpLimits
-    _timer: IDelayedCall | None = None
-    _phase = "idle"
-    #: When the current phase's limit runs out (reactor seconds); None: no limit.
-    _deadline: float | None = None
-    #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
-    _limits_of: dict[str, float] = {}
-    _step = 0.0
-    closing = False
+    __slots__ = ("site", "limits", "transport", "tunnel", "persistent", "closing", "requests", "_current", "_parser", "_parsed",
+                 "_buffer", "_buffered", "_read_paused", "_out_paused", "_advancing", "_error", "_upgraded", "_head_seen",
+                 "_in_head", "_request_producer", "_request_streaming", "_timer", "_phase", "_deadline", "__weakref__")  # fmt: skip
 
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        limits = self.limits = self.site.limits
-        self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
-        self._limits_of = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
-        self._step = min((s for s in self._limits_of.values() if s), default=0.0)
+    def __init__(self, site: JanusSite) -> None:
+        self.site = site
+        self.limits = site.limits
+        self.transport: Any = None
+        #: After an Upgrade taken by a rule: what gets the client's bytes (`take_over`).
+        self.tunnel: Any = None
+        self.persistent = True
+        self.closing = False
+        #: Requests parsed and not yet answered, oldest first; the first is being answered once
+        #: `_current` is it.
+        self.requests: list[JanusRequest] = []
+        self._current: JanusRequest | None = None
+        self._parser: Any = None
+        self._parsed: _Parsed | None = None
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._read_paused = False
+        self._out_paused = False
+        self._advancing = False
+        self._error: tuple[int, str, str, dict[str, Any]] | None = None
+        self._upgraded = False
+        self._head_seen = 0
+        self._in_head = True
+        self._request_producer: Any = None
+        self._request_streaming = False
+        self._timer: IDelayedCall | None = None
+        self._phase = "idle"
+        self._deadline: float | None = None
+
+    # -- the connection -------------------------------------------------------------------------
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        transport.registerProducer(self, True)
         self._enter("idle")
+
+    def _janus_protocol(self) -> WebPortProtocol | None:
+        return getattr(self.transport, "wrappedProtocol", None)
+
+    def _event(self, event: str, text: str, **fields: Any) -> None:
+        proto = self._janus_protocol()
+        if proto is not None:
+            emit(event, text, port=proto.factory.runtime.port.name, peer=address_text(proto.peer_address()), **fields)
+
+    # -- what twisted.web's Request asks of its channel ---------------------------------------
+
+    def getPeer(self) -> Any:
+        return self.transport.getPeer()
+
+    def getHost(self) -> Any:
+        return self.transport.getHost()
+
+    def isSecure(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def writeSequence(self, iovec: Any) -> None:
+        self.transport.write(b"".join(iovec))
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Headers) -> None:
+        parts = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.transport.write(b"".join(parts))
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if self._request_producer is not None:
+            raise RuntimeError(f"Cannot register producer {producer}, because producer {self._request_producer} was never unregistered.")
+        if not streaming:
+            producer = PullToPush(producer, self)
+        self._request_producer, self._request_streaming = producer, streaming
+        if not streaming:
+            producer.startStreaming()
+        elif self._out_paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self) -> None:
+        producer, self._request_producer = self._request_producer, None
+        if producer is not None and not self._request_streaming:
+            producer.stopStreaming()
+
+    def requestDone(self, request: JanusRequest) -> None:
+        """The request answered: close, or go on with the next one."""
+        if request is not self._current:
+            return
+        self._current = None
+        if self.requests and self.requests[0] is request:
+            self.requests.pop(0)
+        if not self.persistent or self.closing:
+            self.loseConnection()
+            return
+        self._enter(self._parse_phase())
+        if not self._advancing:
+            self._advance()
+
+    # -- the producer the TLS layer pauses (the client's unsent output over the mark) ---------
+
+    def pauseProducing(self) -> None:
+        self._out_paused = True
+        if self._request_producer is not None:
+            self._request_producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._out_paused = False
+        if self._request_producer is not None:
+            self._request_producer.resumeProducing()
+        if not self.closing and not self._advancing:
+            self._advance()
+
+    def stopProducing(self) -> None:
+        if self._request_producer is not None:
+            self._request_producer.stopProducing()
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.data_received(data)
+            return
+        if self.closing or not data:
+            return
+        if self._upgraded:
+            if self.requests and self.requests[-1].upgrade_rest is not None:
+                self.requests[-1].upgrade_rest += data  # for the rule that may take the Upgrade
+            return
+        if self._current is not None or self.requests or self._error is not None or self._buffer:
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > _EAGER_READ and not self._read_paused:
+                self._read_paused = True
+                self.transport.pauseProducing()
+            if not self._advancing:
+                self._advance()
+            return
+        self._feed(data)
+        if not self._advancing:
+            self._advance()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse `data`, feeding llhttp no more of a header section than max_header_bytes."""
+        parser = self._parser
+        if parser is None:  # made for each request: an idle connection holds none (about 1 KiB)
+            parser = self._parser = httptools.HttpRequestParser(self)
+        limit = self.limits.max_header_bytes
+        try:
+            while data and not self.closing and self._error is None and not self._upgraded:
+                if self._in_head:
+                    room = limit - self._head_seen
+                    if room <= 0:
+                        raise _HeaderSectionTooLarge
+                    chunk, data = (data, b"") if len(data) <= room else (data[:room], data[room:])
+                    self._head_seen += len(chunk)
+                else:
+                    chunk, data = data, b""
+                try:
+                    parser.feed_data(chunk)
+                except httptools.HttpParserUpgrade as e:
+                    offset = e.args[0] if e.args and isinstance(e.args[0], int) else len(chunk)
+                    data = chunk[offset:] + data
+                    raise
+        except httptools.HttpParserUpgrade:
+            # CONNECT, or an Upgrade: what follows is not HTTP/1.1.  A rule that takes the
+            # Upgrade (asgi: a WebSocket; forward: a tunnel) gets the connection and these bytes;
+            # any other answers as plain HTTP and the connection closes after it.
+            self._upgraded = True
+            if self.requests:
+                request = self.requests[-1]
+                request.janus_keep = False  # type: ignore[attr-defined]
+                request.upgrade_rest = data
+        except _HeaderSectionTooLarge:
+            self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeaderSectionTooLarge):
+                self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+            elif isinstance(e.__context__, httptools.HttpParserError):  # refused by a callback (the HTTP version)
+                self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e.__context__))
+            elif not self.closing:
+                raise
+        except httptools.HttpParserError as e:
+            self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e) or type(e).__name__)
+
+    def _fail(self, status: int, event: str, text: str, **fields: Any) -> None:
+        """A malformed request: answered after those before it, then the connection closes."""
+        if self._error is None:
+            self._error = (status, event, text, fields)
+        self._buffer.clear()
+        self._buffered = 0
+
+    def _advance(self) -> None:
+        """Answer what waits, in order: queued requests, then buffered bytes, then an error."""
+        self._advancing = True
+        try:
+            while not self.closing:
+                if self._current is not None:
+                    return
+                if self.requests:
+                    if self._out_paused or getattr(self.transport, "output_full", False):
+                        return  # resumeProducing goes on
+                    request = self.requests[0]
+                    self._current = request
+                    self.persistent = request.janus_keep  # type: ignore[attr-defined]
+                    self._phase, self._deadline = "busy", None
+                    request.requestReceived(request.method, request.uri, request.clientproto)
+                    continue
+                if self._error is not None:
+                    status, event, text, fields = self._error
+                    self._event(event, text, **fields)
+                    self.refuse(status)
+                    return
+                if self._buffer:
+                    data = b"".join(self._buffer)
+                    self._buffer.clear()
+                    self._buffered = 0
+                    if self._read_paused:
+                        self._read_paused = False
+                        self.transport.resumeProducing()
+                    self._feed(data)
+                    continue
+                phase = self._parse_phase()
+                if phase != self._phase:  # the same phase keeps its deadline (a trickle gains nothing)
+                    self._enter(phase)
+                if self._parsed is None and not self._upgraded:
+                    self._parser = None  # between requests: nothing to keep
+                return
+        finally:
+            self._advancing = False
+
+    def _parse_phase(self) -> str:
+        if self._parsed is None:
+            return "idle"
+        return "header" if self._in_head else "body"
+
+    # -- llhttp's callbacks ---------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._parsed = _Parsed()
+        self._in_head = True
+        self._head_seen = 0
+        if self._current is None and not self.requests:
+            self._enter("header")
+
+    def on_url(self, url: bytes) -> None:
+        parsed = self._parsed
+        assert parsed is not None
+        parsed.url += url
+        parsed.size += len(url)
+        if parsed.size > self.limits.max_header_bytes:
+            raise _HeaderSectionTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        parsed = self._parsed
+        assert parsed is not None
+        parsed.size += len(name) + len(value) + 4
+        if parsed.size > self.limits.max_header_bytes:
+            raise _HeaderSectionTooLarge
+        parsed.headers.append((name, value))
+        lower = name.lower()
+        if lower == b"content-length":
+            parsed.length = int(value)
+        elif lower == b"transfer-encoding":
+            parsed.chunked = True
+        elif lower == b"expect" and value.strip().lower() == b"100-continue":
+            parsed.expect = True
+
+    def on_headers_complete(self) -> None:
+        parsed = self._parsed
+        assert parsed is not None
+        self._in_head = False
+        parser = self._parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise httptools.HttpParserError(f"HTTP/{version} is not served")
+        parsed.version = b"HTTP/1.1" if version == "1.1" else b"HTTP/1.0"
+        parsed.method = parser.get_method()
+        request: JanusRequest = self.site.requestFactory(self)
+        parsed.request = request
+        headers = request.requestHeaders
+        connection: list[bytes] = []
+        for name, value in parsed.headers:
+            headers.addRawHeader(name, value)
+            if name.lower() == b"connection":
+                connection.append(value)
+        tokens = [t.strip().lower() for v in connection for t in v.split(b",")]
+        parsed.keep = version == "1.1" and b"close" not in tokens
+        if version == "1.1" and b"close" in tokens:
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+        request.janus_keep = parsed.keep  # type: ignore[attr-defined]
+        request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
+        request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
+        request.parseCookies()
+        length = None if parsed.chunked else parsed.length
+        if length != 0:
+            self._enter_unless_busy("body")
+        request.gotLength(length)
+        if self.closing:
+            return
+        if parsed.expect and version == "1.1" and length != 0 and self._current is None and not self.requests:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        parsed = self._parsed
+        if parsed is None or parsed.request is None or self.closing:
+            return
+        parsed.request.handleContentChunk(body)
+
+    def on_message_complete(self) -> None:
+        parsed, self._parsed = self._parsed, None
+        self._in_head = True
+        self._head_seen = 0
+        if parsed is None or parsed.request is None or self.closing:
+            return
+        request = parsed.request
+        if request.over_limit:
+            return
+        self.requests.append(request)
+        proto = self._janus_protocol()
+        if proto is not None:
+            proto.progress()  # idle_timeout: a whole request received
+
+    # -- limits ---------------------------------------------------------------------------------
+
+    def _enter_unless_busy(self, phase: str) -> None:
+        if self._current is None and not self.requests:
+            self._enter(phase)
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
-        seconds = self._limits_of.get(phase, 0)
+        seconds = self.site.phase_limits.get(phase, 0)
         if not seconds or self.closing:
             self._deadline = None
             if self.closing and self._timer is not None:
@@ -79,7 +434,7 @@ class JanusChannel(http.HTTPChannel):
         clock = self.site.reactor
         self._deadline = clock.seconds() + seconds
         if self._timer is None:
-            self._timer = clock.callLater(self._step, self._tick)
+            self._timer = clock.callLater(self.site.phase_step, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
@@ -89,103 +444,25 @@ class JanusChannel(http.HTTPChannel):
         clock = self.site.reactor
         left = deadline - clock.seconds()
         if left > 0:
-            self._timer = clock.callLater(min(left, self._step), self._tick)
+            self._timer = clock.callLater(min(left, self.site.phase_step), self._tick)
             return
-        self._expired(self._phase, self._limits_of[self._phase])
-
-    def _expired(self, phase: str, seconds: float) -> None:
-        self._timer = None
-        event = {"idle": "janustls.web.keepalive_timeout", "header": "janustls.web.header_timeout", "body": "janustls.web.body_timeout"}[phase]
-        self._event(event, "port {port}: closing {peer}: no complete request {what} within {seconds}s",
-                    what={"idle": "started", "header": "header section", "body": "body"}[phase], seconds=seconds)  # fmt: skip
+        phase = self._phase
+        self._event(_TIMEOUT_EVENTS[phase], "port {port}: closing {peer}: no complete request {what} within {seconds}s",
+                    what=_TIMEOUT_WHAT[phase], seconds=self.site.phase_limits[phase])  # fmt: skip
         self.refuse(408 if phase != "idle" else None)
-
-    def _event(self, event: str, text: str, **fields: Any) -> None:
-        proto = self._janus_protocol()
-        if proto is not None:
-            emit(event, text, port=proto.factory.runtime.port.name, peer=address_text(proto.peer_address()), **fields)
-
-    def _janus_protocol(self) -> WebPortProtocol | None:
-        return getattr(self.transport, "wrappedProtocol", None)
-
-    # -- the request cycle ------------------------------------------------------------------------
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self._phase == "idle" and data:
-            self._enter("header")
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.closing:
-            return
-        if self._phase == "idle":  # a pipelined request, read with the one before
-            self._enter("header")
-        super().lineReceived(line)  # over totalHeadersSize: _respondToBadRequestAndDisconnect, answered 431
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._event("janustls.web.headers_too_large", "port {port}: a header line of {peer} over {limit} bytes", limit=self.MAX_LENGTH)
-        self.refuse(431)
-
-    def allHeadersReceived(self) -> None:
-        if self.length != 0:
-            self._enter("body")
-        else:  # busy: no limit while the application answers (what _enter("busy") does, inline)
-            self._phase = "busy"
-            self._deadline = None
-        super().allHeadersReceived()
-
-    def allContentReceived(self) -> None:
-        if self._phase != "busy":  # a body just ended (without one, allHeadersReceived entered busy)
-            self._enter("busy")
-        proto = self._janus_protocol()
-        if proto is not None:
-            proto.progress()  # idle_timeout: a whole request received (requestReceived is next)
-        super().allContentReceived()
-
-    def requestDone(self, request: Any) -> None:
-        if self.persistent and not self.closing:
-            self._enter("idle")  # a pipelined request read next moves on to "header"
-        super().requestDone(request)
-        if self.persistent and not self.closing and getattr(self.transport, "output_full", False):
-            self.paused = True  # LineReceiver: no further line is parsed until resumed
-
-    # -- back-pressure: no next pipelined request while the client's output is over the mark --
-    # The channel answers the requests of one read in a loop; a client that pipelines small
-    # requests for large responses without reading them would otherwise turn each read into
-    # megabytes of output.  Parsing stops between requests instead (reading from the client is
-    # paused meanwhile, so what waits stays within one read) until the output drains.
-
-    def _output_full(self) -> bool:
-        return bool(getattr(self.transport, "output_full", False))
-
-    def resumeProducing(self) -> None:
-        super().resumeProducing()
-        if self.paused and not self._output_full() and not self.closing:
-            self.paused = False
-            self.dataReceived(b"")  # the requests already read, in order
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        if received_header_size(self) > self.totalHeadersSize:  # what Twisted's lineReceived checks first
-            self._event("janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=self.totalHeadersSize)
-            self.refuse(431)
-            return
-        self._event("janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400")
-        self.refuse(400)
 
     def refuse_body(self, request: JanusRequest, limit: int) -> None:
         self._event("janustls.web.body_too_large", "port {port}: body of {peer} on {path} over {limit} bytes: 413",
-                    path=(request_line(self)[1] or b"").decode("latin-1"), limit=limit)  # fmt: skip
+                    path=(request.uri or b"").decode("latin-1"), limit=limit)  # fmt: skip
         self.refuse(413, f"A request on this path may carry at most {limit} bytes.")
 
     def refuse(self, status: int | None, message: str = "") -> None:
         """Answer `status` (unless a response is under way) and close the connection."""
         if self.closing:
             return
-        answering = any(getattr(r, "startedWriting", False) for r in self.requests) or len(self.requests) > 1
+        answering = self._current is not None or bool(self.requests)
         if status is not None and not answering:
-            title = _REASONS[status]
+            title = REASONS[status]
             body = f"{status} {title}\n{message}\n".encode()
             self.transport.write(b"HTTP/1.1 %d %s\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n"
                                  b"Content-Length: %d\r\n\r\n%s" % (status, title.encode(), len(body), body))  # fmt: skip
@@ -199,23 +476,67 @@ class JanusChannel(http.HTTPChannel):
         proto = self._janus_protocol()
         if proto is not None:
             proto.close()
-        else:
-            super().loseConnection()
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    def take_over(self, tunnel: Any) -> bytes:
+        """The connection leaves HTTP/1.1 (after an Upgrade): later bytes go to `tunnel`.
+        Returns the bytes already read after the request head."""
+        request = self._current
+        rest = b""
+        if request is not None:
+            rest, request.upgrade_rest = request.upgrade_rest or b"", None
+        self.tunnel = tunnel
+        self._buffer.clear()
+        self._buffered = 0
+        self._enter("closed")  # no HTTP deadline; the port's idle_timeout still applies,
+        proto = self._janus_protocol()
+        if proto is not None:
+            proto.bytes_are_progress = True  # counted from the last byte either way, as on a srvsock port
+        return rest
 
     def connectionLost(self, reason: Failure) -> None:
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.connection_lost()
         self.closing = True
         self._enter("closed")
-        super().connectionLost(reason)
+        self._buffer.clear()
+        waiting = list(self.requests)
+        if self._current is not None and self._current not in waiting:
+            waiting.insert(0, self._current)
+        parsed = self._parsed
+        if parsed is not None and parsed.request is not None and parsed.request not in waiting:
+            waiting.append(parsed.request)
+        self.requests.clear()
+        self._current = self._parsed = None
+        for request in waiting:
+            request.connectionLost(reason)
 
 
 class JanusSite(Site):
-    """No per-request access log line (the events and the status listener count requests)."""
+    """No per-request access log line (the events and the status listener count requests).
+    The port's HTTP limits, and what the channels derive from them, once per port."""
 
     noisy = False
     requestFactory = JanusRequest
-    protocol = JanusChannel
-    limits: HttpLimits
+    _limits: HttpLimits
+    #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
+    phase_limits: dict[str, float] = {}
+    phase_step = 0.0
+
+    @property
+    def limits(self) -> HttpLimits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: HttpLimits) -> None:
+        self._limits = limits
+        self.phase_limits = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self.phase_step = min((s for s in self.phase_limits.values() if s), default=0.0)
+
+    def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]
+        return JanusChannel(self)
 
     def log(self, request: Any) -> None:
         pass
-

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -35,6 +37,8 @@ from janustls.ports.refusals import log_refusal
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, address_text
 from janustls.ports.connection import Connection
 from janustls.ports.web.actions import Actions, JanusWSGIResource
+from janustls.ports.web.asgi import AsgiApp
+from janustls.ports.web.scope import app_kind, tls_extension
 from janustls.ports.web.channel import HttpLimits, JanusSite
 from janustls.ports.web.dispatch import Dispatch, DispatchResource
 from janustls.ports.web.request import ssl_environ
@@ -113,6 +117,7 @@ class WebProtocol(PortProtocol):
     channel: Any = None
     _env: tuple[Any, dict[str, str]] | None = None
     _gate: tuple[Any, tuple[Exc, Refusal, str] | None] | None = None
+    _asgi_ext: tuple[Any, dict[str, Any]] | None = None
     _port_verdict: Any = None
     #: Set first thing when the connection is lost, before a pending certificate request
     #: answers (Chromium drops the connection when asked, then retries on a new one).
@@ -162,6 +167,26 @@ class WebProtocol(PortProtocol):
             )
         return self._env[1]
 
+    def asgi_extensions(self) -> dict[str, Any]:
+        """The ASGI scope's `extensions` for this connection: the TLS extension (every key) and
+        janustls's own fields; once per certificate (again when one arrives mid-connection)."""
+        conn = self.connection
+        assert conn is not None
+        leaf = conn.certificate()
+        if self._asgi_ext is None or self._asgi_ext[0] is not leaf:
+            refusal = self.transport.refusal
+            chain = conn.verified_chain
+            pems = [c.public_bytes(Encoding.PEM).decode("ascii") for c in chain]
+            tls = tls_extension(server_cert=self.factory.server_cert_pem, chain=pems,
+                                subject=leaf.subject.rfc4514_string() if leaf is not None else None,
+                                error=str(refusal) if leaf is None and refusal is not None else None,
+                                tls_version=conn.tls_version, cipher=conn.cipher)  # fmt: skip
+            info = {item: conn.cert_info(item) for item in ("CN", "O", "OU", "C", "L", "ST", "EMAIL", "SAN_DNS", "SAN_URI", "SERIAL")} if leaf is not None else {}
+            janus = {"port": self.factory.runtime.port.name, "cert_levels": conn.cert_levels(), "cert_info": info,
+                     "ssl_environ": self.ssl_environ(), "refusal": refusal.reason.value if refusal is not None and leaf is None else None}  # fmt: skip
+            self._asgi_ext = (leaf, {"tls": tls, "janustls": janus})
+        return self._asgi_ext[1]
+
     def gate(self) -> tuple[Exc, Refusal, str] | None:
         """The exception every request of this connection gets, if any (once per certificate)."""
         conn = self.connection
@@ -210,11 +235,32 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         # WSGI applications run in the reactor's thread pool: it lives as long as the process,
         # so connections that outlive a reload (PortTLSFactory.adopt) keep a running pool.
         self._wsgi: dict[int, JanusWSGIResource] = {}
+        self._asgi: dict[int, AsgiApp] = {}
+        apps: dict[int, AsgiApp] = {}
         for rule in self.table.rules:
             if rule.action is Action.WSGI:
+                kind = app_kind(rule.handler)
+                if kind == "asgi":
+                    raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is an ASGI application; serve it with: asgi {rule.target}")])
                 if not callable(rule.handler):
                     raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is not a WSGI application")])
                 self._wsgi[rule.index] = JanusWSGIResource(self.reactor, None, rule.handler)
+            if rule.action is Action.ASGI:
+                kind = app_kind(rule.handler)
+                if kind != "asgi":
+                    what = "a WSGI application; serve it with: wsgi " + rule.target if kind == "wsgi" else "not an ASGI 3 application (async def app(scope, receive, send))"
+                    raise ConfigErrors([ConfigError(port.source, section, rule.key, f"asgi {rule.target} is {what}")])
+                app = apps.get(id(rule.handler))
+                if app is None:
+                    app = apps[id(rule.handler)] = AsgiApp(rule.handler, rule.target, port.name)
+                self._asgi[rule.index] = app
+        self.server_cert_pem: str | None = None
+        if self._asgi:
+            try:
+                first = x509.load_pem_x509_certificates(Path(port.certificate).read_bytes())[0]
+                self.server_cert_pem = first.public_bytes(Encoding.PEM).decode("ascii")
+            except (OSError, ValueError):
+                self.server_cert_pem = None
         problems = []
         for rule in self.table.exceptions.values():
             if rule.action is Action.PAGE and self.pages.get(rule.target) is None:
@@ -236,9 +282,28 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
     def doStart(self) -> None:
         super().doStart()
         self.site.doStart()
+        for app in {id(a): a for a in self._asgi.values()}.values():
+            if not app.started and not app.ready.called:
+                # callLater: under the asyncio reactor, inside the running asyncio loop (startup triggers run before it)
+                self.reactor.callWhenRunning(self.reactor.callLater, 0, self._start_asgi, app)
         for resource in self._wsgi.values():
             if wsgi_threadpool(resource) is None:
                 set_wsgi_threadpool(resource, self.reactor.getThreadPool())
+
+    def _start_asgi(self, app: AsgiApp) -> None:
+        """The app's lifespan startup (requests wait for it); a failed startup stops the server."""
+        def failed(error: str) -> None:
+            emit("janustls.asgi.stopping", "port {port}: stopping: ASGI app {app} failed to start: {error}", LogLevel.critical,
+                 port=self.runtime.port.name, app=app.name, error=error)  # fmt: skip
+            if self.reactor.running:
+                self.reactor.stop()
+
+        try:
+            app.start(failed)
+        except RuntimeError as e:  # no running asyncio loop: the reactor is not the asyncio one
+            failed(f"{e} (asgi rules need Twisted's asyncio reactor)")
+            return
+        self.reactor.addSystemEventTrigger("before", "shutdown", app.stop)
 
     def doStop(self) -> None:
         super().doStop()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import io
+import time
+from urllib.parse import unquote_to_bytes as unquote
 from typing import Any
 from typing import Protocol
 
@@ -13,7 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from twisted.web.server import Request
+from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
 from janustls.core.forwarding import is_identity_header
@@ -22,7 +26,6 @@ from janustls.core.rules import Exc, Rule
 from janustls.core.rules import RuleTable
 from janustls.ports.base import PortRuntime
 from janustls.ports.connection import Connection
-from janustls.tls._twisted import request_line
 
 __all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
 
@@ -122,6 +125,25 @@ class JanusRequest(Request):
     gone = False
     #: The request path in its normal form (janustls.core.webpath), set when the request is served.
     normal_path: str | None = None
+    #: The header lines as the client sent them, in order (set by the channel).
+    raw_headers: list[tuple[bytes, bytes]] = []
+    #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
+    upgrade_rest: bytes | None = None
+
+    def process(self) -> None:
+        """twisted.web's `Request.process` without the per-request work a webserv port does not need:
+        the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
+        formatted once per second, not per request."""
+        site = self.site = self.channel.site
+        headers = self.responseHeaders
+        headers.setRawHeaders(b"server", _SERVER)
+        headers.setRawHeaders(b"date", [http_date()])
+        self.prepath = []
+        self.postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
@@ -184,7 +206,7 @@ class JanusRequest(Request):
     # length over it is refused before any byte is stored, a chunked one when it passes it.
     def gotLength(self, length: int | None) -> None:
         proto = self.janus_protocol
-        command, path = request_line(self.channel)
+        command, path = self.method, self.uri  # set by the channel from the request line
         if isinstance(command, bytes) and isinstance(path, bytes):
             limit, self._hold_limit = proto.factory.limits_for(command, path)
         else:
@@ -212,11 +234,23 @@ class JanusRequest(Request):
         super().connectionLost(reason)
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.  A request
-    # received counts in JanusChannel.allContentReceived, just before requestReceived.
+    # received counts in JanusChannel.on_message_complete.
     def finish(self) -> None:
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
         super().finish()
+
+
+_SERVER = [twisted_web_version]
+_date: list[Any] = [0, b""]
+
+
+def http_date(now: float | None = None) -> bytes:
+    """The HTTP Date header value, formatted once per second."""
+    second = int(time.time() if now is None else now)
+    if _date[0] != second:
+        _date[0], _date[1] = second, datetimeToString(second)
+    return _date[1]  # type: ignore[no-any-return]
 
 
 def wants_json(accept: bytes | str | None) -> bool:
