@@ -100,7 +100,9 @@ def describe(file: str, out: TextIO) -> int:
         warnings += _page_warnings(b, definitions)
         inner = getattr(b.factory, "wrappedFactory", None)
         if isinstance(inner, WebFactory) and not inner.table.rules and not inner.table.exceptions:
-            warnings.append(f"[port:{p.name}] is a webserv port with no [{inner.table.section}] table: it answers every request 404")
+            warnings.append(
+                f"[port:{p.name}] is a webserv port with no [{inner.table.section}] table: it answers every request 404"
+            )
     for w in warnings:
         out.write(f"\nwarning: {w}\n")
     out.write("\nOK\n")

@@ -245,7 +245,9 @@ class _Refused(Exception):
         self.messages = messages
 
 
-_ACTIONS_HELP = "call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | asgi MODULE:APP | forward http://BACKEND"
+_ACTIONS_HELP = (
+    "call MODULE:CALLABLE | page FILE | redirect URL | wsgi MODULE:APP | asgi MODULE:APP | forward http://BACKEND"
+)
 
 
 def _read_key(key: str, exceptions: Mapping[Exc, Rule]) -> tuple[Kind, frozenset[str] | None, str, Exc | None]:
