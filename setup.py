@@ -41,7 +41,8 @@ setup(
         "service-identity>=24.1,<27",
         "zope.interface>=6.0,<9",
         "prometheus-client>=0.20,<1",
-        "httptools>=0.6.2,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
+        "httptools>=0.6.4,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
+        "wsproto>=1.2,<2",  # WebSocket framing for asgi websocket scopes
     ],
     extras_require={
         "test": [
