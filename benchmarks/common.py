@@ -19,6 +19,7 @@ A script supplies a *driver*: how a client connects and what one operation is.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import resource
 import signal
@@ -552,11 +553,13 @@ class Paired:
 
     @property
     def ratios(self) -> list[float]:
-        return [wa.per_unit_us / wb.per_unit_us for wa, wb in self.windows]
+        """a/b per round; NaN for a round in which b's clock did not tick (a tiny --quick window
+        on a loaded machine: the process clock counts in 10 ms ticks)."""
+        return [wa.per_unit_us / wb.per_unit_us if wb.per_unit_us else math.nan for wa, wb in self.windows]
 
     def summary(self) -> tuple[float, float, float, float, float]:
-        """Median ratio, its first and third quartiles, min, max."""
-        r = sorted(self.ratios)
+        """Median ratio, its first and third quartiles, min, max (rounds without a ratio left out)."""
+        r = sorted(x for x in self.ratios if not math.isnan(x)) or [math.nan]
         if len(r) == 1:
             return r[0], r[0], r[0], r[0], r[0]
         q = statistics.quantiles(r, n=4, method="inclusive")
