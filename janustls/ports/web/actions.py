@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -34,7 +34,7 @@ __all__ = ['Actions', 'JanusWSGIResource']
 class JanusWSGIResource(WSGIResource):
     """twisted.web's WSGI container, with Apache mod_ssl's SSL_* variables in the environ."""
 
-    def render(self, request: JanusRequest) -> int:  # type: ignore[override]
+    def render(self, request: JanusRequest) -> int:
         strip_identity_headers(request)
 
         def complete(environ: dict[str, Any]) -> None:
@@ -44,7 +44,7 @@ class JanusWSGIResource(WSGIResource):
                 environ[key] = value.encode("utf-8").decode("latin-1")
 
         wsgi_response(self, request, complete)
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
 
 class Actions:
@@ -54,6 +54,12 @@ class Actions:
     reactor: Any
     _wsgi: dict[int, JanusWSGIResource]
     _asgi: dict[int, AsgiApp]
+
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+        def _finish(self, request: JanusRequest, body: Any) -> None: ...
+        def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool, within: str = "") -> Any: ...
+        def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
+        def _handler_error(self, request: JanusRequest, rule: Rule, failure: Failure) -> None: ...
 
     def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         if rule.action is Action.CALL:
@@ -102,7 +108,7 @@ class Actions:
                      port=self.runtime.port.name, handler=rule.value, peer=ws_peer, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
 
             tunnel = WebSocketTunnel(app, scope, transport.write, proto.close, ws_failed)
-            rest = request.channel.take_over(tunnel)
+            rest = request.channel.take_over(tunnel)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             tunnel.start(handshake_bytes(request.method, request.uri, request.raw_headers), rest)
             return NOT_DONE_YET
         scope = http_scope(kind="http", method=request.method.decode("latin-1"), path=full, raw_path=raw_path, query=query,
@@ -145,8 +151,8 @@ class Actions:
             headers.setRawHeaders(b"content-length", [b"%d" % size])
         conn = request.connection
         chain = conn.cert_chain
-        for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        for key, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
+            headers.setRawHeaders(key.encode("ascii"), [value.encode("utf-8")])
         peer = getattr(conn.peer, "host", None)
         if peer is not None:
             headers.setRawHeaders(b"x-forwarded-for", [peer.encode("ascii")])
@@ -181,7 +187,7 @@ class Actions:
         head = handshake_bytes(request.method, (path + ("?" + query if query else "")).encode("latin-1"), headers)
         transport = proto.transport
         tunnel = ForwardTunnel(transport.write, proto.close)
-        rest = request.channel.take_over(tunnel)
+        rest = request.channel.take_over(tunnel)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
         tunnel.start(self.reactor, backend.host, backend.port, head, rest)
         return NOT_DONE_YET
 

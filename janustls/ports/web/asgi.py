@@ -160,7 +160,7 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
                 return
             transport = request.channel.transport if request.channel is not None else None
             if transport is not None and getattr(transport, "output_full", False):
-                await defer.Deferred.asFuture(transport.drained(), loop)
+                await defer.Deferred.asFuture(transport.drained(), loop)  # type: ignore[attr-defined]  # the TLS protocol (PortTLSProtocol), not a bare ITransport
             return
         raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
 

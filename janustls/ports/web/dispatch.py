@@ -3,9 +3,10 @@ rule's action (or an exception rule) answers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -32,6 +33,17 @@ class Dispatch:
 
     #: (body limit, hold limit) per (method, request target), bounded: see `limits_for`.
     _limits_seen: dict[tuple[bytes, bytes], tuple[int, int | None]]
+
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+        reactor: Any
+        def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _finish(self, request: JanusRequest, body: Any) -> None: ...
+        def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
+        def _forbidden(self, request: JanusRequest, verdict: Verdict) -> None: ...
+        def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None: ...
+        def _status(self, request: JanusRequest, status: int, title: str, message: str, *, exc: Exc | None = None, event: str | None = None) -> None: ...
+        def _failed(self, failure: Failure, request: JanusRequest) -> None: ...
 
     def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
         try:
@@ -199,9 +211,9 @@ class DispatchResource(Resource):
     isLeaf = True
 
     def __init__(self, factory: Dispatch) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.factory = factory
 
-    def render(self, request: JanusRequest) -> Any:  # type: ignore[override]
+    def render(self, request: JanusRequest) -> Any:
         return self.factory.serve(request)
 

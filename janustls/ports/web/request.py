@@ -8,7 +8,7 @@ import io
 import time
 from urllib.parse import unquote_to_bytes as unquote
 from typing import Any
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,12 +20,16 @@ from twisted.web.server import Request
 from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
+from janustls.core.identity import Verdict
 from janustls.core.forwarding import is_identity_header
 from janustls.core.reasons import Refusal
 from janustls.core.rules import Exc, Rule
 from janustls.core.rules import RuleTable
 from janustls.ports.base import PortRuntime
 from janustls.ports.connection import Connection
+
+if TYPE_CHECKING:
+    from janustls.tls.protocol import PortTLSProtocol
 
 __all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
 
@@ -46,8 +50,15 @@ class WebPortProtocol(Protocol):
 
     factory: WebPortFactory
     connection: Connection | None
+    transport: PortTLSProtocol
+    #: (leaf, verdict): the port's identity rules judged this certificate.
+    _port_verdict: tuple[x509.Certificate | None, Verdict] | None
+    lost: bool
+    bytes_are_progress: bool
 
     def progress(self) -> None: ...
+    def gate(self) -> tuple[Exc, Refusal, str] | None: ...
+    def asgi_extensions(self) -> dict[str, Any]: ...
     def ssl_environ(self) -> dict[str, str]: ...
     def close(self) -> None: ...
     def peer_address(self) -> Any: ...
@@ -134,7 +145,7 @@ class JanusRequest(Request):
         """twisted.web's `Request.process` without the per-request work a webserv port does not need:
         the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
         formatted once per second, not per request."""
-        site = self.site = self.channel.site
+        site = self.site = self.channel.site  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
         headers = self.responseHeaders
         headers.setRawHeaders(b"server", _SERVER)
         headers.setRawHeaders(b"date", [http_date()])
@@ -215,9 +226,9 @@ class JanusRequest(Request):
         if length is not None and length > limit:
             self.over_limit = True
             self.content = io.BytesIO()
-            self.channel.refuse_body(self, limit)
+            self.channel.refuse_body(self, limit)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.over_limit:
@@ -225,20 +236,20 @@ class JanusRequest(Request):
         self._body_size += len(data)
         if self._body_limit is not None and self._body_size > self._body_limit:
             self.over_limit = True
-            self.channel.refuse_body(self, self._body_limit)
+            self.channel.refuse_body(self, self._body_limit)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def connectionLost(self, reason: Failure) -> None:
         self.gone = True
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.  A request
     # received counts in JanusChannel.on_message_complete.
     def finish(self) -> None:
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
-        super().finish()
+        super().finish()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
 
 _SERVER = [twisted_web_version]

@@ -10,14 +10,14 @@ import mimetypes
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET
 
-from janustls.core.identity import Verdict
+from janustls.core.identity import Subject, Verdict
 from janustls.core.reasons import Refusal
 from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
 from janustls.core.rules import RuleTable
@@ -134,6 +134,10 @@ class Responses:
     runtime: PortRuntime
     table: RuleTable
     pages: PageCache
+
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+        def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _subject(self, request: JanusRequest) -> Subject: ...
 
     def _finish(self, request: JanusRequest, body: Any) -> None:
         if body is NOT_DONE_YET or request.gone or request.finished:

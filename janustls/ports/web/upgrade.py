@@ -195,6 +195,7 @@ class ForwardTunnel:
         d.addCallbacks(self._connected, self._unreachable)
 
     def _connected(self, backend: _Backend) -> None:
+        assert backend.transport is not None  # connected
         if self.closed:
             backend.transport.loseConnection()
             return
