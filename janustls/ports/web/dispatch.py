@@ -14,7 +14,7 @@ from janustls.core.identity import Policy, Subject, Verdict
 from janustls.core.reasons import Reason, Refusal
 from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
 from janustls.core.rules import RuleTable
-from janustls.core.webpath import PathError, normal_form
+from janustls.core.webpath import PathError, encode, normal_form
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
 from janustls.ports.access import decide, peer_ip
