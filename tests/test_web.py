@@ -267,7 +267,7 @@ class Client:
     def get(self, path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
         self.conn.request(method, path, body=body, headers=headers or {})
         r = self.conn.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
     def close(self) -> None:
         self.conn.close()
@@ -355,9 +355,9 @@ def test_redirect_rule_and_action(server, pki):
 
 
 def test_not_found_html_and_json(server, pki):
-    status, headers, body = get(server, "WEB", "/nowhere", pki, "alice")
+    status, _, body = get(server, "WEB", "/nowhere", pki, "alice")
     assert status == 404 and b"<h1>404 Not Found</h1>" in body
-    status, headers, body = get(server, "WEB", "/nowhere", pki, "alice", headers={"Accept": "application/json"})
+    status, _, body = get(server, "WEB", "/nowhere", pki, "alice", headers={"Accept": "application/json"})
     assert status == 404 and json.loads(body)["status"] == 404
 
 
@@ -427,7 +427,7 @@ def test_precedence_end_to_end(server, pki):
 
 def test_access_rules_end_to_end(server, pki):
     assert get(server, "WEB", "/admin/x", pki, "alice")[0] == 200  # ALLOW ou:ops
-    status, headers, body = get(server, "WEB", "/admin/x", pki, "bob")
+    status, _, body = get(server, "WEB", "/admin/x", pki, "bob")
     assert status == 403 and body.startswith(b"forbidden: not_allowed by refused by [web:WEB] ALLOW /admin/*")
     assert get(server, "WEB", "/admin/open/x", pki, "bob")[0] == 200  # a more specific ALLOW
     assert get(server, "WEB", "/private/x", pki, "alice")[0] == 200

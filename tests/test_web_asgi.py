@@ -232,7 +232,7 @@ class RawBackend:
                 while time.monotonic() < end:
                     try:
                         chunk = conn.recv(65536)
-                    except socket.timeout:
+                    except TimeoutError:
                         break
                     if not chunk:
                         break
@@ -371,7 +371,7 @@ def test_certificate_asked_on_one_path_is_in_that_scope_and_later_ones(server: A
                 out += s.recv(65536)
                 head, sep, rest = out.partition(b"\r\n\r\n")
                 if sep:
-                    length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
                     if len(rest) >= length:
                         return dict(json.loads(rest[:length]))
         before = ask("/tls")
@@ -514,7 +514,7 @@ def test_websocket_echoes_and_sees_the_cn(server: Any, pki: Any) -> None:
         for text in ("hello", "again"):
             ws.send(text)
             answer = ws.recv(timeout=10)
-            assert answer.startswith(f"alice (") and "CN=alice" in answer and answer.endswith(f"said: {text}"), answer
+            assert answer.startswith("alice (") and "CN=alice" in answer and answer.endswith(f"said: {text}"), answer
 
 
 def test_websocket_through_forward_to_uvicorn_with_identity_headers(server: Any, pki: Any) -> None:

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 
 from janustls.core.certinfo import CertChain
 from janustls.core.config import parse_definitions
-from janustls.errors import ConfigErrors
 from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.errors import ConfigErrors
 from janustls.ops.build import build_ports
 from tests.support import start
 

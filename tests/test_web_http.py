@@ -6,7 +6,6 @@ over real TLS."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest

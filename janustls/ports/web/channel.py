@@ -57,7 +57,7 @@ class _HeaderSectionTooLarge(Exception):
 class _Parsed:
     """A request being parsed: its request line and headers until the `Request` is built."""
 
-    __slots__ = ("url", "headers", "size", "length", "chunked", "request", "expect", "keep", "version", "method")
+    __slots__ = ("chunked", "expect", "headers", "keep", "length", "method", "request", "size", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -87,9 +87,33 @@ class JanusChannel:
     starts while the client's unsent output is over the port's high-water mark.
     """
 
-    __slots__ = ("site", "limits", "transport", "tunnel", "persistent", "closing", "requests", "_current", "_parser", "_parsed",
-                 "_buffer", "_buffered", "_read_paused", "_out_paused", "_advancing", "_error", "_upgraded", "_head_seen",
-                 "_in_head", "_request_producer", "_request_streaming", "_timer", "_phase", "_deadline", "__weakref__")  # fmt: skip
+    __slots__ = (
+        "__weakref__",
+        "_advancing",
+        "_buffer",
+        "_buffered",
+        "_current",
+        "_deadline",
+        "_error",
+        "_head_seen",
+        "_in_head",
+        "_out_paused",
+        "_parsed",
+        "_parser",
+        "_phase",
+        "_read_paused",
+        "_request_producer",
+        "_request_streaming",
+        "_timer",
+        "_upgraded",
+        "closing",
+        "limits",
+        "persistent",
+        "requests",
+        "site",
+        "transport",
+        "tunnel",
+    )  # fmt: skip
 
     def __init__(self, site: JanusSite) -> None:
         self.site = site
@@ -522,7 +546,7 @@ class JanusSite(Site):
     requestFactory = JanusRequest
     _limits: HttpLimits
     #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
-    phase_limits: dict[str, float] = {}
+    phase_limits: dict[str, float] = {}  # noqa: RUF012  # never mutated: the limits setter assigns each site its own
     phase_step = 0.0
 
     @property

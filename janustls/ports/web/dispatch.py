@@ -12,8 +12,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from janustls.core.identity import Policy, Subject, Verdict
 from janustls.core.reasons import Reason, Refusal
-from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
-from janustls.core.rules import RuleTable
+from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable
 from janustls.core.webpath import PathError, encode, normal_form
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit

@@ -16,9 +16,10 @@ SSLPROTOCOLERR as a log hook for handshakes that fail on protocol grounds.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -33,16 +34,16 @@ from janustls.core.rules import Action, Exc, Rule, RuleTable, build_table
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.access import build_policy, resolver_for
-from janustls.ports.refusals import log_refusal
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, address_text
 from janustls.ports.connection import Connection
+from janustls.ports.refusals import log_refusal
 from janustls.ports.web.actions import Actions, JanusWSGIResource
 from janustls.ports.web.asgi import AsgiApp
-from janustls.ports.web.scope import app_kind, tls_extension
 from janustls.ports.web.channel import HttpLimits, JanusSite
 from janustls.ports.web.dispatch import Dispatch, DispatchResource
 from janustls.ports.web.request import ssl_environ
 from janustls.ports.web.responses import PageCache, Responses, inside
+from janustls.ports.web.scope import app_kind, tls_extension
 from janustls.tls._twisted import set_wsgi_threadpool, transport_producer, wsgi_threadpool
 from janustls.tls.protocol import failure_text, refusal_for_failure, refused_leaf
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime
 import io
 import time
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes as unquote
-from typing import Any
-from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -20,11 +19,10 @@ from twisted.web.server import Request
 from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
-from janustls.core.identity import Verdict
 from janustls.core.forwarding import is_identity_header
+from janustls.core.identity import Verdict
 from janustls.core.reasons import Refusal
-from janustls.core.rules import Exc, Rule
-from janustls.core.rules import RuleTable
+from janustls.core.rules import Exc, Rule, RuleTable
 from janustls.ports.base import PortRuntime
 from janustls.ports.connection import Connection
 
@@ -69,7 +67,7 @@ class WebPortProtocol(Protocol):
 
 def apache_time(t: datetime.datetime) -> str:
     """OpenSSL's ASN1_TIME_print format, as Apache sets SSL_CLIENT_V_START: `Jan  5 09:03:07 2026 GMT`."""
-    t = t.astimezone(datetime.timezone.utc)
+    t = t.astimezone(datetime.UTC)
     return f"{_MONTHS[t.month - 1]} {t.day:2d} {t:%H:%M:%S} {t.year} GMT"
 
 
@@ -106,7 +104,7 @@ def ssl_environ(
     env["SSL_CLIENT_M_VERSION"] = str(leaf.version.value + 1)
     env["SSL_CLIENT_V_START"] = apache_time(leaf.not_valid_before_utc)
     env["SSL_CLIENT_V_END"] = apache_time(leaf.not_valid_after_utc)
-    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     env["SSL_CLIENT_V_REMAIN"] = str(max(0, remain.days))
     env["SSL_CLIENT_CERT"] = _pem(leaf)
     for i, cert in enumerate(chain.certificates[1:]):
@@ -137,7 +135,7 @@ class JanusRequest(Request):
     #: The request path in its normal form (janustls.core.webpath), set when the request is served.
     normal_path: str | None = None
     #: The header lines as the client sent them, in order (set by the channel).
-    raw_headers: list[tuple[bytes, bytes]] = []
+    raw_headers: list[tuple[bytes, bytes]] = []  # noqa: RUF012  # never mutated: the channel assigns each request its own
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
 

@@ -8,9 +8,10 @@ import html
 import json
 import mimetypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -19,11 +20,10 @@ from twisted.web.server import NOT_DONE_YET
 
 from janustls.core.identity import Subject, Verdict
 from janustls.core.reasons import Refusal
-from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
-from janustls.core.rules import RuleTable
+from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable
 from janustls.events import emit
-from janustls.ports.refusals import log_refusal
 from janustls.ports.base import PortRuntime, address_text
+from janustls.ports.refusals import log_refusal
 from janustls.ports.web.request import JanusRequest
 
 __all__ = ['PageCache', 'Responses']
@@ -116,7 +116,7 @@ class PageCache:
             return None
         if b"PRIVATE KEY-----" in body:
             return None
-        ctype, encoding = mimetypes.guess_type(path)
+        ctype, _ = mimetypes.guess_type(path)
         ctype = ctype or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"

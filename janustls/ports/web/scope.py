@@ -8,7 +8,8 @@ The TLS extension follows the asgiref spec ("TLS Extension", version 0.2): every
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["app_kind", "tls_extension", "http_scope", "TLS_VERSIONS", "CIPHER_SUITES", "ASGI_VERSION"]
 
@@ -51,7 +52,7 @@ def app_kind(app: Any) -> str | None:
     `__call__` is one), "wsgi" for a callable taking (environ, start_response), None otherwise."""
     if not callable(app):
         return None
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", app)
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", app)  # noqa: B004  # the method itself, to inspect; callable() is tested above
     if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
         return "asgi"
     n = _parameters(app)

@@ -7,7 +7,8 @@ the client goes to `data_received`, and the end of the connection to `connection
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httptools
 from twisted.internet import defer
@@ -42,7 +43,7 @@ def handshake_bytes(method: bytes, target: bytes, headers: list[tuple[bytes, byt
 class WebSocketTunnel:
     """One ASGI WebSocket: wsproto frames, the app's messages, in the asyncio loop."""
 
-    __slots__ = ("app", "scope", "write", "close", "ws", "inbox", "accepted", "closed", "_text", "_bytes", "on_error")
+    __slots__ = ("_bytes", "_text", "accepted", "app", "close", "closed", "inbox", "on_error", "scope", "write", "ws")
 
     def __init__(self, app: AsgiApp, scope: dict[str, Any], write: Callable[[bytes], None], close: Callable[[], None],
                  on_error: Callable[[Failure], None]) -> None:  # fmt: skip
@@ -174,7 +175,7 @@ class ForwardTunnel:
     other answer is relayed to the client and the connection closes at its end: the client's
     later bytes never reach the backend unparsed (no request smuggled past the rule table)."""
 
-    __slots__ = ("write", "close", "backend", "held", "head", "spliced", "closed", "_parser", "_end_seen")
+    __slots__ = ("_end_seen", "_parser", "backend", "close", "closed", "head", "held", "spliced", "write")
 
     def __init__(self, write: Callable[[bytes], None], close: Callable[[], None]) -> None:
         self.write = write
