@@ -26,7 +26,7 @@ from janustls.ports.web.scope import http_scope, mount_paths
 from janustls.ports.web.upgrade import ForwardTunnel, WebSocketTunnel, handshake_bytes
 from janustls.tls._twisted import wsgi_response
 
-__all__ = ['Actions', 'JanusWSGIResource']
+__all__ = ["Actions", "JanusWSGIResource"]
 
 # -- WSGI with mod_ssl's variables ----------------------------------------------------------------
 
@@ -56,8 +56,18 @@ class Actions:
     _asgi: dict[int, AsgiApp]
 
     if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+
         def _finish(self, request: JanusRequest, body: Any) -> None: ...
-        def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool, within: str = "") -> Any: ...
+        def _page(
+            self,
+            request: JanusRequest,
+            relative: str,
+            ctype: str | None,
+            status: int | None,
+            *,
+            conditional: bool,
+            within: str = "",
+        ) -> Any: ...
         def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
         def _handler_error(self, request: JanusRequest, rule: Rule, failure: Failure) -> None: ...
 
@@ -69,7 +79,9 @@ class Actions:
             return NOT_DONE_YET
         if rule.action is Action.PAGE:
             within = rule.page_root if res.parts else rule.target
-            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within)
+            return self._page(
+                request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within
+            )
         if rule.action is Action.WSGI:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
@@ -93,9 +105,17 @@ class Actions:
         root_path, full = mount_paths(path, rule.prefix, rule.mount)
         headers = [(n.lower(), v) for n, v in getattr(request, "raw_headers", ()) if not is_identity_header(n)]
         peer, host = request.client, request.getHost()
-        websocket = request.upgrade_rest is not None and any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        websocket = request.upgrade_rest is not None and any(
+            n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers
+        )
         if websocket:
-            protocols = [p.strip() for n, v in headers if n == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",") if p.strip()]
+            protocols = [
+                p.strip()
+                for n, v in headers
+                if n == b"sec-websocket-protocol"
+                for p in v.decode("latin-1").split(",")
+                if p.strip()
+            ]
             scope = http_scope(kind="websocket", method="GET", path=full, raw_path=raw_path, query=query, http_version="1.1", headers=headers,
                                client=(peer.host, peer.port) if hasattr(peer, "host") else None,
                                server=(host.host, host.port) if hasattr(host, "host") else None,
@@ -139,7 +159,15 @@ class Actions:
         backend = parse_backend(url)
         headers = request.requestHeaders
         strip_identity_headers(request)
-        for name in (b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade", b"proxy-connection", b"keep-alive"):
+        for name in (
+            b"transfer-encoding",
+            b"content-length",
+            b"te",
+            b"trailer",
+            b"upgrade",
+            b"proxy-connection",
+            b"keep-alive",
+        ):
             headers.removeHeader(name)
         content = request.content
         size = 0
@@ -175,11 +203,22 @@ class Actions:
         path, _, query = backend.path.partition("?")
         if not query and b"?" in request.uri:
             query = request.uri.split(b"?", 1)[1].decode("latin-1")
-        drop = {b"content-length", b"transfer-encoding", b"te", b"trailer", b"proxy-connection", b"keep-alive", *FORWARDED_HEADERS}
+        drop = {
+            b"content-length",
+            b"transfer-encoding",
+            b"te",
+            b"trailer",
+            b"proxy-connection",
+            b"keep-alive",
+            *FORWARDED_HEADERS,
+        }
         headers = [(n, v) for n, v in request.raw_headers if not is_identity_header(n) and n.lower() not in drop]
         conn = request.connection
         proto = request.janus_protocol
-        headers += [(n.encode("ascii"), v.encode("utf-8")) for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()]
+        headers += [
+            (n.encode("ascii"), v.encode("utf-8"))
+            for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()
+        ]
         peer = getattr(conn.peer, "host", None)
         if peer is not None:
             headers.append((b"X-Forwarded-For", peer.encode("ascii")))
@@ -196,7 +235,7 @@ class Actions:
         with mount=root, SCRIPT_NAME is empty and PATH_INFO the full path."""
         prefix = rule.prefix.rstrip("/") if rule.mount != "root" else ""
         path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
-        rest = path[len(prefix):] if path.startswith(prefix) else path
+        rest = path[len(prefix) :] if path.startswith(prefix) else path
         request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]
         request.prepath = [s.encode("utf-8") for s in prefix.split("/") if s]
         tail = rest.encode("utf-8")
@@ -244,4 +283,6 @@ class Actions:
             return b""
         if isinstance(value, bytes):
             return value
-        raise TypeError(f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource")
+        raise TypeError(
+            f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource"
+        )

@@ -107,7 +107,9 @@ class AsgiApp:
         if not self._shutdown.done():
             self._shutdown.set_result(None)
         loop = self._done.get_loop()
-        return defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.wait_for(asyncio.shield(self._done), 10), loop=loop)).addErrback(lambda _: None)
+        return defer.Deferred.fromFuture(
+            asyncio.ensure_future(asyncio.wait_for(asyncio.shield(self._done), 10), loop=loop)
+        ).addErrback(lambda _: None)
 
 
 def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_error: Callable[[Failure], None]) -> None:

@@ -46,7 +46,11 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
 #: Bytes read from the client and kept unparsed while a request is answered, above which
 #: reading from the client pauses until the request is done (pipelined requests wait there).
 _EAGER_READ = 1 << 16
-_TIMEOUT_EVENTS = {"idle": "janustls.web.keepalive_timeout", "header": "janustls.web.header_timeout", "body": "janustls.web.body_timeout"}
+_TIMEOUT_EVENTS = {
+    "idle": "janustls.web.keepalive_timeout",
+    "header": "janustls.web.header_timeout",
+    "body": "janustls.web.body_timeout",
+}
 _TIMEOUT_WHAT = {"idle": "started", "header": "header section", "body": "body"}
 
 
@@ -186,7 +190,9 @@ class JanusChannel:
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self._request_producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer}, because producer {self._request_producer} was never unregistered.")
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer {self._request_producer} was never unregistered."
+            )
         if not streaming:
             producer = PullToPush(producer, self)
         self._request_producer, self._request_streaming = producer, streaming
@@ -290,16 +296,36 @@ class JanusChannel:
                 request.janus_keep = False  # type: ignore[attr-defined]
                 request.upgrade_rest = data
         except _HeaderSectionTooLarge:
-            self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+            self._fail(
+                431,
+                "janustls.web.headers_too_large",
+                "port {port}: header section of {peer} over {limit} bytes",
+                limit=limit,
+            )
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeaderSectionTooLarge):
-                self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+                self._fail(
+                    431,
+                    "janustls.web.headers_too_large",
+                    "port {port}: header section of {peer} over {limit} bytes",
+                    limit=limit,
+                )
             elif isinstance(e.__context__, httptools.HttpParserError):  # refused by a callback (the HTTP version)
-                self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e.__context__))
+                self._fail(
+                    400,
+                    "janustls.web.bad_request",
+                    "port {port}: unreadable request from {peer}: 400 ({why})",
+                    why=str(e.__context__),
+                )
             elif not self.closing:
                 raise
         except httptools.HttpParserError as e:
-            self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e) or type(e).__name__)
+            self._fail(
+                400,
+                "janustls.web.bad_request",
+                "port {port}: unreadable request from {peer}: 400 ({why})",
+                why=str(e) or type(e).__name__,
+            )
 
     def _fail(self, status: int, event: str, text: str, **fields: Any) -> None:
         """A malformed request: answered after those before it, then the connection closes."""
@@ -556,7 +582,11 @@ class JanusSite(Site):
     @limits.setter
     def limits(self, limits: HttpLimits) -> None:
         self._limits = limits
-        self.phase_limits = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self.phase_limits = {
+            "idle": limits.keepalive_timeout,
+            "header": limits.header_timeout,
+            "body": limits.body_timeout,
+        }
         self.phase_step = min((s for s in self.phase_limits.values() if s), default=0.0)
 
     def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]

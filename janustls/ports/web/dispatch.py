@@ -20,7 +20,8 @@ from janustls.ports.access import decide, peer_ip
 from janustls.ports.base import PortRuntime, address_text
 from janustls.ports.web.request import JanusRequest
 
-__all__ = ['Dispatch', 'DispatchResource']
+__all__ = ["Dispatch", "DispatchResource"]
+
 
 class Dispatch:
     """The request pipeline of a webserv port: normal path, gate, rule, identity verdict, mid-connection
@@ -35,13 +36,23 @@ class Dispatch:
 
     if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
         reactor: Any
+
         def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
         def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
         def _finish(self, request: JanusRequest, body: Any) -> None: ...
         def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
         def _forbidden(self, request: JanusRequest, verdict: Verdict) -> None: ...
         def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None: ...
-        def _status(self, request: JanusRequest, status: int, title: str, message: str, *, exc: Exc | None = None, event: str | None = None) -> None: ...
+        def _status(
+            self,
+            request: JanusRequest,
+            status: int,
+            title: str,
+            message: str,
+            *,
+            exc: Exc | None = None,
+            event: str | None = None,
+        ) -> None: ...
         def _failed(self, failure: Failure, request: JanusRequest) -> None: ...
 
     def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
@@ -61,7 +72,10 @@ class Dispatch:
         key = (method, path)
         found = self._limits_seen.get(key)
         if found is None:
-            found = (self.body_limit(method, path), self.hold_limit(method, path) if self.table.uses_client_cert else None)
+            found = (
+                self.body_limit(method, path),
+                self.hold_limit(method, path) if self.table.uses_client_cert else None,
+            )
             if len(path) <= 512:
                 if len(self._limits_seen) >= 4096:
                     self._limits_seen.clear()
@@ -90,7 +104,9 @@ class Dispatch:
                 # handlers see the normal form too (written back as a URL path)
                 request.normal_path, request.path = normal_form(request.path)
             except PathError as e:
-                self._status(request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path")
+                self._status(
+                    request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path"
+                )
                 return NOT_DONE_YET
         gate = proto.gate()
         res = self.table.resolve(request.method.decode("latin-1"), request.normal_path)
@@ -98,7 +114,10 @@ class Dispatch:
         verdict = proto._port_verdict
         if (
             gate is None
-            and (self.policy is None or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate()))  # type: ignore[union-attr]
+            and (
+                self.policy is None
+                or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate())  # type: ignore[union-attr]
+            )
             and rule is not None
             and res.access is None
             and rule.allow is None
@@ -122,7 +141,13 @@ class Dispatch:
             # Ask first: identity rules then judge the certificate the client sends.
             request.rule, request.rule_parts = rule, res.parts
             if request.over_limit:
-                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.body_limit(self.runtime.port.max_body)} bytes.", event="janustls.web.body_too_large")
+                return self._status(
+                    request,
+                    413,
+                    "Content Too Large",
+                    f"A request on this path may carry at most {rule.body_limit(self.runtime.port.max_body)} bytes.",
+                    event="janustls.web.body_too_large",
+                )
             done = await self._ask(request, rule)
             if done:
                 return None
@@ -174,13 +199,23 @@ class Dispatch:
                      port=self.runtime.port.name, peer=address_text(conn.peer), why=why, url=rule.fallback, path=request.path.decode("latin-1"))  # fmt: skip
                 self._redirect(request, rule.substitute([encode(p) for p in request.rule_parts], rule.fallback), 302)
                 return True
-            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, why), rule.describe(self.table.section))
+            self._exception(
+                request,
+                Exc.SSLNOCERTERR,
+                Refusal(Reason.NO_CERTIFICATE, None, None, why),
+                rule.describe(self.table.section),
+            )
             return True
         strict = require and handler is None  # no certificate: the TLS layer refuses and closes
         try:
             await conn.request_certificate(strict)
         except CertificateRequestTimeout as e:
-            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, str(e)), rule.describe(self.table.section))
+            self._exception(
+                request,
+                Exc.SSLNOCERTERR,
+                Refusal(Reason.NO_CERTIFICATE, None, None, str(e)),
+                rule.describe(self.table.section),
+            )
             return True
         proto = request.janus_protocol
         if request.gone or proto.lost:
@@ -196,7 +231,12 @@ class Dispatch:
             return True
         if not require:
             return False
-        self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), rule.describe(self.table.section))
+        self._exception(
+            request,
+            Exc.SSLNOCERTERR,
+            Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description),
+            rule.describe(self.table.section),
+        )
         return True
 
     def _subject(self, request: JanusRequest) -> Subject:
@@ -215,4 +255,3 @@ class DispatchResource(Resource):
 
     def render(self, request: JanusRequest) -> Any:
         return self.factory.serve(request)
-

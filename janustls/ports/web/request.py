@@ -29,7 +29,15 @@ from janustls.ports.connection import Connection
 if TYPE_CHECKING:
     from janustls.tls.protocol import PortTLSProtocol
 
-__all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
+__all__ = [
+    "JanusRequest",
+    "WebPortProtocol",
+    "WebPortFactory",
+    "ssl_environ",
+    "apache_time",
+    "wants_json",
+    "strip_identity_headers",
+]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -83,7 +91,12 @@ def ssl_environ(
     cipher: str,
 ) -> dict[str, str]:
     """Apache mod_ssl's SSL_* variables for a connection (plus SSL_CLIENT_SAN_URI_n / _IP_n)."""
-    env = {"HTTPS": "on", "SSL_PROTOCOL": tls_version, "SSL_CIPHER": cipher, "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()}
+    env = {
+        "HTTPS": "on",
+        "SSL_PROTOCOL": tls_version,
+        "SSL_CIPHER": cipher,
+        "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode(),
+    }
     leaf = chain.certificate(0)
     if leaf is None:
         env["SSL_CLIENT_VERIFY"] = f"FAILED:{refusal.reason.value}" if refusal is not None else "NONE"
@@ -91,10 +104,20 @@ def ssl_environ(
     env["SSL_CLIENT_VERIFY"] = "SUCCESS"
     env["SSL_CLIENT_S_DN"] = leaf.subject.rfc4514_string()
     env["SSL_CLIENT_I_DN"] = leaf.issuer.rfc4514_string()
-    for suffix, item in (("CN", "CN"), ("O", "O"), ("OU", "OU"), ("C", "C"), ("L", "L"), ("ST", "ST"), ("Email", "EMAIL")):
-        values = chain.values(item) if item != "EMAIL" else [
-            str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
-        ]
+    for suffix, item in (
+        ("CN", "CN"),
+        ("O", "O"),
+        ("OU", "OU"),
+        ("C", "C"),
+        ("L", "L"),
+        ("ST", "ST"),
+        ("Email", "EMAIL"),
+    ):
+        values = (
+            chain.values(item)
+            if item != "EMAIL"
+            else [str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
+        )
         for i, v in enumerate(values):
             env[f"SSL_CLIENT_S_DN_{suffix}" + (f"_{i}" if i else "")] = v
     for attr in leaf.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[:1]:
@@ -289,4 +312,3 @@ def strip_identity_headers(request: Request) -> None:
     headers = request.requestHeaders
     for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
         headers.removeHeader(name)
-

@@ -48,7 +48,7 @@ def _parameters(fn: Any) -> int | None:
 
 
 def app_kind(app: Any) -> str | None:
-    """"asgi" for an ASGI 3 application (`async def app(scope, receive, send)`, or an object whose
+    """ "asgi" for an ASGI 3 application (`async def app(scope, receive, send)`, or an object whose
     `__call__` is one), "wsgi" for a callable taking (environ, start_response), None otherwise."""
     if not callable(app):
         return None

@@ -102,7 +102,9 @@ class WebSocketTunnel:
                 self._send_frame(Message(data=str(message.get("text") or "")))
         elif kind == "websocket.close":
             if self.accepted:
-                self._send_frame(CloseConnection(code=int(message.get("code", 1000)), reason=message.get("reason") or None))
+                self._send_frame(
+                    CloseConnection(code=int(message.get("code", 1000)), reason=message.get("reason") or None)
+                )
             else:
                 self._send_frame(RejectConnection(status_code=403))
             self._finish()
@@ -205,7 +207,10 @@ class ForwardTunnel:
 
     def _unreachable(self, failure: Failure) -> None:
         body = b"The backend cannot be reached.\n"
-        self.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
         self._end()
 
     def backend_data(self, data: bytes) -> None:
