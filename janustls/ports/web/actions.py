@@ -236,7 +236,7 @@ class Actions:
         prefix = rule.prefix.rstrip("/") if rule.mount != "root" else ""
         path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
         rest = path[len(prefix) :] if path.startswith(prefix) else path
-        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]
+        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]  # our field on the request, read by JanusWSGIResource
         request.prepath = [s.encode("utf-8") for s in prefix.split("/") if s]
         tail = rest.encode("utf-8")
         request.postpath = tail.split(b"/")[1:] if tail.startswith(b"/") else ([tail] if tail else [])
@@ -260,7 +260,7 @@ class Actions:
                 request.setHeader(b"content-type", res.content_type.encode())
             return result
         if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
-            result = defer.ensureDeferred(result)  # type: ignore[arg-type]
+            result = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only
         if isinstance(result, defer.Deferred):
             result.addCallbacks(lambda value: self._finish(request, self._coerce(request, value, res)),
                                 lambda f: self._handler_error(request, rule, f))  # fmt: skip

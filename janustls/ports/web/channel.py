@@ -293,7 +293,7 @@ class JanusChannel:
             self._upgraded = True
             if self.requests:
                 request = self.requests[-1]
-                request.janus_keep = False  # type: ignore[attr-defined]
+                request.janus_keep = False  # type: ignore[attr-defined]  # the channel's own field on the request
                 request.upgrade_rest = data
         except _HeaderSectionTooLarge:
             self._fail(
@@ -346,7 +346,7 @@ class JanusChannel:
                         return  # resumeProducing goes on
                     request = self.requests[0]
                     self._current = request
-                    self.persistent = request.janus_keep  # type: ignore[attr-defined]
+                    self.persistent = request.janus_keep  # type: ignore[attr-defined]  # the channel's own field on the request
                     self._phase, self._deadline = "busy", None
                     request.requestReceived(request.method, request.uri, request.clientproto)
                     continue
@@ -432,7 +432,7 @@ class JanusChannel:
         parsed.keep = version == "1.1" and b"close" not in tokens
         if version == "1.1" and b"close" in tokens:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        request.janus_keep = parsed.keep  # type: ignore[attr-defined]
+        request.janus_keep = parsed.keep  # type: ignore[attr-defined]  # the channel's own field on the request
         request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
         request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
         request.parseCookies()
@@ -589,7 +589,7 @@ class JanusSite(Site):
         }
         self.phase_step = min((s for s in self.phase_limits.values() if s), default=0.0)
 
-    def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]  # our channel stands in for twisted.web's HTTPChannel
         return JanusChannel(self)
 
     def log(self, request: Any) -> None:

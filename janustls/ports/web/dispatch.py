@@ -116,7 +116,7 @@ class Dispatch:
             gate is None
             and (
                 self.policy is None
-                or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate())  # type: ignore[union-attr]
+                or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate())  # type: ignore[union-attr]  # a request has a connection (the TLS handshake is done)
             )
             and rule is not None
             and res.access is None

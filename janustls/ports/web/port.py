@@ -128,7 +128,7 @@ class WebProtocol(PortProtocol):
     #: the client took): a client trickling a request byte by byte gains nothing.
     bytes_are_progress = False
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # the same None default as PortProtocol.connectionLost, passed on to it
         self.lost = True
         super().connectionLost(reason)
 

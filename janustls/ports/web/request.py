@@ -180,7 +180,7 @@ class JanusRequest(Request):
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
     def janus_protocol(self) -> WebPortProtocol:
-        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]
+        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]  # the TLS transport wraps the port's WebProtocol
 
     @property
     def connection(self) -> Connection:
@@ -282,7 +282,7 @@ def http_date(now: float | None = None) -> bytes:
     second = int(time.time() if now is None else now)
     if _date[0] != second:
         _date[0], _date[1] = second, datetimeToString(second)
-    return _date[1]  # type: ignore[no-any-return]
+    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value (bytes)]
 
 
 def wants_json(accept: bytes | str | None) -> bool:

@@ -151,7 +151,7 @@ class _Backend(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.tunnel.backend_data(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # a None default (Twisted's is connectionDone); the reason is not read
         self.tunnel.backend_lost()
 
 
