@@ -20,7 +20,7 @@ from janustls.errors import ConfigErrors
 from janustls.ops.build import build_ports
 from tests.support import client_context, in_reactor, start, talk
 
-VIEWS = '''
+VIEWS = """
 import json
 from twisted.internet import defer, reactor
 from twisted.web.resource import Resource
@@ -87,14 +87,14 @@ async def ask(request):
 
 def protocol_errors(request):
     return "\\n".join(e.detail for e in PROTOCOL_ERRORS)
-'''
+"""
 
-PREDS = '''
+PREDS = """
 def is_bob(conn):
     return conn.cert_info("CN") == "bob"
-'''
+"""
 
-WSGIAPP = '''
+WSGIAPP = """
 import json
 
 def app(environ, start_response):
@@ -102,7 +102,7 @@ def app(environ, start_response):
     body = json.dumps(keys).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-'''
+"""
 
 
 def free_port() -> int:
@@ -118,11 +118,11 @@ def port_ini(pki, name, client_cert="none", extra="", tls_min="1.2", tls_max="1.
 [port:{name}]
 type = webserv
 listen = {listen}
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = {client_cert}
-addca = {pki.files['root.ca']}
-crl = {pki.files['inter.crl']}
+addca = {pki.files["root.ca"]}
+crl = {pki.files["inter.crl"]}
 tls_min = {tls_min}
 tls_max = {tls_max}
 request_timeout = 2
@@ -267,14 +267,17 @@ class Client:
     def get(self, path: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
         self.conn.request(method, path, body=body, headers=headers or {})
         r = self.conn.getresponse()
-        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
 
     def close(self) -> None:
         self.conn.close()
 
 
 def get(server, port_name, path, pki, cert=None, tls=None, **kw):
-    c = Client(server.port(port_name), client_context(pki, cert, tls=tls, **{k: kw.pop(k) for k in list(kw) if k == "post_handshake_auth"}))
+    c = Client(
+        server.port(port_name),
+        client_context(pki, cert, tls=tls, **{k: kw.pop(k) for k in list(kw) if k == "post_handshake_auth"}),
+    )
     try:
         return c.get(path, **kw)
     finally:
@@ -355,9 +358,9 @@ def test_redirect_rule_and_action(server, pki):
 
 
 def test_not_found_html_and_json(server, pki):
-    status, headers, body = get(server, "WEB", "/nowhere", pki, "alice")
+    status, _, body = get(server, "WEB", "/nowhere", pki, "alice")
     assert status == 404 and b"<h1>404 Not Found</h1>" in body
-    status, headers, body = get(server, "WEB", "/nowhere", pki, "alice", headers={"Accept": "application/json"})
+    status, _, body = get(server, "WEB", "/nowhere", pki, "alice", headers={"Accept": "application/json"})
     assert status == 404 and json.loads(body)["status"] == 404
 
 
@@ -370,7 +373,10 @@ def test_wsgi_environ_has_mod_ssl_variables(server, pki):
     assert env["HTTPS"] == "on" and env["SSL_CLIENT_VERIFY"] == "SUCCESS"
     assert env["SSL_CLIENT_S_DN_CN"] == "alice"
     assert env["SSL_CLIENT_S_DN"] == alice.subject.rfc4514_string()
-    assert env["SSL_CLIENT_I_DN"] == "CN=Test Intermediate CA,O=janustls development" or env["SSL_CLIENT_I_DN"] == alice.issuer.rfc4514_string()
+    assert (
+        env["SSL_CLIENT_I_DN"] == "CN=Test Intermediate CA,O=janustls development"
+        or env["SSL_CLIENT_I_DN"] == alice.issuer.rfc4514_string()
+    )
     assert int(env["SSL_CLIENT_M_SERIAL"], 16) == alice.serial_number
     # Apache's format (OpenSSL's ASN1_TIME_print): "Nov  3 10:00:00 2026 GMT"
     start = alice.not_valid_before_utc
@@ -427,7 +433,7 @@ def test_precedence_end_to_end(server, pki):
 
 def test_access_rules_end_to_end(server, pki):
     assert get(server, "WEB", "/admin/x", pki, "alice")[0] == 200  # ALLOW ou:ops
-    status, headers, body = get(server, "WEB", "/admin/x", pki, "bob")
+    status, _, body = get(server, "WEB", "/admin/x", pki, "bob")
     assert status == 403 and body.startswith(b"forbidden: not_allowed by refused by [web:WEB] ALLOW /admin/*")
     assert get(server, "WEB", "/admin/open/x", pki, "bob")[0] == 200  # a more specific ALLOW
     assert get(server, "WEB", "/private/x", pki, "alice")[0] == 200
@@ -489,10 +495,10 @@ def test_port_level_allow_on_web_port_gives_forbidden(server, pki, events):
     assert status == 403 and json.loads(body)["exception"] == "FORBIDDEN"
 
 
-SOCK = '''
+SOCK = """
 async def serve(sock):
     sock.write(("hello %s\\n" % sock.cert_info("CN")).encode())
-'''
+"""
 
 
 def test_port_level_allow_on_srvsock_closes_and_logs(pki, reactor, tmp_path, events):
@@ -504,11 +510,11 @@ procs = {tmp_path}
 [port:SOCK]
 type = srvsock
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = require
-addca = {pki.files['root.ca']}
-allow = uri:spiffe://example.test/** | sha256:{'0' * 64}
+addca = {pki.files["root.ca"]}
+allow = uri:spiffe://example.test/** | sha256:{"0" * 64}
 handler = h:serve
 """,
         tmp_path,
@@ -550,10 +556,10 @@ def test_port_level_allow_on_proxy_closes_and_logs(pki, reactor, tmp_path, event
 type = proxy
 listen = tcp:0:interface=127.0.0.1
 connect = tcp:127.0.0.1:{backend.getsockname()[1]}
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = require
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 allow = cn:alice
 """,
         tmp_path,
@@ -598,7 +604,13 @@ def test_redirect_and_type_exception_rules(server, pki):
 
 @pytest.mark.parametrize(
     "cert,reason",
-    [("expired", "expired"), ("othera", "unknown_ca"), ("revoked", "revoked"), ("serveronly", "wrong_usage"), ("selfsigned", "unknown_ca")],
+    [
+        ("expired", "expired"),
+        ("othera", "unknown_ca"),
+        ("revoked", "revoked"),
+        ("serveronly", "wrong_usage"),
+        ("selfsigned", "unknown_ca"),
+    ],
 )
 def test_sslcerterr_sees_the_typed_reason(server, pki, events, cert, reason):
     mark = events.mark()
@@ -681,7 +693,9 @@ def test_per_path_asks_before_identity_rules_judge(server, pki):
 def test_per_path_client_dropping_when_asked_is_handled_quietly(server, pki, events):
     """Chromium's way: the HelloRequest arrives, the client drops the connection (and retries)."""
     mark = events.mark()
-    s = client_context(pki, "alice", tls="1.2").wrap_socket(socket.create_connection(("127.0.0.1", server.port("PP12"))), server_hostname="localhost")
+    s = client_context(pki, "alice", tls="1.2").wrap_socket(
+        socket.create_connection(("127.0.0.1", server.port("PP12"))), server_hostname="localhost"
+    )
     s.sendall(b"GET /need HTTP/1.1\r\nHost: localhost\r\n\r\n")
     time.sleep(0.2)
     s.close()
@@ -711,7 +725,9 @@ def test_per_path_tls13_without_pha_gets_sslnocerterr(server, pki, events):
 def test_per_path_tls13_without_pha_fallback_redirect(server, pki, events):
     mark = events.mark()
     status, headers, _ = get(server, "PP13", "/fb", pki, "alice", tls="1.3")
-    assert status == 302 and headers["location"].startswith("https://127.0.0.1:") and headers["location"].endswith("/who")
+    assert (
+        status == 302 and headers["location"].startswith("https://127.0.0.1:") and headers["location"].endswith("/who")
+    )
     events.wait_for(mark, "janustls.web.fallback", "PP13")
 
 
@@ -779,7 +795,9 @@ def test_per_path_tls13_no_pha_without_handler_gets_default_page(server, pki):
     assert status == 403 and b"needs a client certificate" in body
 
 
-@pytest.mark.parametrize("port,tls,cert,reason", [("CERTERR12", "1.2", "expired", "expired"), ("CERTERR13", "1.3", "othera", "unknown_ca")])
+@pytest.mark.parametrize(
+    "port,tls,cert,reason", [("CERTERR12", "1.2", "expired", "expired"), ("CERTERR13", "1.3", "othera", "unknown_ca")]
+)
 def test_per_path_refused_certificate_gets_sslcerterr(server, pki, port, tls, cert, reason):
     c = Client(server.port(port), client_context(pki, cert, tls=tls, post_handshake_auth=tls == "1.3"))
     status, _, body = c.get("/need")
@@ -878,7 +896,9 @@ def test_rule_table_for_a_port_that_is_not_webserv(pki, procs_dir):
 def test_port_allow_error_is_located(pki, procs_dir):
     for ptype in ("webserv", "srvsock"):
         extra = "allow = cn:alice & | ou:x\n" + ("handler = views:whoami\n" if ptype == "srvsock" else "")
-        text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request', extra)}".replace("type = webserv", f"type = {ptype}")
+        text = f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request', extra)}".replace(
+            "type = webserv", f"type = {ptype}"
+        )
         with pytest.raises(ConfigErrors) as e:
             build(text, procs_dir)
         (err,) = e.value.errors
@@ -911,7 +931,7 @@ def test_wsgi_port_restarts(pki, reactor, procs_dir):
 
 def test_reload_keeps_web_ports_serving(pki, reactor, procs_dir):
     """After a reload, established keep-alive connections and new ones are served; exception handling holds."""
-    text = f"""[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'R', 'require')}
+    text = f"""[janustls]\nprocs = {procs_dir}\n{port_ini(pki, "R", "require")}
 [web:R]
 ON /app/* = wsgi wsgiapp:app
 ON /who = call views:whoami
@@ -923,7 +943,9 @@ ON SSLNOCERTERR = page pages/nocert.html status=401
             pytest.skip("no reload in this version")
         old = Client(s.port("R"), client_context(pki, "alice"))
         assert old.get("/app/x")[0] == 200
-        assert in_reactor(s.service.reload, parse_definitions(text.replace("status=401", "status=402"), "test.ini", procs_dir))
+        assert in_reactor(
+            s.service.reload, parse_definitions(text.replace("status=401", "status=402"), "test.ini", procs_dir)
+        )
         assert old.get("/app/y")[0] == 200  # the old factory's connection still runs WSGI
         assert old.get("/who")[2].startswith(b"cn=alice")
         old.close()
@@ -935,9 +957,12 @@ ON SSLNOCERTERR = page pages/nocert.html status=401
 
 def test_janustls_check_reports_web_errors(pki, procs_dir, tmp_path):
     ini = tmp_path / "ports.ini"
-    ini.write_text(f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON FORBIDDEN* = page x\nON /y = page pages/absent.html\n")
-    out = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60)
+    ini.write_text(
+        f"[janustls]\nprocs = {procs_dir}\n{port_ini(pki, 'W', 'request')}\n[web:W]\nON FORBIDDEN* = page x\nON /y = page pages/absent.html\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "janustls.cli", "check", str(ini)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode != 0
     text = out.stdout + out.stderr
     assert "[web:W] ON FORBIDDEN*" in text and "wildcard" in text
-

@@ -29,7 +29,7 @@ pytest.importorskip("fastapi")
 ROOT = Path(__file__).resolve().parents[1]
 TWISTD = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 
-APPS = '''
+APPS = """
 import json
 from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request as FRequest
@@ -120,7 +120,7 @@ def line(conn):
 def wsgi_app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [environ["PATH_INFO"].encode()]
-'''
+"""
 
 
 def free_port() -> int:
@@ -137,10 +137,10 @@ procs = .
 [port:API]
 type = webserv
 listen = tcp:{port}:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = {client_cert}
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 [web:API]
 {rules}
 {extra}""")
@@ -164,7 +164,7 @@ def start_twistd(procs: Path, ini: Path, port: int | None, log: Path) -> subproc
             time.sleep(0.2)
 
 
-BACKEND = '''
+BACKEND = """
 import json
 from fastapi import FastAPI, WebSocket
 
@@ -181,7 +181,7 @@ async def ws(websocket: WebSocket):
     text = await websocket.receive_text()
     await websocket.send_text(json.dumps({"headers": seen, "text": text, "path": websocket.url.path}))
     await websocket.close()
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ class RawBackend:
                 while time.monotonic() < end:
                     try:
                         chunk = conn.recv(65536)
-                    except socket.timeout:
+                    except TimeoutError:
                         break
                     if not chunk:
                         break
@@ -254,7 +254,11 @@ def server(pki: Any, tmp_path_factory: pytest.TempPathFactory, uvicorn_backend: 
     port, pha, p12, line = free_port(), free_port(), free_port(), free_port()
     backend = uvicorn_backend
     server_p12[0], server_p12[1] = p12, line
-    ini = write_ini(procs, pki, port, f"""
+    ini = write_ini(
+        procs,
+        pki,
+        port,
+        f"""
 ON /raw/slow = asgi apps:slow
 ON POST /raw/ignore = asgi apps:ignore_body
 ON /only-bob/* = asgi apps:star allow=cn:bob mount=root
@@ -264,37 +268,39 @@ ON /rawtun/* = forward http://127.0.0.1:{RAW.port}/*
 ON /fa/* = asgi apps:api
 ON /secure/* = asgi apps:star client_cert=require mount=root
 ON /* = asgi apps:star
-""", extra=f"""
+""",
+        extra=f"""
 [port:PHA]
 type = webserv
 listen = tcp:{pha}:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = none
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 [web:PHA]
 ON /secure/* = asgi apps:star client_cert=require mount=root
 ON /* = asgi apps:star
 [port:P12]
 type = webserv
 listen = tcp:{p12}:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = none
 tls_max = 1.2
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 [web:P12]
 ON /secure/* = asgi apps:star client_cert=require mount=root
 ON /* = asgi apps:star
 [port:LINE]
 type = srvsock
 listen = tcp:{line}:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = require
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 handler = apps:line
-""")
+""",
+    )
     log = procs / "server.log"
     proc = start_twistd(procs, ini, port, log)
     yield port, procs, log, pha
@@ -338,13 +344,25 @@ def test_every_tls_extension_key_from_the_certificate_files(server: Any, pki: An
     assert status == 200, body
     doc = json.loads(body)
     tls = doc["tls"]
-    assert set(tls) == {"server_cert", "client_cert_chain", "client_cert_name", "client_cert_error", "tls_version", "cipher_suite"}
+    assert set(tls) == {
+        "server_cert",
+        "client_cert_chain",
+        "client_cert_name",
+        "client_cert_error",
+        "tls_version",
+        "cipher_suite",
+    }
     assert "tls" in doc["keys"] and "janustls" in doc["keys"]
     assert tls["server_cert"] == pem(pki.files["server.pem"])
-    alice = [c.public_bytes(Encoding.PEM).decode() for c in x509.load_pem_x509_certificates(pki.cert("alice").read_bytes())]
+    alice = [
+        c.public_bytes(Encoding.PEM).decode() for c in x509.load_pem_x509_certificates(pki.cert("alice").read_bytes())
+    ]
     assert tls["client_cert_chain"][:2] == alice[:2]  # leaf first, then its issuer
     assert tls["client_cert_chain"][-1] == pem(pki.files["root.ca"])
-    assert tls["client_cert_name"] == x509.load_pem_x509_certificate(pki.cert("alice").read_bytes()).subject.rfc4514_string()
+    assert (
+        tls["client_cert_name"]
+        == x509.load_pem_x509_certificate(pki.cert("alice").read_bytes()).subject.rfc4514_string()
+    )
     assert tls["client_cert_error"] is None
     assert tls["tls_version"] == 0x0304
     assert tls["cipher_suite"] in (0x1301, 0x1302, 0x1303)
@@ -364,6 +382,7 @@ def test_certificate_asked_on_one_path_is_in_that_scope_and_later_ones(server: A
     ctx = client_context(pki, "alice", tls="1.3", post_handshake_auth=True)
     ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
     with tls_connect(port, ctx, 10) as s:
+
         def ask(path: str) -> dict[str, Any]:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
             out = b""
@@ -371,9 +390,16 @@ def test_certificate_asked_on_one_path_is_in_that_scope_and_later_ones(server: A
                 out += s.recv(65536)
                 head, sep, rest = out.partition(b"\r\n\r\n")
                 if sep:
-                    length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+                    length = int(
+                        next(
+                            line.split(b":")[1]
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length")
+                        )
+                    )
                     if len(rest) >= length:
                         return dict(json.loads(rest[:length]))
+
         before = ask("/tls")
         assert before["tls"]["client_cert_chain"] == []  # TLS 1.3 with PHA: not asked at the handshake
         asked = ask("/secure/tls")
@@ -514,7 +540,7 @@ def test_websocket_echoes_and_sees_the_cn(server: Any, pki: Any) -> None:
         for text in ("hello", "again"):
             ws.send(text)
             answer = ws.recv(timeout=10)
-            assert answer.startswith(f"alice (") and "CN=alice" in answer and answer.endswith(f"said: {text}"), answer
+            assert answer.startswith("alice (") and "CN=alice" in answer and answer.endswith(f"said: {text}"), answer
 
 
 def test_websocket_through_forward_to_uvicorn_with_identity_headers(server: Any, pki: Any) -> None:
@@ -528,7 +554,11 @@ def test_websocket_through_forward_to_uvicorn_with_identity_headers(server: Any,
         doc = json.loads(ws.recv(timeout=10))
     assert doc["text"] == "through" and doc["path"] == "/ws"
     assert doc["headers"]["x-ssl-client-cn"] == "alice" and doc["headers"]["x-ssl-client-verify"] == "SUCCESS"
-    assert doc["headers"]["x-forwarded-for"] == "127.0.0.1" and "mallory" not in json.dumps(doc) and "10.6.6.6" not in json.dumps(doc)
+    assert (
+        doc["headers"]["x-forwarded-for"] == "127.0.0.1"
+        and "mallory" not in json.dumps(doc)
+        and "10.6.6.6" not in json.dumps(doc)
+    )
 
 
 def test_upgrade_refused_by_the_backend_smuggles_nothing(server: Any, pki: Any) -> None:
@@ -537,7 +567,10 @@ def test_upgrade_refused_by_the_backend_smuggles_nothing(server: Any, pki: Any) 
     smuggled = b"GET /plain HTTP/1.1\r\nHost: x\r\nX-SSL-Client-CN: mallory\r\n\r\n"
     out, _ = b"", None
     with tls_connect(port, client_context(pki, "alice", tls="1.3"), 10) as s:
-        s.sendall(b"GET /rawtun/plain HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n" + smuggled)
+        s.sendall(
+            b"GET /rawtun/plain HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            + smuggled
+        )
         while True:
             chunk = s.recv(65536)
             if not chunk:
@@ -547,4 +580,6 @@ def test_upgrade_refused_by_the_backend_smuggles_nothing(server: Any, pki: Any) 
     deadline = time.monotonic() + 5
     while not RAW.seen and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert RAW.seen and b"GET /plain" in RAW.seen[-1] and b"mallory" not in RAW.seen[-1], RAW.seen  # only the head went on
+    assert RAW.seen and b"GET /plain" in RAW.seen[-1] and b"mallory" not in RAW.seen[-1], (
+        RAW.seen
+    )  # only the head went on

@@ -23,18 +23,19 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Skipped where the tools are missing, except in CI (CI=true), where .ci/run installs
 # them: there a missing browser must fail, not pass silently.
 pytestmark = pytest.mark.skipif(
-    not os.environ.get("CI") and (CHROMIUM is None or shutil.which("certutil") is None or shutil.which("pk12util") is None),
+    not os.environ.get("CI")
+    and (CHROMIUM is None or shutil.which("certutil") is None or shutil.which("pk12util") is None),
     reason="needs chromium and libnss3-tools (apt-get install chromium chromium-driver libnss3-tools)",
 )
 
-PAGE = '''
+PAGE = """
 import html
 
 def whoami(request):
     cn = request.cert_info("CN")
     return "<!DOCTYPE html><html><body><p id=cn>CN=%s</p><p id=version>%s</p></body></html>" % (
         html.escape(cn or "none"), request.tls_version)
-'''
+"""
 
 
 class Browser:

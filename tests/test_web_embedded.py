@@ -45,8 +45,8 @@ def test_callable_action_targets(pki: Any, reactor: Any, tmp_path: Path) -> None
         return "certerr: %s" % request.refusal.reason.value
 
     rules = [
-        WebRuleLine("ON /hello", hello),                                   # the callable alone: `call`
-        WebRuleLine("ON /make", (make, "allow=cn:alice")),                  # with the rule's options
+        WebRuleLine("ON /hello", hello),  # the callable alone: `call`
+        WebRuleLine("ON /make", (make, "allow=cn:alice")),  # with the rule's options
         WebRuleLine("ON /lambda", lambda request: b"bytes"),
         WebRuleLine("ON FORBIDDEN", (certerr, "status=403")),
     ]

@@ -81,5 +81,7 @@ def test_wsgi_app_reads_ssl_client_s_dn_cn(demo):
 
 def test_janustls_check_accepts_the_example(demo):
     _, d, _ = demo
-    out = subprocess.run([sys.executable, "-m", "janustls.cli", "check", str(d / "web.ini")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "janustls.cli", "check", str(d / "web.ini")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 
 from janustls.core.certinfo import CertChain
 from janustls.core.config import parse_definitions
-from janustls.errors import ConfigErrors
 from janustls.core.forwarding import identity_headers, parse_backend
+from janustls.errors import ConfigErrors
 from janustls.ops.build import build_ports
 from tests.support import start
 
@@ -60,10 +60,10 @@ procs = {procs}
 [port:FWD]
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = request
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 [web:FWD]
 ON /api/* = forward http://127.0.0.1:{backend}/backend/*
 """,
@@ -132,8 +132,8 @@ def test_backend_down_gives_an_error_not_a_hang(pki, reactor, tmp_path):
 [port:FWD2]
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 [web:FWD2]
 ON /* = forward http://127.0.0.1:{dead}/*
 """,
@@ -161,8 +161,8 @@ def test_bad_forward_targets_are_configuration_errors(pki, tmp_path, value, mess
 [port:W]
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 [web:W]
 ON /a/* = {value}
 """
@@ -177,8 +177,8 @@ def test_forward_cannot_handle_an_exception(pki, tmp_path):
 [port:W]
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 [web:W]
 ON SSLNOCERTERR = forward http://127.0.0.1:1/
 """

@@ -6,7 +6,6 @@ over real TLS."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +13,13 @@ import pytest
 from janustls.core.config import load_definitions
 from tests.support import Server, client_context, tls_connect
 
-VIEWS = '''
+VIEWS = """
 def show(request):
     return "path=" + request.path.decode("latin-1")
 
 def size(request):
     return "size=%d" % len(request.content.read())
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +33,8 @@ procs = .
 [port:WEB]
 type = webserv
 listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = none
 header_timeout = 30
 body_timeout = 30
@@ -114,7 +113,9 @@ def test_malformed_request_answered_400_at_once_and_closed(web: Server, pki: Any
 
 def test_oversized_header_section_answered_431_and_closed(web: Server, pki: Any, events: Any) -> None:
     mark = events.mark()
-    out, took = exchange(web.port("WEB"), pki, G + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(100)) + b"\r\n")
+    out, took = exchange(
+        web.port("WEB"), pki, G + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 100) for i in range(100)) + b"\r\n"
+    )
     assert out.startswith(b"HTTP/1.1 431 ") and b"connection: close" in out.lower() and took < 5.0
     events.wait_for(mark, "janustls.web.headers_too_large", "WEB")
     out, took = exchange(web.port("WEB"), pki, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -129,7 +130,11 @@ def test_header_section_just_under_the_limit_served(web: Server, pki: Any) -> No
 
 def test_pipelined_requests_answered_in_order(web: Server, pki: Any) -> None:
     requests = b"".join(b"GET /app/%d HTTP/1.1\r\nHost: localhost\r\n\r\n" % i for i in range(20))
-    out, _ = exchange(web.port("WEB"), pki, requests + b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+    out, _ = exchange(
+        web.port("WEB"),
+        pki,
+        requests + b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
     bodies = [part.split(b"\r\n\r\n", 1)[1] for part in out.split(b"HTTP/1.1 200 OK\r\n")[1:]]
     assert [b.split(b"HTTP")[0] for b in bodies] == [b"path=/app/%d" % i for i in range(20)] + [b"size=3"]
 
@@ -142,7 +147,13 @@ def test_malformed_request_after_good_ones_answers_them_first(web: Server, pki: 
 
 def test_split_request_and_chunked_body_reassembled(web: Server, pki: Any) -> None:
     with tls_connect(web.port("WEB"), client_context(pki, tls="1.3")) as s:
-        for piece in (b"PO", b"ST /upload HTTP/1.1\r\nHo", b"st: localhost\r\nTransfer-Encoding: chunked\r\n", b"\r\n3\r\nab", b"c\r\n2\r\nde\r\n0\r\n\r\n"):
+        for piece in (
+            b"PO",
+            b"ST /upload HTTP/1.1\r\nHo",
+            b"st: localhost\r\nTransfer-Encoding: chunked\r\n",
+            b"\r\n3\r\nab",
+            b"c\r\n2\r\nde\r\n0\r\n\r\n",
+        ):
             s.sendall(piece)
             time.sleep(0.05)
         s.settimeout(5)
@@ -175,5 +186,7 @@ def test_http10_is_answered_and_closed(web: Server, pki: Any) -> None:
 
 
 def test_upgrade_on_a_plain_rule_answered_as_http_and_closed(web: Server, pki: Any) -> None:
-    out, took = exchange(web.port("WEB"), pki, G + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /app/smuggled HTTP/1.1\r\n\r\n")
+    out, took = exchange(
+        web.port("WEB"), pki, G + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\nGET /app/smuggled HTTP/1.1\r\n\r\n"
+    )
     assert out.startswith(b"HTTP/1.1 200") and b"smuggled" not in out and took < 5.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import ssl
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,7 +62,14 @@ class RecordClient:
         while True:
             head, sep, rest = self.plain.partition(b"\r\n\r\n")
             if sep:
-                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0)
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
                 if len(rest) >= length:
                     self.plain = rest[length:]
                     return head + sep + rest[:length]
@@ -91,7 +97,7 @@ class RecordClient:
         self.sock.close()
 
 
-HANDLERS = '''
+HANDLERS = """
 def serve(conn):
     conn.write(b"hello ")
     conn.write(b"there ")
@@ -100,7 +106,7 @@ def serve(conn):
 
 def cn(request):
     return "hello %s" % request.cert_info("CN")
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -110,10 +116,10 @@ def ports(pki: Any, reactor: Any, tmp_path_factory: pytest.TempPathFactory) -> A
     (procs / "h.py").write_text(HANDLERS)
     ini = procs / "ports.ini"
     common = f"""listen = tcp:0:interface=127.0.0.1
-certificate = {pki.files['server.pem']}
-private_key = {pki.files['server.key']}
+certificate = {pki.files["server.pem"]}
+private_key = {pki.files["server.key"]}
 client_cert = require
-addca = {pki.files['root.ca']}
+addca = {pki.files["root.ca"]}
 """
     ini.write_text(f"""
 [janustls]

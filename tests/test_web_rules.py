@@ -10,10 +10,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from janustls.core.config import WebRuleLine as L
 from janustls.core.config import parse_definitions
-from janustls.errors import ConfigErrors
 from janustls.core.identity import PolicyError, Subject, parse_policy
 from janustls.core.reasons import Reason
 from janustls.core.rules import Action, Exc, Kind, build_table
+from janustls.errors import ConfigErrors
 
 
 def table(*lines: tuple[str, str], resolve=None):

@@ -27,15 +27,16 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
-VIEWS = '''
+
+VIEWS = """
 def show(request):
     return "path=" + request.path.decode("latin-1")
 
 def size(request):
     return "size=%d" % len(request.content.read())
-'''
+"""
 
-WSGI = '''
+WSGI = """
 import json
 
 def app(environ, start_response):
@@ -44,7 +45,7 @@ def app(environ, start_response):
     body = json.dumps(seen).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
-'''
+"""
 
 
 class RawBackend:
@@ -80,7 +81,7 @@ class RawBackend:
             while time.monotonic() < end:
                 try:
                     chunk = conn.recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     break
                 if not chunk:
                     break
@@ -88,10 +89,13 @@ class RawBackend:
         except OSError:
             pass
         self.seen.append(data)
-        head, _, body = data.partition(b"\r\n\r\n")
         out = json.dumps({"raw": data.decode("latin-1")}).encode()
         try:
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(out) + out)
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+                % len(out)
+                + out
+            )
         except OSError:
             pass
         conn.close()
@@ -162,7 +166,7 @@ def web(pki, reactor, backend, tmp_path_factory):
 [janustls]
 procs = .
 [port:WEB]
-{PORT.format(root=pki.files['root.ca'])}
+{PORT.format(root=pki.files["root.ca"])}
 [web:WEB]
 ON /static/* = page static/*
 ON /files/* = page files/*
@@ -195,7 +199,7 @@ def slow(pki, reactor, tmp_path_factory):
 [janustls]
 procs = .
 [port:SLOW]
-{PORT.format(root=pki.files['root.ca'])}
+{PORT.format(root=pki.files["root.ca"])}
 header_timeout = 1
 body_timeout = 1
 keepalive_timeout = 1
@@ -226,8 +230,15 @@ def raw(port: int, request: bytes, pki: Any, cert: str | None = None, timeout: f
     return b"".join(chunks)
 
 
-def get(web: Server, path: str, pki: Any, cert: str | None = None, headers: str = "", port: str = "WEB") -> tuple[int, bytes]:
-    out = raw(web.port(port), f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n".encode("latin-1"), pki, cert)
+def get(
+    web: Server, path: str, pki: Any, cert: str | None = None, headers: str = "", port: str = "WEB"
+) -> tuple[int, bytes]:
+    out = raw(
+        web.port(port),
+        f"GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n".encode("latin-1"),
+        pki,
+        cert,
+    )
     status_line, _, rest = out.partition(b"\r\n")
     return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
@@ -275,7 +286,9 @@ def test_page_never_serves_key_material(web, pki, path):
     assert b"PRIVATE KEY" not in body and b"[port:" not in body and b"def show" not in body
 
 
-@pytest.mark.parametrize("path", ["/static/../pki/server/key.pem", "/static/%2e%2e/pki/server/key.pem", "/lib/pki/server/key.pem"])
+@pytest.mark.parametrize(
+    "path", ["/static/../pki/server/key.pem", "/static/%2e%2e/pki/server/key.pem", "/lib/pki/server/key.pem"]
+)
 def test_page_key_leak_with_curl_path_as_is(web, pki, path):
     out = curl(pki, web.port("WEB"), path)
     assert out.returncode == 0, out.stderr
@@ -407,7 +420,7 @@ def test_forged_identity_headers_never_reach_a_wsgi_app(web, pki):
     status, body = get(web, "/pub/who", pki, None, FORGED)
     assert status == 200
     env = json.loads(body)
-    assert not [k for k in env if k.startswith("HTTP_X_SSL_CLIENT") or k.startswith("HTTP_X_FORWARDED")], env
+    assert not [k for k in env if k.startswith(("HTTP_X_SSL_CLIENT", "HTTP_X_FORWARDED"))], env
 
 
 # -- request framing ---------------------------------------------------------------------------
@@ -415,8 +428,13 @@ def test_forged_identity_headers_never_reach_a_wsgi_app(web, pki):
 
 def test_chunked_upload_forwarded_intact(web, pki):
     body = b"hello world, this is a chunked upload"
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
-    req = b"POST /api/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+    chunks = (
+        b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + 7]), body[i : i + 7]) for i in range(0, len(body), 7))
+        + b"0\r\n\r\n"
+    )
+    req = (
+        b"POST /api/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+    )
     out = raw(web.port("WEB"), req, pki)
     assert out.startswith(b"HTTP/1.1 200")
     _, headers, got, rest = parse_forwarded(json.loads(out.partition(b"\r\n\r\n")[2])["raw"])
@@ -426,7 +444,9 @@ def test_chunked_upload_forwarded_intact(web, pki):
 
 
 def test_no_smuggled_request_on_the_backend_socket(web, pki):
-    smuggled = b"0\r\n\r\nGET /api/admin HTTP/1.1\r\nHost: x\r\nX-SSL-Client-CN: admin\r\nX-SSL-Client-Verify: SUCCESS\r\n\r\n"
+    smuggled = (
+        b"0\r\n\r\nGET /api/admin HTTP/1.1\r\nHost: x\r\nX-SSL-Client-CN: admin\r\nX-SSL-Client-Verify: SUCCESS\r\n\r\n"
+    )
     req = (b"POST /api/up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
            + b"%x\r\n%s\r\n0\r\n\r\n" % (len(smuggled), smuggled))  # fmt: skip
     out = raw(web.port("WEB"), req, pki)
@@ -438,9 +458,13 @@ def test_no_smuggled_request_on_the_backend_socket(web, pki):
 
 
 def test_post_without_body_forwarded_with_length(web, pki):
-    out = raw(web.port("WEB"), b"POST /api/empty HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", pki)
+    out = raw(
+        web.port("WEB"),
+        b"POST /api/empty HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        pki,
+    )
     _, headers, got, rest = parse_forwarded(json.loads(out.partition(b"\r\n\r\n")[2])["raw"])
-    assert dict((n.lower(), v) for n, v in headers).get("content-length") == "0" and got == b"" and rest == b""
+    assert {n.lower(): v for n, v in headers}.get("content-length") == "0" and got == b"" and rest == b""
 
 
 @pytest.mark.parametrize(
@@ -455,7 +479,11 @@ def test_post_without_body_forwarded_with_length(web, pki):
 )
 def test_conflicting_framing_refused(web, pki, backend, framing):
     before = len(backend.seen)
-    out = raw(web.port("WEB"), f"POST /api/x HTTP/1.1\r\nHost: localhost\r\n{framing}Connection: close\r\n\r\nhello".encode(), pki)
+    out = raw(
+        web.port("WEB"),
+        f"POST /api/x HTTP/1.1\r\nHost: localhost\r\n{framing}Connection: close\r\n\r\nhello".encode(),
+        pki,
+    )
     assert out.startswith(b"HTTP/1.1 400")
     assert backend.seen[before:] == []
 
@@ -472,7 +500,7 @@ def closed_within(s: Any, seconds: float, trickle: bytes | None = None, every: f
             data = s.recv(65536)
             if not data:
                 return time.monotonic() - start
-        except socket.timeout:
+        except TimeoutError:
             pass
         except (ConnectionError, OSError):
             return time.monotonic() - start
@@ -558,10 +586,19 @@ def test_huge_content_length_refused_at_once_and_closed(web, pki, events):
 
 
 def test_rule_max_body_chunked_refused_and_closed(web, pki):
-    req = b"POST /small HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n" + b"80\r\n" + b"x" * 128 + b"\r\n"
+    req = (
+        b"POST /small HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"80\r\n"
+        + b"x" * 128
+        + b"\r\n"
+    )
     out = raw(web.port("WEB"), req, pki)
     assert out.startswith(b"HTTP/1.1 413") and b"connection: close" in out.lower()
-    ok = raw(web.port("WEB"), b"POST /small HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + b"x" * 100, pki)
+    ok = raw(
+        web.port("WEB"),
+        b"POST /small HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\nConnection: close\r\n\r\n" + b"x" * 100,
+        pki,
+    )
     assert ok.startswith(b"HTTP/1.1 200") and ok.endswith(b"size=100")
 
 
@@ -585,14 +622,16 @@ def test_50_gib_content_length_bounded_rss_and_no_temp_files(pki, tmp_path):
     write_tree(procs, pki)
     port = free_port()
     ini = procs / "ports.ini"
-    ini.write_text(f"[janustls]\nprocs = .\n[port:BIG]\n{PORT.format(root=pki.files['root.ca']).replace('tcp:0', f'tcp:{port}')}\n[web:BIG]\nON POST /upload = call views:size\n")
+    ini.write_text(
+        f"[janustls]\nprocs = .\n[port:BIG]\n{PORT.format(root=pki.files['root.ca']).replace('tcp:0', f'tcp:{port}')}\n[web:BIG]\nON POST /upload = call views:size\n"
+    )
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp))
     code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
     proc = subprocess.Popen([sys.executable, "-c", code, "-n", "--pidfile", "", "--logfile", str(tmp_path / "server.log"),
                              "janustls", "--port-def", str(ini)], cwd=tmp_path, env=env,
-                            stderr=open(tmp_path / "server.log", "ab"))  # fmt: skip
+                            stderr=open(tmp_path / "server.log", "ab"))  # noqa: SIM115  # the server's log, open for the process's life  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         log = tmp_path / "server.log"
@@ -620,7 +659,7 @@ def test_50_gib_content_length_bounded_rss_and_no_temp_files(pki, tmp_path):
                         if not data:
                             break
                         answer += data
-                    except (socket.timeout, ssl_want_read()):
+                    except (TimeoutError, ssl_want_read()):
                         pass
             except OSError:
                 pass
@@ -661,7 +700,9 @@ def test_check_warns_when_a_page_rule_could_serve_keys(pki, reactor, tmp_path):
     procs.mkdir()
     write_tree(procs, pki)
     ini = procs / "ports.ini"
-    ini.write_text(f"[janustls]\nprocs = .\n[port:W]\n{PORT.format(root=pki.files['root.ca'])}\n[web:W]\nON /lib/* = page *\nON /static/* = page static/*\n")
+    ini.write_text(
+        f"[janustls]\nprocs = .\n[port:W]\n{PORT.format(root=pki.files['root.ca'])}\n[web:W]\nON /lib/* = page *\nON /static/* = page static/*\n"
+    )
     out = io.StringIO()
     assert describe(str(ini), out) == 0
     text = out.getvalue()

@@ -262,7 +262,9 @@ class PortProtocol(Protocol):
             if rt.tls.tolerate_refused:
                 return False
         elif rt.port.client_cert is ClientCertMode.REQUIRE and not rt.tls.tolerate_missing:
-            refusal = Refusal(Reason.NO_CERTIFICATE, None, None, "a resumed session without a certificate on a require port")
+            refusal = Refusal(
+                Reason.NO_CERTIFICATE, None, None, "a resumed session without a certificate on a require port"
+            )
         else:
             return False
         self.transport.refusal = refusal
@@ -327,8 +329,14 @@ class PortProtocol(Protocol):
         """Ask the client for a certificate mid-connection (see `janustls.tls.midconn`)."""
         rt = self.factory.runtime
         self._request = CertificateRequest(
-            self.transport, rt.tls, require=require, timeout=rt.port.request_timeout, reactor=rt.reactor,
-            judge=rt.ocsp.judge if rt.ocsp is not None else None, port=rt.port.name, peer=self.peer_text(),
+            self.transport,
+            rt.tls,
+            require=require,
+            timeout=rt.port.request_timeout,
+            reactor=rt.reactor,
+            judge=rt.ocsp.judge if rt.ocsp is not None else None,
+            port=rt.port.name,
+            peer=self.peer_text(),
         )
         return self._request.start()
 

@@ -54,7 +54,9 @@ def _elf_function_symbols(path: str, names: set[str]) -> dict[str, int]:
                 continue
             offset, size, link, entsize = sh[4], sh[5], sh[6], sh[9]
             strtab = sections[link][4]
-            for st_name, st_info, _, _, st_value, _ in struct.iter_unpack("<IBBHQQ", data[offset : offset + size - size % entsize]):
+            for st_name, st_info, _, _, st_value, _ in struct.iter_unpack(
+                "<IBBHQQ", data[offset : offset + size - size % entsize]
+            ):
                 if st_value and st_info & 0xF == 2:
                     start = strtab + st_name
                     name = data[start : data.find(b"\0", start)]
@@ -97,8 +99,11 @@ def _hidden_functions() -> dict[str, int]:
                         break
             symbols = _elf_function_symbols(path, set(_HIDDEN) | {"PyInit__rust"})
             exported = symbols.get("PyInit__rust")
-            if base is not None and exported is not None and \
-                    base + exported == ctypes.cast(ctypes.CDLL(path).PyInit__rust, ctypes.c_void_p).value:
+            if (
+                base is not None
+                and exported is not None
+                and base + exported == ctypes.cast(ctypes.CDLL(path).PyInit__rust, ctypes.c_void_p).value
+            ):
                 _hidden = {name: base + value for name, value in symbols.items() if name in _HIDDEN}
         except Exception:  # any surprise: the features that need these stay off
             _hidden = {}
@@ -215,7 +220,10 @@ def ticket_chain_der(connection: SSL.Connection) -> list[bytes]:
     if session == _ffi.NULL:
         return []
     data, size = ctypes.c_void_p(), ctypes.c_size_t()
-    if functions[2](int(_ffi.cast("uintptr_t", session)), ctypes.byref(data), ctypes.byref(size)) != 1 or not data.value:
+    if (
+        functions[2](int(_ffi.cast("uintptr_t", session)), ctypes.byref(data), ctypes.byref(size)) != 1
+        or not data.value
+    ):
         return []
     raw = ctypes.string_at(data.value, size.value)
     if not raw.startswith(_CHAIN_MAGIC):

@@ -167,7 +167,9 @@ class CertificateRequest:
         else:
             self._finish(Outcome.CLOSED, [], "the connection closed before the client answered")
 
-    def _finish(self, outcome: Outcome, chain: list[x509.Certificate], detail: str, reason: Reason | None = None) -> None:
+    def _finish(
+        self, outcome: Outcome, chain: list[x509.Certificate], detail: str, reason: Reason | None = None
+    ) -> None:
         self._done = True
         if self._tls.after_receive == self.check:
             self._tls.after_receive = None
@@ -189,4 +191,3 @@ class CertificateRequest:
             self.result.errback(CertificateRequestTimeout(f"the client did not answer within {self.timeout:g}s"))
         else:
             self.result.callback(chain)
-

@@ -92,9 +92,7 @@ class PortTLS:
         ctx.set_min_proto_version(_VERSIONS[port.tls_min])
         ctx.set_max_proto_version(_VERSIONS[port.tls_max])
         ctx.set_options(
-            SSL.OP_NO_COMPRESSION
-            | SSL.OP_CIPHER_SERVER_PREFERENCE
-            | _openssl.OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
+            SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | _openssl.OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
         )
         # Idle connections give their read and write buffers back to OpenSSL: set on each
         # connection once its handshake is done (`PortTLSProtocol.dataReceived`), so that
@@ -189,7 +187,9 @@ class PortTLS:
         if reason is not None:
             state = _openssl.tls_protocol_of(connection)
             if state.refusal is None:
-                state.refusal = Refusal(reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description)
+                state.refusal = Refusal(
+                    reason, depth, _subject(x509.load_der_x509_certificate(der)), reason.description
+                )
             return self.tolerate_refused
         if depth == 0:
             _openssl.tls_protocol_of(connection).leaf_der = der
@@ -279,7 +279,9 @@ class PortTLS:
             rest += [self._parsed(der) for der in _hidden.ticket_chain_der(connection)]
             certs = self.trust.complete_chain(leaf, [c for c in rest if c != leaf])
             if not certs:
-                tls.refusal = Refusal(Reason.UNKNOWN_CA, 0, _subject(leaf), "a resumed session's certificate chains to no CA of this port")
+                tls.refusal = Refusal(
+                    Reason.UNKNOWN_CA, 0, _subject(leaf), "a resumed session's certificate chains to no CA of this port"
+                )
                 return EMPTY_CHAIN
             problem = self._judge_resumed(certs, revocation=True)
         if problem is not None:
@@ -308,7 +310,6 @@ class PortTLS:
         valid_from = max(c.not_valid_before_utc for c in certs).timestamp()
         valid_until = min(c.not_valid_after_utc for c in certs).timestamp()
         self._by_leaf[der] = (chain, valid_from, valid_until)
-
 
 
 def build_port_tls(port: PortDefinition, *, tolerate_missing: bool = False, tolerate_refused: bool = False) -> PortTLS:

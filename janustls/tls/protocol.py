@@ -26,7 +26,15 @@ from janustls.events import emit
 from janustls.tls import _openssl
 from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 
-__all__ = ["PortTLSProtocol", "refusal_for_failure", "refused_leaf", "failure_text", "CLOSE_GRACE", "COALESCE_MAX", "WRITE_BUFFER_HIGH"]
+__all__ = [
+    "PortTLSProtocol",
+    "refusal_for_failure",
+    "refused_leaf",
+    "failure_text",
+    "CLOSE_GRACE",
+    "COALESCE_MAX",
+    "WRITE_BUFFER_HIGH",
+]
 
 
 #: Unsent output (bytes, per connection) above which janustls stops reading from the client
@@ -178,9 +186,11 @@ class PortTLSProtocol(TLSProtocolBase):
             producer.stopProducing()
             return
         if self.app_producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer}, because producer {self.app_producer} was never unregistered.")
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer {self.app_producer} was never unregistered."
+            )
         if not streaming:
-                producer = pull = PullToPush(producer, self)
+            producer = pull = PullToPush(producer, self)
         self.app_producer = ProducerMembrane(producer)
         if not streaming:
             pull.startStreaming()

@@ -55,7 +55,9 @@ def load_master(path: str | os.PathLike[str]) -> bytes:
         if len(decoded) >= MIN_KEY_BYTES:
             secret = decoded
     if len(secret) < MIN_KEY_BYTES:
-        raise MaterialError(f"ticket key file {p} holds {len(secret)} bytes; at least {MIN_KEY_BYTES} random bytes are needed")
+        raise MaterialError(
+            f"ticket key file {p} holds {len(secret)} bytes; at least {MIN_KEY_BYTES} random bytes are needed"
+        )
     return secret
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -26,7 +26,7 @@ from janustls.ports.web.scope import http_scope, mount_paths
 from janustls.ports.web.upgrade import ForwardTunnel, WebSocketTunnel, handshake_bytes
 from janustls.tls._twisted import wsgi_response
 
-__all__ = ['Actions', 'JanusWSGIResource']
+__all__ = ["Actions", "JanusWSGIResource"]
 
 # -- WSGI with mod_ssl's variables ----------------------------------------------------------------
 
@@ -34,7 +34,7 @@ __all__ = ['Actions', 'JanusWSGIResource']
 class JanusWSGIResource(WSGIResource):
     """twisted.web's WSGI container, with Apache mod_ssl's SSL_* variables in the environ."""
 
-    def render(self, request: JanusRequest) -> int:  # type: ignore[override]
+    def render(self, request: JanusRequest) -> int:
         strip_identity_headers(request)
 
         def complete(environ: dict[str, Any]) -> None:
@@ -44,7 +44,7 @@ class JanusWSGIResource(WSGIResource):
                 environ[key] = value.encode("utf-8").decode("latin-1")
 
         wsgi_response(self, request, complete)
-        return NOT_DONE_YET  # type: ignore[no-any-return]
+        return NOT_DONE_YET
 
 
 class Actions:
@@ -55,6 +55,22 @@ class Actions:
     _wsgi: dict[int, JanusWSGIResource]
     _asgi: dict[int, AsgiApp]
 
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+
+        def _finish(self, request: JanusRequest, body: Any) -> None: ...
+        def _page(
+            self,
+            request: JanusRequest,
+            relative: str,
+            ctype: str | None,
+            status: int | None,
+            *,
+            conditional: bool,
+            within: str = "",
+        ) -> Any: ...
+        def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
+        def _handler_error(self, request: JanusRequest, rule: Rule, failure: Failure) -> None: ...
+
     def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         if rule.action is Action.CALL:
             return self._call(request, rule, res)
@@ -63,7 +79,9 @@ class Actions:
             return NOT_DONE_YET
         if rule.action is Action.PAGE:
             within = rule.page_root if res.parts else rule.target
-            return self._page(request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within)
+            return self._page(
+                request, rule.substitute(res.parts), res.content_type, rule.status, conditional=True, within=within
+            )
         if rule.action is Action.WSGI:
             self._mount(request, rule)
             return self._wsgi[rule.index].render(request)
@@ -87,9 +105,17 @@ class Actions:
         root_path, full = mount_paths(path, rule.prefix, rule.mount)
         headers = [(n.lower(), v) for n, v in getattr(request, "raw_headers", ()) if not is_identity_header(n)]
         peer, host = request.client, request.getHost()
-        websocket = request.upgrade_rest is not None and any(n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+        websocket = request.upgrade_rest is not None and any(
+            n == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers
+        )
         if websocket:
-            protocols = [p.strip() for n, v in headers if n == b"sec-websocket-protocol" for p in v.decode("latin-1").split(",") if p.strip()]
+            protocols = [
+                p.strip()
+                for n, v in headers
+                if n == b"sec-websocket-protocol"
+                for p in v.decode("latin-1").split(",")
+                if p.strip()
+            ]
             scope = http_scope(kind="websocket", method="GET", path=full, raw_path=raw_path, query=query, http_version="1.1", headers=headers,
                                client=(peer.host, peer.port) if hasattr(peer, "host") else None,
                                server=(host.host, host.port) if hasattr(host, "host") else None,
@@ -102,7 +128,7 @@ class Actions:
                      port=self.runtime.port.name, handler=rule.value, peer=ws_peer, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
 
             tunnel = WebSocketTunnel(app, scope, transport.write, proto.close, ws_failed)
-            rest = request.channel.take_over(tunnel)
+            rest = request.channel.take_over(tunnel)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             tunnel.start(handshake_bytes(request.method, request.uri, request.raw_headers), rest)
             return NOT_DONE_YET
         scope = http_scope(kind="http", method=request.method.decode("latin-1"), path=full, raw_path=raw_path, query=query,
@@ -133,7 +159,15 @@ class Actions:
         backend = parse_backend(url)
         headers = request.requestHeaders
         strip_identity_headers(request)
-        for name in (b"transfer-encoding", b"content-length", b"te", b"trailer", b"upgrade", b"proxy-connection", b"keep-alive"):
+        for name in (
+            b"transfer-encoding",
+            b"content-length",
+            b"te",
+            b"trailer",
+            b"upgrade",
+            b"proxy-connection",
+            b"keep-alive",
+        ):
             headers.removeHeader(name)
         content = request.content
         size = 0
@@ -145,8 +179,8 @@ class Actions:
             headers.setRawHeaders(b"content-length", [b"%d" % size])
         conn = request.connection
         chain = conn.cert_chain
-        for name, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
-            headers.setRawHeaders(name.encode("ascii"), [value.encode("utf-8")])
+        for key, value in identity_headers(chain, request.janus_protocol.transport.refusal).items():
+            headers.setRawHeaders(key.encode("ascii"), [value.encode("utf-8")])
         peer = getattr(conn.peer, "host", None)
         if peer is not None:
             headers.setRawHeaders(b"x-forwarded-for", [peer.encode("ascii")])
@@ -169,11 +203,22 @@ class Actions:
         path, _, query = backend.path.partition("?")
         if not query and b"?" in request.uri:
             query = request.uri.split(b"?", 1)[1].decode("latin-1")
-        drop = {b"content-length", b"transfer-encoding", b"te", b"trailer", b"proxy-connection", b"keep-alive", *FORWARDED_HEADERS}
+        drop = {
+            b"content-length",
+            b"transfer-encoding",
+            b"te",
+            b"trailer",
+            b"proxy-connection",
+            b"keep-alive",
+            *FORWARDED_HEADERS,
+        }
         headers = [(n, v) for n, v in request.raw_headers if not is_identity_header(n) and n.lower() not in drop]
         conn = request.connection
         proto = request.janus_protocol
-        headers += [(n.encode("ascii"), v.encode("utf-8")) for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()]
+        headers += [
+            (n.encode("ascii"), v.encode("utf-8"))
+            for n, v in identity_headers(conn.cert_chain, proto.transport.refusal).items()
+        ]
         peer = getattr(conn.peer, "host", None)
         if peer is not None:
             headers.append((b"X-Forwarded-For", peer.encode("ascii")))
@@ -181,7 +226,7 @@ class Actions:
         head = handshake_bytes(request.method, (path + ("?" + query if query else "")).encode("latin-1"), headers)
         transport = proto.transport
         tunnel = ForwardTunnel(transport.write, proto.close)
-        rest = request.channel.take_over(tunnel)
+        rest = request.channel.take_over(tunnel)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
         tunnel.start(self.reactor, backend.host, backend.port, head, rest)
         return NOT_DONE_YET
 
@@ -190,8 +235,8 @@ class Actions:
         with mount=root, SCRIPT_NAME is empty and PATH_INFO the full path."""
         prefix = rule.prefix.rstrip("/") if rule.mount != "root" else ""
         path = request.normal_path if request.normal_path is not None else request.path.decode("latin-1")
-        rest = path[len(prefix):] if path.startswith(prefix) else path
-        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]
+        rest = path[len(prefix) :] if path.startswith(prefix) else path
+        request.wsgi_paths = {"SCRIPT_NAME": prefix if path.startswith(prefix) else "", "PATH_INFO": rest}  # type: ignore[attr-defined]  # our field on the request, read by JanusWSGIResource
         request.prepath = [s.encode("utf-8") for s in prefix.split("/") if s]
         tail = rest.encode("utf-8")
         request.postpath = tail.split(b"/")[1:] if tail.startswith(b"/") else ([tail] if tail else [])
@@ -215,7 +260,7 @@ class Actions:
                 request.setHeader(b"content-type", res.content_type.encode())
             return result
         if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
-            result = defer.ensureDeferred(result)  # type: ignore[arg-type]
+            result = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only
         if isinstance(result, defer.Deferred):
             result.addCallbacks(lambda value: self._finish(request, self._coerce(request, value, res)),
                                 lambda f: self._handler_error(request, rule, f))  # fmt: skip
@@ -238,4 +283,6 @@ class Actions:
             return b""
         if isinstance(value, bytes):
             return value
-        raise TypeError(f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource")
+        raise TypeError(
+            f"a handler returned {type(value).__name__}; expected bytes, text, a dict, a Deferred or a resource"
+        )

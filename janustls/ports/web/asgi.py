@@ -11,7 +11,8 @@ client went away).  Writes wait while the client's unsent output is over the por
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import LogLevel
@@ -85,7 +86,7 @@ class AsgiApp:
                 if self._done is not None and not self._done.done():
                     self._done.set_result(None)
 
-        loop.create_task(run())
+        loop.create_task(run())  # noqa: RUF006  # TODO: keep a reference; the loop holds tasks weakly
 
         def started(error: str | None) -> None:
             if error is not None:
@@ -106,7 +107,9 @@ class AsgiApp:
         if not self._shutdown.done():
             self._shutdown.set_result(None)
         loop = self._done.get_loop()
-        return defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.wait_for(asyncio.shield(self._done), 10), loop=loop)).addErrback(lambda _: None)
+        return defer.Deferred.fromFuture(
+            asyncio.ensure_future(asyncio.wait_for(asyncio.shield(self._done), 10), loop=loop)
+        ).addErrback(lambda _: None)
 
 
 def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_error: Callable[[Failure], None]) -> None:
@@ -160,7 +163,7 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
                 return
             transport = request.channel.transport if request.channel is not None else None
             if transport is not None and getattr(transport, "output_full", False):
-                await defer.Deferred.asFuture(transport.drained(), loop)
+                await defer.Deferred.asFuture(transport.drained(), loop)  # type: ignore[attr-defined]  # the TLS protocol (PortTLSProtocol), not a bare ITransport
             return
         raise RuntimeError(f"unexpected ASGI message {kind!r} on an http scope")
 

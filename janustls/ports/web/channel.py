@@ -46,7 +46,11 @@ REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
 #: Bytes read from the client and kept unparsed while a request is answered, above which
 #: reading from the client pauses until the request is done (pipelined requests wait there).
 _EAGER_READ = 1 << 16
-_TIMEOUT_EVENTS = {"idle": "janustls.web.keepalive_timeout", "header": "janustls.web.header_timeout", "body": "janustls.web.body_timeout"}
+_TIMEOUT_EVENTS = {
+    "idle": "janustls.web.keepalive_timeout",
+    "header": "janustls.web.header_timeout",
+    "body": "janustls.web.body_timeout",
+}
 _TIMEOUT_WHAT = {"idle": "started", "header": "header section", "body": "body"}
 
 
@@ -57,7 +61,7 @@ class _HeaderSectionTooLarge(Exception):
 class _Parsed:
     """A request being parsed: its request line and headers until the `Request` is built."""
 
-    __slots__ = ("url", "headers", "size", "length", "chunked", "request", "expect", "keep", "version", "method")
+    __slots__ = ("chunked", "expect", "headers", "keep", "length", "method", "request", "size", "url", "version")
 
     def __init__(self) -> None:
         self.url = b""
@@ -87,9 +91,33 @@ class JanusChannel:
     starts while the client's unsent output is over the port's high-water mark.
     """
 
-    __slots__ = ("site", "limits", "transport", "tunnel", "persistent", "closing", "requests", "_current", "_parser", "_parsed",
-                 "_buffer", "_buffered", "_read_paused", "_out_paused", "_advancing", "_error", "_upgraded", "_head_seen",
-                 "_in_head", "_request_producer", "_request_streaming", "_timer", "_phase", "_deadline", "__weakref__")  # fmt: skip
+    __slots__ = (
+        "__weakref__",
+        "_advancing",
+        "_buffer",
+        "_buffered",
+        "_current",
+        "_deadline",
+        "_error",
+        "_head_seen",
+        "_in_head",
+        "_out_paused",
+        "_parsed",
+        "_parser",
+        "_phase",
+        "_read_paused",
+        "_request_producer",
+        "_request_streaming",
+        "_timer",
+        "_upgraded",
+        "closing",
+        "limits",
+        "persistent",
+        "requests",
+        "site",
+        "transport",
+        "tunnel",
+    )  # fmt: skip
 
     def __init__(self, site: JanusSite) -> None:
         self.site = site
@@ -162,7 +190,9 @@ class JanusChannel:
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self._request_producer is not None:
-            raise RuntimeError(f"Cannot register producer {producer}, because producer {self._request_producer} was never unregistered.")
+            raise RuntimeError(
+                f"Cannot register producer {producer}, because producer {self._request_producer} was never unregistered."
+            )
         if not streaming:
             producer = PullToPush(producer, self)
         self._request_producer, self._request_streaming = producer, streaming
@@ -263,19 +293,39 @@ class JanusChannel:
             self._upgraded = True
             if self.requests:
                 request = self.requests[-1]
-                request.janus_keep = False  # type: ignore[attr-defined]
+                request.janus_keep = False  # type: ignore[attr-defined]  # the channel's own field on the request
                 request.upgrade_rest = data
         except _HeaderSectionTooLarge:
-            self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+            self._fail(
+                431,
+                "janustls.web.headers_too_large",
+                "port {port}: header section of {peer} over {limit} bytes",
+                limit=limit,
+            )
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeaderSectionTooLarge):
-                self._fail(431, "janustls.web.headers_too_large", "port {port}: header section of {peer} over {limit} bytes", limit=limit)
+                self._fail(
+                    431,
+                    "janustls.web.headers_too_large",
+                    "port {port}: header section of {peer} over {limit} bytes",
+                    limit=limit,
+                )
             elif isinstance(e.__context__, httptools.HttpParserError):  # refused by a callback (the HTTP version)
-                self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e.__context__))
+                self._fail(
+                    400,
+                    "janustls.web.bad_request",
+                    "port {port}: unreadable request from {peer}: 400 ({why})",
+                    why=str(e.__context__),
+                )
             elif not self.closing:
                 raise
         except httptools.HttpParserError as e:
-            self._fail(400, "janustls.web.bad_request", "port {port}: unreadable request from {peer}: 400 ({why})", why=str(e) or type(e).__name__)
+            self._fail(
+                400,
+                "janustls.web.bad_request",
+                "port {port}: unreadable request from {peer}: 400 ({why})",
+                why=str(e) or type(e).__name__,
+            )
 
     def _fail(self, status: int, event: str, text: str, **fields: Any) -> None:
         """A malformed request: answered after those before it, then the connection closes."""
@@ -296,7 +346,7 @@ class JanusChannel:
                         return  # resumeProducing goes on
                     request = self.requests[0]
                     self._current = request
-                    self.persistent = request.janus_keep  # type: ignore[attr-defined]
+                    self.persistent = request.janus_keep  # type: ignore[attr-defined]  # the channel's own field on the request
                     self._phase, self._deadline = "busy", None
                     request.requestReceived(request.method, request.uri, request.clientproto)
                     continue
@@ -382,7 +432,7 @@ class JanusChannel:
         parsed.keep = version == "1.1" and b"close" not in tokens
         if version == "1.1" and b"close" in tokens:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
-        request.janus_keep = parsed.keep  # type: ignore[attr-defined]
+        request.janus_keep = parsed.keep  # type: ignore[attr-defined]  # the channel's own field on the request
         request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
         request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
         request.parseCookies()
@@ -522,7 +572,7 @@ class JanusSite(Site):
     requestFactory = JanusRequest
     _limits: HttpLimits
     #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
-    phase_limits: dict[str, float] = {}
+    phase_limits: dict[str, float] = {}  # noqa: RUF012  # never mutated: the limits setter assigns each site its own
     phase_step = 0.0
 
     @property
@@ -532,10 +582,14 @@ class JanusSite(Site):
     @limits.setter
     def limits(self, limits: HttpLimits) -> None:
         self._limits = limits
-        self.phase_limits = {"idle": limits.keepalive_timeout, "header": limits.header_timeout, "body": limits.body_timeout}
+        self.phase_limits = {
+            "idle": limits.keepalive_timeout,
+            "header": limits.header_timeout,
+            "body": limits.body_timeout,
+        }
         self.phase_step = min((s for s in self.phase_limits.values() if s), default=0.0)
 
-    def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> JanusChannel:  # type: ignore[override]  # our channel stands in for twisted.web's HTTPChannel
         return JanusChannel(self)
 
     def log(self, request: Any) -> None:

@@ -3,24 +3,25 @@ rule's action (or an exception rule) answers."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from janustls.core.identity import Policy, Subject, Verdict
 from janustls.core.reasons import Reason, Refusal
-from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
-from janustls.core.rules import RuleTable
-from janustls.core.webpath import PathError, normal_form
+from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable
+from janustls.core.webpath import PathError, encode, normal_form
 from janustls.errors import CertificateRequestTimeout
 from janustls.events import emit
 from janustls.ports.access import decide, peer_ip
 from janustls.ports.base import PortRuntime, address_text
 from janustls.ports.web.request import JanusRequest
 
-__all__ = ['Dispatch', 'DispatchResource']
+__all__ = ["Dispatch", "DispatchResource"]
+
 
 class Dispatch:
     """The request pipeline of a webserv port: normal path, gate, rule, identity verdict, mid-connection
@@ -32,6 +33,27 @@ class Dispatch:
 
     #: (body limit, hold limit) per (method, request target), bounded: see `limits_for`.
     _limits_seen: dict[tuple[bytes, bytes], tuple[int, int | None]]
+
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+        reactor: Any
+
+        def _run(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _finish(self, request: JanusRequest, body: Any) -> None: ...
+        def _redirect(self, request: JanusRequest, url: str, status: int) -> None: ...
+        def _forbidden(self, request: JanusRequest, verdict: Verdict) -> None: ...
+        def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None: ...
+        def _status(
+            self,
+            request: JanusRequest,
+            status: int,
+            title: str,
+            message: str,
+            *,
+            exc: Exc | None = None,
+            event: str | None = None,
+        ) -> None: ...
+        def _failed(self, failure: Failure, request: JanusRequest) -> None: ...
 
     def _resolve_raw(self, method: bytes, path: bytes) -> Resolution | None:
         try:
@@ -50,7 +72,10 @@ class Dispatch:
         key = (method, path)
         found = self._limits_seen.get(key)
         if found is None:
-            found = (self.body_limit(method, path), self.hold_limit(method, path) if self.table.uses_client_cert else None)
+            found = (
+                self.body_limit(method, path),
+                self.hold_limit(method, path) if self.table.uses_client_cert else None,
+            )
             if len(path) <= 512:
                 if len(self._limits_seen) >= 4096:
                     self._limits_seen.clear()
@@ -79,7 +104,9 @@ class Dispatch:
                 # handlers see the normal form too (written back as a URL path)
                 request.normal_path, request.path = normal_form(request.path)
             except PathError as e:
-                self._status(request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path")
+                self._status(
+                    request, 400, "Bad Request", f"This request path is refused: {e}.", event="janustls.web.bad_path"
+                )
                 return NOT_DONE_YET
         gate = proto.gate()
         res = self.table.resolve(request.method.decode("latin-1"), request.normal_path)
@@ -87,7 +114,10 @@ class Dispatch:
         verdict = proto._port_verdict
         if (
             gate is None
-            and (self.policy is None or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate()))  # type: ignore[union-attr]
+            and (
+                self.policy is None
+                or (verdict is not None and verdict[1].allowed and verdict[0] is proto.connection.certificate())  # type: ignore[union-attr]  # a request has a connection (the TLS handshake is done)
+            )
             and rule is not None
             and res.access is None
             and rule.allow is None
@@ -111,7 +141,13 @@ class Dispatch:
             # Ask first: identity rules then judge the certificate the client sends.
             request.rule, request.rule_parts = rule, res.parts
             if request.over_limit:
-                return self._status(request, 413, "Content Too Large", f"A request on this path may carry at most {rule.body_limit(self.runtime.port.max_body)} bytes.", event="janustls.web.body_too_large")
+                return self._status(
+                    request,
+                    413,
+                    "Content Too Large",
+                    f"A request on this path may carry at most {rule.body_limit(self.runtime.port.max_body)} bytes.",
+                    event="janustls.web.body_too_large",
+                )
             done = await self._ask(request, rule)
             if done:
                 return None
@@ -163,13 +199,23 @@ class Dispatch:
                      port=self.runtime.port.name, peer=address_text(conn.peer), why=why, url=rule.fallback, path=request.path.decode("latin-1"))  # fmt: skip
                 self._redirect(request, rule.substitute([encode(p) for p in request.rule_parts], rule.fallback), 302)
                 return True
-            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, why), rule.describe(self.table.section))
+            self._exception(
+                request,
+                Exc.SSLNOCERTERR,
+                Refusal(Reason.NO_CERTIFICATE, None, None, why),
+                rule.describe(self.table.section),
+            )
             return True
         strict = require and handler is None  # no certificate: the TLS layer refuses and closes
         try:
             await conn.request_certificate(strict)
         except CertificateRequestTimeout as e:
-            self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, str(e)), rule.describe(self.table.section))
+            self._exception(
+                request,
+                Exc.SSLNOCERTERR,
+                Refusal(Reason.NO_CERTIFICATE, None, None, str(e)),
+                rule.describe(self.table.section),
+            )
             return True
         proto = request.janus_protocol
         if request.gone or proto.lost:
@@ -185,7 +231,12 @@ class Dispatch:
             return True
         if not require:
             return False
-        self._exception(request, Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), rule.describe(self.table.section))
+        self._exception(
+            request,
+            Exc.SSLNOCERTERR,
+            Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description),
+            rule.describe(self.table.section),
+        )
         return True
 
     def _subject(self, request: JanusRequest) -> Subject:
@@ -199,9 +250,8 @@ class DispatchResource(Resource):
     isLeaf = True
 
     def __init__(self, factory: Dispatch) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self.factory = factory
 
-    def render(self, request: JanusRequest) -> Any:  # type: ignore[override]
+    def render(self, request: JanusRequest) -> Any:
         return self.factory.serve(request)
-

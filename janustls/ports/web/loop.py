@@ -11,7 +11,8 @@ needs no `-r asyncio` (which also works).  Every port type runs under it unchang
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from twisted.internet import asyncioreactor  # importing it installs nothing; `install()` does
 

@@ -12,13 +12,13 @@ SSLNOCERTERR, SSLCERTERR (with the typed reason), FORBIDDEN (identity rules), an
 SSLPROTOCOLERR as a log hook for handshakes that fail on protocol grounds.
 """
 
-
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -33,16 +33,16 @@ from janustls.core.rules import Action, Exc, Rule, RuleTable, build_table
 from janustls.errors import ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.access import build_policy, resolver_for
-from janustls.ports.refusals import log_refusal
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, address_text
 from janustls.ports.connection import Connection
+from janustls.ports.refusals import log_refusal
 from janustls.ports.web.actions import Actions, JanusWSGIResource
 from janustls.ports.web.asgi import AsgiApp
-from janustls.ports.web.scope import app_kind, tls_extension
 from janustls.ports.web.channel import HttpLimits, JanusSite
 from janustls.ports.web.dispatch import Dispatch, DispatchResource
 from janustls.ports.web.request import ssl_environ
 from janustls.ports.web.responses import PageCache, Responses, inside
+from janustls.ports.web.scope import app_kind, tls_extension
 from janustls.tls._twisted import set_wsgi_threadpool, transport_producer, wsgi_threadpool
 from janustls.tls.protocol import failure_text, refusal_for_failure, refused_leaf
 
@@ -64,7 +64,9 @@ class WebRules:
             return False, False
         exceptions = self.table.exceptions
         missing = port.client_cert is ClientCertMode.REQUIRE and Exc.SSLNOCERTERR in exceptions
-        refused = Exc.SSLCERTERR in exceptions and (port.client_cert is not ClientCertMode.NONE or self.table.uses_client_cert)
+        refused = Exc.SSLCERTERR in exceptions and (
+            port.client_cert is not ClientCertMode.NONE or self.table.uses_client_cert
+        )
         return missing, refused
 
 
@@ -126,7 +128,7 @@ class WebProtocol(PortProtocol):
     #: the client took): a client trickling a request byte by byte gains nothing.
     bytes_are_progress = False
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # the same None default as PortProtocol.connectionLost, passed on to it
         self.lost = True
         super().connectionLost(reason)
 
@@ -181,7 +183,14 @@ class WebProtocol(PortProtocol):
                                 subject=leaf.subject.rfc4514_string() if leaf is not None else None,
                                 error=str(refusal) if leaf is None and refusal is not None else None,
                                 tls_version=conn.tls_version, cipher=conn.cipher)  # fmt: skip
-            info = {item: conn.cert_info(item) for item in ("CN", "O", "OU", "C", "L", "ST", "EMAIL", "SAN_DNS", "SAN_URI", "SERIAL")} if leaf is not None else {}
+            info = (
+                {
+                    item: conn.cert_info(item)
+                    for item in ("CN", "O", "OU", "C", "L", "ST", "EMAIL", "SAN_DNS", "SAN_URI", "SERIAL")
+                }
+                if leaf is not None
+                else {}
+            )
             janus = {"port": self.factory.runtime.port.name, "cert_levels": conn.cert_levels(), "cert_info": info,
                      "ssl_environ": self.ssl_environ(), "refusal": refusal.reason.value if refusal is not None and leaf is None else None}  # fmt: skip
             self._asgi_ext = (leaf, {"tls": tls, "janustls": janus})
@@ -201,7 +210,11 @@ class WebProtocol(PortProtocol):
         if leaf is None and refusal is not None and tls.tolerate_refused:
             found = (Exc.SSLCERTERR, refusal, f"[{port.section}] client_cert")
         elif leaf is None and tls.tolerate_missing:
-            found = (Exc.SSLNOCERTERR, Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description), f"[{port.section}] client_cert = require")
+            found = (
+                Exc.SSLNOCERTERR,
+                Refusal(Reason.NO_CERTIFICATE, None, None, Reason.NO_CERTIFICATE.description),
+                f"[{port.section}] client_cert = require",
+            )
         if found is not None:
             self.factory.runtime.refused += 1
             log_refusal(port.name, address_text(conn.peer), found[1], refused_leaf(self.transport), rule=found[2])
@@ -213,7 +226,6 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
     """A webserv port: its rule table, site, pages, WSGI thread pool and exception handling."""
 
     protocol = WebProtocol
-
 
     def __init__(self, runtime: PortRuntime, procs: Path, rules: WebRules, *, protected: Sequence[Path] = ()) -> None:
         """`rules`: the port's table as `read_web_rules` read it (its TLS policy was built with its
@@ -230,7 +242,9 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         if errors or rules.table is None:
             raise ConfigErrors(errors)
         self.table: RuleTable = rules.table
-        self.pages = PageCache(procs, (*protected, Path(port.source), port.certificate, port.private_key, *port.addca, *port.crl))
+        self.pages = PageCache(
+            procs, (*protected, Path(port.source), port.certificate, port.private_key, *port.addca, *port.crl)
+        )
         self.reactor = runtime.reactor
         # WSGI applications run in the reactor's thread pool: it lives as long as the process,
         # so connections that outlive a reload (PortTLSFactory.adopt) keep a running pool.
@@ -241,14 +255,29 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
             if rule.action is Action.WSGI:
                 kind = app_kind(rule.handler)
                 if kind == "asgi":
-                    raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is an ASGI application; serve it with: asgi {rule.target}")])
+                    raise ConfigErrors(
+                        [
+                            ConfigError(
+                                port.source,
+                                section,
+                                rule.key,
+                                f"wsgi {rule.target} is an ASGI application; serve it with: asgi {rule.target}",
+                            )
+                        ]
+                    )
                 if not callable(rule.handler):
-                    raise ConfigErrors([ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is not a WSGI application")])
+                    raise ConfigErrors(
+                        [ConfigError(port.source, section, rule.key, f"wsgi {rule.target} is not a WSGI application")]
+                    )
                 self._wsgi[rule.index] = JanusWSGIResource(self.reactor, None, rule.handler)
             if rule.action is Action.ASGI:
                 kind = app_kind(rule.handler)
                 if kind != "asgi":
-                    what = "a WSGI application; serve it with: wsgi " + rule.target if kind == "wsgi" else "not an ASGI 3 application (async def app(scope, receive, send))"
+                    what = (
+                        "a WSGI application; serve it with: wsgi " + rule.target
+                        if kind == "wsgi"
+                        else "not an ASGI 3 application (async def app(scope, receive, send))"
+                    )
                     raise ConfigErrors([ConfigError(port.source, section, rule.key, f"asgi {rule.target} is {what}")])
                 app = apps.get(id(rule.handler))
                 if app is None:
@@ -264,18 +293,41 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         problems = []
         for rule in self.table.exceptions.values():
             if rule.action is Action.PAGE and self.pages.get(rule.target) is None:
-                problems.append(ConfigError(port.source, section, rule.key, f"page {rule.target} is not a readable file in the procedure library ({procs})"))
+                problems.append(
+                    ConfigError(
+                        port.source,
+                        section,
+                        rule.key,
+                        f"page {rule.target} is not a readable file in the procedure library ({procs})",
+                    )
+                )
         for rule in self.table.rules:
             if rule.action is Action.PAGE and "*" not in rule.target and self.pages.get(rule.target) is None:
-                problems.append(ConfigError(port.source, section, rule.key, f"page {rule.target} is not a readable file in the procedure library ({procs})"))
+                problems.append(
+                    ConfigError(
+                        port.source,
+                        section,
+                        rule.key,
+                        f"page {rule.target} is not a readable file in the procedure library ({procs})",
+                    )
+                )
             if rule.client_cert and port.client_cert is ClientCertMode.NONE and not port.addca:
-                problems.append(ConfigError(port.source, section, rule.key, "asks for a client certificate, but no CA is added for the port (addca =)"))
+                problems.append(
+                    ConfigError(
+                        port.source,
+                        section,
+                        rule.key,
+                        "asks for a client certificate, but no CA is added for the port (addca =)",
+                    )
+                )
         if problems:
             raise ConfigErrors(problems)
         self.site = JanusSite(DispatchResource(self), timeout=None)
         self.site.reactor = self.reactor
         self._limits_seen = {}
-        self.site.limits = HttpLimits(port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes)
+        self.site.limits = HttpLimits(
+            port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -292,6 +344,7 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
 
     def _start_asgi(self, app: AsgiApp) -> None:
         """The app's lifespan startup (requests wait for it); a failed startup stops the server."""
+
         def failed(error: str) -> None:
             emit("janustls.asgi.stopping", "port {port}: stopping: ASGI app {app} failed to start: {error}", LogLevel.critical,
                  port=self.runtime.port.name, app=app.name, error=error)  # fmt: skip
@@ -324,4 +377,3 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         except Exception as e:
             emit("janustls.handler.error", "port {port}: SSLPROTOCOLERR hook {handler} raised: {error}", LogLevel.error,
                  port=self.runtime.port.name, handler=rule.value, error=f"{type(e).__name__}: {e}", log_failure=Failure())  # fmt: skip
-

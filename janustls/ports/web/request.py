@@ -6,9 +6,8 @@ from __future__ import annotations
 import datetime
 import io
 import time
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes as unquote
-from typing import Any
-from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,13 +20,24 @@ from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
 from janustls.core.forwarding import is_identity_header
+from janustls.core.identity import Verdict
 from janustls.core.reasons import Refusal
-from janustls.core.rules import Exc, Rule
-from janustls.core.rules import RuleTable
+from janustls.core.rules import Exc, Rule, RuleTable
 from janustls.ports.base import PortRuntime
 from janustls.ports.connection import Connection
 
-__all__ = ['JanusRequest', 'WebPortProtocol', 'WebPortFactory', 'ssl_environ', 'apache_time', 'wants_json', 'strip_identity_headers']
+if TYPE_CHECKING:
+    from janustls.tls.protocol import PortTLSProtocol
+
+__all__ = [
+    "JanusRequest",
+    "WebPortProtocol",
+    "WebPortFactory",
+    "ssl_environ",
+    "apache_time",
+    "wants_json",
+    "strip_identity_headers",
+]
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -46,8 +56,15 @@ class WebPortProtocol(Protocol):
 
     factory: WebPortFactory
     connection: Connection | None
+    transport: PortTLSProtocol
+    #: (leaf, verdict): the port's identity rules judged this certificate.
+    _port_verdict: tuple[x509.Certificate | None, Verdict] | None
+    lost: bool
+    bytes_are_progress: bool
 
     def progress(self) -> None: ...
+    def gate(self) -> tuple[Exc, Refusal, str] | None: ...
+    def asgi_extensions(self) -> dict[str, Any]: ...
     def ssl_environ(self) -> dict[str, str]: ...
     def close(self) -> None: ...
     def peer_address(self) -> Any: ...
@@ -58,7 +75,7 @@ class WebPortProtocol(Protocol):
 
 def apache_time(t: datetime.datetime) -> str:
     """OpenSSL's ASN1_TIME_print format, as Apache sets SSL_CLIENT_V_START: `Jan  5 09:03:07 2026 GMT`."""
-    t = t.astimezone(datetime.timezone.utc)
+    t = t.astimezone(datetime.UTC)
     return f"{_MONTHS[t.month - 1]} {t.day:2d} {t:%H:%M:%S} {t.year} GMT"
 
 
@@ -74,7 +91,12 @@ def ssl_environ(
     cipher: str,
 ) -> dict[str, str]:
     """Apache mod_ssl's SSL_* variables for a connection (plus SSL_CLIENT_SAN_URI_n / _IP_n)."""
-    env = {"HTTPS": "on", "SSL_PROTOCOL": tls_version, "SSL_CIPHER": cipher, "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode()}
+    env = {
+        "HTTPS": "on",
+        "SSL_PROTOCOL": tls_version,
+        "SSL_CIPHER": cipher,
+        "SSL_VERSION_LIBRARY": SSL.SSLeay_version(SSL.SSLEAY_VERSION).decode(),
+    }
     leaf = chain.certificate(0)
     if leaf is None:
         env["SSL_CLIENT_VERIFY"] = f"FAILED:{refusal.reason.value}" if refusal is not None else "NONE"
@@ -82,10 +104,20 @@ def ssl_environ(
     env["SSL_CLIENT_VERIFY"] = "SUCCESS"
     env["SSL_CLIENT_S_DN"] = leaf.subject.rfc4514_string()
     env["SSL_CLIENT_I_DN"] = leaf.issuer.rfc4514_string()
-    for suffix, item in (("CN", "CN"), ("O", "O"), ("OU", "OU"), ("C", "C"), ("L", "L"), ("ST", "ST"), ("Email", "EMAIL")):
-        values = chain.values(item) if item != "EMAIL" else [
-            str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)
-        ]
+    for suffix, item in (
+        ("CN", "CN"),
+        ("O", "O"),
+        ("OU", "OU"),
+        ("C", "C"),
+        ("L", "L"),
+        ("ST", "ST"),
+        ("Email", "EMAIL"),
+    ):
+        values = (
+            chain.values(item)
+            if item != "EMAIL"
+            else [str(a.value) for a in leaf.subject.get_attributes_for_oid(x509.NameOID.EMAIL_ADDRESS)]
+        )
         for i, v in enumerate(values):
             env[f"SSL_CLIENT_S_DN_{suffix}" + (f"_{i}" if i else "")] = v
     for attr in leaf.issuer.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[:1]:
@@ -95,7 +127,7 @@ def ssl_environ(
     env["SSL_CLIENT_M_VERSION"] = str(leaf.version.value + 1)
     env["SSL_CLIENT_V_START"] = apache_time(leaf.not_valid_before_utc)
     env["SSL_CLIENT_V_END"] = apache_time(leaf.not_valid_after_utc)
-    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc)
+    remain = leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
     env["SSL_CLIENT_V_REMAIN"] = str(max(0, remain.days))
     env["SSL_CLIENT_CERT"] = _pem(leaf)
     for i, cert in enumerate(chain.certificates[1:]):
@@ -126,7 +158,7 @@ class JanusRequest(Request):
     #: The request path in its normal form (janustls.core.webpath), set when the request is served.
     normal_path: str | None = None
     #: The header lines as the client sent them, in order (set by the channel).
-    raw_headers: list[tuple[bytes, bytes]] = []
+    raw_headers: list[tuple[bytes, bytes]] = []  # noqa: RUF012  # never mutated: the channel assigns each request its own
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
 
@@ -134,7 +166,7 @@ class JanusRequest(Request):
         """twisted.web's `Request.process` without the per-request work a webserv port does not need:
         the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
         formatted once per second, not per request."""
-        site = self.site = self.channel.site
+        site = self.site = self.channel.site  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
         headers = self.responseHeaders
         headers.setRawHeaders(b"server", _SERVER)
         headers.setRawHeaders(b"date", [http_date()])
@@ -148,7 +180,7 @@ class JanusRequest(Request):
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
     def janus_protocol(self) -> WebPortProtocol:
-        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]
+        return self.channel.transport.wrappedProtocol  # type: ignore[no-any-return,union-attr]  # the TLS transport wraps the port's WebProtocol
 
     @property
     def connection(self) -> Connection:
@@ -215,9 +247,9 @@ class JanusRequest(Request):
         if length is not None and length > limit:
             self.over_limit = True
             self.content = io.BytesIO()
-            self.channel.refuse_body(self, limit)
+            self.channel.refuse_body(self, limit)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             return
-        super().gotLength(length)
+        super().gotLength(length)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def handleContentChunk(self, data: bytes) -> None:
         if self.over_limit:
@@ -225,20 +257,20 @@ class JanusRequest(Request):
         self._body_size += len(data)
         if self._body_limit is not None and self._body_size > self._body_limit:
             self.over_limit = True
-            self.channel.refuse_body(self, self._body_limit)
+            self.channel.refuse_body(self, self._body_limit)  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
             return
-        super().handleContentChunk(data)
+        super().handleContentChunk(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def connectionLost(self, reason: Failure) -> None:
         self.gone = True
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # idle_timeout counts whole requests (and answers), not bytes: see WebProtocol.  A request
     # received counts in JanusChannel.on_message_complete.
     def finish(self) -> None:
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
-        super().finish()
+        super().finish()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
 
 _SERVER = [twisted_web_version]
@@ -250,7 +282,7 @@ def http_date(now: float | None = None) -> bytes:
     second = int(time.time() if now is None else now)
     if _date[0] != second:
         _date[0], _date[1] = second, datetimeToString(second)
-    return _date[1]  # type: ignore[no-any-return]
+    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value (bytes)]
 
 
 def wants_json(accept: bytes | str | None) -> bool:
@@ -280,4 +312,3 @@ def strip_identity_headers(request: Request) -> None:
     headers = request.requestHeaders
     for name in [n for n, _ in headers.getAllRawHeaders() if is_identity_header(n)]:
         headers.removeHeader(name)
-

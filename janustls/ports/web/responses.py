@@ -8,32 +8,31 @@ import html
 import json
 import mimetypes
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.server import NOT_DONE_YET
 
-from janustls.core.identity import Verdict
+from janustls.core.identity import Subject, Verdict
 from janustls.core.reasons import Refusal
-from janustls.core.rules import Action, Exc, Kind, Resolution, Rule
-from janustls.core.rules import RuleTable
+from janustls.core.rules import Action, Exc, Kind, Resolution, Rule, RuleTable
 from janustls.events import emit
-from janustls.ports.refusals import log_refusal
 from janustls.ports.base import PortRuntime, address_text
+from janustls.ports.refusals import log_refusal
 from janustls.ports.web.request import JanusRequest
 
-__all__ = ['PageCache', 'Responses']
+__all__ = ["PageCache", "Responses"]
 
 _MESSAGES = {
     Exc.SSLNOCERTERR: "This page needs a client certificate, and none was presented.",
     Exc.SSLCERTERR: "The client certificate was refused.",
     Exc.FORBIDDEN: "The client certificate does not give access to this page.",
 }
-
 
 
 # -- static pages -------------------------------------------------------------------------------------
@@ -116,7 +115,7 @@ class PageCache:
             return None
         if b"PRIVATE KEY-----" in body:
             return None
-        ctype, encoding = mimetypes.guess_type(path)
+        ctype, _ = mimetypes.guess_type(path)
         ctype = ctype or "application/octet-stream"
         if ctype.startswith("text/") or ctype in ("application/javascript", "application/json"):
             ctype += "; charset=utf-8"
@@ -135,6 +134,11 @@ class Responses:
     table: RuleTable
     pages: PageCache
 
+    if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
+
+        def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any: ...
+        def _subject(self, request: JanusRequest) -> Subject: ...
+
     def _finish(self, request: JanusRequest, body: Any) -> None:
         if body is NOT_DONE_YET or request.gone or request.finished:
             return
@@ -144,7 +148,16 @@ class Responses:
             request.write(body)
         request.finish()
 
-    def _page(self, request: JanusRequest, relative: str, ctype: str | None, status: int | None, *, conditional: bool, within: str = "") -> Any:
+    def _page(
+        self,
+        request: JanusRequest,
+        relative: str,
+        ctype: str | None,
+        status: int | None,
+        *,
+        conditional: bool,
+        within: str = "",
+    ) -> Any:
         page = self.pages.get(relative, within)
         if page is None:
             if self.pages.refused(relative, within):
@@ -180,7 +193,13 @@ class Responses:
         assert refusal is not None
         self.runtime.refused += 1
         chain = request.connection.verified_chain
-        log_refusal(self.runtime.port.name, address_text(request.connection.peer), refusal, chain[0] if chain else None, rule=verdict.rule)
+        log_refusal(
+            self.runtime.port.name,
+            address_text(request.connection.peer),
+            refusal,
+            chain[0] if chain else None,
+            rule=verdict.rule,
+        )
         self._exception(request, Exc.FORBIDDEN, refusal, verdict.rule)
 
     def _exception(self, request: JanusRequest, exc: Exc, refusal: Refusal, cause: str) -> None:
@@ -201,13 +220,17 @@ class Responses:
             handler=rule.key if rule is not None else None,
         )
         if rule is None:
-            self._status(request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc)
+            self._status(
+                request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc
+            )
             return
         if rule.action is Action.REDIRECT:
             self._redirect(request, rule.target, rule.status or 302)
             return
         if rule.action is Action.PAGE and request.wants_json():
-            self._status(request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc)
+            self._status(
+                request, status, http.RESPONSES.get(status, b"Error").decode(), _MESSAGES.get(exc, ""), exc=exc
+            )
             return
         request.setResponseCode(status)
         res = Resolution(rule, (), None, rule.content_type)
@@ -216,7 +239,16 @@ class Responses:
             return
         self._finish(request, self._call(request, rule, res))
 
-    def _status(self, request: JanusRequest, status: int, title: str, message: str, *, exc: Exc | None = None, event: str | None = None) -> None:
+    def _status(
+        self,
+        request: JanusRequest,
+        status: int,
+        title: str,
+        message: str,
+        *,
+        exc: Exc | None = None,
+        event: str | None = None,
+    ) -> None:
         if event is not None:
             emit(event, "port {port}: {status} for {peer} on {path}", port=self.runtime.port.name, status=status,
                  peer=address_text(request.connection.peer), path=request.path.decode("latin-1"))  # fmt: skip
@@ -235,7 +267,11 @@ class Responses:
             request.setHeader(b"content-type", b"application/json")
             body = json.dumps(doc).encode()
         else:
-            detail = f"<p>Reason: {html.escape(request.refusal.reason.description)}</p>" if request.refusal is not None else ""
+            detail = (
+                f"<p>Reason: {html.escape(request.refusal.reason.description)}</p>"
+                if request.refusal is not None
+                else ""
+            )
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             body = (f"<!DOCTYPE html><html><head><title>{status} {html.escape(title)}</title></head>"
                     f"<body><h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>{detail}</body></html>\n").encode()  # fmt: skip

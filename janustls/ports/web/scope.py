@@ -8,7 +8,8 @@ The TLS extension follows the asgiref spec ("TLS Extension", version 0.2): every
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["app_kind", "tls_extension", "http_scope", "TLS_VERSIONS", "CIPHER_SUITES", "ASGI_VERSION"]
 
@@ -47,11 +48,11 @@ def _parameters(fn: Any) -> int | None:
 
 
 def app_kind(app: Any) -> str | None:
-    """"asgi" for an ASGI 3 application (`async def app(scope, receive, send)`, or an object whose
+    """ "asgi" for an ASGI 3 application (`async def app(scope, receive, send)`, or an object whose
     `__call__` is one), "wsgi" for a callable taking (environ, start_response), None otherwise."""
     if not callable(app):
         return None
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", app)
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(type(app), "__call__", app)  # noqa: B004  # the method itself, to inspect; callable() is tested above
     if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(call):
         return "asgi"
     n = _parameters(app)

@@ -7,7 +7,8 @@ the client goes to `data_received`, and the end of the connection to `connection
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httptools
 from twisted.internet import defer
@@ -42,7 +43,7 @@ def handshake_bytes(method: bytes, target: bytes, headers: list[tuple[bytes, byt
 class WebSocketTunnel:
     """One ASGI WebSocket: wsproto frames, the app's messages, in the asyncio loop."""
 
-    __slots__ = ("app", "scope", "write", "close", "ws", "inbox", "accepted", "closed", "_text", "_bytes", "on_error")
+    __slots__ = ("_bytes", "_text", "accepted", "app", "close", "closed", "inbox", "on_error", "scope", "write", "ws")
 
     def __init__(self, app: AsgiApp, scope: dict[str, Any], write: Callable[[bytes], None], close: Callable[[], None],
                  on_error: Callable[[Failure], None]) -> None:  # fmt: skip
@@ -101,7 +102,9 @@ class WebSocketTunnel:
                 self._send_frame(Message(data=str(message.get("text") or "")))
         elif kind == "websocket.close":
             if self.accepted:
-                self._send_frame(CloseConnection(code=int(message.get("code", 1000)), reason=message.get("reason") or None))
+                self._send_frame(
+                    CloseConnection(code=int(message.get("code", 1000)), reason=message.get("reason") or None)
+                )
             else:
                 self._send_frame(RejectConnection(status_code=403))
             self._finish()
@@ -148,7 +151,7 @@ class _Backend(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.tunnel.backend_data(data)
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]  # a None default (Twisted's is connectionDone); the reason is not read
         self.tunnel.backend_lost()
 
 
@@ -174,7 +177,7 @@ class ForwardTunnel:
     other answer is relayed to the client and the connection closes at its end: the client's
     later bytes never reach the backend unparsed (no request smuggled past the rule table)."""
 
-    __slots__ = ("write", "close", "backend", "held", "head", "spliced", "closed", "_parser", "_end_seen")
+    __slots__ = ("_end_seen", "_parser", "backend", "close", "closed", "head", "held", "spliced", "write")
 
     def __init__(self, write: Callable[[bytes], None], close: Callable[[], None]) -> None:
         self.write = write
@@ -195,6 +198,7 @@ class ForwardTunnel:
         d.addCallbacks(self._connected, self._unreachable)
 
     def _connected(self, backend: _Backend) -> None:
+        assert backend.transport is not None  # connected
         if self.closed:
             backend.transport.loseConnection()
             return
@@ -203,7 +207,10 @@ class ForwardTunnel:
 
     def _unreachable(self, failure: Failure) -> None:
         body = b"The backend cannot be reached.\n"
-        self.write(b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        self.write(
+            b"HTTP/1.1 502 Bad Gateway\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
         self._end()
 
     def backend_data(self, data: bytes) -> None:
