@@ -38,6 +38,7 @@ class AsgiApp:
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._shutdown: asyncio.Future[None] | None = None
         self._done: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
         self.started = False
 
     def start(self, on_failure: Callable[[str], None]) -> None:
@@ -86,7 +87,7 @@ class AsgiApp:
                 if self._done is not None and not self._done.done():
                     self._done.set_result(None)
 
-        loop.create_task(run())  # noqa: RUF006  # TODO: keep a reference; the loop holds tasks weakly
+        self._task = loop.create_task(run())  # kept: the loop holds its tasks only weakly
 
         def started(error: str | None) -> None:
             if error is not None:
