@@ -12,64 +12,33 @@ certificate before the key is seen as mismatched once, then as the new pair).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from twisted.application import service
-from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
-from janustls._reactor import reactor_or_global
 from janustls.core.materials import load_server_material
 from janustls.errors import ConfigErrors, MaterialError
 from janustls.events import emit
 from janustls.ops.build import PortsHost
+from janustls.ops.polling import FALLBACK_INTERVAL, PollingWatcher, file_stat
 from janustls.ops.reload import rebuild_port, replace_port
 
 __all__ = ["CertWatcher", "ensure_cert_watcher"]
 
-_FALLBACK_INTERVAL = 60.0
 
-
-def _stat(path: os.PathLike[str] | str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-class CertWatcher(service.Service):
+class CertWatcher(PollingWatcher):
     """Polls the certificate and key files of a JanusService's ports (read at every tick)."""
 
     name = "cert-watch"
 
     def __init__(self, svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
-        self.svc = svc
-        # The parent of worker processes keeps its /status view (the certificate's expiry)
-        # current without logging what each worker logs itself.
-        self.quiet = quiet
-        self._reactor = reactor
+        super().__init__(svc, reactor, quiet)
         self._seen: dict[str, tuple[Any, Any]] = {}
         self._last_check: dict[str, float] = {}
-        self._loop: LoopingCall | None = None
 
     def interval(self) -> float:
         values = [b.definition.cert_refresh for b in self.svc.ports if b.definition.cert_refresh > 0]
-        return min(values) if values else _FALLBACK_INTERVAL
-
-    def startService(self) -> None:
-        service.Service.startService(self)
-        self._reactor = reactor_or_global(self._reactor)
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._reactor
-        self._loop.start(self.interval(), now=True)
-
-    def stopService(self) -> None:
-        service.Service.stopService(self)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        return min(values) if values else FALLBACK_INTERVAL
 
     def check(self) -> None:
         """One poll: a port whose pair changed is rebuilt when the new pair is usable."""
@@ -81,7 +50,7 @@ class CertWatcher(service.Service):
             if now - self._last_check.get(port.name, -1e18) < port.cert_refresh * 0.999:
                 continue
             self._last_check[port.name] = now
-            state = (_stat(port.certificate), _stat(port.private_key))
+            state = (file_stat(port.certificate), file_stat(port.private_key))
             seen = self._seen.get(port.name)
             self._seen[port.name] = state
             if seen is None or seen == state:

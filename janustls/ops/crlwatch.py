@@ -15,66 +15,36 @@ import datetime
 import os
 from typing import Any
 
-from twisted.application import service
-from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
-from janustls._reactor import reactor_or_global
 from janustls.errors import ConfigErrors
 from janustls.events import emit
 from janustls.ops.build import PortsHost
 from janustls.ops.crlfetch import FETCH_TIMEOUT, refresh
+from janustls.ops.polling import FALLBACK_INTERVAL, PollingWatcher, file_stat
 from janustls.ops.reload import rebuild_port, replace_port
 
 __all__ = ["CRLWatcher", "ensure_watcher"]
 
-_FALLBACK_INTERVAL = 60.0
 
-
-def _stat(path: os.PathLike[str] | str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size)
-
-
-class CRLWatcher(service.Service):
+class CRLWatcher(PollingWatcher):
     """Polls the CRL files of a JanusService's ports (the ports are read at every tick)."""
 
     name = "crl-watch"
 
     def __init__(self, svc: PortsHost, reactor: Any = None, quiet: bool = False) -> None:
-        self.svc = svc
-        self._reactor = reactor
-        # The parent of worker processes keeps its /status view fresh without logging
-        # what each worker logs itself.
-        self.quiet = quiet
+        super().__init__(svc, reactor, quiet)
         # CRL URLs are fetched by one process: the parent of workers, or the only one.
         self.fetch = os.environ.get("JANUSTLS_WORKER") is None
-        self._seen: dict[tuple[str, str], tuple[int, int] | None] = {}
+        self._seen: dict[tuple[str, str], tuple[int, int, int] | None] = {}
         self._last_check: dict[str, float] = {}
         self._stale_logged: set[tuple[str, str, str]] = set()
         self._fetched_once: set[tuple[str, tuple[str, ...]]] = set()
-        self._loop: LoopingCall | None = None
 
     def interval(self) -> float:
         """The shortest crl_refresh of the ports that have CRLs (each port is checked at its own pace)."""
         values = [b.definition.crl_refresh for b in self.svc.ports if b.definition.crl and b.definition.crl_refresh > 0]
-        return min(values) if values else _FALLBACK_INTERVAL
-
-    def startService(self) -> None:
-        service.Service.startService(self)
-        self._reactor = reactor_or_global(self._reactor)
-        self._loop = LoopingCall(self.check)
-        self._loop.clock = self._reactor
-        self._loop.start(self.interval(), now=True)
-
-    def stopService(self) -> None:
-        service.Service.stopService(self)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        return min(values) if values else FALLBACK_INTERVAL
 
     def check(self) -> None:
         """One poll: changed files rebuild their port; stale CRLs are logged once."""
@@ -124,7 +94,7 @@ class CRLWatcher(service.Service):
         changed = []
         for path in port.crl:
             key = (port.name, str(path))
-            state = _stat(path)
+            state = file_stat(path)
             if key not in self._seen:
                 self._seen[key] = state
             elif self._seen[key] != state:
