@@ -213,9 +213,8 @@ _MODE_RELEASE_BUFFERS: int = int(getattr(_lib, "SSL_MODE_RELEASE_BUFFERS", 0))
 
 
 def idle_buffers(connection: SSL.Connection) -> bool:
-    """After the handshake: OpenSSL gives back its record buffers whenever they are empty
-    from now on (MODE_RELEASE_BUFFERS, set per connection so the handshake's own records
-    do not free and reallocate them), and the memory BIOs are swapped for empty ones
+    """After the handshake: MODE_RELEASE_BUFFERS on the connection (the port's Context sets
+    it too; a Context built elsewhere may not), and the memory BIOs swapped for empty ones
     (`release_bio_buffers`)."""
     if _MODE_RELEASE_BUFFERS:
         _lib.SSL_set_mode(connection._ssl, _MODE_RELEASE_BUFFERS)  # noqa: SLF001

@@ -94,9 +94,10 @@ class PortTLS:
         ctx.set_options(
             SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | _openssl.OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION
         )
-        # Idle connections give their read and write buffers back to OpenSSL: set on each
-        # connection once its handshake is done (`PortTLSProtocol.dataReceived`), so that
-        # the handshake's records do not free and reallocate them one by one.
+        # Idle connections give their read and write buffers back to OpenSSL (about 20 KiB
+        # per idle connection). Set on the Context, from the first record: set only once the
+        # handshake was done, idle connections measured 56 KiB instead of 35.
+        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
         try:
             ctx.set_cipher_list((port.ciphers or DEFAULT_CIPHERS).encode("ascii"))
         except (SSL.Error, UnicodeEncodeError) as e:
