@@ -3,7 +3,7 @@
 ASGI apps (FastAPI, Starlette) await asyncio; Twisted's `AsyncioSelectorReactor` runs Twisted
 on an asyncio loop, so requests go from the TLS layer to the app with no thread hop (Daphne
 does the same).  A reactor is chosen once per process, before anything imports
-`twisted.internet.reactor`: the twistd plugin and `janustls run`/`demo` install the asyncio
+`twisted.internet.reactor`: the twistd plugin and `janustls demo` install the asyncio
 reactor when the definitions have an `asgi` rule, so `twistd -n janustls --port-def ports.ini`
 needs no `-r asyncio` (which also works).  Every port type runs under it unchanged.
 """
