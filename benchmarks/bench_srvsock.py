@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from common import Driver, Paired, ServerProcess, recv_exactly, tls_connect
+from common import Paired, ServerProcess, recv_exactly, tls_connect
 
 ECHO_HANDLER = """\
 async def serve(sock):
@@ -101,13 +101,9 @@ def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffer
 # -- the clients ---------------------------------------------------------------------------------
 
 
-class SrvsockDriver(Driver):
+class SrvsockDriver(common.HandshakeDriver):
     """handshake: connect, 1-byte echo (the server has sent its tickets), close; resumed: the
     same with the newest ticket; echo: 64 bytes back and forth on one connection."""
-
-    def __init__(self, directory: Path, index: int) -> None:
-        super().__init__(directory, index)
-        self.ctx = common.client_context(directory, index)
 
     def _open(self, port: int, session: Any = None) -> Any:
         s = tls_connect(port, self.ctx, session)
@@ -115,41 +111,15 @@ class SrvsockDriver(Driver):
         recv_exactly(s, 1)
         return s
 
-    def prepare(self, workload: str, port: int) -> Any:
-        if workload == "handshake":
-            return [workload, port]
-        if workload == "resumed":
-            s = self._open(port)
-            session = s.session
-            s.close()
-            return [workload, port, session, 0]
-        if workload == "echo":
-            return [workload, self._open(port), os.urandom(ECHO_SIZE)]
-        raise ValueError(workload)
+    def prepare_exchange(self, workload: str, port: int) -> list[Any]:
+        if workload != "echo":
+            raise ValueError(workload)
+        return [self._open(port), os.urandom(ECHO_SIZE)]
 
-    def step(self, state: list[Any]) -> int:
-        workload = state[0]
-        if workload == "handshake":
-            self._open(state[1]).close()
-        elif workload == "resumed":
-            s = self._open(state[1], state[2])
-            if not s.session_reused:
-                state[3] += 1
-            state[2] = s.session
-            s.close()
-        else:
-            s, msg = state[1], state[2]
-            s.sendall(msg)
-            recv_exactly(s, len(msg))
-        return 1
-
-    def finish(self, state: list[Any]) -> int:
-        if state[0] == "echo":
-            state[1].close()
-        return state[3] if state[0] == "resumed" else 0
-
-    def hold(self, port: int) -> Any:
-        return self._open(port)
+    def exchange(self, state: list[Any]) -> None:
+        s, msg = state[1], state[2]
+        s.sendall(msg)
+        recv_exactly(s, len(msg))
 
 
 # -- memory --------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
-from common import Driver, Paired, ServerProcess, tls_connect
+from common import Paired, ServerProcess, tls_connect
 
 VIEWS = """\
 def who(request):
@@ -245,10 +245,12 @@ def _read_response(s: Any, buf: bytearray) -> bytes:
         buf += chunk
 
 
-class WebDriver(Driver):
+class WebDriver(common.HandshakeDriver):
+    """handshake: connect, GET /who, close; resumed: the same with the newest ticket;
+    keepalive: GET /who on one connection."""
+
     def __init__(self, directory: Path, index: int) -> None:
         super().__init__(directory, index)
-        self.ctx = common.client_context(directory, index)
         self.cn = f"client{index}".encode()
 
     def _request(self, s: Any, buf: bytearray) -> None:
@@ -262,39 +264,13 @@ class WebDriver(Driver):
         self._request(s, bytearray())
         return s
 
-    def prepare(self, workload: str, port: int) -> Any:
-        if workload == "handshake":
-            return [workload, port]
-        if workload == "resumed":
-            s = self._open(port)
-            session = s.session
-            s.close()
-            return [workload, port, session, 0]
-        if workload == "keepalive":
-            return [workload, self._open(port), bytearray()]
-        raise ValueError(workload)
+    def prepare_exchange(self, workload: str, port: int) -> list[Any]:
+        if workload != "keepalive":
+            raise ValueError(workload)
+        return [self._open(port), bytearray()]
 
-    def step(self, state: list[Any]) -> int:
-        workload = state[0]
-        if workload == "handshake":
-            self._open(state[1]).close()
-        elif workload == "resumed":
-            s = self._open(state[1], state[2])
-            if not s.session_reused:
-                state[3] += 1
-            state[2] = s.session
-            s.close()
-        else:
-            self._request(state[1], state[2])
-        return 1
-
-    def finish(self, state: list[Any]) -> int:
-        if state[0] == "keepalive":
-            state[1].close()
-        return state[3] if state[0] == "resumed" else 0
-
-    def hold(self, port: int) -> Any:
-        return self._open(port)
+    def exchange(self, state: list[Any]) -> None:
+        self._request(state[1], state[2])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -356,6 +356,59 @@ class Driver:
         raise NotImplementedError
 
 
+class HandshakeDriver(Driver):
+    """A driver of the three usual workloads: `handshake` (a new connection, one exchange, close),
+    `resumed` (the same with the newest ticket; `finish` counts those that did not resume) and one
+    keep-alive workload on a held connection.  Subclasses say how a connection is opened (with its
+    first exchange) and what the keep-alive workload does."""
+
+    def __init__(self, directory: Path, index: int) -> None:
+        super().__init__(directory, index)
+        self.ctx = client_context(directory, index)
+
+    def _open(self, port: int, session: Any = None) -> Any:
+        raise NotImplementedError
+
+    def prepare_exchange(self, workload: str, port: int) -> list[Any]:
+        """[connection, what `exchange` needs] for the keep-alive workload; ValueError for another."""
+        raise NotImplementedError
+
+    def exchange(self, state: list[Any]) -> None:
+        raise NotImplementedError
+
+    def prepare(self, workload: str, port: int) -> Any:
+        if workload == "handshake":
+            return [workload, port]
+        if workload == "resumed":
+            s = self._open(port)
+            session = s.session
+            s.close()
+            return [workload, port, session, 0]
+        return [workload, *self.prepare_exchange(workload, port)]
+
+    def step(self, state: list[Any]) -> int:
+        workload = state[0]
+        if workload == "handshake":
+            self._open(state[1]).close()
+        elif workload == "resumed":
+            s = self._open(state[1], state[2])
+            if not s.session_reused:
+                state[3] += 1
+            state[2] = s.session
+            s.close()
+        else:
+            self.exchange(state)
+        return 1
+
+    def finish(self, state: list[Any]) -> int:
+        if state[0] not in ("handshake", "resumed"):
+            state[1].close()
+        return int(state[3]) if state[0] == "resumed" else 0
+
+    def hold(self, port: int) -> Any:
+        return self._open(port)
+
+
 def _client_main(
     pipe: Pipe,
     driver_class: type[Driver],
