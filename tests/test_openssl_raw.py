@@ -13,7 +13,7 @@ from OpenSSL import SSL
 from janustls.tls import _openssl
 
 
-def _pair(pki):
+def _pair(pki, client_max: int | None = None):
     server_ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     server_ctx.use_certificate_chain_file(str(pki.files["server.pem"]))
     server_ctx.use_privatekey_file(str(pki.files["server.key"]))
@@ -23,6 +23,8 @@ def _pair(pki):
     client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     client_ctx.use_certificate_chain_file(str(pki.cert("alice")))
     client_ctx.use_privatekey_file(str(pki.key("alice")))
+    if client_max is not None:
+        client_ctx.set_max_proto_version(client_max)
     server = SSL.Connection(server_ctx, None)
     server.set_accept_state()
     client = SSL.Connection(client_ctx, None)
@@ -90,3 +92,14 @@ def test_release_bio_buffers_keeps_the_connection_working(pki):
     server.bio_write(client.bio_read(65536))
     assert not _openssl.release_bio_buffers(server)
     assert server.recv(100) == b"pending"
+
+
+def test_negotiated_names_as_pyopenssl_gives_them(pki):
+    """`negotiated` answers what `get_protocol_version_name` and `get_cipher_name` answer
+    (it keeps the names by OpenSSL's cipher pointer and version number), on 1.3 and 1.2."""
+    for version in (SSL.TLS1_3_VERSION, SSL.TLS1_2_VERSION):
+        for _ in range(2):  # the second time from the names kept
+            server, client = _pair(pki, version)
+            _handshake(server, client)
+            assert _openssl.negotiated(server) == (server.get_protocol_version_name(), server.get_cipher_name())
+    assert _openssl.negotiated(SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None))[1] == ""

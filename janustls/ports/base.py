@@ -32,6 +32,7 @@ from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
 from janustls.ports.connection import Connection
 from janustls.ports.refusals import log_refusal
+from janustls.tls import _openssl
 from janustls.tls.midconn import CertificateRequest, can_request
 from janustls.tls.policy import PortTLS
 from janustls.tls.protocol import PortTLSProtocol, failure_text, refusal_for_failure, refused_leaf
@@ -219,15 +220,17 @@ class PortProtocol(Protocol):
         rt = self.factory.runtime
         rt.tls.trust.count_signed(chain.certificates)
         rt.accepted += 1
+        version, cipher = _openssl.negotiated(handle)
+        has_cert = bool(chain)
         conn = Connection(
             self,
             chain,
-            tls_version=handle.get_protocol_version_name(),
-            cipher=handle.get_cipher_name() or "",
+            tls_version=version,
+            cipher=cipher,
             peer=self.peer_address(),
             port_name=rt.port.name,
             # A resumed session that carries a certificate was asked in its first life.
-            asked=rt.port.client_cert is not ClientCertMode.NONE or bool(chain),
+            asked=has_cert or rt.port.client_cert is not ClientCertMode.NONE,
         )
         self.connection = conn
         self._peer_text = address_text(conn.peer)
@@ -236,9 +239,9 @@ class PortProtocol(Protocol):
             "port {port}: {peer} connected with {version} {cipher}, client {subject}",
             port=rt.port.name,
             peer=self._peer_text,
-            version=conn.tls_version,
-            cipher=conn.cipher,
-            subject=conn.cert_info("SUBJECT") if chain else None,
+            version=version,
+            cipher=cipher,
+            subject=chain.info("SUBJECT") if has_cert else None,
             levels=len(chain),
         )
         if rt.port.idle_timeout > 0:

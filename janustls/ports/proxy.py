@@ -55,6 +55,7 @@ from janustls.events import emit
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, PortTLSFactory, address_text
 from janustls.ports.connection import Connection
 from janustls.tls import _openssl
+from janustls.tls._twisted import HalfCloseTLSProtocol
 from janustls.tls.protocol import PortTLSProtocol, failure_text
 
 __all__ = [
@@ -450,14 +451,14 @@ class ProxyProtocol(PortProtocol):
         )
 
 
-class ProxyTLSProtocol(PortTLSProtocol):
+class ProxyTLSProtocol(HalfCloseTLSProtocol, PortTLSProtocol):
     """Twisted's TLS protocol, except that the client's close_notify ends only its direction.
 
     TLS 1.3 (and OpenSSL for 1.2) lets a peer that sent close_notify keep reading; Go's
     `tls.Conn.CloseWrite` and ghostunnel use it as TCP's half-close.  Twisted answers a
     close_notify by closing both ways, losing what the backend still has to say; here
     the application hears `readConnectionLost` and the connection closes when it says
-    so (`janustls.tls._twisted.TLSProtocolBase.half_close_target`).
+    so (`janustls.tls._twisted.HalfCloseTLSProtocol`).
     """
 
     #: A proxy's close may leave the client's direction relaying: it forces its own

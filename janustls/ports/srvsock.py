@@ -115,7 +115,8 @@ class SrvsockProtocol(PortProtocol):
         d.addCallbacks(self._handler_returned, self._handler_failed)
 
     def _handler_returned(self, result: object) -> None:
-        self.close()
+        if not self._gone:  # a handler that ends because its client left has nothing to close
+            self.close()
 
     def _handler_failed(self, failure: Failure) -> None:
         emit(

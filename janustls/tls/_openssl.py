@@ -33,8 +33,8 @@ __all__ = [
     "verified_chain_der",
     "peer_certificate_der",
     "release_bio_buffers",
-    "idle_buffers",
     "x509_pointer",
+    "negotiated",
 ]
 
 _lib: Any = Binding.lib
@@ -91,6 +91,34 @@ def drive_handshake(tls_protocol: Any) -> None:
     except SSL.WantReadError:
         pass
     flush_send(tls_protocol)
+
+
+#: Protocol names by OpenSSL's version number, cipher names by the SSL_CIPHER pointer (OpenSSL's
+#: static cipher table: a handful of entries for the process's life).
+_version_names: dict[int, str] = {}
+_cipher_names: dict[Any, str] = {}
+
+
+def negotiated(connection: SSL.Connection) -> tuple[str, str]:
+    """The protocol and cipher names of a connection ("TLSv1.3", "TLS_AES_256_GCM_SHA384"; "" for none).
+
+    What `get_protocol_version_name()` and `get_cipher_name()` answer, in two binding calls
+    instead of six and without decoding the names again on every connection.
+    """
+    ssl = connection._ssl  # noqa: SLF001
+    number = _lib.SSL_version(ssl)
+    version = _version_names.get(number)
+    if version is None:
+        version = _version_names[number] = _ffi.string(_lib.SSL_get_version(ssl)).decode("utf-8")
+    pointer = _lib.SSL_get_current_cipher(ssl)
+    if pointer == _ffi.NULL:
+        return version, ""
+    cipher = _cipher_names.get(pointer)
+    if cipher is None:
+        if len(_cipher_names) > 256:  # never with OpenSSL's static table; bounded all the same
+            _cipher_names.clear()
+        cipher = _cipher_names[pointer] = _ffi.string(_lib.SSL_CIPHER_get_name(pointer)).decode("utf-8")
+    return version, cipher
 
 
 def verify_error_string(errno: int) -> str:
@@ -207,18 +235,6 @@ def peer_certificate_der(connection: SSL.Connection) -> bytes | None:
         return _x509_der(cert)
     finally:
         _lib.X509_free(cert)
-
-
-_MODE_RELEASE_BUFFERS: int = int(getattr(_lib, "SSL_MODE_RELEASE_BUFFERS", 0))
-
-
-def idle_buffers(connection: SSL.Connection) -> bool:
-    """After the handshake: MODE_RELEASE_BUFFERS on the connection (the port's Context sets
-    it too; a Context built elsewhere may not), and the memory BIOs swapped for empty ones
-    (`release_bio_buffers`)."""
-    if _MODE_RELEASE_BUFFERS:
-        _lib.SSL_set_mode(connection._ssl, _MODE_RELEASE_BUFFERS)  # noqa: SLF001
-    return release_bio_buffers(connection)
 
 
 def release_bio_buffers(connection: SSL.Connection) -> bool:

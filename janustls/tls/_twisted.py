@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, wsgi
 
 __all__ = [
-    "TwistedChanged", "ProducerMembrane", "PullToPush", "WSGIResponse", "TLSProtocolBase",
+    "TwistedChanged", "ProducerMembrane", "PullToPush", "WSGIResponse", "TLSProtocolBase", "HalfCloseTLSProtocol",
     "wsgi_threadpool", "set_wsgi_threadpool", "wsgi_response", "request_line", "received_header_size", "transport_producer",
     "membrane_inner", "flush_send",
     "PRIVATE_NAMES",
@@ -72,14 +72,7 @@ PRIVATE_NAMES = (
 
 
 class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
-    """Twisted's TLS protocol with its private state behind named properties.
-
-    `half_close_target`: a subclass returning a protocol makes the client's close_notify
-    end only the client's direction (that protocol hears `readConnectionLost`), as TCP's
-    half-close; None keeps Twisted's behaviour (close both ways).
-    """
-
-    _read_closed = False
+    """Twisted's TLS protocol with its private state behind named properties."""
 
     @property
     def handshake_done(self) -> bool:
@@ -126,6 +119,18 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         except (AttributeError, TypeError):
             return 1 << 62
 
+
+class HalfCloseTLSProtocol(TLSProtocolBase):
+    """A TLS protocol whose client may end its direction only (a proxy port's).
+
+    `half_close_target`: returning a protocol makes the client's close_notify end only the
+    client's direction (that protocol hears `readConnectionLost`), as TCP's half-close;
+    None keeps Twisted's behaviour (close both ways).  Only protocols that can half-close
+    take this read loop: it asks the hook on every read.
+    """
+
+    _read_closed = False
+
     def half_close_target(self) -> Any:
         return None
 
@@ -146,11 +151,11 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
                 wrapped.readConnectionLost()
                 break
             except SSL.Error:
-                self._tlsShutdownFinished(Failure())
+                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
             else:
                 if not self._aborted:
                     ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()
+        self._flushSendBIO()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
 
 def flush_send(tls_protocol: _tls.TLSMemoryBIOProtocol) -> None:

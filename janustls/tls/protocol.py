@@ -360,12 +360,12 @@ class PortTLSProtocol(TLSProtocolBase):
         if self._pending:
             self.flush_writes()  # what the application answered to these bytes: as few records as fit
         if not self._buffers_released and self.handshake_done:
-            # Once, when the handshake's flights have gone: from now on OpenSSL releases its
-            # record buffers when idle, and the connection holds no handshake-sized BIO
-            # buffers (about 5 KiB; best effort).
+            # Once, when the handshake's flights have gone: the connection holds no
+            # handshake-sized BIO buffers (about 5 KiB; best effort).  OpenSSL releases its
+            # record buffers when idle by itself: the port's Context sets MODE_RELEASE_BUFFERS.
             self._buffers_released = True
             if not self.tls_lost:
-                _openssl.idle_buffers(self.getHandle())
+                _openssl.release_bio_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
 
