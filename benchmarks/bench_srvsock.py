@@ -81,7 +81,9 @@ handler = benchecho:serve
     return int(listening.getHost().port)
 
 
-def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffered: bool = False) -> None:
+def serve(
+    kind: str, directory: Path, log: str, profile_out: Path | None, buffered: bool = False, keep_buffers: bool = False
+) -> None:
     common.begin_logging(directory, kind, log)
 
     def start() -> int:
@@ -89,10 +91,12 @@ def serve(kind: str, directory: Path, log: str, profile_out: Path | None, buffer
 
         if kind == "janustls":
             return _serve_janustls(directory)
-        # The bare server does not set MODE_RELEASE_BUFFERS (janustls does); `bare-release`
-        # is the memory reference with it.
+        # The bare servers set MODE_RELEASE_BUFFERS, as janustls, the web benchmark's bare server
+        # and Twisted's own CertificateOptions do, unless --bare-keep-buffers; `bare-release` and
+        # `bare-keep` are the memory references with and without it.
+        release = kind == "bare-release" or (kind in ("bare", "bare2") and not keep_buffers)
         return common.listen_bare(
-            reactor, directory, common.bare_echo_factory(), release_buffers=kind == "bare-release", buffered=buffered
+            reactor, directory, common.bare_echo_factory(), release_buffers=release, buffered=buffered
         )
 
     common.run_reactor(start, profile_out)
@@ -193,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         help="bare servers use TLSMemoryBIOFactory's default BufferingTLSTransport (small writes sent on the next "
         "reactor turn) instead of TLSMemoryBIOProtocol, which janustls ports use",
     )
+    ap.add_argument(
+        "--bare-keep-buffers",
+        action="store_true",
+        help="bare servers without MODE_RELEASE_BUFFERS (janustls and Twisted's CertificateOptions set it): "
+        "OpenSSL keeps its record buffers, which saves it a malloc and free per record",
+    )
     ap.add_argument("--no-pin", action="store_true", help="do not pin servers and clients to separate cores")
     ap.add_argument(
         "--log",
@@ -207,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile-handshakes", type=int, default=None, help="full handshakes per profiled server (default 3000)"
     )
-    ap.add_argument("--serve", choices=("janustls", "bare", "bare2", "bare-release"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--serve", choices=("janustls", "bare", "bare2", "bare-release", "bare-keep"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.serve:
-        serve(args.serve, args.dir, args.log, args.profile_out, args.bare_buffered)
+        serve(args.serve, args.dir, args.log, args.profile_out, args.bare_buffered, args.bare_keep_buffers)
         return 0
 
     quick = args.quick
@@ -245,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pin.note)
     print(
         f"{clients} client processes per server (Python ssl, TLS 1.3); {rounds} paired round(s) of {window:g} s "
-        f"after {ramp:g} s of load; ratio: median of the per-round ratios; log events: {args.log}; bare TLS protocol: {'BufferingTLSTransport' if args.bare_buffered else 'TLSMemoryBIOProtocol (as janustls)'}"
+        f"after {ramp:g} s of load; ratio: median of the per-round ratios; log events: {args.log}; bare TLS protocol: {'BufferingTLSTransport' if args.bare_buffered else 'TLSMemoryBIOProtocol (as janustls)'}; bare MODE_RELEASE_BUFFERS: {'no' if args.bare_keep_buffers else 'yes (as janustls)'}"
         f"{'  [--quick: smoke run, figures not meaningful]' if quick else ''}"
     )
     sys.stdout.flush()
@@ -259,6 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     profile_text = ""
     with tempfile.TemporaryDirectory(prefix="janustls-bench-") as tmp:
         directory = Path(tmp)
+        server_args = [
+            "--dir",
+            tmp,
+            "--log",
+            args.log,
+            *(["--bare-buffered"] if args.bare_buffered else []),
+            *(["--bare-keep-buffers"] if args.bare_keep_buffers else []),
+        ]
         n_clients = 2 * max([clients, *sweep])
         common.make_pki(directory, n_clients)
         (directory / "procs").mkdir()
@@ -270,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers[kind] = common.start_server(
                     script,
                     kind,
-                    ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])],
+                    server_args,
                     pin.servers,
                 )
             pair = (servers["janustls"], servers["bare"])
@@ -290,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.profile:
                 n_prof = min(clients, 8)
-                extra = ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])]
+                extra = server_args
                 janus = common.profile_server(
                     "janustls", script, extra, directory, pin, pool, n_prof, profile_handshakes
                 )
@@ -303,11 +323,12 @@ def main(argv: list[str] | None = None) -> int:
 
             # Memory: a fresh process per server, one at a time.
             if connections:
-                for kind in ("janustls", "bare", "bare-release"):
+                reference = "bare-release" if args.bare_keep_buffers else "bare-keep"
+                for kind in ("janustls", "bare", reference):
                     servers[kind] = common.start_server(
                         script,
                         kind,
-                        ["--dir", tmp, "--log", args.log, *(["--bare-buffered"] if args.bare_buffered else [])],
+                        server_args,
                         pin.servers,
                     )
                     memory[kind] = measure_memory(servers[kind], pool, connections)
@@ -339,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{'memory per idle connection (KiB RSS)':<40} {memory['janustls'][0]:>10.1f} {memory['bare'][0]:>10.1f} "
             f"{memory['janustls'][0] / memory['bare'][0]:>8.3f}   (janustls, bare, janustls/bare)"
         )
-        print(
-            f"{'  reference: bare + MODE_RELEASE_BUFFERS':<40} {'':>10} {memory['bare-release'][0]:>10.1f}"
-            f"    (janustls sets this mode; the bare server above does not)"
-        )
+        if "bare-release" in memory:
+            print(
+                f"{'  reference: bare + MODE_RELEASE_BUFFERS':<40} {'':>10} {memory['bare-release'][0]:>10.1f}"
+                f"    (janustls sets this mode; the bare server above does not)"
+            )
+        else:
+            print(
+                f"{'  reference: bare without MODE_RELEASE_BUFFERS':<40} {'':>10} {memory['bare-keep'][0]:>10.1f}"
+                f"    (the bare server above sets this mode, as janustls does)"
+            )
         for kind, (_per, base, loaded) in memory.items():
             print(f"memory {kind}: VmRSS {base} KiB after warm-up -> {loaded} KiB with {connections} connections")
     print()
