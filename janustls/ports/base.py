@@ -54,8 +54,9 @@ class HandshakeDeadlines:
         self.pending: dict[PortProtocol, float] = {}
         self._loop: LoopingCall | None = None
 
-    def add(self, protocol: PortProtocol) -> None:
-        self.pending[protocol] = self.reactor.seconds() + self.timeout
+    def add(self, protocol: PortProtocol, now: float) -> None:
+        """`now`: the reactor's seconds, which the caller has read already."""
+        self.pending[protocol] = now + self.timeout
         if self._loop is None:
             self._loop = LoopingCall(self._sweep)
             self._loop.clock = self.reactor
@@ -125,9 +126,9 @@ class PortProtocol(Protocol):
 
     def connectionMade(self) -> None:
         rt = self.factory.runtime
-        self._started = rt.reactor.seconds()
-        self._deadlines = rt.deadlines
-        rt.deadlines.add(self)
+        self._started = now = rt.reactor.seconds()
+        self._deadlines = deadlines = rt.deadlines
+        deadlines.add(self, now)
 
     # -- the handshake ---------------------------------------------------------------
 
