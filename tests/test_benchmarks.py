@@ -40,6 +40,16 @@ def test_bench_srvsock_quick_prints_the_paired_table() -> None:
         assert len(_row(text, f"  control: bare/bare, {workload}").split()) >= 8
     assert "clients per server" in text
     assert len(_row(text, "memory per idle connection (KiB RSS)").split()) >= 8
+    # The bare servers release OpenSSL's buffers as janustls does; the reference row is without.
+    assert "bare MODE_RELEASE_BUFFERS: yes" in text
+    assert len(_row(text, "  reference: bare without MODE_RELEASE_BUFFERS").split()) >= 6
+
+
+def test_bench_srvsock_bare_keep_buffers_measures_without_the_mode() -> None:
+    text = _run("bench_srvsock.py", "--workloads", "echo", "--sweep", "", "--bare-keep-buffers")
+    assert "bare MODE_RELEASE_BUFFERS: no" in text
+    assert len(_row(text, "echo round trip").split()) >= 8
+    assert len(_row(text, "  reference: bare + MODE_RELEASE_BUFFERS").split()) >= 6
 
 
 def test_bench_web_quick_prints_the_paired_table() -> None:
