@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import h2.config
 import h2.connection
@@ -47,8 +47,16 @@ from janustls.ports.base import address_text
 from janustls.ports.web.request import JanusRequest
 from janustls.tls._twisted import PullToPush
 
-if TYPE_CHECKING:
-    from janustls.ports.web.port import WebProtocol
+
+class WebProtocol(Protocol):
+    """What the channel asks of the port protocol (`port.WebProtocol`)."""
+
+    @property
+    def factory(self) -> Any: ...
+    def can_request_over_http11(self) -> tuple[bool, str]: ...
+    def progress(self) -> None: ...
+    def close(self) -> None: ...
+    def peer_address(self) -> Any: ...
 
 __all__ = ["H2Channel", "H2Limits", "H2Stream", "STREAM_HIGH", "FLOOD_WINDOW"]
 
