@@ -445,3 +445,104 @@ def test_config_and_check_know_the_keys(pki: Any, tmp_path: Path) -> None:
     srv = f"[janustls]\nprocs = {tmp_path}\n[port:S]\ntype = srvsock\nlisten = tcp:0\ncertificate = {pki.files['server.pem']}\nprivate_key = {pki.files['server.key']}\nhandler = h:serve\nhttp2 = yes\n"
     _, errors = parse_partially(srv, "t.ini", tmp_path)
     assert any("http2" in str(e) for e in errors)
+
+
+# -- ASGI: a stream as an http scope, with the TLS extension -------------------------------------
+
+ASGI_APP = """
+import json
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    ext = scope["extensions"]
+    doc = {"http_version": scope["http_version"], "method": scope["method"], "path": scope["path"],
+           "body": len(body), "tls_version": ext["tls"]["tls_version"], "chain": len(ext["tls"]["client_cert_chain"]),
+           "cn": ext["janustls"]["cert_info"].get("CN"), "host": dict(scope["headers"]).get(b"host", b"").decode()}
+    data = json.dumps(doc).encode() + b"\\n" + b"a" * 200000
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    for i in range(0, len(data), 50000):
+        await send({"type": "http.response.body", "body": data[i:i + 50000], "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_asgi_stream_is_an_http_scope_with_the_tls_extension(pki: Any, tmp_path: Path) -> None:
+    import json
+
+    from tests.support import Twistd, free_port
+
+    (tmp_path / "apps.py").write_text(ASGI_APP)
+    port = free_port()
+    ini = tmp_path / "ports.ini"
+    ini.write_text(
+        f"[janustls]\nprocs = .\n{port_ini(pki, 'API', 'require', listen=f'tcp:{port}:interface=127.0.0.1', extra='http2 = yes')}\n[web:API]\nON /* = asgi apps:app\n"
+    )
+    t = Twistd(
+        ["-n", "--pidfile", "", "--logfile", "-", "janustls", "--port-def", str(ini), "--log-format", "json"], tmp_path
+    )
+    try:
+        t.wait_for("janustls.port.listening", timeout=30)
+        for tls in ("1.2", "1.3"):
+            c = H2Client(port, client_context(pki, "alice", tls=tls))
+            try:
+                sids = [c.send("POST", f"/scope/{i}", b"q" * 1000) for i in range(5)]
+                c.pump(lambda: all(c.responses[s]["done"] for s in sids), timeout=20)
+                for i, s in enumerate(sids):
+                    r = c.responses[s]
+                    assert r["headers"][":status"] == "200", r
+                    head, _, rest = r["body"].partition(b"\n")
+                    doc = json.loads(head)
+                    assert doc == {"http_version": "2", "method": "POST", "path": f"/scope/{i}", "body": 1000,
+                                   "tls_version": 0x303 if tls == "1.2" else 0x304, "chain": 3, "cn": "alice",
+                                   "host": "localhost"}  # fmt: skip
+                    assert len(rest) == 200000
+            finally:
+                c.close()
+    finally:
+        t.stop()
+
+
+# -- headless Chromium: HTTP_1_1_REQUIRED, then the certificate over HTTP/1.1 ---------------------
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("certutil") is None or shutil.which("pk12util") is None,
+    reason="needs chromium and libnss3-tools (../shared/BROWSER.md)",
+)
+def test_chromium_retries_over_http11_and_ends_on_the_page_with_the_cn(
+    pki: Any, reactor: Any, tmp_path: Path, events: Any
+) -> None:
+    from tests.test_web import free_port
+    from tests.test_web_browser import PAGE, Browser
+
+    (tmp_path / "procs").mkdir()
+    procs = make_procs(tmp_path / "procs")
+    (procs / "page.py").write_text(PAGE)
+    port = free_port()
+    text = f"""
+[janustls]
+procs = {procs}
+{port_ini(pki, "CHR", "none", tls_max="1.2", listen=f"tcp:{port}:interface=127.0.0.1", extra="http2 = yes")}
+[web:CHR]
+ON /open = call page:whoami
+ON /need = call page:whoami client_cert=require
+ON SSLNOCERTERR = page pages/nocert.html status=403
+"""
+    s = start(text, procs)
+    try:
+        origin = f"https://127.0.0.1:{port}"
+        mark = events.mark()
+        dom, err = Browser(tmp_path / "b", pki, "alice", [origin]).dom(origin + "/need")
+        assert "CN=alice" in dom, err[-3000:]
+        events.wait_for(mark, "janustls.web.h2_http11_required", port="CHR")
+        accepted = [e for e in events.since(mark, "janustls.conn.accepted", port="CHR")]
+        assert accepted, "no connection"
+    finally:
+        s.stop()
