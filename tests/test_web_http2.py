@@ -493,7 +493,7 @@ def test_asgi_stream_is_an_http_scope_with_the_tls_extension(pki: Any, tmp_path:
             c = H2Client(port, client_context(pki, "alice", tls=tls))
             try:
                 sids = [c.send("POST", f"/scope/{i}", b"q" * 1000) for i in range(5)]
-                c.pump(lambda: all(c.responses[s]["done"] for s in sids), timeout=20)
+                c.pump(lambda c=c, sids=sids: all(c.responses[s]["done"] for s in sids), timeout=20)
                 for i, s in enumerate(sids):
                     r = c.responses[s]
                     assert r["headers"][":status"] == "200", r
@@ -542,7 +542,7 @@ ON SSLNOCERTERR = page pages/nocert.html status=403
         dom, err = Browser(tmp_path / "b", pki, "alice", [origin]).dom(origin + "/need")
         assert "CN=alice" in dom, err[-3000:]
         events.wait_for(mark, "janustls.web.h2_http11_required", port="CHR")
-        accepted = [e for e in events.since(mark, "janustls.conn.accepted", port="CHR")]
+        accepted = events.since(mark, "janustls.conn.accepted", port="CHR")
         assert accepted, "no connection"
     finally:
         s.stop()
