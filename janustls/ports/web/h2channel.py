@@ -58,6 +58,7 @@ class WebProtocol(Protocol):
     def close(self) -> None: ...
     def peer_address(self) -> Any: ...
 
+
 __all__ = ["H2Channel", "H2Limits", "H2Stream", "STREAM_HIGH", "FLOOD_WINDOW"]
 
 #: Unsent response bytes of one stream above which its producer is paused.
@@ -294,6 +295,8 @@ class H2Channel:
         self.streams: dict[int, H2Stream] = {}
         self._sending: dict[int, H2Stream] = {}  # streams with queued output (or END_STREAM due), in order
         self._pumping = False
+        self._receiving = False
+        self._flush_call: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._window_start = 0.0
         self._counts = {"resets": 0, "pings": 0, "settings": 0}
@@ -332,6 +335,14 @@ class H2Channel:
     def dataReceived(self, data: bytes) -> None:  # noqa: N802  # twisted's name
         if self.closing:
             return
+        self._receiving = True
+        try:
+            self._received(data)
+        finally:
+            self._receiving = False
+        self._flush()
+
+    def _received(self, data: bytes) -> None:
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.TooManyStreamsError:
@@ -373,14 +384,14 @@ class H2Channel:
                 self._flush()
                 self.proto.close()
                 return None
-        self._flush()
         return None
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802  # twisted's name
         self.closing = True
-        if self._idle is not None and self._idle.active():
-            self._idle.cancel()
-        self._idle = None
+        for call in (self._idle, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle = self._flush_call = None
         streams, self.streams = list(self.streams.values()), {}
         self._sending.clear()
         for stream in streams:
@@ -555,7 +566,6 @@ class H2Channel:
                             stream.out.popleft()
                         stream.queued -= len(chunk)
                         conn.send_data(sid, chunk)
-                        self._flush()
                     if not stream.out and stream.done:
                         if not stream.headers_sent:  # no body, no headers (should not happen): 500
                             stream.headers_sent = True
@@ -573,7 +583,7 @@ class H2Channel:
                 stream.sent_some()
         finally:
             self._pumping = False
-        self._flush()
+        self._flush_soon()
 
     def _finished(self, stream: H2Stream) -> None:
         """The response went out whole: if the client is still sending, it need not."""
@@ -589,8 +599,15 @@ class H2Channel:
         self._after_stream()
 
     def _flush_soon(self) -> None:
-        if not self._pumping:
-            self._flush()
+        """Frames made while reading go out once the read is handled; others on the next
+        reactor turn: the responses of many streams share TLS records."""
+        if self._receiving or self._flush_call is not None:
+            return
+        self._flush_call = self.reactor.callLater(0, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_call = None
+        self._flush()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
