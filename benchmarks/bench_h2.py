@@ -20,7 +20,6 @@ Run under `flock /tmp/janustls-bench.lock` (one benchmark on the machine at a ti
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402  # after the path insert
+import common  # after the path insert
 
 VIEWS = """
 def who(request):
