@@ -546,3 +546,31 @@ ON SSLNOCERTERR = page pages/nocert.html status=403
         assert accepted, "no connection"
     finally:
         s.stop()
+
+
+def test_check_says_which_http_versions_a_web_port_speaks(pki: Any, tmp_path: Path) -> None:
+    import io
+
+    from janustls.cli import describe
+
+    procs = make_procs(tmp_path)
+    (procs / "h2views.py").write_text(H2VIEWS)
+    ini = procs / "ports.ini"
+    ini.write_text(f"""[janustls]
+procs = {procs}
+{port_ini(pki, "ONE", "none", extra="http2 = yes")}
+[web:ONE]
+ON /secure/* = call h2views:whoami client_cert=require
+ON /* = call h2views:whoami
+{port_ini(pki, "TWO", "none")}
+[web:TWO]
+ON /* = call h2views:whoami
+""")
+    out = io.StringIO()
+    assert describe(str(ini), out) == 0
+    text = out.getvalue()
+    assert (
+        "HTTP/1.1 and HTTP/2 (ALPN h2; h2_max_streams 100, h2_window 262144); 1 rule(s) asking for a certificate per path answer HTTP/2 with HTTP_1_1_REQUIRED"
+        in text
+    )
+    assert "HTTP/1.1 (http2 = no)" in text
