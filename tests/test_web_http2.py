@@ -40,6 +40,7 @@ def can_ask(request):
 """
 
 CURL = shutil.which("curl")
+SLOW = "http2 = yes\nbody_timeout = 1\nkeepalive_timeout = 2"
 LIMITS = "http2 = yes\nh2_max_streams = 8\nh2_max_resets = 20\nh2_max_pings = 10\nh2_max_settings = 10\nmax_header_bytes = 4096"
 
 
@@ -95,6 +96,14 @@ ON SSLNOCERTERR = page pages/nocert.html status=403
 [web:OPT13]
 ON /secure/* = call h2views:whoami client_cert=require
 ON SSLNOCERTERR = page pages/nocert.html status=403
+{port_ini(pki, "CERTERR", "request", extra="http2 = yes")}
+[web:CERTERR]
+ON /who = call h2views:whoami
+ON SSLCERTERR = call views:certerr status=495
+{port_ini(pki, "SLOW", "require", extra=SLOW)}
+[web:SLOW]
+ON /who = call h2views:whoami
+ON POST /up = call h2views:size
 {port_ini(pki, "PLAIN", "require")}
 [web:PLAIN]
 ON /who = call h2views:whoami
@@ -218,6 +227,43 @@ def test_every_action_over_h2_with_a_client_certificate(web: Any, pki: Any, tls:
         assert asked["body"] == b"can=True why=already asked" or b"can=False" in asked["body"], asked
         for name in ("connection", "transfer-encoding", "keep-alive"):
             assert name not in who["headers"]
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("tls", ["1.2", "1.3"])
+def test_sslcerterr_rule_answers_a_refused_certificate_on_every_stream(web: Any, pki: Any, tls: str) -> None:
+    c = h2_client(web, pki, "CERTERR", cert="expired", tls=tls)
+    try:
+        assert c.alpn == "h2"
+        for _ in range(2):
+            r = c.request("GET", "/who")
+            assert r["headers"][":status"] == "495" and r["body"] == b"certerr: expired", r
+    finally:
+        c.close()
+
+
+def test_body_timeout_answers_its_stream_and_keepalive_timeout_closes_an_idle_connection(
+    web: Any, pki: Any, events: Any
+) -> None:
+    mark = events.mark()
+    c = h2_client(web, pki, "SLOW")
+    try:
+        sid = c.conn.get_next_available_stream_id()
+        c.conn.send_headers(sid, [(":method", "POST"), (":path", "/up"), (":scheme", "https"), (":authority", "x")])
+        c.conn.send_data(sid, b"part")
+        c.sock.sendall(c.conn.data_to_send())
+        c.responses[sid] = {"headers": {}, "body": b"", "done": False, "reset": None}
+        started = time.monotonic()
+        c.pump(lambda: c.responses[sid]["done"], timeout=10)
+        assert c.responses[sid]["headers"][":status"] == "408"
+        assert 0.8 < time.monotonic() - started < 5
+        events.wait_for(mark, "janustls.web.body_timeout", port="SLOW")
+        assert c.request("GET", "/who")["body"].startswith(b"CN=alice")  # the connection goes on
+        started = time.monotonic()
+        c.pump(lambda: c.goaway is not None, timeout=10)
+        assert c.goaway == 0 and 1.5 < time.monotonic() - started < 6
+        events.wait_for(mark, "janustls.web.keepalive_timeout", port="SLOW")
     finally:
         c.close()
 

@@ -497,7 +497,7 @@ class H2Channel:
         stream.timer = None
         if stream.received or stream.closed:
             return
-        self.event("janustls.web.body_timeout", "port {port}: closing {peer}: no complete request {what} within {seconds}s",
+        self.event("janustls.web.body_timeout", "port {port}: 408 on a stream of {peer}: no complete request {what} within {seconds}s",
                    what="body", seconds=self.limits.body_timeout)  # fmt: skip
         stream.answer(408, "The request body did not arrive in time.")
         self._flush()
