@@ -102,6 +102,8 @@ class H2Stream:
         self.out: deque[bytes] = deque()
         self.queued = 0
         self.headers_sent = False
+        #: The response head, until the stream's next turn sends it.
+        self.fields: list[tuple[bytes, bytes]] | None = None
         self.done = False  # the response is complete (requestDone)
         self.closed = False  # ended or reset: nothing more goes out
         self.received = False  # END_STREAM from the client
@@ -296,7 +298,7 @@ class H2Channel:
         self._sending: dict[int, H2Stream] = {}  # streams with queued output (or END_STREAM due), in order
         self._pumping = False
         self._receiving = False
-        self._flush_call: IDelayedCall | None = None
+        self._turn_call: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._window_start = 0.0
         self._counts = {"resets": 0, "pings": 0, "settings": 0}
@@ -340,6 +342,7 @@ class H2Channel:
             self._received(data)
         finally:
             self._receiving = False
+        self._pump()
         self._flush()
 
     def _received(self, data: bytes) -> None:
@@ -388,10 +391,10 @@ class H2Channel:
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802  # twisted's name
         self.closing = True
-        for call in (self._idle, self._flush_call):
+        for call in (self._idle, self._turn_call):
             if call is not None and call.active():
                 call.cancel()
-        self._idle = self._flush_call = None
+        self._idle = self._turn_call = None
         streams, self.streams = list(self.streams.values()), {}
         self._sending.clear()
         for stream in streams:
@@ -500,7 +503,6 @@ class H2Channel:
         self.event("janustls.web.body_timeout", "port {port}: 408 on a stream of {peer}: no complete request {what} within {seconds}s",
                    what="body", seconds=self.limits.body_timeout)  # fmt: skip
         stream.answer(408, "The request body did not arrive in time.")
-        self._flush()
 
     def reset(self, stream: H2Stream, code: int) -> None:
         """Reset one stream (the others go on)."""
@@ -524,26 +526,30 @@ class H2Channel:
     # -- sending ------------------------------------------------------------------------------
 
     def send_headers(self, stream: H2Stream, fields: list[tuple[bytes, bytes]]) -> None:
+        """The response head: sent with the stream's next turn (with END_STREAM when the
+        response is already complete and bodiless)."""
         if self.closing:
             return
-        try:
-            self.conn.send_headers(stream.stream_id, fields)
-        except h2.exceptions.StreamClosedError:
-            self.streams.pop(stream.stream_id, None)
-            stream.lost(Failure(ConnectionDone("stream closed")))
-            return
-        self._sending.setdefault(stream.stream_id, stream)
-        self._flush_soon()
+        stream.fields = fields
+        self.want_send(stream)
 
     def want_send(self, stream: H2Stream | None) -> None:
+        """The stream has something to send: on the next turn (after the read being handled,
+        else on the next reactor turn), so many streams' frames share TLS records."""
         if stream is not None:
             self._sending.setdefault(stream.stream_id, stream)
-        if not self._pumping:
-            self._pump()
+        if self._receiving or self._turn_call is not None or self.closing:
+            return
+        self._turn_call = self.reactor.callLater(0, self._turn)
+
+    def _turn(self) -> None:
+        self._turn_call = None
+        self._pump()
+        self._flush()
 
     def _pump(self) -> None:
         """Send what the flow-control windows let out, stream by stream; END_STREAM when done."""
-        if self.closing:
+        if self.closing or self._pumping:
             return
         self._pumping = True
         conn = self.conn
@@ -555,6 +561,11 @@ class H2Channel:
                     self._sending.pop(sid, None)
                     continue
                 try:
+                    ended = False
+                    if stream.fields is not None:
+                        fields, stream.fields = stream.fields, None
+                        ended = stream.done and not stream.out
+                        conn.send_headers(sid, fields, end_stream=ended)
                     while stream.out and not self.out_paused:
                         window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                         if window <= 0:
@@ -565,12 +576,15 @@ class H2Channel:
                         else:
                             stream.out.popleft()
                         stream.queued -= len(chunk)
-                        conn.send_data(sid, chunk)
-                    if not stream.out and stream.done:
-                        if not stream.headers_sent:  # no body, no headers (should not happen): 500
+                        ended = stream.done and not stream.out
+                        conn.send_data(sid, chunk, end_stream=ended)
+                    if not ended and stream.done and not stream.out:
+                        if not stream.headers_sent:  # finished without a response head (should not happen): 500
                             stream.headers_sent = True
                             conn.send_headers(sid, [(b":status", b"500"), (b"content-length", b"0")])
                         conn.end_stream(sid)
+                        ended = True
+                    if ended:
                         stream.closed = True
                         self._sending.pop(sid, None)
                         self._finished(stream)
@@ -583,7 +597,6 @@ class H2Channel:
                 stream.sent_some()
         finally:
             self._pumping = False
-        self._flush_soon()
 
     def _finished(self, stream: H2Stream) -> None:
         """The response went out whole: if the client is still sending, it need not."""
@@ -597,17 +610,6 @@ class H2Channel:
                 pass
         self.streams.pop(stream.stream_id, None)
         self._after_stream()
-
-    def _flush_soon(self) -> None:
-        """Frames made while reading go out once the read is handled; others on the next
-        reactor turn: the responses of many streams share TLS records."""
-        if self._receiving or self._flush_call is not None:
-            return
-        self._flush_call = self.reactor.callLater(0, self._flush_later)
-
-    def _flush_later(self) -> None:
-        self._flush_call = None
-        self._flush()
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
