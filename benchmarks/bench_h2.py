@@ -62,7 +62,7 @@ ON /who = call views:who
     return int(port.getHost().port)
 
 
-def serve(directory: Path) -> None:
+def serve(directory: Path, profile_out: Path | None) -> None:
     common.begin_logging(directory, "janustls", "discard")
 
     def start() -> int:
@@ -70,7 +70,30 @@ def serve(directory: Path) -> None:
 
         return _serve_janustls(directory, reactor)
 
-    common.run_reactor(start)
+    common.run_reactor(start, profile_out)
+
+
+def profile(server: Any, client: Any, seconds: float, out: Path, label: str) -> None:
+    """cProfile the server over one window of `client`; print the top functions by own time."""
+    import pstats
+    import signal
+
+    server.proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    t0, done = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        done += client.batch()
+    server.proc.send_signal(signal.SIGUSR2)
+    server.wait_line("PROFILED")
+    stats = pstats.Stats(str(out))
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:25]  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    print(
+        f"\nprofile, {label}: {total / done * 1e6:.1f} us profiled per request ({done} requests); own time per request:"
+    )
+    for (file, line, func), v in rows:
+        where = "/".join(Path(file).parts[-2:])
+        print(f"  {v[2] / done * 1e6:8.2f} us  {where}:{line} {func}")
 
 
 # -- clients ---------------------------------------------------------------------------------------
@@ -191,11 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="paired rounds (default 9; 1 with --quick)")
     ap.add_argument("--window", type=float, default=None, help="seconds per window (default 2; 0.3 with --quick)")
     ap.add_argument("--concurrency", type=int, default=32, help="h2 streams / h1 connections in flight (default 32)")
+    ap.add_argument(
+        "--profile", action="store_true", help="after the rounds, cProfile the server over one h2 and one h1 window"
+    )
+    ap.add_argument("--profile-out", help=argparse.SUPPRESS)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve:
-        serve(Path(args.dir))
+        serve(Path(args.dir), Path(args.profile_out) if args.profile_out else None)
         return 0
     rounds = args.rounds or (1 if args.quick else 9)
     seconds = args.window or (0.3 if args.quick else 2.0)
@@ -203,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-h2-") as tmp:
         directory = Path(tmp)
         common.make_pki(directory, 1)
-        server = common.start_server(__file__, "janustls", ["--dir", str(directory)])
+        extra = ["--profile-out", str(directory / "server.prof")] if args.profile else []
+        server = common.start_server(__file__, "janustls", ["--dir", str(directory), *extra])
         try:
             h1, h2c = H1(directory, server.port, n), H2(directory, server.port, n)
             for client in (h1, h2c):  # warm-up
@@ -213,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, client in (("h1", h1), ("h2", h2c), ("h1 again", h1)):
                     results[name].append(window(client, server.pid, seconds))
                 print(f"  round {r + 1}/{rounds}", file=sys.stderr)
+            profiles: list[tuple[Any, str]] = [(h2c, f"HTTP/2, {n} streams"), (h1, f"HTTP/1.1, {n} connections")]
+            if args.profile:
+                for client, label in profiles:
+                    profile(server, client, seconds, directory / "server.prof", label)
             h1.close()
             h2c.close()
         finally:
