@@ -282,6 +282,38 @@ def test_many_concurrent_streams_and_flow_control(web: Any, pki: Any) -> None:
         c.close()
 
 
+def test_a_stream_the_client_does_not_read_holds_up_no_other(web: Any, pki: Any) -> None:
+    """Per-stream flow control: /big fills its stream's window (the client opens only the
+    connection's), /who on another stream is answered meanwhile; /big ends once its window opens."""
+    c = h2_client(web, pki, "REQ")
+    try:
+        big = c.send("GET", "/big")
+        got: list[int] = []
+
+        def stalled() -> bool:
+            for ev in c.conn.receive_data(c.sock.recv(65536)):
+                if isinstance(ev, h2.events.DataReceived) and ev.stream_id == big:
+                    got.append(len(ev.data))
+                    c.conn.increment_flow_control_window(ev.flow_controlled_length)  # the connection's only
+            c.sock.sendall(c.conn.data_to_send())
+            return sum(got) >= 65535
+
+        deadline = time.monotonic() + 10
+        while not stalled() and time.monotonic() < deadline:
+            pass
+        assert sum(got) == 65535  # the stream's whole initial window, not a byte more
+        who = c.request("GET", "/who")
+        assert who["body"].startswith(b"CN=alice proto=HTTP/2")
+        assert c.responses[big]["body"] == b""  # /big's DATA went to `got`, and no more came
+        c.conn.acknowledge_received_data(sum(got), big)  # open /big's window
+        c.sock.sendall(c.conn.data_to_send())
+        c.responses[big]["body"] = b"x" * sum(got)
+        c.pump(lambda: c.responses[big]["done"], timeout=10)
+        assert len(c.responses[big]["body"]) == 300000
+    finally:
+        c.close()
+
+
 def test_body_over_the_rules_max_body_is_413_on_its_stream_only(web: Any, pki: Any, events: Any) -> None:
     mark = events.mark()
     c = h2_client(web, pki, "REQ")
