@@ -91,7 +91,9 @@ procs = {procs}
 [web:OPT]
 ON /open = call h2views:whoami
 ON /secure/* = call h2views:whoami client_cert=require
+ON /team/* = call h2views:whoami client_cert=request allow=cn:alice
 ON SSLNOCERTERR = page pages/nocert.html status=403
+ON FORBIDDEN = page pages/forbidden.html status=403
 {port_ini(pki, "OPT13", "none", tls_min="1.3", extra="http2 = yes")}
 [web:OPT13]
 ON /secure/* = call h2views:whoami client_cert=require
@@ -394,6 +396,18 @@ def test_curl_gets_http_1_1_required_then_its_retry_is_asked_for_the_certificate
     # an open path on the same port stays on HTTP/2
     open_ = curl(pki, f"https://localhost:{port}/open", "--resolve", f"localhost:{port}:127.0.0.1")
     assert open_.stdout.startswith("CN=None proto=HTTP/2") and open_.stdout.endswith("\n2 200")
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_an_identity_rule_needing_a_certificate_judges_it_on_the_http11_retry(web: Any, pki: Any) -> None:
+    port = web.port("OPT")
+    where = ["--resolve", f"localhost:{port}:127.0.0.1", f"https://localhost:{port}/team/x"]
+    alice = curl(pki, where[-1], *where[:-1])
+    assert alice.stdout == "CN=alice proto=HTTP/1.1 tls=TLSv1.3\n1.1 200", alice.stderr[-2000:]
+    bob = curl(pki, where[-1], *where[:-1], cert="bob")
+    assert bob.stdout.endswith("\n1.1 403") and "forbidden page" in bob.stdout, bob.stderr[-2000:]
+    nobody = curl(pki, where[-1], *where[:-1], cert=None)
+    assert nobody.stdout.endswith("\n1.1 403") and "forbidden page" in nobody.stdout, nobody.stderr[-2000:]
 
 
 def test_h2_client_sees_the_stream_reset_with_http_1_1_required(web: Any, pki: Any) -> None:
