@@ -35,6 +35,9 @@ def size(request):
 def big(request):
     return "x" * 300000
 
+def cookies(request):
+    return "cookie=%s a=%s c=%s" % (request.getHeader("cookie"), request.getCookie(b"a"), request.getCookie(b"c"))
+
 def can_ask(request):
     return "can=%s why=%s" % request.can_request_certificate()
 """
@@ -79,6 +82,7 @@ ON POST /small = call h2views:size max_body=100
 ON POST /up = call h2views:size
 ON /big = call h2views:big
 ON /ask = call h2views:can_ask
+ON /cookies = call h2views:cookies
 ON FORBIDDEN = page pages/forbidden.html status=403
 """
     text = f"""
@@ -227,6 +231,8 @@ def test_every_action_over_h2_with_a_client_certificate(web: Any, pki: Any, tls:
         assert posted["body"] == b"size=5000"
         asked = c.request("GET", "/ask")
         assert asked["body"] == b"can=True why=already asked" or b"can=False" in asked["body"], asked
+        cookies = c.request("GET", "/cookies", headers=[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")])
+        assert cookies["body"] == b"cookie=a=1; b=2; c=3 a=b'1' c=b'3'"
         for name in ("connection", "transfer-encoding", "keep-alive"):
             assert name not in who["headers"]
     finally:

@@ -443,6 +443,11 @@ class H2Channel:
             raw.append((name, value))
         if authority is not None and not any(n == b"host" for n, _ in raw):
             raw.insert(0, (b"host", authority))
+        cookies = [v for n, v in raw if n == b"cookie"]
+        if len(cookies) > 1:  # browsers split cookies over fields: one field, as HTTP/1.1 (RFC 9113 8.2.3)
+            at = next(i for i, (n, _) in enumerate(raw) if n == b"cookie")
+            raw = [(n, v) for n, v in raw if n != b"cookie"]
+            raw.insert(at, (b"cookie", b"; ".join(cookies)))
         for name, value in raw:
             headers.addRawHeader(name, value)
         request.raw_headers = raw
