@@ -73,8 +73,9 @@ def serve(directory: Path, profile_out: Path | None) -> None:
     common.run_reactor(start, profile_out)
 
 
-def profile(server: Any, client: Any, seconds: float, out: Path, label: str) -> None:
-    """cProfile the server over one window of `client`; print the top functions by own time."""
+def profile(server: Any, client: Any, seconds: float, out: Path, label: str, before: dict[Any, Any]) -> None:
+    """cProfile the server over one window of `client`; print the top functions by own time.
+    The server's profiler accumulates: `before` (updated here) holds the earlier windows' totals."""
     import pstats
     import signal
 
@@ -85,15 +86,17 @@ def profile(server: Any, client: Any, seconds: float, out: Path, label: str) -> 
         done += client.batch()
     server.proc.send_signal(signal.SIGUSR2)
     server.wait_line("PROFILED")
-    stats = pstats.Stats(str(out))
-    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:25]  # type: ignore[attr-defined]
-    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    stats = pstats.Stats(str(out)).stats  # type: ignore[attr-defined]
+    own = {k: v[2] - before.get(k, 0.0) for k, v in stats.items()}
+    before.update({k: v[2] for k, v in stats.items()})
+    rows = sorted(own.items(), key=lambda kv: kv[1], reverse=True)[:25]
+    total = sum(own.values())
     print(
         f"\nprofile, {label}: {total / done * 1e6:.1f} us profiled per request ({done} requests); own time per request:"
     )
-    for (file, line, func), v in rows:
+    for (file, line, func), t in rows:
         where = "/".join(Path(file).parts[-2:])
-        print(f"  {v[2] / done * 1e6:8.2f} us  {where}:{line} {func}")
+        print(f"  {t / done * 1e6:8.2f} us  {where}:{line} {func}")
 
 
 # -- clients ---------------------------------------------------------------------------------------
@@ -243,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {r + 1}/{rounds}", file=sys.stderr)
             profiles: list[tuple[Any, str]] = [(h2c, f"HTTP/2, {n} streams"), (h1, f"HTTP/1.1, {n} connections")]
             if args.profile:
+                before: dict[Any, Any] = {}
                 for client, label in profiles:
-                    profile(server, client, seconds, directory / "server.prof", label)
+                    profile(server, client, seconds, directory / "server.prof", label, before)
             h1.close()
             h2c.close()
         finally:

@@ -149,7 +149,7 @@ class H2Stream:
         fields = [(b":status", code)]
         for name, values in headers.getAllRawHeaders():
             lower = name.lower()
-            if lower in _HOP:
+            if lower in _HOP or lower.startswith(b":"):
                 continue
             fields.extend((lower, v) for v in values)
         self.h2.send_headers(self, fields)
@@ -302,7 +302,16 @@ class H2Channel:
         self._idle: IDelayedCall | None = None
         self._window_start = 0.0
         self._counts = {"resets": 0, "pings": 0, "settings": 0}
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # What the client sends is validated by h2; what the port sends is made valid in
+        # `H2Stream.writeHeaders` (lowercase names, no connection-specific or pseudo fields;
+        # twisted.web's Headers refuse CR and LF), so h2's per-response checks are skipped.
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            split_outbound_cookies=False,
+        )
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(
             client=False,
