@@ -310,7 +310,6 @@ class H2Channel:
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
-            split_outbound_cookies=False,
         )
         self.conn = h2.connection.H2Connection(config=config)
         self.conn.local_settings = h2.settings.Settings(
