@@ -506,8 +506,9 @@ class H2Channel:
         if stream is not None:
             stream.lost(Failure(ConnectionLost(f"stream reset by the client (error {ev.error_code})")))
             self._after_stream()
-        if ev.remote_reset:
-            self._count("resets", self.limits.max_resets)
+        # Resets the client sends (rapid reset) and those h2 sends for frames the client got
+        # wrong on a stream (provoked resets, "MadeYouReset") count alike.
+        self._count("resets", self.limits.max_resets)
 
     def _body_timeout(self, stream: H2Stream) -> None:
         stream.timer = None
