@@ -1,4 +1,4 @@
-"""webserv ports: HTTP/1.1 (twisted.web) over the port's TLS, dispatched by the rule table.
+"""webserv ports: HTTP/1.1 (twisted.web; HTTP/2 with http2 = yes) over the port's TLS, dispatched by the rule table.
 
 The port protocol (`WebProtocol`, a PortProtocol) owns one twisted.web HTTP channel
 per connection and feeds it the decrypted bytes; the channel's requests are
@@ -115,7 +115,8 @@ class ProtocolError:
 
 
 class WebProtocol(PortProtocol):
-    """One TLS connection of a webserv port, carrying an HTTP/1.1 channel."""
+    """One TLS connection of a webserv port, carrying an HTTP/1.1 channel, or an HTTP/2 one when
+    ALPN chose h2 (`http2 = yes`)."""
 
     factory: WebFactory
     channel: Any = None
