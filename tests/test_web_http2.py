@@ -387,6 +387,17 @@ def test_curl_http2_with_a_client_certificate(web: Any, pki: Any, tls: str) -> N
 
 
 @pytest.mark.skipif(CURL is None, reason="needs curl")
+def test_curl_uploads_a_body_past_every_window(web: Any, pki: Any, tmp_path: Path) -> None:
+    body = tmp_path / "body"
+    body.write_bytes(b"u" * 3_000_000)  # past the stream's window (256 KiB) and the connection's (1 MiB)
+    port = web.port("REQ")
+    out = curl(
+        pki, f"https://localhost:{port}/up", "--data-binary", f"@{body}", "--resolve", f"localhost:{port}:127.0.0.1"
+    )
+    assert out.stdout == "size=3000000\n2 200", out.stderr[-2000:]
+
+
+@pytest.mark.skipif(CURL is None, reason="needs curl")
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
 def test_curl_gets_http_1_1_required_then_its_retry_is_asked_for_the_certificate(
     web: Any, pki: Any, events: Any, tls: str
