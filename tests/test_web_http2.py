@@ -43,6 +43,12 @@ def can_ask(request):
 """
 
 CURL = shutil.which("curl")
+PROTO_PAGE = """
+
+def proto(request):
+    return "<!DOCTYPE html><html><body><p id=cn>CN=%s</p><p id=proto>proto=%s</p></body></html>" % (
+        html.escape(request.cert_info("CN") or "none"), request.clientproto.decode())
+"""
 SLOW = "http2 = yes\nbody_timeout = 1\nkeepalive_timeout = 2"
 LIMITS = "http2 = yes\nh2_max_streams = 8\nh2_max_resets = 20\nh2_max_pings = 10\nh2_max_settings = 10\nmax_header_bytes = 4096"
 
@@ -633,26 +639,32 @@ def test_chromium_retries_over_http11_and_ends_on_the_page_with_the_cn(
 
     (tmp_path / "procs").mkdir()
     procs = make_procs(tmp_path / "procs")
-    (procs / "page.py").write_text(PAGE)
-    port = free_port()
+    (procs / "page.py").write_text(PAGE + PROTO_PAGE)
+    port, strict = free_port(), free_port()
     text = f"""
 [janustls]
 procs = {procs}
 {port_ini(pki, "CHR", "none", tls_max="1.2", listen=f"tcp:{port}:interface=127.0.0.1", extra="http2 = yes")}
 [web:CHR]
 ON /open = call page:whoami
-ON /need = call page:whoami client_cert=require
+ON /need = call page:proto client_cert=require
 ON SSLNOCERTERR = page pages/nocert.html status=403
+{port_ini(pki, "CHRREQ", "require", listen=f"tcp:{strict}:interface=127.0.0.1", extra="http2 = yes")}
+[web:CHRREQ]
+ON /who = call page:proto
 """
     s = start(text, procs)
     try:
-        origin = f"https://127.0.0.1:{port}"
+        origin, origin_req = f"https://127.0.0.1:{port}", f"https://127.0.0.1:{strict}"
         mark = events.mark()
-        dom, err = Browser(tmp_path / "b", pki, "alice", [origin]).dom(origin + "/need")
-        assert "CN=alice" in dom, err[-3000:]
+        browser = Browser(tmp_path / "b", pki, "alice", [origin, origin_req])
+        dom, err = browser.dom(origin + "/need")
+        assert "CN=alice" in dom and "proto=HTTP/1.1" in dom, err[-3000:]
         events.wait_for(mark, "janustls.web.h2_http11_required", port="CHR")
-        accepted = events.since(mark, "janustls.conn.accepted", port="CHR")
-        assert accepted, "no connection"
+        # a port that asks at the handshake: every path over HTTP/2, no retry
+        dom, err = browser.dom(origin_req + "/who")
+        assert "CN=alice" in dom and "proto=HTTP/2" in dom, err[-3000:]
+        assert not events.since(mark, "janustls.web.h2_http11_required", port="CHRREQ")
     finally:
         s.stop()
 
