@@ -43,6 +43,7 @@ setup(
         "prometheus-client>=0.20,<1",
         "httptools>=0.6.4,<0.10",  # llhttp: the HTTP/1.1 parser of web ports
         "wsproto>=1.2,<2",  # WebSocket framing for asgi websocket scopes
+        "h2>=4.1,<5",  # HTTP/2 of web ports with http2 = yes (janustls.ports.web.h2channel)
     ],
     extras_require={
         "test": [

@@ -21,7 +21,14 @@ from twisted.logger import globalLogBeginner
 import janustls
 import twisted
 from janustls._reactor import reactor_or_global
-from janustls.core.config import crl_cache_path, listen_address, load_definitions, load_partially, parse_definitions
+from janustls.core.config import (
+    PortDefinition,
+    crl_cache_path,
+    listen_address,
+    load_definitions,
+    load_partially,
+    parse_definitions,
+)
 from janustls.core.ocsp import ocsp_warnings
 from janustls.core.trust import port_trust_warnings
 from janustls.errors import ConfigErrors, MaterialError
@@ -39,6 +46,17 @@ from janustls.ports.web.port import WebFactory, page_exposures
 __all__ = ["main"]
 
 DEMO_FILE = Path("procs") / "demo.ini"
+
+
+def _http_versions(port: PortDefinition, factory: WebFactory) -> str:
+    """What `check` says of a webserv port's HTTP versions (and the per-path retry over HTTP/2)."""
+    if not port.http2:
+        return "HTTP/1.1 (http2 = no)"
+    text = f"HTTP/1.1 and HTTP/2 (ALPN h2; h2_max_streams {port.h2_max_streams}, h2_window {port.h2_window})"
+    per_path = sum(1 for r in factory.table.rules if r.client_cert)
+    if per_path and not port.asks_at_handshake:
+        text += f"; {per_path} rule(s) asking for a certificate per path answer HTTP/2 with HTTP_1_1_REQUIRED"
+    return text
 
 
 def describe(file: str, out: TextIO) -> int:
@@ -99,6 +117,8 @@ def describe(file: str, out: TextIO) -> int:
             out.write(f"  WARNING      {warning}\n")
         warnings += _page_warnings(b, definitions)
         inner = getattr(b.factory, "wrappedFactory", None)
+        if isinstance(inner, WebFactory):
+            out.write(f"  HTTP         {_http_versions(p, inner)}\n")
         if isinstance(inner, WebFactory) and not inner.table.rules and not inner.table.exceptions:
             warnings.append(
                 f"[port:{p.name}] is a webserv port with no [{inner.table.section}] table: it answers every request 404"

@@ -50,6 +50,11 @@ CATALOGUE: dict[str, str] = {
     "janustls.web.header_timeout": "a client did not finish its request headers within header_timeout: closed",
     "janustls.web.body_timeout": "a client did not finish its request body within body_timeout: closed",
     "janustls.web.keepalive_timeout": "a connection waited keepalive_timeout for its next request: closed",
+    "janustls.web.h2_http11_required": "an HTTP/2 stream whose rule needs a certificate the connection has not sent "
+    "(and HTTP/1.1 could ask for) was reset with HTTP_1_1_REQUIRED; the client retries over HTTP/1.1",
+    "janustls.web.h2_limit": "an HTTP/2 connection passed one of its limits (kind: streams, header_list, resets, "
+    "continuation, pings, settings): GOAWAY, and the connection closed",
+    "janustls.web.h2_protocol_error": "an HTTP/2 connection broke the protocol (h2 refused a frame): GOAWAY, closed",
     "janustls.web.page_refused": "a page rule was asked for a file janustls never serves (key material, the port-definition "
     "file, a dotfile, a PEM private key, or a file outside the rule's directory): 404",
     "janustls.proxy.connected": "a proxy port connected a client to its backend (port, peer, subject, backend)",

@@ -64,3 +64,14 @@ def test_bench_srvsock_profile_compares_both_servers() -> None:
     assert "own time by area" in text
     assert "janustls code, inclusive time per handshake" in text
     assert "named per-handshake work" in text
+
+
+def test_bench_h2_quick_prints_both_protocols_and_the_control() -> None:
+    text = _run("bench_h2.py")
+    for row in (
+        "HTTP/1.1 keep-alive (32 connections)",
+        "HTTP/2 (1 connection, 32 streams)",
+        "HTTP/1.1 keep-alive again",
+    ):
+        assert len(_row(text, row).split()) >= 6
+    assert "h2 / h1, req/s:" in text and "control: h1 again / h1, req/s:" in text

@@ -109,6 +109,12 @@ DEFAULT_BODY_TIMEOUT = 120.0
 DEFAULT_KEEPALIVE_TIMEOUT = 30.0
 DEFAULT_MAX_HEADER_BYTES = 16384
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
+# HTTP/2 limits of webserv ports with http2 = yes (docs/security.md); the floods count per 10 s.
+DEFAULT_H2_MAX_STREAMS = 100
+DEFAULT_H2_WINDOW = 262144
+DEFAULT_H2_MAX_RESETS = 200
+DEFAULT_H2_MAX_PINGS = 50
+DEFAULT_H2_MAX_SETTINGS = 50
 DEFAULT_OCSP_TIMEOUT = 5.0
 DEFAULT_CERT_REFRESH = 60.0
 
@@ -157,6 +163,13 @@ class PortDefinition:
     keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_body: int = DEFAULT_MAX_BODY
+    #: Offer HTTP/2 (ALPN h2, beside http/1.1); off by default: see docs/web-rules.md.
+    http2: bool = False
+    h2_max_streams: int = DEFAULT_H2_MAX_STREAMS
+    h2_window: int = DEFAULT_H2_WINDOW
+    h2_max_resets: int = DEFAULT_H2_MAX_RESETS
+    h2_max_pings: int = DEFAULT_H2_MAX_PINGS
+    h2_max_settings: int = DEFAULT_H2_MAX_SETTINGS
     ocsp: OCSPScope = OCSPScope.NONE
     ocsp_responder: str | None = None
     ocsp_timeout: float = DEFAULT_OCSP_TIMEOUT
@@ -220,6 +233,7 @@ PORT_KEYS = frozenset(
         "crl_refresh", "crl_expired", "max_connections_per_client", "crl_url",
         "write_buffer_high",
         "header_timeout", "body_timeout", "keepalive_timeout", "max_header_bytes", "max_body",
+        "http2", "h2_max_streams", "h2_window", "h2_max_resets", "h2_max_pings", "h2_max_settings",
         "ocsp", "ocsp_responder", "ocsp_timeout", "ocsp_fail", "ocsp_staple", "cert_refresh",
     }
 )  # fmt: skip
@@ -233,6 +247,12 @@ TYPE_ONLY_KEYS = {
     "keepalive_timeout": PortType.WEBSERV,
     "max_header_bytes": PortType.WEBSERV,
     "max_body": PortType.WEBSERV,
+    "http2": PortType.WEBSERV,
+    "h2_max_streams": PortType.WEBSERV,
+    "h2_window": PortType.WEBSERV,
+    "h2_max_resets": PortType.WEBSERV,
+    "h2_max_pings": PortType.WEBSERV,
+    "h2_max_settings": PortType.WEBSERV,
 }
 JANUS_KEYS = frozenset({"procs"})
 STATUS_KEYS = frozenset({"listen"})
@@ -531,6 +551,12 @@ class _PortReader:
                 "max_header_bytes", DEFAULT_MAX_HEADER_BYTES, integer=True, low=1024, high=1 << 20
             ),
             max_body=self.number("max_body", DEFAULT_MAX_BODY, integer=True, low=0),
+            http2=self.boolean("http2", False),
+            h2_max_streams=self.number("h2_max_streams", DEFAULT_H2_MAX_STREAMS, integer=True, low=1, high=1 << 16),
+            h2_window=self.number("h2_window", DEFAULT_H2_WINDOW, integer=True, low=65535, high=2**31 - 1),
+            h2_max_resets=self.number("h2_max_resets", DEFAULT_H2_MAX_RESETS, integer=True, low=1),
+            h2_max_pings=self.number("h2_max_pings", DEFAULT_H2_MAX_PINGS, integer=True, low=1),
+            h2_max_settings=self.number("h2_max_settings", DEFAULT_H2_MAX_SETTINGS, integer=True, low=1),
             ocsp=ocsp_scope,
             ocsp_responder=responder,
             ocsp_timeout=float(self.number("ocsp_timeout", DEFAULT_OCSP_TIMEOUT, integer=False, low=0.1, high=60)),

@@ -42,6 +42,16 @@ _CHECK_CACHE_SIZE = 2048
 CRL_HAS_EXPIRED = 12
 
 
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | Any:
+    """ALPN on a webserv port with http2 = yes: h2 when the client offers it, else http/1.1;
+    a client offering neither gets no ALPN answer (and HTTP/1.1, as without ALPN)."""
+    if b"h2" in offered:
+        return b"h2"
+    if b"http/1.1" in offered:
+        return b"http/1.1"
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
 def _subject(cert: x509.Certificate) -> str:
     try:
         return cert.subject.rfc4514_string()
@@ -149,6 +159,8 @@ class PortTLS:
         ctx.set_verify(self.verify_mode, self.verify)
         if port.ocsp_staple:
             ctx.set_ocsp_server_callback(self._staple)
+        if port.http2:
+            ctx.set_alpn_select_callback(_select_alpn)
         return ctx
 
     #: The current OCSP response to staple (`janustls.ops.staple.Stapler.current`), set when the port is built.

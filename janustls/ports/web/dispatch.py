@@ -188,6 +188,9 @@ class Dispatch:
         conn = request.connection
         if conn.cert_levels():
             return False
+        retry = getattr(request.channel, "retry_over_http11", None)  # an HTTP/2 stream (h2channel.H2Stream)
+        if retry is not None and retry(request, rule):
+            return True
         handler = self.table.exception(Exc.SSLNOCERTERR)
         require = rule.client_cert == "require"
         can, why = conn.can_request_certificate()

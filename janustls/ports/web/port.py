@@ -1,4 +1,4 @@
-"""webserv ports: HTTP/1.1 (twisted.web) over the port's TLS, dispatched by the rule table.
+"""webserv ports: HTTP/1.1 (twisted.web; HTTP/2 with http2 = yes) over the port's TLS, dispatched by the rule table.
 
 The port protocol (`WebProtocol`, a PortProtocol) owns one twisted.web HTTP channel
 per connection and feeds it the decrypted bytes; the channel's requests are
@@ -23,6 +23,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
+from twisted.internet import defer
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
@@ -30,7 +31,7 @@ from janustls.core.config import ClientCertMode, PortDefinition, WebRuleLine
 from janustls.core.identity import Policy
 from janustls.core.reasons import Reason, Refusal
 from janustls.core.rules import Action, Exc, Rule, RuleTable, build_table
-from janustls.errors import ConfigError, ConfigErrors
+from janustls.errors import CertificateRequestUnsupported, ConfigError, ConfigErrors
 from janustls.events import emit
 from janustls.ports.access import build_policy, resolver_for
 from janustls.ports.base import PortFactory, PortProtocol, PortRuntime, address_text
@@ -40,6 +41,7 @@ from janustls.ports.web.actions import Actions, JanusWSGIResource
 from janustls.ports.web.asgi import AsgiApp
 from janustls.ports.web.channel import HttpLimits, JanusSite
 from janustls.ports.web.dispatch import Dispatch, DispatchResource
+from janustls.ports.web.h2channel import H2Channel, H2Limits
 from janustls.ports.web.request import ssl_environ
 from janustls.ports.web.responses import PageCache, Responses, inside
 from janustls.ports.web.scope import app_kind, tls_extension
@@ -113,7 +115,8 @@ class ProtocolError:
 
 
 class WebProtocol(PortProtocol):
-    """One TLS connection of a webserv port, carrying an HTTP/1.1 channel."""
+    """One TLS connection of a webserv port, carrying an HTTP/1.1 channel, or an HTTP/2 one when
+    ALPN chose h2 (`http2 = yes`)."""
 
     factory: WebFactory
     channel: Any = None
@@ -139,8 +142,29 @@ class WebProtocol(PortProtocol):
         super().close()
 
     def connection_ready(self, connection: Connection) -> None:
-        self.channel = self.factory.site.buildProtocol(self.peer_address())
+        if self.factory.runtime.port.http2 and self.transport.getHandle().get_alpn_proto_negotiated() == b"h2":
+            self.channel = H2Channel(self.factory.site, self, self.factory.h2_limits)
+        else:
+            self.channel = self.factory.site.buildProtocol(self.peer_address())
         self.channel.makeConnection(self.transport)
+
+    @property
+    def http2(self) -> bool:
+        return isinstance(self.channel, H2Channel)
+
+    def can_request_certificate(self) -> tuple[bool, str]:
+        if self.http2:
+            return False, "HTTP/2 forbids asking for a certificate after the handshake (RFC 7540 9.2.1, RFC 8740)"
+        return super().can_request_certificate()
+
+    def can_request_over_http11(self) -> tuple[bool, str]:
+        """Whether this client could be asked for a certificate over HTTP/1.1 (HTTP_1_1_REQUIRED)."""
+        return super().can_request_certificate()
+
+    def request_certificate(self, require: bool = False) -> defer.Deferred[list[x509.Certificate]]:
+        if self.http2:
+            return defer.fail(CertificateRequestUnsupported(self.can_request_certificate()[1]))
+        return super().request_certificate(require)
 
     def bytes_received(self, data: bytes) -> None:
         if self.channel is not None:
@@ -328,6 +352,8 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         self.site.limits = HttpLimits(
             port.header_timeout, port.body_timeout, port.keepalive_timeout, port.max_header_bytes
         )
+        self.h2_limits = H2Limits(port.h2_max_streams, port.h2_window, port.max_header_bytes, port.h2_max_resets,
+                                  port.h2_max_pings, port.h2_max_settings, port.body_timeout, port.keepalive_timeout)  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
