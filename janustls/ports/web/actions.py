@@ -47,6 +47,19 @@ class JanusWSGIResource(WSGIResource):
         return NOT_DONE_YET
 
 
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def content_type(value: str) -> bytes:
+    """A rule's Content-Type, encoded once."""
+    encoded = _CONTENT_TYPES.get(value)
+    if encoded is None:
+        encoded = value.encode()
+        if len(_CONTENT_TYPES) < 1024:
+            _CONTENT_TYPES[value] = encoded
+    return encoded
+
+
 class Actions:
     """The actions of a web rule: a page, a redirect, a call, a mounted resource, WSGI, a forward."""
 
@@ -54,6 +67,8 @@ class Actions:
     reactor: Any
     _wsgi: dict[int, JanusWSGIResource]
     _asgi: dict[int, AsgiApp]
+    #: Per handler of the table (by id): whether it is a twisted.web resource (mounted) or a callable.
+    _resources: dict[int, bool]
 
     if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
 
@@ -244,7 +259,10 @@ class Actions:
     def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         handler = rule.handler
         try:
-            if IResource.providedBy(handler):
+            resource = self._resources.get(id(handler))
+            if resource is None:  # asked once per handler (the table holds it): providedBy is not free
+                resource = self._resources[id(handler)] = bool(IResource.providedBy(handler))
+            if resource:
                 self._mount(request, rule)
                 return getChildForRequest(handler, request).render(request)
             result = handler(request)
@@ -252,12 +270,13 @@ class Actions:
             self._handler_error(request, rule, Failure())
             return NOT_DONE_YET
         if isinstance(result, str):
-            if request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            headers = request.responseHeaders
+            if not headers.hasHeader(b"content-type"):
+                headers.setRawHeaders(b"content-type", [content_type(res.content_type or "text/html; charset=utf-8")])
             return result.encode("utf-8")
         if isinstance(result, bytes):
-            if res.content_type and request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", res.content_type.encode())
+            if res.content_type and not request.responseHeaders.hasHeader(b"content-type"):
+                request.responseHeaders.setRawHeaders(b"content-type", [content_type(res.content_type)])
             return result
         if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
             result = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only

@@ -61,7 +61,19 @@ class _HeaderSectionTooLarge(Exception):
 class _Parsed:
     """A request being parsed: its request line and headers until the `Request` is built."""
 
-    __slots__ = ("chunked", "expect", "headers", "keep", "length", "method", "request", "size", "url", "version")
+    __slots__ = (
+        "chunked",
+        "close",
+        "expect",
+        "headers",
+        "keep",
+        "length",
+        "method",
+        "request",
+        "size",
+        "url",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.url = b""
@@ -74,6 +86,7 @@ class _Parsed:
         self.keep = False
         self.version = b"HTTP/1.1"
         self.method = b"GET"
+        self.close = False
 
 
 class JanusChannel:
@@ -118,6 +131,9 @@ class JanusChannel:
         "transport",
         "tunnel",
     )  # fmt: skip
+
+    #: A request's whole response may go out as one write of HTTP/1.1 bytes (JanusRequest.respond).
+    http11_channel = True
 
     def __init__(self, site: JanusSite) -> None:
         self.site = site
@@ -409,6 +425,8 @@ class JanusChannel:
             parsed.chunked = True
         elif lower == b"expect" and value.strip().lower() == b"100-continue":
             parsed.expect = True
+        elif lower == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            parsed.close = True
 
     def on_headers_complete(self) -> None:
         parsed = self._parsed
@@ -422,20 +440,13 @@ class JanusChannel:
         parsed.method = parser.get_method()
         request: JanusRequest = self.site.requestFactory(self)
         parsed.request = request
-        headers = request.requestHeaders
-        connection: list[bytes] = []
-        for name, value in parsed.headers:
-            headers.addRawHeader(name, value)
-            if name.lower() == b"connection":
-                connection.append(value)
-        tokens = [t.strip().lower() for v in connection for t in v.split(b",")]
-        parsed.keep = version == "1.1" and b"close" not in tokens
-        if version == "1.1" and b"close" in tokens:
+        parsed.keep = version == "1.1" and not parsed.close
+        if version == "1.1" and parsed.close:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         request.janus_keep = parsed.keep  # type: ignore[attr-defined]  # the channel's own field on the request
-        request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
+        # as sent, in order: the request's Headers are made from them when first asked for
+        request.raw_headers = parsed.headers
         request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
-        request.parseCookies()
         length = None if parsed.chunked else parsed.length
         if length != 0:
             self._enter_unless_busy("body")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime
 import io
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, AnyStr, Protocol
 from urllib.parse import unquote_to_bytes as unquote
 
 from cryptography import x509
@@ -14,8 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
-from twisted.web.server import Request
+from twisted.web.error import UnsupportedMethod
+from twisted.web.http import NO_BODY_CODES, datetimeToString, parse_qs
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
@@ -142,7 +144,16 @@ def ssl_environ(
 
 
 class JanusRequest(Request):
-    """A twisted.web request that also answers the connection's certificate calls."""
+    """A twisted.web request that also answers the connection's certificate calls.
+
+    Built lean: what twisted.web's `Request.__init__` makes for every request and most never
+    use (the request `Headers`, the cookies parsed, the client and host addresses, the
+    resource path segments) is made when first asked for, from the header lines the channel
+    parsed (`raw_headers`).  A response whose body is known at once leaves through `respond`:
+    one write with its head encoded in one pass.  Any channel that implements what twisted.web's
+    `Request` asks of one (write, writeHeaders, requestDone, ...) can carry it; the one-write
+    path is taken where the channel says it speaks HTTP/1.1 (`http11_channel`).
+    """
 
     #: Set when an exception handler runs: which exception, and why.
     exception: Exc | None = None
@@ -161,21 +172,200 @@ class JanusRequest(Request):
     raw_headers: list[tuple[bytes, bytes]] = []  # noqa: RUF012  # never mutated: the channel assigns each request its own
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
+    _request_headers: Headers | None = None
+    _cookies_in: dict[bytes, bytes] | None = None
+    _client: Any = None
+    _host: Any = None
+    _postpath: list[bytes] | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
+        """twisted.web's signature (`queued` is deprecated; posted forms are always parsed)."""
+        self.notifications = []
+        self.channel = channel
+        self.transport = channel.transport
+        self.responseHeaders = Headers()
+        self.cookies = []
+        self.queued = False
+        self._parsePOSTFormSubmission = True
+        self._adapterCache = {}  # components.Componentized (getSession keeps the session there)
+
+    # -- made when first asked for ------------------------------------------------------------
+
+    @property
+    def requestHeaders(self) -> Headers:
+        headers = self._request_headers
+        if headers is None:
+            headers = self._request_headers = Headers()
+            for name, value in self.raw_headers:
+                headers.addRawHeader(name, value)
+        return headers
+
+    @requestHeaders.setter
+    def requestHeaders(self, headers: Headers) -> None:
+        self._request_headers = headers
+
+    @property
+    def received_cookies(self) -> dict[bytes, bytes]:
+        cookies = self._cookies_in
+        if cookies is None:
+            cookies = self._cookies_in = {}
+            Request.parseCookies(self)
+        return cookies
+
+    @received_cookies.setter
+    def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
+        self._cookies_in = cookies
+
+    def parseCookies(self) -> None:
+        """Parsed when `received_cookies` is first read."""
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.channel.getPeer()
+        return self._client
+
+    @client.setter
+    def client(self, address: Any) -> None:
+        self._client = address
+
+    @property
+    def host(self) -> Any:
+        if self._host is None:
+            self._host = self.channel.getHost()
+        return self._host
+
+    @host.setter
+    def host(self, address: Any) -> None:
+        self._host = address
+
+    @property
+    def postpath(self) -> list[bytes] | None:
+        if self._postpath is None and self.path is not None:
+            self._postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, segments: list[bytes] | None) -> None:
+        self._postpath = segments
+
+    def getHeader(self, key: AnyStr) -> AnyStr | None:
+        """A request header's last value (twisted.web's answer), read from the header lines as sent."""
+        if self._request_headers is not None:
+            return super().getHeader(key)
+        name = (key.encode("latin-1") if isinstance(key, str) else key).lower()
+        found = None
+        for n, v in self.raw_headers:
+            if n.lower() == name:
+                found = v
+        if found is None or isinstance(key, bytes):
+            return found
+        return found.decode("utf-8")  # text for a text key, as twisted.web's Headers
+
+    # -- the request --------------------------------------------------------------------------
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """twisted.web's `requestReceived` (arguments from the query and a posted form), without
+        looking at the request's headers unless it is a POST with a body."""
+        content = self.content
+        if command == b"POST" and content is not None and content.tell():
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+            return
+        if content is not None:
+            content.seek(0, 0)
+        self.method, self.uri, self.clientproto = command, path, version
+        if b"?" in path:
+            self.path, query = path.split(b"?", 1)
+            self.args = parse_qs(query, 1)
+        else:
+            self.path, self.args = path, {}
+        self.process()
 
     def process(self) -> None:
         """twisted.web's `Request.process` without the per-request work a webserv port does not need:
-        the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
-        formatted once per second, not per request."""
+        the site has one leaf resource (no traversal, no encoder lookup); the port's `serve`
+        answers, and a body it returns leaves through `respond`."""
         site = self.site = self.channel.site  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
-        headers = self.responseHeaders
-        headers.setRawHeaders(b"server", _SERVER)
-        headers.setRawHeaders(b"date", [http_date()])
         self.prepath = []
-        self.postpath = [unquote(p) for p in self.path[1:].split(b"/")]
         try:
-            self.render(site.resource)
+            body = site.resource.factory.serve(self)
+        except UnsupportedMethod:
+            self.render(site.resource)  # twisted.web answers 405 (or fakes HEAD with GET)
+            return
         except BaseException:
             self.processingFailed(Failure())
+            return
+        if body is NOT_DONE_YET:
+            return
+        if not isinstance(body, bytes):
+            self.render(_Rendered(body))  # twisted.web's answer to a resource returning no bytes
+            return
+        self.respond(body)
+
+    def respond(self, body: bytes) -> None:
+        """Answer with `body` and finish: one write holding the status line, the headers and the
+        body, where the channel speaks HTTP/1.1 and nothing was written yet; else through
+        twisted.web's `write` and `finish`.  Gives what twisted.web's `render` gave: a
+        Content-Length, text/html as the default type of a body, no body for HEAD, 204 or 304."""
+        if self.finished or self.gone or self._disconnected:
+            return
+        channel = self.channel
+        if self.startedWriting or self.producer is not None or not getattr(channel, "http11_channel", False):
+            if not self.startedWriting and (body or self.method != b"HEAD"):
+                self.setHeader(b"content-length", b"%d" % len(body))
+            if body:
+                self.write(body)
+            self.finish()
+            return
+        code = self.code
+        head = self.method == b"HEAD"
+        bodyless = code in NO_BODY_CODES
+        parts = [self.clientproto, b" %d " % code, self.code_message, b"\r\n"]
+        stamp = typed = False
+        headers = self.responseHeaders
+        for name, values in headers.getAllRawHeaders():
+            if name == b"Content-Length":
+                continue
+            if name == b"Content-Type":
+                typed = True
+            elif name in (b"Server", b"Date"):
+                stamp = True
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        if not typed and not bodyless and body:
+            parts.append(b"Content-Type: text/html\r\n")
+        if stamp:  # a handler set one of them: the other as usual
+            if not headers.hasHeader(b"server"):
+                parts += (b"Server: ", _SERVER[0], b"\r\n")
+            if not headers.hasHeader(b"date"):
+                parts += (b"Date: ", http_date(), b"\r\n")
+        else:
+            parts.append(server_and_date())
+        if self.lastModified is not None and not headers.hasHeader(b"last-modified"):
+            parts += (b"Last-Modified: ", datetimeToString(self.lastModified), b"\r\n")
+        if self.etag is not None:
+            parts += (b"ETag: ", self.etag, b"\r\n")
+        for cookie in self.cookies:
+            parts += (b"Set-Cookie: ", cookie, b"\r\n")
+        if not bodyless and (body or not head):
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        else:
+            parts.append(b"\r\n")
+        if not (head or bodyless):
+            parts.append(body)
+        self.startedWriting = 1
+        self.sentLength = len(body)
+        channel.write(b"".join(parts))
+        self.finish()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:  # the head goes out now: twisted.web's Server and Date (once per second)
+            headers = self.responseHeaders
+            if not headers.hasHeader(b"server"):
+                headers.setRawHeaders(b"server", _SERVER)
+            if not headers.hasHeader(b"date"):
+                headers.setRawHeaders(b"date", [http_date()])
+        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
@@ -273,16 +463,34 @@ class JanusRequest(Request):
         super().finish()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
 
+class _Rendered:
+    """A resource rendering to what a handler returned, for twisted.web's `render` to judge."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def render(self, request: Any) -> Any:
+        return self.value
+
+
 _SERVER = [twisted_web_version]
-_date: list[Any] = [0, b""]
+_date: list[Any] = [0, b"", b""]
 
 
 def http_date(now: float | None = None) -> bytes:
     """The HTTP Date header value, formatted once per second."""
     second = int(time.time() if now is None else now)
     if _date[0] != second:
-        _date[0], _date[1] = second, datetimeToString(second)
-    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value (bytes)]
+        value = datetimeToString(second)
+        _date[0], _date[1], _date[2] = second, value, b"Server: " + _SERVER[0] + b"\r\nDate: " + value + b"\r\n"
+    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value, both header lines] (bytes)
+
+
+def server_and_date() -> bytes:
+    """The Server and Date header lines of a response, encoded once per second."""
+    if _date[0] != int(time.time()):
+        http_date()
+    return _date[2]  # type: ignore[no-any-return]  # _date is [second, its Date value, both header lines] (bytes)
 
 
 def wants_json(accept: bytes | str | None) -> bool:

@@ -140,13 +140,10 @@ class Responses:
         def _subject(self, request: JanusRequest) -> Subject: ...
 
     def _finish(self, request: JanusRequest, body: Any) -> None:
+        """Answer with `body` (bytes, or None for none), in one write where nothing was written yet."""
         if body is NOT_DONE_YET or request.gone or request.finished:
             return
-        if body:
-            if not request.startedWriting:
-                request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-        request.finish()
+        request.respond(body or b"")
 
     def _page(
         self,
