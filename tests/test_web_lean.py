@@ -6,12 +6,13 @@ response is one TLS record.  Raw requests over real TLS."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 
 from janustls.core.config import load_definitions
-from tests.support import Server, client_context, tls_connect
+from tests.support import Server, client_context, in_reactor, tls_connect
 from tests.test_web_records import APPLICATION_DATA, RecordClient
 
 VIEWS = """
@@ -61,6 +62,7 @@ certificate = {pki.files["server.pem"]}
 private_key = {pki.files["server.key"]}
 client_cert = require
 addca = {pki.files["root.ca"]}
+keepalive_timeout = 300
 [web:WEB]
 ON /call = call views:who
 ON /none = call views:nothing
@@ -232,3 +234,29 @@ def test_fixed_response_is_one_record(web: Server, pki: Any, path: str) -> None:
         assert len(records) == 1, f"{len(records)} records for one small response: {records}"
     finally:
         client.close()
+
+
+def _site(web: Server) -> Any:
+    factory = web.service.listening_port("WEB").factory
+    return getattr(factory, "wrappedFactory", factory).site
+
+
+def test_timed_channels_share_one_deadline_sweep_and_leave_it_when_closed(web: Server, pki: Any) -> None:
+    """keepalive_timeout on every open connection is one port-wide sweep, not a timer each; a
+    channel leaves it when its connection closes (or while a request is answered)."""
+    socks = [tls_connect(web.port("WEB"), client_context(pki, "alice", tls="1.3")) for _ in range(5)]
+    try:
+        for s in socks:
+            s.sendall(request("/call"))
+            read_response(s, bytearray())
+        deadlines = in_reactor(lambda: _site(web).deadlines)
+        pending = in_reactor(lambda: len(deadlines.pending))
+        assert pending >= 5
+    finally:
+        for s in socks:
+            s.close()
+    for _ in range(50):
+        if in_reactor(lambda: len(deadlines.pending)) == 0:
+            break
+        time.sleep(0.05)
+    assert in_reactor(lambda: len(deadlines.pending)) == 0

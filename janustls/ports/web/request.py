@@ -427,6 +427,9 @@ class JanusRequest(Request):
     # Every body is bounded by its rule's max_body (the port's by default): a declared
     # length over it is refused before any byte is stored, a chunked one when it passes it.
     def gotLength(self, length: int | None) -> None:
+        if length == 0:  # no body (most requests): no limit to look up, twisted.web's empty content
+            self.content = io.BytesIO()
+            return
         proto = self.janus_protocol
         command, path = self.method, self.uri  # set by the channel from the request line
         if isinstance(command, bytes) and isinstance(path, bytes):
