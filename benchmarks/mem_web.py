@@ -49,7 +49,7 @@ def top(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int) -> li
     return [str(s) for s in stats[:n]]
 
 
-def rss_per_connection(connections: int, nginx: bool) -> list[str]:
+def rss_per_connection(connections: int, nginx: bool, only: set[str] | None = None) -> list[str]:
     """KiB of RSS per idle connection of each of bench_web.py's servers (see the module docstring)."""
     import bench_web
     import common
@@ -57,6 +57,7 @@ def rss_per_connection(connections: int, nginx: bool) -> list[str]:
     lines = []
     pin = common.plan_pinning()
     kinds = ["janustls", "line", *(["nginx"] if nginx and bench_web.nginx_binary() else []), "bare"]
+    kinds = [k for k in kinds if only is None or k in only]
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         common.raise_nofile()
@@ -91,10 +92,14 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=200, help="connections for the Python-object figure (0: skip)")
     ap.add_argument("--rss-connections", type=int, default=2000, help="connections for the RSS figure (0: skip)")
     ap.add_argument("--no-nginx", action="store_true", help="leave nginx out of the RSS figure")
+    ap.add_argument(
+        "--rss-servers", default="", help="comma-separated subset of janustls,line,nginx,bare for the RSS figure"
+    )
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     if args.rss_connections:
-        for line in rss_per_connection(args.rss_connections, not args.no_nginx):
+        only = set(args.rss_servers.split(",")) if args.rss_servers else None
+        for line in rss_per_connection(args.rss_connections, not args.no_nginx, only):
             print(line, flush=True)
     if not args.connections:
         return 0

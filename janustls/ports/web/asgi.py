@@ -19,7 +19,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from janustls.events import emit
-from janustls.ports.web.request import JanusRequest
+from janustls.ports.web.request import JanusRequest, header_name
 from janustls.ports.web.scope import ASGI_VERSION
 
 __all__ = ["AsgiApp", "serve_http"]
@@ -122,6 +122,8 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
     finished: asyncio.Future[None] = loop.create_future()
     response_started = False
     response_done = False
+    status = 200
+    head: list[tuple[bytes, bytes]] = []
 
     def ended(_: Any) -> None:
         if not finished.done():
@@ -138,7 +140,7 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal response_started, response_done
+        nonlocal response_started, response_done, status, head
         if request.gone or response_done:
             return  # the client went away (the app hears http.disconnect), or the response ended
         kind = message["type"]
@@ -146,19 +148,29 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
             if response_started:
                 raise RuntimeError("http.response.start sent twice")
             response_started = True
-            request.setResponseCode(int(message["status"]))
-            headers = request.responseHeaders
-            headers.removeHeader(b"content-type")
-            for name, value in message.get("headers", ()):
-                headers.addRawHeader(bytes(name), bytes(value))
+            status = int(message["status"])
+            # kept until the first body message: a whole response then leaves as one write
+            head = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
             return
         if kind == "http.response.body":
             if not response_started:
                 raise RuntimeError("http.response.body before http.response.start")
             data = message.get("body", b"")
-            if data:
+            more = message.get("more_body", False)
+            if not request.startedWriting:
+                if not more:
+                    response_done = True
+                    request.respond_with(status, head, bytes(data))
+                    return
+                request.setResponseCode(status)
+                headers = request.responseHeaders
+                for name, value in head:
+                    header_name(name)
+                    headers.addRawHeader(name, value)
+                request.write(bytes(data))  # the head goes out now (chunked without a Content-Length)
+            elif data:
                 request.write(bytes(data))
-            if not message.get("more_body", False):
+            if not more:
                 response_done = True
                 request.finish()
                 return

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, AnyStr, Protocol
 from urllib.parse import unquote_to_bytes as unquote
 
@@ -358,6 +360,65 @@ class JanusRequest(Request):
         channel.write(b"".join(parts))
         self.finish()
 
+    def respond_with(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        """Answer with `status`, the header lines `headers` as given (an ASGI app's) and `body`,
+        and finish: one write where the channel speaks HTTP/1.1 and nothing was written yet.
+
+        The names must be tokens and CR/LF in a value become spaces (as twisted.web's `Headers`
+        does); a Content-Length is added when there is none, Server and Date when the lines
+        have none; no body for HEAD, 204 or 304."""
+        if self.finished or self.gone or self._disconnected:
+            return
+        self.setResponseCode(status)
+        channel = self.channel
+        if self.startedWriting or self.producer is not None or not getattr(channel, "http11_channel", False):
+            out = self.responseHeaders
+            for name, value in headers:
+                out.addRawHeader(name, value)
+            if body or (not self.startedWriting and self.method != b"HEAD" and status not in NO_BODY_CODES):
+                if not self.startedWriting and not out.hasHeader(b"content-length"):
+                    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+                if body:
+                    self.write(body)
+            self.finish()
+            return
+        head = self.method == b"HEAD"
+        bodyless = status in NO_BODY_CODES
+        parts = [self.clientproto, b" %d " % status, self.code_message, b"\r\n"]
+        length = server = date = False
+        for name, value in headers:
+            lower = _LOWER.get(name)
+            if lower is None:
+                lower = header_name(name)
+            if lower == b"content-length":
+                length = True
+            elif lower == b"server":
+                server = True
+            elif lower == b"date":
+                date = True
+            if b"\r" in value or b"\n" in value:
+                value = b" ".join(value.splitlines())
+            parts += (name, b": ", value, b"\r\n")
+        for name, values in self.responseHeaders.getAllRawHeaders():  # Connection: close, set by the channel
+            for value in values:
+                parts += (name, b": ", value, b"\r\n")
+        if not server and not date:
+            parts.append(server_and_date())
+        else:
+            if not server:
+                parts += (b"Server: ", _SERVER[0], b"\r\n")
+            if not date:
+                parts += (b"Date: ", http_date(), b"\r\n")
+        if not length and not bodyless and (body or not head):
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(b"\r\n")
+        if body and not (head or bodyless):
+            parts.append(body)
+        self.startedWriting = 1
+        self.sentLength = len(body)
+        channel.write(b"".join(parts))
+        self.finish()
+
     def write(self, data: bytes) -> None:
         if not self.startedWriting:  # the head goes out now: twisted.web's Server and Date (once per second)
             headers = self.responseHeaders
@@ -464,6 +525,21 @@ class JanusRequest(Request):
         if not self.finished and not self.gone:
             self.janus_protocol.progress()
         super().finish()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Header names seen, lower-cased (bounded): an app repeats the same few.
+_LOWER: dict[bytes, bytes] = {}
+
+
+def header_name(name: bytes) -> bytes:
+    """`name` lower-cased, once checked to be an HTTP token (RFC 9110); ValueError if not."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    lower = name.lower()
+    if len(_LOWER) < 1024:
+        _LOWER[name] = lower
+    return lower
 
 
 class _Rendered:
