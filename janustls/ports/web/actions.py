@@ -151,7 +151,7 @@ class Actions:
                            client=(peer.host, peer.port) if hasattr(peer, "host") else None,
                            server=(host.host, host.port) if hasattr(host, "host") else None,
                            root_path=root_path, extensions=proto.asgi_extensions(), state=app.state)  # fmt: skip
-        peer_text = address_text(request.connection.peer)
+        conn = request.connection
 
         def failed(failure: Failure) -> None:
             if not (request.finished or request.gone):
@@ -159,7 +159,7 @@ class Actions:
                 return
             # answered already (Starlette answers 500 itself, then re-raises): logged only
             emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
-                 port=self.runtime.port.name, handler=rule.value, peer=peer_text, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+                 port=self.runtime.port.name, handler=rule.value, peer=address_text(conn.peer), error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
 
         serve_http(app, request, scope, failed)
         return NOT_DONE_YET

@@ -119,23 +119,27 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
     content = request.content
     body = content.read() if content is not None else b""
     body_sent = False
-    finished: asyncio.Future[None] = loop.create_future()
+    finished: asyncio.Future[None] | None = None  # made when the app waits for http.disconnect
     response_started = False
     response_done = False
     status = 200
     head: list[tuple[bytes, bytes]] = []
 
     def ended(_: Any) -> None:
-        if not finished.done():
+        if finished is not None and not finished.done():
             finished.set_result(None)
 
-    request.notifyFinish().addBoth(ended)
-
     async def receive() -> dict[str, Any]:
-        nonlocal body_sent
+        nonlocal body_sent, finished
         if not body_sent:
             body_sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if finished is None:
+            finished = loop.create_future()
+            if request.finished or request.gone:
+                finished.set_result(None)
+            else:
+                request.notifyFinish().addBoth(ended)
         await finished
         return {"type": "http.disconnect"}
 
@@ -185,4 +189,12 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
         if not response_done and not request.gone:
             raise RuntimeError("the ASGI app returned without completing its response")
 
-    defer.Deferred.fromFuture(loop.create_task(run())).addErrback(on_error)
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            on_error(Failure(defer.CancelledError()))
+            return
+        error = task.exception()
+        if error is not None:
+            on_error(Failure(error, type(error), error.__traceback__))
+
+    loop.create_task(run()).add_done_callback(done)

@@ -114,10 +114,12 @@ class JanusChannel:
         "_deadline",
         "_error",
         "_head_seen",
+        "_host",
         "_in_head",
         "_out_paused",
         "_parsed",
         "_parser",
+        "_peer",
         "_phase",
         "_read_paused",
         "_request_producer",
@@ -162,6 +164,8 @@ class JanusChannel:
         self._request_streaming = False
         self._phase = "idle"
         self._deadline: float | None = None
+        self._peer: Any = None
+        self._host: Any = None
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -181,10 +185,18 @@ class JanusChannel:
     # -- what twisted.web's Request asks of its channel ---------------------------------------
 
     def getPeer(self) -> Any:
-        return self.transport.getPeer()
+        """The client's address, asked of the socket once per connection."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> Any:
-        return self.transport.getHost()
+        """The server's address, asked of the socket once per connection."""
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def isSecure(self) -> bool:
         return True
