@@ -204,6 +204,16 @@ class JanusChannel:
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole response in one piece: out at once when written outside a read (an asgi app's
+        task, a Deferred), gathered with the turn's other writes otherwise."""
+        transport = self.transport
+        whole = getattr(transport, "write_whole", None)
+        if whole is not None:
+            whole(data)
+        else:
+            transport.write(data)
+
     def writeSequence(self, iovec: Any) -> None:
         self.transport.write(b"".join(iovec))
 
