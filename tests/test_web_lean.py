@@ -42,6 +42,10 @@ def stream(request):
 
 def boom(request):
     raise ValueError("boom")
+
+def partial(request):
+    request.write(b"first,")
+    return b"second"
 """
 PAGE = b"a page of text\n"
 
@@ -70,6 +74,7 @@ ON /custom = call views:custom
 ON /echo = call views:echo_headers
 ON /stream = call views:stream
 ON /boom = call views:boom
+ON /partial = call views:partial
 ON /page.txt = page page.txt
 ON /go = redirect /page.txt
 ON /secret = call views:who allow='cn:nobody-has-this'
@@ -260,3 +265,42 @@ def test_timed_channels_share_one_deadline_sweep_and_leave_it_when_closed(web: S
             break
         time.sleep(0.05)
     assert in_reactor(lambda: len(deadlines.pending)) == 0
+
+
+def test_handler_that_wrote_then_returned_gets_both_parts(web: Server, pki: Any) -> None:
+    with tls_connect(web.port("WEB"), client_context(pki, "alice", tls="1.3")) as s:
+        s.sendall(request("/partial", extra="Connection: close\r\n"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Transfer-Encoding: chunked" in head
+    assert body == b"6\r\nfirst,\r\n6\r\nsecond\r\n0\r\n\r\n"
+
+
+@pytest.mark.parametrize("path", ["/call", "/none", "/page.txt", "/go", "/nothing", "/secret", "/boom", "/custom"])
+def test_a_channel_without_the_one_write_path_answers_the_same(
+    web: Server, pki: Any, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JanusRequest carried by a channel that does not speak HTTP/1.1 bytes itself (as an
+    HTTP/2 channel would not) answers through twisted.web's writeHeaders and write: the same
+    status, headers and body."""
+    from janustls.ports.web.channel import JanusChannel
+
+    def answer() -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
+        with tls_connect(web.port("WEB"), client_context(pki, "alice", tls="1.3")) as s:
+            buf = bytearray()
+            s.sendall(request(path))
+            first = read_response(s, buf)
+            s.sendall(request(path, "HEAD"))
+            status, _, body = read_response(s, buf, head_request=True)
+            assert status == first[0] and body == b""
+            return first
+
+    lean = answer()
+    monkeypatch.setattr(JanusChannel, "http11_channel", False)
+    other = answer()
+    assert other[0] == lean[0] and other[2] == lean[2]
+    for name in (b"content-type", b"content-length", b"location", b"set-cookie", b"x-custom", b"server"):
+        assert other[1].get(name) == lean[1].get(name), name
+    assert len(other[1][b"date"]) == 1
