@@ -49,6 +49,18 @@ def top(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int) -> li
     return [str(s) for s in stats[:n]]
 
 
+def _wait_listening(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 def rss_per_connection(connections: int, nginx: bool, only: set[str] | None = None) -> list[str]:
     """KiB of RSS per idle connection of each of bench_web.py's servers (see the module docstring)."""
     import bench_web
@@ -67,6 +79,7 @@ def rss_per_connection(connections: int, nginx: bool, only: set[str] | None = No
             for kind in kinds:
                 server = common.start_server(bench_web.__file__, kind, ["--dir", tmp, "--log", "discard"], pin.servers)
                 try:
+                    _wait_listening(server.port)  # nginx prints its port before it listens
                     pool.hold(server.port, 30)  # warm-up: a few complete connections
                     pool.release()
                     time.sleep(0.3)
