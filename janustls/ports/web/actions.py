@@ -269,14 +269,12 @@ class Actions:
         except Exception:
             self._handler_error(request, rule, Failure())
             return NOT_DONE_YET
-        if isinstance(result, str):
-            headers = request.responseHeaders
-            if not headers.hasHeader(b"content-type"):
-                headers.setRawHeaders(b"content-type", [content_type(res.content_type or "text/html; charset=utf-8")])
+        if isinstance(result, str):  # the type goes out unless the handler set one
+            request.default_content_type(content_type(res.content_type or "text/html; charset=utf-8"))
             return result.encode("utf-8")
         if isinstance(result, bytes):
-            if res.content_type and not request.responseHeaders.hasHeader(b"content-type"):
-                request.responseHeaders.setRawHeaders(b"content-type", [content_type(res.content_type)])
+            if res.content_type:
+                request.default_content_type(content_type(res.content_type))
             return result
         if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
             result = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only
@@ -290,8 +288,7 @@ class Actions:
         if value is NOT_DONE_YET:
             return NOT_DONE_YET
         if isinstance(value, str):
-            if request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            request.default_content_type(content_type(res.content_type or "text/html; charset=utf-8"))
             return value.encode("utf-8")
         if isinstance(value, (dict, list)):
             request.setHeader(b"content-type", b"application/json")

@@ -509,7 +509,7 @@ class JanusChannel:
         seconds = site.phase_limits.get(phase, 0)
         if not seconds or self.closing:
             self._deadline = None
-            if site.phase_step:
+            if phase != "busy" and site.phase_step:  # busy: the next phase's deadline replaces the entry
                 site.deadlines.discard(self)
             return
         deadlines = site.deadlines

@@ -175,6 +175,9 @@ class JanusRequest(Request):
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
     _request_headers: Headers | None = None
+    _response_headers: Headers | None = None
+    #: The Content-Type a `call` result gets unless the handler set one (encoded once per rule).
+    _default_type: bytes | None = None
     _cookies_in: dict[bytes, bytes] | None = None
     _client: Any = None
     _host: Any = None
@@ -185,7 +188,6 @@ class JanusRequest(Request):
         self.notifications = []
         self.channel = channel
         self.transport = channel.transport
-        self.responseHeaders = Headers()
         self.cookies = []
         self.queued = False
         self._parsePOSTFormSubmission = True
@@ -205,6 +207,21 @@ class JanusRequest(Request):
     @requestHeaders.setter
     def requestHeaders(self, headers: Headers) -> None:
         self._request_headers = headers
+
+    @property
+    def responseHeaders(self) -> Headers:
+        headers = self._response_headers
+        if headers is None:
+            headers = self._response_headers = Headers()
+        return headers
+
+    @responseHeaders.setter
+    def responseHeaders(self, headers: Headers) -> None:
+        self._response_headers = headers
+
+    def default_content_type(self, value: bytes | None) -> None:
+        """The Content-Type of the response unless the handler sets one (a `call` result's)."""
+        self._default_type = value
 
     @property
     def received_cookies(self) -> dict[bytes, bytes]:
@@ -313,8 +330,11 @@ class JanusRequest(Request):
             return
         channel = self.channel
         if self.startedWriting or self.producer is not None or not getattr(channel, "http11_channel", False):
-            if not self.startedWriting and (body or self.method != b"HEAD"):
-                self.setHeader(b"content-length", b"%d" % len(body))
+            if not self.startedWriting:
+                if self._default_type is not None and not self.responseHeaders.hasHeader(b"content-type"):
+                    self.responseHeaders.setRawHeaders(b"content-type", [self._default_type])
+                if body or self.method != b"HEAD":
+                    self.setHeader(b"content-length", b"%d" % len(body))
             if body:
                 self.write(body)
             self.finish()
@@ -324,26 +344,30 @@ class JanusRequest(Request):
         bodyless = code in NO_BODY_CODES
         parts = [self.clientproto, b" %d " % code, self.code_message, b"\r\n"]
         stamp = typed = False
-        headers = self.responseHeaders
-        for name, values in headers.getAllRawHeaders():
-            if name == b"Content-Length":
-                continue
-            if name == b"Content-Type":
-                typed = True
-            elif name in (b"Server", b"Date"):
-                stamp = True
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
-        if not typed and not bodyless and body:
-            parts.append(b"Content-Type: text/html\r\n")
-        if stamp:  # a handler set one of them: the other as usual
+        headers = self._response_headers
+        if headers is not None:
+            for name, values in headers.getAllRawHeaders():
+                if name == b"Content-Length":
+                    continue
+                if name == b"Content-Type":
+                    typed = True
+                elif name in (b"Server", b"Date"):
+                    stamp = True
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+        if not typed:
+            if self._default_type is not None:
+                parts += (b"Content-Type: ", self._default_type, b"\r\n")
+            elif not bodyless and body:
+                parts.append(b"Content-Type: text/html\r\n")
+        if stamp and headers is not None:  # a handler set one of them: the other as usual
             if not headers.hasHeader(b"server"):
                 parts += (b"Server: ", _SERVER[0], b"\r\n")
             if not headers.hasHeader(b"date"):
                 parts += (b"Date: ", http_date(), b"\r\n")
         else:
             parts.append(server_and_date())
-        if self.lastModified is not None and not headers.hasHeader(b"last-modified"):
+        if self.lastModified is not None and (headers is None or not headers.hasHeader(b"last-modified")):
             parts += (b"Last-Modified: ", datetimeToString(self.lastModified), b"\r\n")
         if self.etag is not None:
             parts += (b"ETag: ", self.etag, b"\r\n")
@@ -399,9 +423,10 @@ class JanusRequest(Request):
             if b"\r" in value or b"\n" in value:
                 value = b" ".join(value.splitlines())
             parts += (name, b": ", value, b"\r\n")
-        for name, values in self.responseHeaders.getAllRawHeaders():  # Connection: close, set by the channel
-            for value in values:
-                parts += (name, b": ", value, b"\r\n")
+        if self._response_headers is not None:  # Connection: close, set by the channel
+            for name, values in self._response_headers.getAllRawHeaders():
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
         if not server and not date:
             parts.append(server_and_date())
         else:
@@ -422,6 +447,8 @@ class JanusRequest(Request):
     def write(self, data: bytes) -> None:
         if not self.startedWriting:  # the head goes out now: twisted.web's Server and Date (once per second)
             headers = self.responseHeaders
+            if self._default_type is not None and not headers.hasHeader(b"content-type"):
+                headers.setRawHeaders(b"content-type", [self._default_type])
             if not headers.hasHeader(b"server"):
                 headers.setRawHeaders(b"server", _SERVER)
             if not headers.hasHeader(b"date"):

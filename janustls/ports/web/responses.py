@@ -291,6 +291,7 @@ class Responses:
             request.janus_protocol.close()
             return
         request.responseHeaders.removeHeader(b"content-type")
+        request.default_content_type(None)
         self._status(request, 500, "Internal Server Error", "The handler for this URL failed; the error is logged.")
 
     def _failed(self, failure: Failure, request: JanusRequest) -> None:
