@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""What an idle web connection holds in Python objects (tracemalloc), per connection.
+"""What an idle web connection holds: the server's RSS, and its Python objects (tracemalloc).
 
-A webserv port in this process (`ON /who = call views:who`), N mutual-TLS 1.3 clients that
-each make one keep-alive request and stay connected; the server's Python allocations (janustls,
-Twisted, pyOpenSSL/cffi, httptools) are compared before and after, divided by N.  OpenSSL's own
-memory is outside tracemalloc (see bench_web.py's RSS figure for the whole).
+RSS: bench_web.py's servers (the webserv port, the line port, nginx where installed, bare
+twisted.web), each a fresh process; 30 complete connections as warm-up, VmRSS as the
+baseline, then `--rss-connections` mutual-TLS 1.3 connections opened by client processes
+(each after one `GET /who`) and held idle; (VmRSS - baseline) / connections.  This is the
+figure the "memory per idle web connection" target reads (OpenSSL's memory included).
 
-    python benchmarks/mem_web.py [--connections 200]
+Python objects: a webserv port in this process (`ON /who = call views:who`), N mutual-TLS 1.3
+clients that each make one keep-alive request and stay connected; the server's Python
+allocations (janustls, Twisted, pyOpenSSL/cffi, httptools) are compared before and after,
+divided by N, with the lines that allocate most.
+
+    python benchmarks/mem_web.py [--connections 200] [--rss-connections 2000] [--no-nginx]
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from janustls.core.config import parse_definitions
 from janustls.ops.service import JanusService
@@ -42,11 +49,73 @@ def top(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, n: int) -> li
     return [str(s) for s in stats[:n]]
 
 
+def _wait_listening(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def rss_per_connection(connections: int, nginx: bool, only: set[str] | None = None) -> list[str]:
+    """KiB of RSS per idle connection of each of bench_web.py's servers (see the module docstring)."""
+    import bench_web
+    import common
+
+    lines = []
+    pin = common.plan_pinning()
+    kinds = ["janustls", "line", *(["nginx"] if nginx and bench_web.nginx_binary() else []), "bare"]
+    kinds = [k for k in kinds if only is None or k in only]
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        common.raise_nofile()
+        common.make_pki(directory, 8)
+        pool = common.ClientPool(bench_web.WebDriver, directory, 8, pin.clients)
+        try:
+            for kind in kinds:
+                server = common.start_server(bench_web.__file__, kind, ["--dir", tmp, "--log", "discard"], pin.servers)
+                try:
+                    _wait_listening(server.port)  # nginx prints its port before it listens
+                    pool.hold(server.port, 30)  # warm-up: a few complete connections
+                    pool.release()
+                    time.sleep(0.3)
+                    base = common.rss_kib(server.pid)
+                    pool.hold(server.port, connections)
+                    time.sleep(0.5)
+                    loaded = common.rss_kib(server.pid)
+                    pool.release()
+                finally:
+                    server.stop()
+                label = {"janustls": "janustls web", "line": "janustls line (srvsock)", "bare": "bare twisted.web"}.get(
+                    kind, kind
+                )
+                lines.append(f"{label:<24} {(loaded - base) / connections:6.1f} KiB RSS per idle connection "
+                             f"(VmRSS {base} KiB after warm-up -> {loaded} KiB with {connections} connections)")  # fmt: skip
+        finally:
+            pool.close()
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--connections", type=int, default=200)
+    ap.add_argument("--connections", type=int, default=200, help="connections for the Python-object figure (0: skip)")
+    ap.add_argument("--rss-connections", type=int, default=2000, help="connections for the RSS figure (0: skip)")
+    ap.add_argument("--no-nginx", action="store_true", help="leave nginx out of the RSS figure")
+    ap.add_argument(
+        "--rss-servers", default="", help="comma-separated subset of janustls,line,nginx,bare for the RSS figure"
+    )
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
+    if args.rss_connections:
+        only = set(args.rss_servers.split(",")) if args.rss_servers else None
+        for line in rss_per_connection(args.rss_connections, not args.no_nginx, only):
+            print(line, flush=True)
+    if not args.connections:
+        return 0
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner
 

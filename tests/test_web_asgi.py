@@ -113,6 +113,26 @@ async def ignore_body(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
 
+async def rawhead(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain"), (b"x-inject", b"a\\r\\nX-Evil: 1")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+async def badname(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"bad name", b"x")]})
+    await send({"type": "http.response.body", "body": b"never"})
+
+async def streamed(scope, receive, send):
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan")
+    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"a", "more_body": True})
+    await send({"type": "http.response.body", "body": b"b"})
+
 def line(conn):
     conn.write(("line port under the asyncio reactor: %s\\n" % conn.cert_info("CN")).encode())
     conn.close()
@@ -260,6 +280,9 @@ def server(pki: Any, tmp_path_factory: pytest.TempPathFactory, uvicorn_backend: 
         port,
         f"""
 ON /raw/slow = asgi apps:slow
+ON /raw/head = asgi apps:rawhead
+ON /raw/badname = asgi apps:badname
+ON /raw/streamed = asgi apps:streamed
 ON POST /raw/ignore = asgi apps:ignore_body
 ON /only-bob/* = asgi apps:star allow=cn:bob mount=root
 ON /api/* = asgi apps:api mount=root
@@ -583,3 +606,74 @@ def test_upgrade_refused_by_the_backend_smuggles_nothing(server: Any, pki: Any) 
     assert RAW.seen and b"GET /plain" in RAW.seen[-1] and b"mallory" not in RAW.seen[-1], (
         RAW.seen
     )  # only the head went on
+
+
+def _response(s: Any, buf: bytearray, head_request: bool = False) -> tuple[bytes, dict[bytes, list[bytes]], bytes]:
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, bytes(buf)
+        buf += chunk
+    end = buf.index(b"\r\n\r\n")
+    status, *lines = bytes(buf[:end]).split(b"\r\n")
+    headers: dict[bytes, list[bytes]] = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers.setdefault(name.strip().lower(), []).append(value.strip())
+    length = 0 if head_request else int(headers[b"content-length"][0])
+    del buf[: end + 4]
+    while len(buf) < length:
+        buf += s.recv(65536)
+    body = bytes(buf[:length])
+    del buf[:length]
+    return status, headers, body
+
+
+def test_whole_asgi_response_has_length_server_date_and_clean_headers(server: Any, pki: Any) -> None:
+    port, _, _, _ = server
+    with tls_connect(port, client_context(pki, "alice", tls="1.3"), 10) as s:
+        buf = bytearray()
+        for _ in range(2):  # keep-alive
+            s.sendall(b"GET /raw/head HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            status, headers, body = _response(s, buf)
+            assert status == b"HTTP/1.1 200 OK" and body == b"hello"
+            assert headers[b"content-length"] == [b"5"] and headers[b"content-type"] == [b"text/plain"]
+            assert len(headers[b"server"]) == 1 and headers[b"date"][0].endswith(b"GMT")
+            assert headers[b"x-inject"] == [b"a X-Evil: 1"] and b"x-evil" not in headers  # no header injected
+        s.sendall(
+            b"HEAD /raw/head HTTP/1.1\r\nHost: localhost\r\n\r\nGET /raw/head HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        )
+        status, headers, body = _response(s, buf, head_request=True)
+        assert status == b"HTTP/1.1 200 OK" and headers[b"content-length"] == [b"5"] and body == b""
+        status, _, body = _response(s, buf)  # nothing of a body was sent for HEAD
+        assert status == b"HTTP/1.1 200 OK" and body == b"hello"
+        s.sendall(b"GET /raw/head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        status, headers, body = _response(s, buf)
+        assert headers[b"connection"] == [b"close"] and body == b"hello"
+        assert s.recv(1) == b""
+
+
+def test_asgi_invalid_header_name_is_500_and_streamed_response_is_chunked(server: Any, pki: Any) -> None:
+    port, _, _, _ = server
+    ctx = client_context(pki, "alice", tls="1.3")
+    status, body = get(port, ctx, "/raw/badname")
+    assert status == 500 and b"never" not in body
+    status, body = get(port, ctx, "/raw/streamed")
+    assert (status, body) == (201, b"ab")
+
+
+def test_small_asgi_response_is_one_record(server: Any, pki: Any) -> None:
+    from tests.test_web_records import APPLICATION_DATA, RecordClient
+
+    port, _, _, _ = server
+    client = RecordClient(port, client_context(pki, "alice", tls="1.3"))
+    try:
+        client.send(b"GET /raw/head HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        client.read_response()  # the session tickets arrive around the first answer
+        client.send(b"GET /raw/head HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        before = len(client.records)
+        response = client.read_response()
+        records = client.records[before:]
+        assert response.startswith(b"HTTP/1.1 200") and response.endswith(b"hello"), response
+        assert [kind for kind, _ in records] == [APPLICATION_DATA], records
+    finally:
+        client.close()

@@ -413,6 +413,26 @@ class PortTLSProtocol(TLSProtocolBase):
     def writeSequence(self, iovec: Any) -> None:
         self.write(b"".join(iovec))
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole message (an HTTP response written in one piece): handed to OpenSSL at once,
+        with no end-of-turn timer, when nothing else is gathered and no bytes received are
+        being processed (then it leaves with the others, as `write`)."""
+        if (
+            self._receiving
+            or self._pending is not None
+            or not self.handshake_done
+            or self.disconnecting
+            or self.tls_lost
+        ):
+            self.write(data)
+            return
+        if not data:
+            return
+        self.bytes_out += len(data)
+        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        if self._socket_over:
+            self._check_output()
+
     def _schedule_flush(self) -> None:
         if self._flush_call is None:
             runtime = getattr(self.factory, "runtime", None)

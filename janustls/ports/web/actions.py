@@ -47,6 +47,19 @@ class JanusWSGIResource(WSGIResource):
         return NOT_DONE_YET
 
 
+_CONTENT_TYPES: dict[str, bytes] = {}
+
+
+def content_type(value: str) -> bytes:
+    """A rule's Content-Type, encoded once."""
+    encoded = _CONTENT_TYPES.get(value)
+    if encoded is None:
+        encoded = value.encode()
+        if len(_CONTENT_TYPES) < 1024:
+            _CONTENT_TYPES[value] = encoded
+    return encoded
+
+
 class Actions:
     """The actions of a web rule: a page, a redirect, a call, a mounted resource, WSGI, a forward."""
 
@@ -54,6 +67,8 @@ class Actions:
     reactor: Any
     _wsgi: dict[int, JanusWSGIResource]
     _asgi: dict[int, AsgiApp]
+    #: Per handler of the table (by id): whether it is a twisted.web resource (mounted) or a callable.
+    _resources: dict[int, bool]
 
     if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
 
@@ -136,7 +151,7 @@ class Actions:
                            client=(peer.host, peer.port) if hasattr(peer, "host") else None,
                            server=(host.host, host.port) if hasattr(host, "host") else None,
                            root_path=root_path, extensions=proto.asgi_extensions(), state=app.state)  # fmt: skip
-        peer_text = address_text(request.connection.peer)
+        conn = request.connection
 
         def failed(failure: Failure) -> None:
             if not (request.finished or request.gone):
@@ -144,7 +159,7 @@ class Actions:
                 return
             # answered already (Starlette answers 500 itself, then re-raises): logged only
             emit("janustls.handler.error", "port {port}: handler {handler} raised for {peer}: {error}", LogLevel.error,
-                 port=self.runtime.port.name, handler=rule.value, peer=peer_text, error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
+                 port=self.runtime.port.name, handler=rule.value, peer=address_text(conn.peer), error=failure.getErrorMessage(), log_failure=failure)  # fmt: skip
 
         serve_http(app, request, scope, failed)
         return NOT_DONE_YET
@@ -244,20 +259,22 @@ class Actions:
     def _call(self, request: JanusRequest, rule: Rule, res: Resolution) -> Any:
         handler = rule.handler
         try:
-            if IResource.providedBy(handler):
+            resource = self._resources.get(id(handler))
+            if resource is None:  # asked once per handler (the table holds it): providedBy is not free
+                resource = self._resources[id(handler)] = bool(IResource.providedBy(handler))
+            if resource:
                 self._mount(request, rule)
                 return getChildForRequest(handler, request).render(request)
             result = handler(request)
         except Exception:
             self._handler_error(request, rule, Failure())
             return NOT_DONE_YET
-        if isinstance(result, str):
-            if request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+        if isinstance(result, str):  # the type goes out unless the handler set one
+            request.default_content_type(content_type(res.content_type or "text/html; charset=utf-8"))
             return result.encode("utf-8")
         if isinstance(result, bytes):
-            if res.content_type and request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", res.content_type.encode())
+            if res.content_type:
+                request.default_content_type(content_type(res.content_type))
             return result
         if inspect.isawaitable(result) and not isinstance(result, defer.Deferred):
             result = defer.ensureDeferred(result)  # type: ignore[arg-type]  # a handler's awaitable; the stub names coroutines only
@@ -271,8 +288,7 @@ class Actions:
         if value is NOT_DONE_YET:
             return NOT_DONE_YET
         if isinstance(value, str):
-            if request.responseHeaders.getRawHeaders(b"content-type") is None:
-                request.setHeader(b"content-type", (res.content_type or "text/html; charset=utf-8").encode())
+            request.default_content_type(content_type(res.content_type or "text/html; charset=utf-8"))
             return value.encode("utf-8")
         if isinstance(value, (dict, list)):
             request.setHeader(b"content-type", b"application/json")

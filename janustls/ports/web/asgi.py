@@ -19,7 +19,7 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from janustls.events import emit
-from janustls.ports.web.request import JanusRequest
+from janustls.ports.web.request import JanusRequest, header_name
 from janustls.ports.web.scope import ASGI_VERSION
 
 __all__ = ["AsgiApp", "serve_http"]
@@ -119,26 +119,32 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
     content = request.content
     body = content.read() if content is not None else b""
     body_sent = False
-    finished: asyncio.Future[None] = loop.create_future()
+    finished: asyncio.Future[None] | None = None  # made when the app waits for http.disconnect
     response_started = False
     response_done = False
+    status = 200
+    head: list[tuple[bytes, bytes]] = []
 
     def ended(_: Any) -> None:
-        if not finished.done():
+        if finished is not None and not finished.done():
             finished.set_result(None)
 
-    request.notifyFinish().addBoth(ended)
-
     async def receive() -> dict[str, Any]:
-        nonlocal body_sent
+        nonlocal body_sent, finished
         if not body_sent:
             body_sent = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if finished is None:
+            finished = loop.create_future()
+            if request.finished or request.gone:
+                finished.set_result(None)
+            else:
+                request.notifyFinish().addBoth(ended)
         await finished
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        nonlocal response_started, response_done
+        nonlocal response_started, response_done, status, head
         if request.gone or response_done:
             return  # the client went away (the app hears http.disconnect), or the response ended
         kind = message["type"]
@@ -146,19 +152,29 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
             if response_started:
                 raise RuntimeError("http.response.start sent twice")
             response_started = True
-            request.setResponseCode(int(message["status"]))
-            headers = request.responseHeaders
-            headers.removeHeader(b"content-type")
-            for name, value in message.get("headers", ()):
-                headers.addRawHeader(bytes(name), bytes(value))
+            status = int(message["status"])
+            # kept until the first body message: a whole response then leaves as one write
+            head = [(bytes(name), bytes(value)) for name, value in message.get("headers", ())]
             return
         if kind == "http.response.body":
             if not response_started:
                 raise RuntimeError("http.response.body before http.response.start")
             data = message.get("body", b"")
-            if data:
+            more = message.get("more_body", False)
+            if not request.startedWriting:
+                if not more:
+                    response_done = True
+                    request.respond_with(status, head, bytes(data))
+                    return
+                request.setResponseCode(status)
+                headers = request.responseHeaders
+                for name, value in head:
+                    header_name(name)
+                    headers.addRawHeader(name, value)
+                request.write(bytes(data))  # the head goes out now (chunked without a Content-Length)
+            elif data:
                 request.write(bytes(data))
-            if not message.get("more_body", False):
+            if not more:
                 response_done = True
                 request.finish()
                 return
@@ -173,4 +189,12 @@ def serve_http(app: AsgiApp, request: JanusRequest, scope: dict[str, Any], on_er
         if not response_done and not request.gone:
             raise RuntimeError("the ASGI app returned without completing its response")
 
-    defer.Deferred.fromFuture(loop.create_task(run())).addErrback(on_error)
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            on_error(Failure(defer.CancelledError()))
+            return
+        error = task.exception()
+        if error is not None:
+            on_error(Failure(error, type(error), error.__traceback__))
+
+    loop.create_task(run()).add_done_callback(done)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
@@ -61,7 +62,19 @@ class _HeaderSectionTooLarge(Exception):
 class _Parsed:
     """A request being parsed: its request line and headers until the `Request` is built."""
 
-    __slots__ = ("chunked", "expect", "headers", "keep", "length", "method", "request", "size", "url", "version")
+    __slots__ = (
+        "chunked",
+        "close",
+        "expect",
+        "headers",
+        "keep",
+        "length",
+        "method",
+        "request",
+        "size",
+        "url",
+        "version",
+    )
 
     def __init__(self) -> None:
         self.url = b""
@@ -74,6 +87,7 @@ class _Parsed:
         self.keep = False
         self.version = b"HTTP/1.1"
         self.method = b"GET"
+        self.close = False
 
 
 class JanusChannel:
@@ -82,9 +96,9 @@ class JanusChannel:
     One deadline follows the request cycle: `keepalive_timeout` while waiting for a request
     (the first included), `header_timeout` from its first byte to the end of its headers,
     `body_timeout` for its body; none while the application answers.  Each limit answers
-    (when no response is under way) and closes through the port protocol's close.  One timer
-    per connection wakes at the deadline (or sooner, at most the shortest phase limit after it
-    was armed) and re-arms until the deadline passes.
+    (when no response is under way) and closes through the port protocol's close.  The
+    site's `PhaseDeadlines` keeps every channel's deadline (one timer per port, not one per
+    connection).
 
     Pipelining: requests parsed from one read wait in order; bytes read while a request is
     answered wait unparsed (reading pauses above `_EAGER_READ` of them), and no next request
@@ -100,15 +114,16 @@ class JanusChannel:
         "_deadline",
         "_error",
         "_head_seen",
+        "_host",
         "_in_head",
         "_out_paused",
         "_parsed",
         "_parser",
+        "_peer",
         "_phase",
         "_read_paused",
         "_request_producer",
         "_request_streaming",
-        "_timer",
         "_upgraded",
         "closing",
         "limits",
@@ -118,6 +133,9 @@ class JanusChannel:
         "transport",
         "tunnel",
     )  # fmt: skip
+
+    #: A request's whole response may go out as one write of HTTP/1.1 bytes (JanusRequest.respond).
+    http11_channel = True
 
     def __init__(self, site: JanusSite) -> None:
         self.site = site
@@ -144,9 +162,10 @@ class JanusChannel:
         self._in_head = True
         self._request_producer: Any = None
         self._request_streaming = False
-        self._timer: IDelayedCall | None = None
         self._phase = "idle"
         self._deadline: float | None = None
+        self._peer: Any = None
+        self._host: Any = None
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -166,16 +185,34 @@ class JanusChannel:
     # -- what twisted.web's Request asks of its channel ---------------------------------------
 
     def getPeer(self) -> Any:
-        return self.transport.getPeer()
+        """The client's address, asked of the socket once per connection."""
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()
+        return peer
 
     def getHost(self) -> Any:
-        return self.transport.getHost()
+        """The server's address, asked of the socket once per connection."""
+        host = self._host
+        if host is None:
+            host = self._host = self.transport.getHost()
+        return host
 
     def isSecure(self) -> bool:
         return True
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def write_whole(self, data: bytes) -> None:
+        """A whole response in one piece: out at once when written outside a read (an asgi app's
+        task, a Deferred), gathered with the turn's other writes otherwise."""
+        transport = self.transport
+        whole = getattr(transport, "write_whole", None)
+        if whole is not None:
+            whole(data)
+        else:
+            transport.write(data)
 
     def writeSequence(self, iovec: Any) -> None:
         self.transport.write(b"".join(iovec))
@@ -347,7 +384,7 @@ class JanusChannel:
                     request = self.requests[0]
                     self._current = request
                     self.persistent = request.janus_keep  # type: ignore[attr-defined]  # the channel's own field on the request
-                    self._phase, self._deadline = "busy", None
+                    self._enter("busy")  # no deadline while the application answers
                     request.requestReceived(request.method, request.uri, request.clientproto)
                     continue
                 if self._error is not None:
@@ -409,6 +446,8 @@ class JanusChannel:
             parsed.chunked = True
         elif lower == b"expect" and value.strip().lower() == b"100-continue":
             parsed.expect = True
+        elif lower == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            parsed.close = True
 
     def on_headers_complete(self) -> None:
         parsed = self._parsed
@@ -422,20 +461,13 @@ class JanusChannel:
         parsed.method = parser.get_method()
         request: JanusRequest = self.site.requestFactory(self)
         parsed.request = request
-        headers = request.requestHeaders
-        connection: list[bytes] = []
-        for name, value in parsed.headers:
-            headers.addRawHeader(name, value)
-            if name.lower() == b"connection":
-                connection.append(value)
-        tokens = [t.strip().lower() for v in connection for t in v.split(b",")]
-        parsed.keep = version == "1.1" and b"close" not in tokens
-        if version == "1.1" and b"close" in tokens:
+        parsed.keep = version == "1.1" and not parsed.close
+        if version == "1.1" and parsed.close:
             request.responseHeaders.setRawHeaders(b"connection", [b"close"])
         request.janus_keep = parsed.keep  # type: ignore[attr-defined]  # the channel's own field on the request
-        request.raw_headers = parsed.headers  # as sent, in order (ASGI scopes)
+        # as sent, in order: the request's Headers are made from them when first asked for
+        request.raw_headers = parsed.headers
         request.method, request.uri, request.clientproto = parsed.method, parsed.url, parsed.version
-        request.parseCookies()
         length = None if parsed.chunked else parsed.length
         if length != 0:
             self._enter_unless_busy("body")
@@ -473,28 +505,24 @@ class JanusChannel:
 
     def _enter(self, phase: str) -> None:
         self._phase = phase
-        seconds = self.site.phase_limits.get(phase, 0)
+        site = self.site
+        seconds = site.phase_limits.get(phase, 0)
         if not seconds or self.closing:
             self._deadline = None
-            if self.closing and self._timer is not None:
-                if self._timer.active():
-                    self._timer.cancel()
-                self._timer = None
+            if phase != "busy" and site.phase_step:  # busy: the next phase's deadline replaces the entry
+                site.deadlines.discard(self)
             return
-        clock = self.site.reactor
-        self._deadline = clock.seconds() + seconds
-        if self._timer is None:
-            self._timer = clock.callLater(self.site.phase_step, self._tick)
+        deadlines = site.deadlines
+        self._deadline = deadline = deadlines.reactor.seconds() + seconds
+        deadlines.set(self, deadline)
 
-    def _tick(self) -> None:
-        self._timer = None
+    def expired(self, now: float) -> None:
+        """The port's sweep found this channel's deadline passed (as it was when set)."""
         deadline = self._deadline
         if deadline is None or self.closing:
-            return  # armed again by the next timed phase
-        clock = self.site.reactor
-        left = deadline - clock.seconds()
-        if left > 0:
-            self._timer = clock.callLater(min(left, self.site.phase_step), self._tick)
+            return
+        if deadline > now:  # moved on since: watched again
+            self.site.deadlines.set(self, deadline)
             return
         phase = self._phase
         self._event(_TIMEOUT_EVENTS[phase], "port {port}: closing {peer}: no complete request {what} within {seconds}s",
@@ -564,6 +592,44 @@ class JanusChannel:
             request.connectionLost(reason)
 
 
+class PhaseDeadlines:
+    """The HTTP deadlines of a port's channels, kept by one timer instead of one each.
+
+    A channel's deadline is set (a dict store) each time its phase changes and dropped when
+    it has none; a sweep a few times per shortest limit tells the late ones (`expired`), so a
+    client gets between the limit and the limit plus a quarter of the shortest one (at most
+    one second more).
+    """
+
+    __slots__ = ("_loop", "pending", "reactor", "step")
+
+    def __init__(self, reactor: IReactorTime, step: float) -> None:
+        self.reactor = reactor
+        self.step = step
+        self.pending: dict[JanusChannel, float] = {}
+        self._loop: LoopingCall | None = None
+
+    def set(self, channel: JanusChannel, deadline: float) -> None:
+        self.pending[channel] = deadline
+        if self._loop is None:
+            self._loop = LoopingCall(self._sweep)
+            self._loop.clock = self.reactor
+            self._loop.start(min(1.0, self.step / 4), now=False)
+
+    def discard(self, channel: JanusChannel) -> None:
+        self.pending.pop(channel, None)
+
+    def _sweep(self) -> None:
+        now = self.reactor.seconds()
+        late = [c for c, deadline in self.pending.items() if deadline <= now]
+        for channel in late:
+            del self.pending[channel]
+            channel.expired(now)
+        if not self.pending and self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+
+
 class JanusSite(Site):
     """No per-request access log line (the events and the status listener count requests).
     The port's HTTP limits, and what the channels derive from them, once per port."""
@@ -574,6 +640,15 @@ class JanusSite(Site):
     #: The limit of each timed phase (seconds; 0 = none), and the shortest of them.
     phase_limits: dict[str, float] = {}  # noqa: RUF012  # never mutated: the limits setter assigns each site its own
     phase_step = 0.0
+    reactor: Any
+    _deadlines: PhaseDeadlines | None = None
+
+    @property
+    def deadlines(self) -> PhaseDeadlines:
+        """The channels' deadlines (made on first use: the reactor is set after the site is built)."""
+        if self._deadlines is None:
+            self._deadlines = PhaseDeadlines(self.reactor, self.phase_step or 1.0)
+        return self._deadlines
 
     @property
     def limits(self) -> HttpLimits:

@@ -274,6 +274,7 @@ class WebFactory(Dispatch, Actions, Responses, PortFactory):
         # so connections that outlive a reload (PortTLSFactory.adopt) keep a running pool.
         self._wsgi: dict[int, JanusWSGIResource] = {}
         self._asgi: dict[int, AsgiApp] = {}
+        self._resources: dict[int, bool] = {}
         apps: dict[int, AsgiApp] = {}
         for rule in self.table.rules:
             if rule.action is Action.WSGI:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import datetime
 import io
+import re
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, AnyStr, Protocol
 from urllib.parse import unquote_to_bytes as unquote
 
 from cryptography import x509
@@ -14,8 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.python.failure import Failure
-from twisted.web.http import datetimeToString
-from twisted.web.server import Request
+from twisted.web.error import UnsupportedMethod
+from twisted.web.http import NO_BODY_CODES, datetimeToString, parse_qs
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.server import version as twisted_web_version
 
 from janustls.core.certinfo import CertChain
@@ -143,7 +147,16 @@ def ssl_environ(
 
 
 class JanusRequest(Request):
-    """A twisted.web request that also answers the connection's certificate calls."""
+    """A twisted.web request that also answers the connection's certificate calls.
+
+    Built lean: what twisted.web's `Request.__init__` makes for every request and most never
+    use (the request `Headers`, the cookies parsed, the client and host addresses, the
+    resource path segments) is made when first asked for, from the header lines the channel
+    parsed (`raw_headers`).  A response whose body is known at once leaves through `respond`:
+    one write with its head encoded in one pass.  Any channel that implements what twisted.web's
+    `Request` asks of one (write, writeHeaders, requestDone, ...) can carry it; the one-write
+    path is taken where the channel says it speaks HTTP/1.1 (`http11_channel`).
+    """
 
     #: Set when an exception handler runs: which exception, and why.
     exception: Exc | None = None
@@ -162,21 +175,286 @@ class JanusRequest(Request):
     raw_headers: list[tuple[bytes, bytes]] = []  # noqa: RUF012  # never mutated: the channel assigns each request its own
     #: After an Upgrade request's head: the bytes read so far (None: no Upgrade).
     upgrade_rest: bytes | None = None
+    _request_headers: Headers | None = None
+    _response_headers: Headers | None = None
+    #: The Content-Type a `call` result gets unless the handler set one (encoded once per rule).
+    _default_type: bytes | None = None
+    _cookies_in: dict[bytes, bytes] | None = None
+    _client: Any = None
+    _host: Any = None
+    _postpath: list[bytes] | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kw: Any) -> None:
+        """twisted.web's signature (`queued` is deprecated; posted forms are always parsed)."""
+        self.notifications = []
+        self.channel = channel
+        self.transport = channel.transport
+        self.cookies = []
+        self.queued = False
+        self._parsePOSTFormSubmission = True
+        self._adapterCache = {}  # components.Componentized (getSession keeps the session there)
+
+    # -- made when first asked for ------------------------------------------------------------
+
+    @property
+    def requestHeaders(self) -> Headers:
+        headers = self._request_headers
+        if headers is None:
+            headers = self._request_headers = Headers()
+            for name, value in self.raw_headers:
+                headers.addRawHeader(name, value)
+        return headers
+
+    @requestHeaders.setter
+    def requestHeaders(self, headers: Headers) -> None:
+        self._request_headers = headers
+
+    @property
+    def responseHeaders(self) -> Headers:
+        headers = self._response_headers
+        if headers is None:
+            headers = self._response_headers = Headers()
+        return headers
+
+    @responseHeaders.setter
+    def responseHeaders(self, headers: Headers) -> None:
+        self._response_headers = headers
+
+    def default_content_type(self, value: bytes | None) -> None:
+        """The Content-Type of the response unless the handler sets one (a `call` result's)."""
+        self._default_type = value
+
+    @property
+    def received_cookies(self) -> dict[bytes, bytes]:
+        cookies = self._cookies_in
+        if cookies is None:
+            cookies = self._cookies_in = {}
+            Request.parseCookies(self)
+        return cookies
+
+    @received_cookies.setter
+    def received_cookies(self, cookies: dict[bytes, bytes]) -> None:
+        self._cookies_in = cookies
+
+    def parseCookies(self) -> None:
+        """Parsed when `received_cookies` is first read."""
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.channel.getPeer()
+        return self._client
+
+    @client.setter
+    def client(self, address: Any) -> None:
+        self._client = address
+
+    @property
+    def host(self) -> Any:
+        if self._host is None:
+            self._host = self.channel.getHost()
+        return self._host
+
+    @host.setter
+    def host(self, address: Any) -> None:
+        self._host = address
+
+    @property
+    def postpath(self) -> list[bytes] | None:
+        if self._postpath is None and self.path is not None:
+            self._postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, segments: list[bytes] | None) -> None:
+        self._postpath = segments
+
+    def getHeader(self, key: AnyStr) -> AnyStr | None:
+        """A request header's last value (twisted.web's answer), read from the header lines as sent."""
+        if self._request_headers is not None:
+            return super().getHeader(key)
+        name = (key.encode("latin-1") if isinstance(key, str) else key).lower()
+        found = None
+        for n, v in self.raw_headers:
+            if n.lower() == name:
+                found = v
+        if found is None or isinstance(key, bytes):
+            return found
+        return found.decode("utf-8")  # text for a text key, as twisted.web's Headers
+
+    # -- the request --------------------------------------------------------------------------
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        """twisted.web's `requestReceived` (arguments from the query and a posted form), without
+        looking at the request's headers unless it is a POST with a body."""
+        content = self.content
+        if command == b"POST" and content is not None and content.tell():
+            super().requestReceived(command, path, version)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+            return
+        if content is not None:
+            content.seek(0, 0)
+        self.method, self.uri, self.clientproto = command, path, version
+        if b"?" in path:
+            self.path, query = path.split(b"?", 1)
+            self.args = parse_qs(query, 1)
+        else:
+            self.path, self.args = path, {}
+        self.process()
 
     def process(self) -> None:
         """twisted.web's `Request.process` without the per-request work a webserv port does not need:
-        the site has one leaf resource (no traversal, no encoder lookup), and the Date header is
-        formatted once per second, not per request."""
+        the site has one leaf resource (no traversal, no encoder lookup); the port's `serve`
+        answers, and a body it returns leaves through `respond`."""
         site = self.site = self.channel.site  # type: ignore[attr-defined]  # the channel is our JanusChannel (twisted.web declares an HTTPChannel)
-        headers = self.responseHeaders
-        headers.setRawHeaders(b"server", _SERVER)
-        headers.setRawHeaders(b"date", [http_date()])
         self.prepath = []
-        self.postpath = [unquote(p) for p in self.path[1:].split(b"/")]
         try:
-            self.render(site.resource)
+            body = site.resource.factory.serve(self)
+        except UnsupportedMethod:
+            self.render(site.resource)  # twisted.web answers 405 (or fakes HEAD with GET)
+            return
         except BaseException:
             self.processingFailed(Failure())
+            return
+        if body is NOT_DONE_YET:
+            return
+        if not isinstance(body, bytes):
+            self.render(_Rendered(body))  # twisted.web's answer to a resource returning no bytes
+            return
+        self.respond(body)
+
+    def respond(self, body: bytes) -> None:
+        """Answer with `body` and finish: one write holding the status line, the headers and the
+        body, where the channel speaks HTTP/1.1 and nothing was written yet; else through
+        twisted.web's `write` and `finish`.  Gives what twisted.web's `render` gave: a
+        Content-Length, text/html as the default type of a body, no body for HEAD, 204 or 304."""
+        if self.finished or self.gone or self._disconnected:
+            return
+        channel = self.channel
+        if self.startedWriting or self.producer is not None or not getattr(channel, "http11_channel", False):
+            if not self.startedWriting:
+                if self._default_type is not None and not self.responseHeaders.hasHeader(b"content-type"):
+                    self.responseHeaders.setRawHeaders(b"content-type", [self._default_type])
+                if body or self.method != b"HEAD":
+                    self.setHeader(b"content-length", b"%d" % len(body))
+            if body:
+                self.write(body)
+            self.finish()
+            return
+        code = self.code
+        head = self.method == b"HEAD"
+        bodyless = code in NO_BODY_CODES
+        parts = [self.clientproto, b" %d " % code, self.code_message, b"\r\n"]
+        stamp = typed = False
+        headers = self._response_headers
+        if headers is not None:
+            for name, values in headers.getAllRawHeaders():
+                if name == b"Content-Length":
+                    continue
+                if name == b"Content-Type":
+                    typed = True
+                elif name in (b"Server", b"Date"):
+                    stamp = True
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+        if not typed:
+            if self._default_type is not None:
+                parts += (b"Content-Type: ", self._default_type, b"\r\n")
+            elif not bodyless and body:
+                parts.append(b"Content-Type: text/html\r\n")
+        if stamp and headers is not None:  # a handler set one of them: the other as usual
+            if not headers.hasHeader(b"server"):
+                parts += (b"Server: ", _SERVER[0], b"\r\n")
+            if not headers.hasHeader(b"date"):
+                parts += (b"Date: ", http_date(), b"\r\n")
+        else:
+            parts.append(server_and_date())
+        if self.lastModified is not None and (headers is None or not headers.hasHeader(b"last-modified")):
+            parts += (b"Last-Modified: ", datetimeToString(self.lastModified), b"\r\n")
+        if self.etag is not None:
+            parts += (b"ETag: ", self.etag, b"\r\n")
+        for cookie in self.cookies:
+            parts += (b"Set-Cookie: ", cookie, b"\r\n")
+        if not bodyless and (body or not head):
+            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        else:
+            parts.append(b"\r\n")
+        if not (head or bodyless):
+            parts.append(body)
+        self.startedWriting = 1
+        self.sentLength = len(body)
+        channel.write_whole(b"".join(parts))  # type: ignore[attr-defined]  # an http11_channel: our JanusChannel
+        self.finish()
+
+    def respond_with(self, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> None:
+        """Answer with `status`, the header lines `headers` as given (an ASGI app's) and `body`,
+        and finish: one write where the channel speaks HTTP/1.1 and nothing was written yet.
+
+        The names must be tokens and CR/LF in a value become spaces (as twisted.web's `Headers`
+        does); a Content-Length is added when there is none, Server and Date when the lines
+        have none; no body for HEAD, 204 or 304."""
+        if self.finished or self.gone or self._disconnected:
+            return
+        self.setResponseCode(status)
+        channel = self.channel
+        if self.startedWriting or self.producer is not None or not getattr(channel, "http11_channel", False):
+            out = self.responseHeaders
+            for name, value in headers:
+                out.addRawHeader(name, value)
+            if body or (not self.startedWriting and self.method != b"HEAD" and status not in NO_BODY_CODES):
+                if not self.startedWriting and not out.hasHeader(b"content-length"):
+                    out.setRawHeaders(b"content-length", [b"%d" % len(body)])
+                if body:
+                    self.write(body)
+            self.finish()
+            return
+        head = self.method == b"HEAD"
+        bodyless = status in NO_BODY_CODES
+        parts = [self.clientproto, b" %d " % status, self.code_message, b"\r\n"]
+        length = server = date = False
+        for name, value in headers:
+            lower = _LOWER.get(name)
+            if lower is None:
+                lower = header_name(name)
+            if lower == b"content-length":
+                length = True
+            elif lower == b"server":
+                server = True
+            elif lower == b"date":
+                date = True
+            if b"\r" in value or b"\n" in value:
+                value = b" ".join(value.splitlines())
+            parts += (name, b": ", value, b"\r\n")
+        if self._response_headers is not None:  # Connection: close, set by the channel
+            for name, values in self._response_headers.getAllRawHeaders():
+                for value in values:
+                    parts += (name, b": ", value, b"\r\n")
+        if not server and not date:
+            parts.append(server_and_date())
+        else:
+            if not server:
+                parts += (b"Server: ", _SERVER[0], b"\r\n")
+            if not date:
+                parts += (b"Date: ", http_date(), b"\r\n")
+        if not length and not bodyless and (body or not head):
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts.append(b"\r\n")
+        if body and not (head or bodyless):
+            parts.append(body)
+        self.startedWriting = 1
+        self.sentLength = len(body)
+        channel.write_whole(b"".join(parts))  # type: ignore[attr-defined]  # an http11_channel: our JanusChannel
+        self.finish()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:  # the head goes out now: twisted.web's Server and Date (once per second)
+            headers = self.responseHeaders
+            if self._default_type is not None and not headers.hasHeader(b"content-type"):
+                headers.setRawHeaders(b"content-type", [self._default_type])
+            if not headers.hasHeader(b"server"):
+                headers.setRawHeaders(b"server", _SERVER)
+            if not headers.hasHeader(b"date"):
+                headers.setRawHeaders(b"date", [http_date()])
+        super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # The connection object (its PortProtocol is the TLS transport's wrapped protocol).
     @property
@@ -238,6 +516,9 @@ class JanusRequest(Request):
     # Every body is bounded by its rule's max_body (the port's by default): a declared
     # length over it is refused before any byte is stored, a chunked one when it passes it.
     def gotLength(self, length: int | None) -> None:
+        if length == 0:  # no body (most requests): no limit to look up, twisted.web's empty content
+            self.content = io.BytesIO()
+            return
         proto = self.janus_protocol
         command, path = self.method, self.uri  # set by the channel from the request line
         if isinstance(command, bytes) and isinstance(path, bytes):
@@ -274,16 +555,49 @@ class JanusRequest(Request):
         super().finish()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
 
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: Header names seen, lower-cased (bounded): an app repeats the same few.
+_LOWER: dict[bytes, bytes] = {}
+
+
+def header_name(name: bytes) -> bytes:
+    """`name` lower-cased, once checked to be an HTTP token (RFC 9110); ValueError if not."""
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"invalid header name {name!r}")
+    lower = name.lower()
+    if len(_LOWER) < 1024:
+        _LOWER[name] = lower
+    return lower
+
+
+class _Rendered:
+    """A resource rendering to what a handler returned, for twisted.web's `render` to judge."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def render(self, request: Any) -> Any:
+        return self.value
+
+
 _SERVER = [twisted_web_version]
-_date: list[Any] = [0, b""]
+_date: list[Any] = [0, b"", b""]
 
 
 def http_date(now: float | None = None) -> bytes:
     """The HTTP Date header value, formatted once per second."""
     second = int(time.time() if now is None else now)
     if _date[0] != second:
-        _date[0], _date[1] = second, datetimeToString(second)
-    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value (bytes)]
+        value = datetimeToString(second)
+        _date[0], _date[1], _date[2] = second, value, b"Server: " + _SERVER[0] + b"\r\nDate: " + value + b"\r\n"
+    return _date[1]  # type: ignore[no-any-return]  # _date is [second, its Date value, both header lines] (bytes)
+
+
+def server_and_date() -> bytes:
+    """The Server and Date header lines of a response, encoded once per second."""
+    if _date[0] != int(time.time()):
+        http_date()
+    return _date[2]  # type: ignore[no-any-return]  # _date is [second, its Date value, both header lines] (bytes)
 
 
 def wants_json(accept: bytes | str | None) -> bool:

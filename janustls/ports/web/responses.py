@@ -140,13 +140,10 @@ class Responses:
         def _subject(self, request: JanusRequest) -> Subject: ...
 
     def _finish(self, request: JanusRequest, body: Any) -> None:
+        """Answer with `body` (bytes, or None for none), in one write where nothing was written yet."""
         if body is NOT_DONE_YET or request.gone or request.finished:
             return
-        if body:
-            if not request.startedWriting:
-                request.setHeader(b"content-length", b"%d" % len(body))
-            request.write(body)
-        request.finish()
+        request.respond(body or b"")
 
     def _page(
         self,
@@ -294,6 +291,7 @@ class Responses:
             request.janus_protocol.close()
             return
         request.responseHeaders.removeHeader(b"content-type")
+        request.default_content_type(None)
         self._status(request, 500, "Internal Server Error", "The handler for this URL failed; the error is logged.")
 
     def _failed(self, failure: Failure, request: JanusRequest) -> None:
