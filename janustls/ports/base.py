@@ -55,14 +55,22 @@ class HandshakeDeadlines:
         self._loop: LoopingCall | None = None
 
     def add(self, protocol: PortProtocol, now: float) -> None:
-        """`now`: the reactor's seconds, which the caller has read already."""
+        """`now`: the reactor's seconds, which the caller has read already.
+
+        (`PortProtocol.connectionMade` does this in place while the sweep runs.)"""
         self.pending[protocol] = now + self.timeout
+        if self._loop is None:
+            self.start(now)
+
+    def start(self, now: float) -> None:
+        """Start the sweep (it stops itself when nothing is pending)."""
         if self._loop is None:
             self._loop = LoopingCall(self._sweep)
             self._loop.clock = self.reactor
             self._loop.start(min(1.0, self.timeout / 4), now=False)
 
     def discard(self, protocol: PortProtocol) -> None:
+        """(`PortProtocol` does this in place: `pending.pop(protocol, None)`.)"""
         self.pending.pop(protocol, None)
 
     def _sweep(self) -> None:
@@ -128,7 +136,9 @@ class PortProtocol(Protocol):
         rt = self.factory.runtime
         self._started = now = rt.reactor.seconds()
         self._deadlines = deadlines = rt.deadlines
-        deadlines.add(self, now)
+        deadlines.pending[self] = now + deadlines.timeout  # HandshakeDeadlines.add, in place
+        if deadlines._loop is None:
+            deadlines.start(now)
 
     # -- the handshake ---------------------------------------------------------------
 
@@ -161,15 +171,18 @@ class PortProtocol(Protocol):
         return address_text(self.peer_address())
 
     def handshakeCompleted(self) -> None:
-        if self._deadlines is not None:
-            self._deadlines.discard(self)
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.pending.pop(self, None)
             self._deadlines = None
         rt = self.factory.runtime
-        handle: SSL.Connection = self.transport.getHandle()
-        chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
-        if not chain and self._refuse_resumed(rt):
+        transport = self.transport
+        handle: SSL.Connection = transport.getHandle()
+        chain = rt.tls.client_chain(handle, transport)  # shared by connections with the same chain
+        certs = chain.certificates
+        if not certs and self._refuse_resumed(rt):
             return
-        if chain and rt.ocsp is not None:
+        if certs and rt.ocsp is not None:
             verdict = rt.ocsp.judge(chain.certificates)
             if isinstance(verdict, defer.Deferred):
                 # Held, not blocked: the reactor serves others until the responder answers.
@@ -219,20 +232,24 @@ class PortProtocol(Protocol):
 
     def _admit(self, chain: Any, handle: SSL.Connection) -> None:
         rt = self.factory.runtime
-        rt.tls.trust.count_signed(chain.certificates)
+        certs = chain.certificates
+        rt.tls.trust.count_signed(certs)
         rt.accepted += 1
         version, cipher = _openssl.negotiated(handle)
-        has_cert = bool(chain)
+        levels = len(certs)
+        has_cert = levels > 0
         conn = Connection(
             self,
             chain,
             tls_version=version,
             cipher=cipher,
-            peer=self.peer_address(),
+            peer=self._addr if self._addr is not None else self.transport.getPeer(),  # peer_address(), in place
             port_name=rt.port.name,
             # A resumed session that carries a certificate was asked in its first life.
             asked=has_cert or rt.port.client_cert is not ClientCertMode.NONE,
         )
+        # Without an idle timeout the connection's reads and writes need not report progress.
+        conn._progress = rt.port.idle_timeout > 0
         self.connection = conn
         self._peer_text = address_text(conn.peer)
         emit(
@@ -243,7 +260,7 @@ class PortProtocol(Protocol):
             version=version,
             cipher=cipher,
             subject=chain.info("SUBJECT") if has_cert else None,
-            levels=len(chain),
+            levels=levels,
         )
         if rt.port.idle_timeout > 0:
             self._last_activity = rt.reactor.seconds()
@@ -306,7 +323,8 @@ class PortProtocol(Protocol):
         """Subclasses take the client's application bytes here."""
 
     def send(self, data: bytes) -> None:
-        self.progress()
+        if self._idle_timer is not None:
+            self.progress()
         self.transport.write(data)
 
     def close(self) -> None:
@@ -369,7 +387,7 @@ class PortProtocol(Protocol):
         self._gone = True
         self._held = None
         if self._deadlines is not None:
-            self._deadlines.discard(self)
+            self._deadlines.pending.pop(self, None)
             self._deadlines = None
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
