@@ -179,11 +179,11 @@ class PortProtocol(Protocol):
         transport = self.transport
         handle: SSL.Connection = transport.getHandle()
         chain = rt.tls.client_chain(handle, transport)  # shared by connections with the same chain
-        certs = chain.certificates
+        certs: tuple[x509.Certificate, ...] = chain.certificates
         if not certs and self._refuse_resumed(rt):
             return
         if certs and rt.ocsp is not None:
-            verdict = rt.ocsp.judge(chain.certificates)
+            verdict = rt.ocsp.judge(certs)
             if isinstance(verdict, defer.Deferred):
                 # Held, not blocked: the reactor serves others until the responder answers.
                 self._held = []
@@ -194,8 +194,8 @@ class PortProtocol(Protocol):
                 if not self._left_to_web_layer(verdict):
                     self._refuse_after_handshake(verdict)
                     return
-                chain = EMPTY_CHAIN
-        self._admit(chain, handle)
+                chain, certs = EMPTY_CHAIN, ()
+        self._admit(chain, handle, certs)
 
     def _ocsp_judged(self, refusal: Refusal | None, chain: Any, handle: SSL.Connection) -> None:
         held, self._held = self._held or [], None
@@ -230,9 +230,11 @@ class PortProtocol(Protocol):
         self._outcome_logged = True
         self.transport.abortConnection()
 
-    def _admit(self, chain: Any, handle: SSL.Connection) -> None:
+    def _admit(self, chain: Any, handle: SSL.Connection, certs: tuple[x509.Certificate, ...] | None = None) -> None:
+        """`certs`: the chain's certificates, when the caller has read them."""
         rt = self.factory.runtime
-        certs = chain.certificates
+        if certs is None:
+            certs = chain.certificates
         rt.tls.trust.count_signed(certs)
         rt.accepted += 1
         version, cipher = _openssl.negotiated(handle)
@@ -490,6 +492,8 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         super().__init__(_CurrentTLS(self), False, wrapped)
         self.runtime = runtime
         self._per_client: dict[str, int] = {}
+        #: Read by the TLS protocol as it starts (one attribute, not a walk to the port definition).
+        self.write_buffer_high = runtime.port.write_buffer_high
         # Ports that ask at the handshake never ask again, so never need the ClientHello.
         self.keep_client_hello = runtime.port.client_cert is ClientCertMode.NONE
 
@@ -503,6 +507,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         self.runtime = new.runtime
         self.wrappedFactory = new.wrappedFactory
         self.keep_client_hello = new.keep_client_hello
+        self.write_buffer_high = new.write_buffer_high
         old_inner.doStop()
 
     def _over_client_limit(self, addr: IAddress) -> bool:
@@ -563,7 +568,14 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 limit=limit,
             )
             return None
-        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))  # WrappingFactory.buildProtocol
+        wrapped = self.wrappedFactory
+        if type(wrapped).buildProtocol is PortFactory.buildProtocol:  # the usual case, in place
+            inner = wrapped.protocol()
+            inner.factory = wrapped
+            inner._addr = addr
+        else:
+            inner = wrapped.buildProtocol(addr)
+        return self.protocol(self, inner)  # WrappingFactory.buildProtocol
 
     def logPrefix(self) -> str:
         return f"janustls:{self.runtime.port.name}"

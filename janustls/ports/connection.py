@@ -296,7 +296,12 @@ class Connection:
             self._read_size = 0
             if self._progress:
                 self._protocol.progress()
-            _deliver(d, bytes(data))
+            runner = d.runner  # _deliver, in place
+            if runner is not None:
+                d.runner = None
+                runner._step(bytes(data), None)
+            else:
+                d.callback(bytes(data))
             return
         self._buffer += data
         self._wake()

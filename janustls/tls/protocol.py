@@ -172,8 +172,8 @@ class PortTLSProtocol(TLSProtocolBase):
     def makeConnection(self, transport: Any) -> None:
         if self.factory.keep_client_hello:  # type: ignore[attr-defined]  # set by the port's TLS factory (ports/base.py, a layer above)
             self._hello = b""
-        runtime = getattr(self.factory, "runtime", None)
-        high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
+        # The port's write_buffer_high (`PortTLSFactory` keeps it at hand).
+        high = getattr(self.factory, "write_buffer_high", None) or WRITE_BUFFER_HIGH
         # The socket pauses its producer above its bufferSize, but also reads up to bufferSize
         # bytes at a time, allocating that much per read: it stays at Twisted's 64 KiB (lower
         # when the mark is), and writes above it are measured against the mark here.
