@@ -26,7 +26,7 @@ from tests.support import client_context, definitions, in_reactor, install_handl
 
 JANUSTLS = str(Path(janustls.__file__).parent)
 #: Calls into janustls code per connection (full handshake, one 64-byte echo, close).
-BUDGET = 70
+BUDGET = 61
 
 
 @pytest.fixture(scope="module")

@@ -313,6 +313,21 @@ class Connection:
         """The client's stream has ended (close, reset, or the connection was closed).  For the
         owning port protocol, not for applications."""
         self._eof = True
+        waiting = self._waiting
+        if waiting is not None and not self._buffer and waiting[1] == self._take_read:
+            # A read() waiting on an empty buffer gets b"": what _wake would find, in place.
+            d = waiting[0]
+            self._waiting = None
+            self._read_size = 0
+            if self._progress:
+                self._protocol.progress()
+            runner = d.runner
+            if runner is not None:
+                d.runner = None
+                runner._step(b"", None)
+            else:
+                d.callback(b"")
+            return
         self._wake()
 
     def _wake(self) -> None:

@@ -404,6 +404,8 @@ class PortTLSProtocol(TLSProtocolBase):
             # record buffers when idle by itself: the port's Context sets MODE_RELEASE_BUFFERS.
             self._buffers_released = True
             if not self.tls_lost:
+                # Writes from now on are gathered without asking Twisted's state each time.
+                self._gathering = not self.disconnecting
                 _openssl.release_bio_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
@@ -473,7 +475,11 @@ class PortTLSProtocol(TLSProtocolBase):
             return
         self._pending_len = 0
         super().write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
-        self._watch_socket()
+        if self._gate is None:  # _watch_socket, in place
+            if self.socket_buffered() > self.transport.bufferSize:
+                self._arm_gate(over=True)
+        elif self._socket_over:
+            self._check_output()
 
     def _drop_writes(self) -> None:
         call, self._flush_call = self._flush_call, None
