@@ -79,3 +79,22 @@ def test_janustls_calls_per_srvsock_connection_within_budget(echo_port, pki):
     per_connection = sum(calls.values()) / n
     top = ", ".join(f"{name} {count / n:g}" for name, count in calls.most_common(12))
     assert per_connection <= BUDGET, f"{per_connection:g} janustls calls per connection; most: {top}"
+
+
+def _socket_producers(server: Any, name: str) -> list[Any]:
+    """The producer registered with each open connection's socket on port `name` (reactor thread)."""
+    factory = server.service.listening_port(name).factory  # the port's TLS factory
+    return [tls.transport.producer for tls in list(factory.protocols)]
+
+
+def test_socket_has_no_producer_until_output_backs_up(echo_port, pki):
+    """A connection whose output never backs up costs its socket no producer; the back-pressure
+    itself (the gate registered once the socket's unsent output is over its buffer) is tested
+    in test_srvsock and test_conn_security."""
+    port = echo_port.port("BUDGET")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client_context(pki, "alice", tls="1.3").wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"ping")
+        assert s.recv(64) == b"ping"
+        producers = in_reactor(_socket_producers, echo_port, "BUDGET")
+        assert producers == [None]
