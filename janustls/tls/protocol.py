@@ -208,7 +208,8 @@ class PortTLSProtocol(TLSProtocolBase):
         """After a write without the gate: arm it once the socket's unsent output is over its
         buffer size; with it: look at the high-water mark while the socket is over."""
         if self._gate is None:
-            if self.socket_buffered() > self.transport.bufferSize:
+            t = self.transport
+            if t is not None and self.socket_buffered() > t.bufferSize:
                 self._arm_gate(over=True)
         elif self._socket_over:
             self._check_output()
