@@ -55,14 +55,22 @@ class HandshakeDeadlines:
         self._loop: LoopingCall | None = None
 
     def add(self, protocol: PortProtocol, now: float) -> None:
-        """`now`: the reactor's seconds, which the caller has read already."""
+        """`now`: the reactor's seconds, which the caller has read already.
+
+        (`PortProtocol.connectionMade` does this in place while the sweep runs.)"""
         self.pending[protocol] = now + self.timeout
+        if self._loop is None:
+            self.start(now)
+
+    def start(self, now: float) -> None:
+        """Start the sweep (it stops itself when nothing is pending)."""
         if self._loop is None:
             self._loop = LoopingCall(self._sweep)
             self._loop.clock = self.reactor
             self._loop.start(min(1.0, self.timeout / 4), now=False)
 
     def discard(self, protocol: PortProtocol) -> None:
+        """(`PortProtocol` does this in place: `pending.pop(protocol, None)`.)"""
         self.pending.pop(protocol, None)
 
     def _sweep(self) -> None:
@@ -128,7 +136,9 @@ class PortProtocol(Protocol):
         rt = self.factory.runtime
         self._started = now = rt.reactor.seconds()
         self._deadlines = deadlines = rt.deadlines
-        deadlines.add(self, now)
+        deadlines.pending[self] = now + deadlines.timeout  # HandshakeDeadlines.add, in place
+        if deadlines._loop is None:
+            deadlines.start(now)
 
     # -- the handshake ---------------------------------------------------------------
 
@@ -161,16 +171,19 @@ class PortProtocol(Protocol):
         return address_text(self.peer_address())
 
     def handshakeCompleted(self) -> None:
-        if self._deadlines is not None:
-            self._deadlines.discard(self)
+        deadlines = self._deadlines
+        if deadlines is not None:
+            deadlines.pending.pop(self, None)
             self._deadlines = None
         rt = self.factory.runtime
-        handle: SSL.Connection = self.transport.getHandle()
-        chain = rt.tls.client_chain(handle)  # shared by connections with the same chain
-        if not chain and self._refuse_resumed(rt):
+        transport = self.transport
+        handle: SSL.Connection = transport.getHandle()
+        chain = rt.tls.client_chain(handle, transport)  # shared by connections with the same chain
+        certs: tuple[x509.Certificate, ...] = chain.certificates
+        if not certs and self._refuse_resumed(rt):
             return
-        if chain and rt.ocsp is not None:
-            verdict = rt.ocsp.judge(chain.certificates)
+        if certs and rt.ocsp is not None:
+            verdict = rt.ocsp.judge(certs)
             if isinstance(verdict, defer.Deferred):
                 # Held, not blocked: the reactor serves others until the responder answers.
                 self._held = []
@@ -181,8 +194,8 @@ class PortProtocol(Protocol):
                 if not self._left_to_web_layer(verdict):
                     self._refuse_after_handshake(verdict)
                     return
-                chain = EMPTY_CHAIN
-        self._admit(chain, handle)
+                chain, certs = EMPTY_CHAIN, ()
+        self._admit(chain, handle, certs)
 
     def _ocsp_judged(self, refusal: Refusal | None, chain: Any, handle: SSL.Connection) -> None:
         held, self._held = self._held or [], None
@@ -217,22 +230,28 @@ class PortProtocol(Protocol):
         self._outcome_logged = True
         self.transport.abortConnection()
 
-    def _admit(self, chain: Any, handle: SSL.Connection) -> None:
+    def _admit(self, chain: Any, handle: SSL.Connection, certs: tuple[x509.Certificate, ...] | None = None) -> None:
+        """`certs`: the chain's certificates, when the caller has read them."""
         rt = self.factory.runtime
-        rt.tls.trust.count_signed(chain.certificates)
+        if certs is None:
+            certs = chain.certificates
+        rt.tls.trust.count_signed(certs)
         rt.accepted += 1
         version, cipher = _openssl.negotiated(handle)
-        has_cert = bool(chain)
+        levels = len(certs)
+        has_cert = levels > 0
         conn = Connection(
             self,
             chain,
             tls_version=version,
             cipher=cipher,
-            peer=self.peer_address(),
+            peer=self._addr if self._addr is not None else self.transport.getPeer(),  # peer_address(), in place
             port_name=rt.port.name,
             # A resumed session that carries a certificate was asked in its first life.
             asked=has_cert or rt.port.client_cert is not ClientCertMode.NONE,
         )
+        # Without an idle timeout the connection's reads and writes need not report progress.
+        conn._progress = rt.port.idle_timeout > 0
         self.connection = conn
         self._peer_text = address_text(conn.peer)
         emit(
@@ -243,7 +262,7 @@ class PortProtocol(Protocol):
             version=version,
             cipher=cipher,
             subject=chain.info("SUBJECT") if has_cert else None,
-            levels=len(chain),
+            levels=levels,
         )
         if rt.port.idle_timeout > 0:
             self._last_activity = rt.reactor.seconds()
@@ -306,7 +325,8 @@ class PortProtocol(Protocol):
         """Subclasses take the client's application bytes here."""
 
     def send(self, data: bytes) -> None:
-        self.progress()
+        if self._idle_timer is not None:
+            self.progress()
         self.transport.write(data)
 
     def close(self) -> None:
@@ -369,7 +389,7 @@ class PortProtocol(Protocol):
         self._gone = True
         self._held = None
         if self._deadlines is not None:
-            self._deadlines.discard(self)
+            self._deadlines.pending.pop(self, None)
             self._deadlines = None
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
@@ -472,6 +492,8 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         super().__init__(_CurrentTLS(self), False, wrapped)
         self.runtime = runtime
         self._per_client: dict[str, int] = {}
+        #: Read by the TLS protocol as it starts (one attribute, not a walk to the port definition).
+        self.write_buffer_high = runtime.port.write_buffer_high
         # Ports that ask at the handshake never ask again, so never need the ClientHello.
         self.keep_client_hello = runtime.port.client_cert is ClientCertMode.NONE
 
@@ -485,6 +507,7 @@ class PortTLSFactory(TLSMemoryBIOFactory):
         self.runtime = new.runtime
         self.wrappedFactory = new.wrappedFactory
         self.keep_client_hello = new.keep_client_hello
+        self.write_buffer_high = new.write_buffer_high
         old_inner.doStop()
 
     def _over_client_limit(self, addr: IAddress) -> bool:
@@ -545,7 +568,14 @@ class PortTLSFactory(TLSMemoryBIOFactory):
                 limit=limit,
             )
             return None
-        return self.protocol(self, self.wrappedFactory.buildProtocol(addr))  # WrappingFactory.buildProtocol
+        wrapped = self.wrappedFactory
+        if type(wrapped).buildProtocol is PortFactory.buildProtocol:  # the usual case, in place
+            inner = wrapped.protocol()
+            inner.factory = wrapped
+            inner._addr = addr
+        else:
+            inner = wrapped.buildProtocol(addr)
+        return self.protocol(self, inner)  # WrappingFactory.buildProtocol
 
     def logPrefix(self) -> str:
         return f"janustls:{self.runtime.port.name}"

@@ -46,9 +46,9 @@ def _deliver(d: ReadDeferred, data: bytes, error: Exception | None = None) -> No
     if runner is not None:
         d.runner = None
         if error is not None:
-            runner.resume_failure(Failure(error))
+            runner._step(None, Failure(error))
         else:
-            runner.resume(data)
+            runner._step(data, None)
     elif error is not None:
         d.errback(error)
     else:
@@ -77,6 +77,7 @@ class Connection:
         "_chain",
         "_eof",
         "_paused",
+        "_progress",
         "_protocol",
         "_read_size",
         "_request",
@@ -111,6 +112,9 @@ class Connection:
         self._read_size = 0
         self._eof = False
         self._paused = False
+        #: Whether completed reads tell the owner (`ConnectionOwner.progress`): set False by a
+        #: port without idle_timeout, where progress counts for nothing.
+        self._progress = True
         # Janus: a certificate is requested at most once per TLS session.
         self._asked = asked
         self._request: list[defer.Deferred[x509.Certificate | None]] | None = None
@@ -267,7 +271,8 @@ class Connection:
             return defer.fail(e)
         if data is not None:
             self._after_read()
-            self._protocol.progress()
+            if self._progress:
+                self._protocol.progress()
             return defer.succeed(data)
         d = ReadDeferred()
         self._waiting = (d, take)
@@ -289,8 +294,14 @@ class Connection:
             d = self._waiting[0]
             self._waiting = None
             self._read_size = 0
-            self._protocol.progress()
-            _deliver(d, bytes(data))
+            if self._progress:
+                self._protocol.progress()
+            runner = d.runner  # _deliver, in place
+            if runner is not None:
+                d.runner = None
+                runner._step(bytes(data), None)
+            else:
+                d.callback(bytes(data))
             return
         self._buffer += data
         self._wake()
@@ -302,6 +313,21 @@ class Connection:
         """The client's stream has ended (close, reset, or the connection was closed).  For the
         owning port protocol, not for applications."""
         self._eof = True
+        waiting = self._waiting
+        if waiting is not None and not self._buffer and waiting[1] == self._take_read:
+            # A read() waiting on an empty buffer gets b"": what _wake would find, in place.
+            d = waiting[0]
+            self._waiting = None
+            self._read_size = 0
+            if self._progress:
+                self._protocol.progress()
+            runner = d.runner
+            if runner is not None:
+                d.runner = None
+                runner._step(b"", None)
+            else:
+                d.callback(b"")
+            return
         self._wake()
 
     def _wake(self) -> None:
@@ -318,8 +344,10 @@ class Connection:
         if data is not None:
             self._waiting = None
             self._read_size = 0
-            self._after_read()
-            self._protocol.progress()
+            if self._paused:
+                self._after_read()
+            if self._progress:
+                self._protocol.progress()
             _deliver(d, data)
 
     def __repr__(self) -> str:

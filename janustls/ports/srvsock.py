@@ -131,6 +131,16 @@ class SrvsockProtocol(PortProtocol):
         )
         self.transport.loseConnection()
 
+    def dataReceived(self, data: bytes) -> None:
+        """`PortProtocol.dataReceived` and `bytes_received` in one call: the client's bytes
+        go to the connection (idle_timeout counts the handler's reads, not bytes)."""
+        connection = self.connection
+        if connection is None or self._held is not None:
+            PortProtocol.dataReceived(self, data)
+            return
+        self._bytes_in += len(data)
+        connection.feed(data)
+
     def bytes_received(self, data: bytes) -> None:
         if self.connection is not None:
             self.connection.feed(data)

@@ -205,7 +205,7 @@ class PortTLS:
                 )
             return self.tolerate_refused
         if depth == 0:
-            _openssl.tls_protocol_of(connection).leaf_der = der
+            connection.get_app_data().leaf_der = der  # the TLS protocol (`serverConnectionForTLS`)
         return True
 
     def _check(self, der: bytes, depth: int) -> Reason | None:
@@ -243,14 +243,16 @@ class PortTLS:
         """The client's chain, leaf to anchor; rebuilt for a resumed session; [] without one."""
         return list(self.client_chain(connection).certificates)
 
-    def client_chain(self, connection: SSL.Connection) -> CertChain:
+    def client_chain(self, connection: SSL.Connection, tls: PortTLSProtocol | None = None) -> CertChain:
         """The client's verified chain as a `CertChain`, shared by connections with the same chain.
 
         A resumed session has the client's leaf but not the chain OpenSSL verified; the
         chain this Context verified for that leaf is used, else `PortTrust.complete_chain`
-        rebuilds it.  EMPTY_CHAIN without a certificate.
+        rebuilds it.  EMPTY_CHAIN without a certificate.  `tls`: the connection's TLS
+        protocol, when the caller has it.
         """
-        tls = _openssl.tls_protocol_of(connection)
+        if tls is None:
+            tls = _openssl.tls_protocol_of(connection)
         if self.tolerate_refused and tls.refusal is not None:
             return EMPTY_CHAIN  # recorded, never verified: the web layer answers SSLCERTERR
         leaf_der, tls.leaf_der = tls.leaf_der, None

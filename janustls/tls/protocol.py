@@ -98,9 +98,12 @@ def _close_watch(clock: Any) -> _CloseWatch:
 
 @implementer(IPushProducer)
 class _OutputGate:
-    """Registered with the socket for the connection's whole life: the socket's own
-    back-pressure (unsent output above its buffer size, drained again), passed to the TLS
-    protocol, which stops reading from the client and pauses the application's producer."""
+    """The socket's own back-pressure (unsent output above its buffer size, drained again),
+    passed to the TLS protocol, which stops reading from the client and pauses the
+    application's producer.  Registered with the socket once it is needed (`_arm_gate`):
+    when the application registers a producer, when it writes before the handshake, or when
+    the socket's unsent output first goes over its buffer size; a connection whose output
+    never backs up (most) costs the socket no producer calls on its writes and its loss."""
 
     __slots__ = ("tls",)
 
@@ -151,6 +154,12 @@ class PortTLSProtocol(TLSProtocolBase):
     #: mark (its `bufferSize`): only then is a write followed by a look at the high-water mark.
     _high = WRITE_BUFFER_HIGH
     _socket_over = False
+    #: The socket's gate, once registered (`_arm_gate`).
+    _gate: _OutputGate | None = None
+    #: Whether application writes are gathered (`write`): from the first write after the
+    #: handshake until the close begins; a flag, where asking Twisted's state took three calls
+    #: per write.
+    _gathering = False
     #: When a held-up close is aborted (the clock's seconds), kept by one `_CloseWatch` per
     #: clock: a dict entry per closing connection, not a timer each.
     _close_deadline: float | None = None
@@ -163,15 +172,14 @@ class PortTLSProtocol(TLSProtocolBase):
     def makeConnection(self, transport: Any) -> None:
         if self.factory.keep_client_hello:  # type: ignore[attr-defined]  # set by the port's TLS factory (ports/base.py, a layer above)
             self._hello = b""
-        runtime = getattr(self.factory, "runtime", None)
-        high = getattr(getattr(runtime, "port", None), "write_buffer_high", None) or WRITE_BUFFER_HIGH
+        # The port's write_buffer_high (`PortTLSFactory` keeps it at hand).
+        high = getattr(self.factory, "write_buffer_high", None) or WRITE_BUFFER_HIGH
         # The socket pauses its producer above its bufferSize, but also reads up to bufferSize
         # bytes at a time, allocating that much per read: it stays at Twisted's 64 KiB (lower
         # when the mark is), and writes above it are measured against the mark here.
         self._high = high
         if high < transport.bufferSize:
             transport.bufferSize = high
-        transport.registerProducer(_OutputGate(self), True)
         super().makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     # -- back-pressure ---------------------------------------------------------------------------
@@ -181,10 +189,36 @@ class PortTLSProtocol(TLSProtocolBase):
     # (a srvsock handler's writes) then has no bound.  Here the socket always has the gate;
     # the application's producer (twisted.web's channel, a proxy's backend) sits behind it.
 
+    def _arm_gate(self, over: bool = False) -> None:
+        """Register the gate with the socket (once).  `over`: the socket's unsent output is
+        over its buffer size already (it pauses a producer only as it writes): paused now,
+        as the socket would have paused it, and resumed by the socket when it has drained."""
+        if self._gate is not None:
+            return
+        t = self.transport
+        if t is None or t.disconnected:
+            return
+        self._gate = gate = _OutputGate(self)
+        t.registerProducer(gate, True)
+        if over:
+            t.producerPaused = True
+            gate.pauseProducing()
+
+    def _watch_socket(self) -> None:
+        """After a write without the gate: arm it once the socket's unsent output is over its
+        buffer size; with it: look at the high-water mark while the socket is over."""
+        if self._gate is None:
+            t = self.transport
+            if t is not None and self.socket_buffered() > t.bufferSize:
+                self._arm_gate(over=True)
+        elif self._socket_over:
+            self._check_output()
+
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self.tls_lost:
             producer.stopProducing()
             return
+        self._arm_gate()  # the socket's loss stops the application's producer through the gate
         if self.app_producer is not None:
             raise RuntimeError(
                 f"Cannot register producer {producer}, because producer {self.app_producer} was never unregistered."
@@ -292,12 +326,14 @@ class PortTLSProtocol(TLSProtocolBase):
         if self.disconnecting or not self.connected:
             return
         self.flush_writes()
+        self._gathering = False
         if self.app_producer is not None:
             self.unregisterProducer()
         super().loseConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
         self._arm_close_timer()
 
     def abortConnection(self) -> None:
+        self._gathering = False
         self._cancel_close_timer()
         self._drop_writes()
         super().abortConnection()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
@@ -342,9 +378,13 @@ class PortTLSProtocol(TLSProtocolBase):
                 watch.pending.pop(self, None)
 
     def connectionLost(self, reason: Any) -> None:  # type: ignore[override]  # Twisted always passes the reason
-        self._cancel_close_timer()
-        self._drop_writes()
-        self._fire_drained()
+        self._gathering = False
+        if self._close_deadline is not None:
+            self._cancel_close_timer()
+        if self._pending is not None or self._flush_call is not None:
+            self._drop_writes()
+        if self._drain_waiters is not None:
+            self._fire_drained()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
 
     def dataReceived(self, data: bytes) -> None:
@@ -365,6 +405,8 @@ class PortTLSProtocol(TLSProtocolBase):
             # record buffers when idle by itself: the port's Context sets MODE_RELEASE_BUFFERS.
             self._buffers_released = True
             if not self.tls_lost:
+                # Writes from now on are gathered without asking Twisted's state each time.
+                self._gathering = not self.disconnecting
                 _openssl.release_bio_buffers(self.getHandle())
         if self.after_receive is not None:
             self.after_receive()
@@ -393,11 +435,12 @@ class PortTLSProtocol(TLSProtocolBase):
         if not data:
             return
         self.bytes_out += len(data)
-        if not self.handshake_done or self.disconnecting or self.tls_lost:
+        if not self._gathering and not (self.handshake_done and not self.disconnecting and not self.tls_lost):
+            self._arm_gate()  # before the handshake, Twisted sends the bytes written so far without a write of ours
             super().write(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
-            if self._socket_over:
-                self._check_output()
+            self._watch_socket()
             return
+        self._gathering = True
         pending = self._pending
         if pending is None:
             self._pending = [data]
@@ -453,7 +496,10 @@ class PortTLSProtocol(TLSProtocolBase):
             return
         self._pending_len = 0
         super().write(pending[0] if len(pending) == 1 else b"".join(pending))  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
-        if self._socket_over:
+        if self._gate is None:  # _watch_socket, in place
+            if self.socket_buffered() > self.transport.bufferSize:
+                self._arm_gate(over=True)
+        elif self._socket_over:
             self._check_output()
 
     def _drop_writes(self) -> None:

@@ -1,0 +1,100 @@
+"""What a srvsock connection costs janustls in Python calls, beside Twisted's own.
+
+A bare Twisted TLS server makes about 740 calls per mutual-TLS handshake with one
+exchange; the CPU janustls adds on top is almost all Python calls of its own (the
+system calls and the OpenSSL work are the same).  The count of calls into janustls
+code per connection is deterministic, so a budget here catches a layer, a forwarding
+call or a per-connection object that comes back, where a timing benchmark would not.
+
+Real port on 127.0.0.1:0, real TLS 1.3 clients with certificates (Python's ssl).
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import janustls
+from tests.support import client_context, definitions, in_reactor, install_handlers, secure_port, start
+
+JANUSTLS = str(Path(janustls.__file__).parent)
+#: Calls into janustls code per connection (full handshake, one 64-byte echo, close).
+BUDGET = 61
+
+
+@pytest.fixture(scope="module")
+def echo_port(pki, reactor, tmp_path_factory):
+    procs = tmp_path_factory.mktemp("procs_budget")
+    install_handlers(procs, h="echo")
+    s = start(definitions(procs, secure_port(pki, "BUDGET", handler="h:serve")), procs)
+    yield s
+    s.stop()
+
+
+def exchange(port: int, ctx: Any) -> None:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"x" * 64)
+        got = b""
+        while len(got) < 64:
+            got += s.recv(64)
+        assert got == b"x" * 64
+
+
+def count_calls(port: int, ctx: Any, n: int) -> Counter[str]:
+    """Calls into janustls code made in the reactor thread over `n` connections."""
+    calls: Counter[str] = Counter()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            code = frame.f_code
+            if code.co_filename.startswith(JANUSTLS):
+                calls[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+
+    in_reactor(sys.setprofile, profile)
+    assert threading.current_thread().name != "reactor"
+    try:
+        for _ in range(n):
+            exchange(port, ctx)
+        time.sleep(0.5)  # the last closes reach the server
+    finally:
+        in_reactor(sys.setprofile, None)
+    return calls
+
+
+def test_janustls_calls_per_srvsock_connection_within_budget(echo_port, pki):
+    port = echo_port.port("BUDGET")
+    ctx = client_context(pki, "alice", tls="1.3")
+    for _ in range(3):  # caches filled, the deadline sweep running
+        exchange(port, ctx)
+    n = 20
+    calls = count_calls(port, ctx, n)
+    per_connection = sum(calls.values()) / n
+    top = ", ".join(f"{name} {count / n:g}" for name, count in calls.most_common(12))
+    assert per_connection <= BUDGET, f"{per_connection:g} janustls calls per connection; most: {top}"
+
+
+def _socket_producers(server: Any, name: str) -> list[Any]:
+    """The producer registered with each open connection's socket on port `name` (reactor thread)."""
+    factory = server.service.listening_port(name).factory  # the port's TLS factory
+    return [tls.transport.producer for tls in list(factory.protocols)]
+
+
+def test_socket_has_no_producer_until_output_backs_up(echo_port, pki):
+    """A connection whose output never backs up costs its socket no producer; the back-pressure
+    itself (the gate registered once the socket's unsent output is over its buffer) is tested
+    in test_srvsock and test_conn_security."""
+    port = echo_port.port("BUDGET")
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with client_context(pki, "alice", tls="1.3").wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"ping")
+        assert s.recv(64) == b"ping"
+        producers = in_reactor(_socket_producers, echo_port, "BUDGET")
+        assert producers == [None]
