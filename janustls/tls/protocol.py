@@ -23,7 +23,7 @@ from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
 from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
-from janustls.tls import _openssl
+from janustls.tls import _hidden, _openssl
 from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 
 __all__ = [
@@ -365,7 +365,9 @@ class PortTLSProtocol(TLSProtocolBase):
             # record buffers when idle by itself: the port's Context sets MODE_RELEASE_BUFFERS.
             self._buffers_released = True
             if not self.tls_lost:
-                _openssl.release_bio_buffers(self.getHandle())
+                handle = self.getHandle()
+                _openssl.release_bio_buffers(handle)
+                _hidden.drop_client_intermediates(handle)  # the chain is in Python by now
         if self.after_receive is not None:
             self.after_receive()
 
