@@ -238,7 +238,8 @@ def ticket_chain_der(connection: SSL.Connection) -> list[bytes]:
 
 # -- the client's intermediates, once the connection's chain is in Python ----------------------
 
-#: OPENSSL_sk_pop once found and checked; False when not usable here.
+#: OPENSSL_sk_pop (a cffi function pointer: a call costs what a binding's call costs) once found
+#: and checked; False when not usable here.
 _stack_pop: Any = None
 
 
@@ -253,13 +254,12 @@ def _stack_pop_function() -> Any:
                 hasattr(_lib, n) for n in ("sk_X509_new_null", "sk_X509_push", "sk_X509_free", "X509_new", "X509_free")
             ):
                 return _stack_pop
-            pop = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p)(address)
+            pop = _ffi.cast("void *(*)(void *)", address)
             stack, first, second = _lib.sk_X509_new_null(), _lib.X509_new(), _lib.X509_new()
             try:
                 _lib.sk_X509_push(stack, first)
                 _lib.sk_X509_push(stack, second)
-                got = pop(int(_ffi.cast("uintptr_t", stack)))
-                if got == int(_ffi.cast("uintptr_t", second)) and _lib.sk_X509_num(stack) == 1:
+                if pop(stack) == second and _lib.sk_X509_num(stack) == 1:
                     _stack_pop = pop
             finally:
                 _lib.sk_X509_free(stack)
@@ -283,21 +283,23 @@ def drop_client_intermediates(connection: SSL.Connection) -> int:
     request replaces both stacks.  Other versions keep theirs.  The number of
     certificate references given back.
     """
-    pop = _stack_pop_function()
+    pop = _stack_pop or _stack_pop_function()
     if not pop:
         return 0
     ssl = connection_pointer(connection)
-    if _lib.SSL_version(ssl) != _lib.TLS1_3_VERSION:
+    sent = _lib.SSL_get_peer_cert_chain(ssl)  # the server's peer chain does not hold the leaf
+    if sent == _ffi.NULL:
         return 0
+    intermediates = _lib.sk_X509_num(sent)
+    if intermediates <= 0 or _lib.SSL_version(ssl) != _lib.TLS1_3_VERSION:
+        return 0  # nothing parsed beside the leaf (the anchor is the store's own), or not TLS 1.3
     dropped = 0
-    # The verified chain starts with the leaf; the server's peer chain does not hold it.
-    for stack, keep in ((_lib.SSL_get0_verified_chain(ssl), 1), (_lib.SSL_get_peer_cert_chain(ssl), 0)):
-        if stack == _ffi.NULL:
-            continue
-        address = int(_ffi.cast("uintptr_t", stack))
-        while _lib.sk_X509_num(stack) > keep:
-            cert = pop(address)
-            if cert:
-                _lib.X509_free(_ffi.cast("X509 *", cert))
-                dropped += 1
+    verified = _lib.SSL_get0_verified_chain(ssl)  # leaf first, then what it was verified through
+    if verified != _ffi.NULL:
+        for _ in range(_lib.sk_X509_num(verified) - 1):
+            _lib.X509_free(pop(verified))
+            dropped += 1
+    for _ in range(intermediates):
+        _lib.X509_free(pop(sent))
+        dropped += 1
     return dropped
