@@ -10,7 +10,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
-from janustls.tls import _openssl
+from janustls.tls import _hidden, _openssl
 
 
 def _pair(pki, client_max: int | None = None):
@@ -103,3 +103,23 @@ def test_negotiated_names_as_pyopenssl_gives_them(pki):
             _handshake(server, client)
             assert _openssl.negotiated(server) == (server.get_protocol_version_name(), server.get_cipher_name())
     assert _openssl.negotiated(SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD), None))[1] == ""
+
+
+def test_drop_client_intermediates_keeps_the_leaf_and_the_connection_working(pki):
+    """TLS 1.3: the verified chain keeps the leaf, the peer chain (the intermediate) empties,
+    the connection goes on; TLS 1.2 keeps both (its session may be in the session cache)."""
+    server, client = _pair(pki)
+    _handshake(server, client)
+    leaf = _openssl.peer_certificate_der(server)
+    assert _hidden.drop_client_intermediates(server) == 3  # intermediate, root; intermediate
+    assert _openssl.verified_chain_der(server) == [leaf]
+    assert not server.get_peer_cert_chain()
+    assert _openssl.peer_certificate_der(server) == leaf
+    client.send(b"ping")
+    _pump(client, server)
+    assert server.recv(100) == b"ping"
+    assert _hidden.drop_client_intermediates(server) == 0
+    server, client = _pair(pki, client_max=SSL.TLS1_2_VERSION)
+    _handshake(server, client)
+    assert _hidden.drop_client_intermediates(server) == 0
+    assert len(_openssl.verified_chain_der(server) or []) == 3

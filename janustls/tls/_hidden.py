@@ -27,7 +27,7 @@ except ImportError:  # another build of cryptography: the features here stay off
 
 __all__ = [
     "TICKET_KEYS_SIZE", "ticket_keys_supported", "set_ticket_keys", "get_ticket_keys",
-    "keep_chain_in_tickets", "ticket_chain_der",
+    "keep_chain_in_tickets", "ticket_chain_der", "drop_client_intermediates",
 ]  # fmt: skip
 
 
@@ -69,7 +69,7 @@ def _elf_function_symbols(path: str, names: set[str]) -> dict[str, int]:
 
 #: OpenSSL functions janustls needs that cryptography's extension links in but does not export.
 _HIDDEN = frozenset({"SSL_CTX_ctrl", "SSL_CTX_set_session_ticket_cb", "SSL_SESSION_set1_ticket_appdata",
-                     "SSL_SESSION_get0_ticket_appdata"})  # fmt: skip
+                     "SSL_SESSION_get0_ticket_appdata", "OPENSSL_sk_pop"})  # fmt: skip
 _hidden: dict[str, int] | None = None
 
 
@@ -234,3 +234,72 @@ def ticket_chain_der(connection: SSL.Connection) -> list[bytes]:
         ders.append(raw[at + 4 : at + 4 + n])
         at += 4 + n
     return ders
+
+
+# -- the client's intermediates, once the connection's chain is in Python ----------------------
+
+#: OPENSSL_sk_pop (a cffi function pointer: a call costs what a binding's call costs) once found
+#: and checked; False when not usable here.
+_stack_pop: Any = None
+
+
+def _stack_pop_function() -> Any:
+    """OPENSSL_sk_pop, checked on a scratch stack of two certificates; False when unsure."""
+    global _stack_pop
+    if _stack_pop is None:
+        _stack_pop = False
+        try:
+            address = _hidden_functions().get("OPENSSL_sk_pop")
+            if address is None or not all(
+                hasattr(_lib, n) for n in ("sk_X509_new_null", "sk_X509_push", "sk_X509_free", "X509_new", "X509_free")
+            ):
+                return _stack_pop
+            pop = _ffi.cast("void *(*)(void *)", address)
+            stack, first, second = _lib.sk_X509_new_null(), _lib.X509_new(), _lib.X509_new()
+            try:
+                _lib.sk_X509_push(stack, first)
+                _lib.sk_X509_push(stack, second)
+                if pop(stack) == second and _lib.sk_X509_num(stack) == 1:
+                    _stack_pop = pop
+            finally:
+                _lib.sk_X509_free(stack)
+                _lib.X509_free(first)
+                _lib.X509_free(second)
+        except Exception:  # any surprise: OpenSSL keeps the intermediates, as it would anyway
+            _stack_pop = False
+    return _stack_pop
+
+
+def drop_client_intermediates(connection: SSL.Connection) -> int:
+    """Let OpenSSL free its parsed copies of the client's intermediates after a TLS 1.3 handshake.
+
+    OpenSSL keeps each certificate the client sent, parsed (about 4 KiB each, public
+    key decoded), in the session's peer chain and the verified chain for the
+    connection's life.  janustls reads the chain once, at the handshake
+    (`TLSPolicy.client_chain`, shared per identity), and needs only the leaf after
+    (`SSL_get_peer_certificate`, kept): both stacks keep their leaf side and lose the
+    rest.  A TLS 1.3 session is not shared with a session cache (stateless tickets,
+    already sent; a ticket carries the leaf alone); a post-handshake certificate
+    request replaces both stacks.  Other versions keep theirs.  The number of
+    certificate references given back.
+    """
+    pop = _stack_pop or _stack_pop_function()
+    if not pop:
+        return 0
+    ssl = connection_pointer(connection)
+    sent = _lib.SSL_get_peer_cert_chain(ssl)  # the server's peer chain does not hold the leaf
+    if sent == _ffi.NULL:
+        return 0
+    intermediates = _lib.sk_X509_num(sent)
+    if intermediates <= 0 or _lib.SSL_version(ssl) != _lib.TLS1_3_VERSION:
+        return 0  # nothing parsed beside the leaf (the anchor is the store's own), or not TLS 1.3
+    dropped = 0
+    verified = _lib.SSL_get0_verified_chain(ssl)  # leaf first, then what it was verified through
+    if verified != _ffi.NULL:
+        for _ in range(_lib.sk_X509_num(verified) - 1):
+            _lib.X509_free(pop(verified))
+            dropped += 1
+    for _ in range(intermediates):
+        _lib.X509_free(pop(sent))
+        dropped += 1
+    return dropped

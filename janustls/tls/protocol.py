@@ -23,7 +23,7 @@ from janustls.core.clienthello import MAX_HELLO, ClientHello, parse_client_hello
 from janustls.core.config import DEFAULT_WRITE_BUFFER_HIGH
 from janustls.core.reasons import Reason, Refusal
 from janustls.events import emit
-from janustls.tls import _openssl
+from janustls.tls import _hidden, _openssl
 from janustls.tls._twisted import ProducerMembrane, PullToPush, TLSProtocolBase, membrane_inner
 
 __all__ = [
@@ -407,7 +407,9 @@ class PortTLSProtocol(TLSProtocolBase):
             if not self.tls_lost:
                 # Writes from now on are gathered without asking Twisted's state each time.
                 self._gathering = not self.disconnecting
-                _openssl.release_bio_buffers(self.getHandle())
+                handle = self.getHandle()
+                _openssl.release_bio_buffers(handle)
+                _hidden.drop_client_intermediates(handle)  # the chain is in Python by now
         if self.after_receive is not None:
             self.after_receive()
 
