@@ -80,6 +80,7 @@ def web(pki: Any, reactor: Any, tmp_path_factory: pytest.TempPathFactory, backen
     rules = f"""
 ON /who = call h2views:whoami
 ON /hello = page pages/hello.html
+ON /static/* = page pages/*
 ON /old = redirect /hello status=301
 ON /app/* = wsgi wsgiapp:app
 ON /fwd/* = forward http://127.0.0.1:{backend}/*
@@ -243,6 +244,56 @@ def test_every_action_over_h2_with_a_client_certificate(web: Any, pki: Any, tls:
             assert name not in who["headers"]
     finally:
         c.close()
+
+
+def test_paths_identity_headers_and_framing_over_h2_are_held_to_the_http11_rules(web: Any, pki: Any) -> None:
+    """HTTP/2 is a second way in: the same path normal form, forged identity headers removed,
+    and what HTTP/2 forbids in a request (connection-specific fields, upper-case names, a body
+    that disagrees with its content-length) never reaches a handler."""
+    c = h2_client(web, pki, "REQ")
+    try:
+        assert c.request("GET", "/static/hello.html")["headers"][":status"] == "200"
+        for path in ("/static/../h2views.py", "/static/%2e%2e/h2views.py", "/static/..%2fh2views.py",
+                     "/static/%2E%2E%2Fh2views.py", "/static/..\\h2views.py", "/static//../../h2views.py"):  # fmt: skip
+            r = c.request("GET", path)
+            assert r["headers"][":status"] in ("400", "404"), (path, r)
+            assert b"def whoami" not in r["body"], path
+        forged = [("x-ssl-client-cn", "mallory"), ("x_ssl_client_cn", "mallory"), ("ssl-client-cn", "mallory")]
+        fwd = c.request("GET", "/fwd/there", headers=forged)
+        assert fwd["headers"][":status"] == "200", fwd
+        assert b"cn=alice" in fwd["body"] and b"mallory" not in fwd["body"], fwd["body"]
+    finally:
+        c.close()
+    evil: list[tuple[list[tuple[str, str]], bytes]] = [
+        ([("transfer-encoding", "chunked")], b""),
+        ([("connection", "keep-alive")], b""),
+        ([("X-Upper", "1")], b""),
+        ([("content-length", "10")], b"hello"),
+    ]
+    for fields, body in evil:
+        c = h2_client(web, pki, "REQ")
+        try:
+            c.conn.config.validate_outbound_headers = False
+            c.conn.config.normalize_outbound_headers = False
+            sid = c.conn.get_next_available_stream_id()
+            head = [(":method", "POST" if body else "GET"), (":path", "/up" if body else "/who"), (":scheme", "https"),
+                    (":authority", "localhost"), *fields]  # fmt: skip
+            c.conn.send_headers(sid, head, end_stream=not body)
+            if body:
+                c.conn.send_data(sid, body, end_stream=True)
+            c.sock.sendall(c.conn.data_to_send())
+            c.responses[sid] = {"headers": {}, "body": b"", "done": False, "reset": None}
+            c.pump(lambda c=c, sid=sid: c.responses[sid]["done"] or c.goaway is not None)
+            r = c.responses[sid]
+            assert r["headers"].get(":status") != "200" and b"size=" not in r["body"], (fields, r, c.goaway)
+            assert r["reset"] is not None or c.goaway is not None or c.closed, (fields, r)
+        finally:
+            c.close()
+        good = h2_client(web, pki, "REQ")  # and the port goes on serving
+        try:
+            assert good.request("GET", "/who")["body"].startswith(b"CN=alice"), fields
+        finally:
+            good.close()
 
 
 @pytest.mark.parametrize("tls", ["1.2", "1.3"])
