@@ -79,15 +79,19 @@ PRIVATE_NAMES = (
 class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
     """Twisted's TLS protocol with its private state behind named properties."""
 
+    #: The server end of the connection (janustls' ports): its handshake begins with the
+    #: client's first bytes, not at connect.
+    server_side = True
+
     def makeConnection(self, transport: Any) -> None:
         """Twisted's `makeConnection`, with the socket's interfaces declared once.
 
         Twisted declares them one at a time (each declaration replaces the one before, so
         only the last stays), then all of them again as it connects the application, and
-        marks itself connected and registered twice: about 100 Python calls of
+        marks itself connected and registered twice: about 150 Python calls of
         zope.interface per connection for what one declaration does.  The end state is
         Twisted's: the protocol provides what the socket provides, registered once, the
-        application connected, the handshake begun.
+        application connected.
         """
         self._tlsConnection = self.factory._creatorCallable(self)
         self._appSendBuffer = []
@@ -102,7 +106,12 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         self.factory.registerProtocol(self)
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
-        self._checkHandshakeStatus()
+        if not self.server_side:
+            self._checkHandshakeStatus()
+        # A server has nothing to send before the ClientHello: its first handshake step is
+        # taken when the client's first bytes arrive (`dataReceived` takes it while the
+        # handshake is not done), sparing a `do_handshake` and a send-BIO read, each ending
+        # in a WantReadError, per connection.
 
     @property
     def handshake_done(self) -> bool:
