@@ -98,3 +98,79 @@ def test_socket_has_no_producer_until_output_backs_up(echo_port, pki):
         assert s.recv(64) == b"ping"
         producers = in_reactor(_socket_producers, echo_port, "BUDGET")
         assert producers == [None]
+
+
+def test_tls_protocol_takes_the_transport_interfaces_in_one_declaration(echo_port, pki):
+    """Twisted's TLS protocol declares the socket's interfaces on itself one at a time (each
+    declaration replacing the one before), then all at once again when it connects the
+    application: ten zope.interface declarations per connection, about 150 Python calls,
+    where one gives the same result."""
+    from twisted.internet.interfaces import ISystemHandle, ITCPTransport
+    from zope.interface import directlyProvidedBy, providedBy
+
+    port = echo_port.port("BUDGET")
+    ctx = client_context(pki, "alice", tls="1.3")
+    exchange(port, ctx)
+    declared: Counter[str] = Counter()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "directlyProvides":
+            declared["directlyProvides"] += 1
+
+    n = 10
+    in_reactor(sys.setprofile, profile)
+    try:
+        for _ in range(n):
+            exchange(port, ctx)
+        time.sleep(0.5)
+    finally:
+        in_reactor(sys.setprofile, None)
+    assert declared["directlyProvides"] / n <= 1, f"{declared['directlyProvides'] / n:g} declarations per connection"
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+        s.sendall(b"ping")
+        assert s.recv(64) == b"ping"
+        tls = in_reactor(lambda: list(echo_port.service.listening_port("BUDGET").factory.protocols))[0]
+        # The socket's interfaces, as Twisted's protocol declares them, and the protocol's own.
+        assert ITCPTransport.providedBy(tls) and ISystemHandle.providedBy(tls)
+        direct = in_reactor(lambda: list(directlyProvidedBy(tls).flattened()))
+        assert direct == list(providedBy(tls.transport).flattened())
+
+
+def _outcome_of(events: Any, mark: int, local: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    outcome: list[dict[str, Any]] = []
+    while not outcome and time.monotonic() < deadline:
+        outcome = [e for e in events.since(mark) if e.get("peer") == local]
+        time.sleep(0.02)
+    return outcome
+
+
+def test_server_handshake_begins_with_the_clients_first_bytes(echo_port, pki, events):
+    """A server has nothing to say before the ClientHello: no handshake step (and its two
+    WantReadErrors) at connect; a client that leaves without a byte is logged as before."""
+    port = echo_port.port("BUDGET")
+    ctx = client_context(pki, "alice", tls="1.3")
+    exchange(port, ctx)
+    steps: Counter[str] = Counter()
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == "_checkHandshakeStatus":
+            steps[frame.f_back.f_code.co_name] += 1
+
+    n = 10
+    in_reactor(sys.setprofile, profile)
+    try:
+        for _ in range(n):
+            exchange(port, ctx)
+        time.sleep(0.5)
+    finally:
+        in_reactor(sys.setprofile, None)
+    assert steps["makeConnection"] == 0, dict(steps)
+    assert steps["dataReceived"] == 2 * n, dict(steps)  # the ClientHello, the client's Finished
+    mark = events.mark()
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    local = f"127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    outcome = _outcome_of(events, mark, local)
+    assert [(e["event_id"], e.get("reason")) for e in outcome] == [("janustls.handshake.abandoned", None)], outcome

@@ -82,3 +82,10 @@ def test_transport_attributes_count_unsent_bytes():
     descriptor = abstract.FileDescriptor(MemoryReactorClock())
     for name in _twisted.TRANSPORT_ATTRIBUTES:
         assert hasattr(descriptor, name), name
+
+
+def test_tls_factory_attributes(pki):
+    server, _ = _pair(pki)
+    factory = TLSMemoryBIOFactory(_ContextCreator(server.get_context()), False, Factory.forProtocol(Protocol))
+    for name in _twisted.TLS_FACTORY_ATTRIBUTES:
+        assert callable(getattr(factory, name)), name

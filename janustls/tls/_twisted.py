@@ -15,10 +15,12 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import _producer_helpers
+from twisted.internet.protocol import Protocol
 from twisted.protocols import tls as _tls
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, wsgi
+from zope.interface import directlyProvides, providedBy
 
 __all__ = [
     "TwistedChanged", "ProducerMembrane", "PullToPush", "WSGIResponse", "TLSProtocolBase", "HalfCloseTLSProtocol",
@@ -49,9 +51,11 @@ WSGIResponse: type = _require(wsgi, "_WSGIResponse")
 
 #: Private methods and attributes of TLSMemoryBIOProtocol used below (class-level ones are
 #: checked at import; the instance ones by the pinning test, on a live connection).
-_TLS_METHODS = ("_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS")
+_TLS_METHODS = ("_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS", "_checkHandshakeStatus")
 _TLS_CLASS_ATTRIBUTES = ("_lostTLSConnection", "_handshakeDone", "_producer", "_aborted")
-TLS_INSTANCE_ATTRIBUTES = ("_tlsConnection", "_appSendBuffer")
+TLS_INSTANCE_ATTRIBUTES = ("_tlsConnection", "_appSendBuffer", "_connectWrapped")
+#: The TLS factory's attribute `TLSProtocolBase.makeConnection` builds the OpenSSL connection with.
+TLS_FACTORY_ATTRIBUTES = ("_creatorCallable",)
 for _name in _TLS_METHODS + _TLS_CLASS_ATTRIBUTES:
     _require(_tls.TLSMemoryBIOProtocol, _name)
 #: The attributes of an HTTP channel and of a WSGI resource read below (instance attributes,
@@ -66,6 +70,7 @@ PRIVATE_NAMES = (
     "twisted.protocols.tls._ProducerMembrane", "twisted.internet._producer_helpers._PullToPush",
     "twisted.web.wsgi._WSGIResponse", "ProducerMembrane._producer",
     *(f"TLSMemoryBIOProtocol.{n}" for n in _TLS_METHODS + _TLS_CLASS_ATTRIBUTES + TLS_INSTANCE_ATTRIBUTES),
+    *(f"TLSMemoryBIOFactory.{n}" for n in TLS_FACTORY_ATTRIBUTES),
     *(f"HTTPChannel.{n}" for n in CHANNEL_ATTRIBUTES), *(f"WSGIResource.{n}" for n in WSGI_RESOURCE_ATTRIBUTES),
     *(f"the TCP transport's {n}" for n in TRANSPORT_ATTRIBUTES),
 )  # fmt: skip
@@ -73,6 +78,40 @@ PRIVATE_NAMES = (
 
 class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
     """Twisted's TLS protocol with its private state behind named properties."""
+
+    #: The server end of the connection (janustls' ports): its handshake begins with the
+    #: client's first bytes, not at connect.
+    server_side = True
+
+    def makeConnection(self, transport: Any) -> None:
+        """Twisted's `makeConnection`, with the socket's interfaces declared once.
+
+        Twisted declares them one at a time (each declaration replaces the one before, so
+        only the last stays), then all of them again as it connects the application, and
+        marks itself connected and registered twice: about 150 Python calls of
+        zope.interface per connection for what one declaration does.  The end state is
+        Twisted's: the protocol provides what the socket provides, registered once, the
+        application connected.
+        """
+        self._tlsConnection = self.factory._creatorCallable(self)
+        self._appSendBuffer = []
+        provided = providedBy(transport)
+        if self._connectWrapped:
+            directlyProvides(self, provided)  # as ProtocolWrapper.makeConnection leaves it
+        else:
+            interfaces = list(provided)
+            if interfaces:
+                directlyProvides(self, interfaces[-1])  # as Twisted's loop leaves it
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if self._connectWrapped:
+            self.wrappedProtocol.makeConnection(self)
+        if not self.server_side:
+            self._checkHandshakeStatus()
+        # A server has nothing to send before the ClientHello: its first handshake step is
+        # taken when the client's first bytes arrive (`dataReceived` takes it while the
+        # handshake is not done), sparing a `do_handshake` and a send-BIO read, each ending
+        # in a WantReadError, per connection.
 
     @property
     def handshake_done(self) -> bool:

@@ -180,7 +180,7 @@ class PortTLSProtocol(TLSProtocolBase):
         self._high = high
         if high < transport.bufferSize:
             transport.bufferSize = high
-        super().makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        super().makeConnection(transport)
 
     # -- back-pressure ---------------------------------------------------------------------------
     #
