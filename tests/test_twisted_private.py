@@ -87,5 +87,6 @@ def test_transport_attributes_count_unsent_bytes():
 def test_tls_factory_attributes(pki):
     server, _ = _pair(pki)
     factory = TLSMemoryBIOFactory(_ContextCreator(server.get_context()), False, Factory.forProtocol(Protocol))
-    for name in _twisted.TLS_FACTORY_ATTRIBUTES:
-        assert callable(getattr(factory, name)), name
+    # One of them, by Twisted's version: `TLSProtocolBase.makeConnection` takes the first it finds.
+    found = [name for name in _twisted.TLS_FACTORY_ATTRIBUTES if callable(getattr(factory, name, None))]
+    assert found, _twisted.TLS_FACTORY_ATTRIBUTES

@@ -54,8 +54,8 @@ WSGIResponse: type = _require(wsgi, "_WSGIResponse")
 _TLS_METHODS = ("_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS", "_checkHandshakeStatus")
 _TLS_CLASS_ATTRIBUTES = ("_lostTLSConnection", "_handshakeDone", "_producer", "_aborted")
 TLS_INSTANCE_ATTRIBUTES = ("_tlsConnection", "_appSendBuffer", "_connectWrapped")
-#: The TLS factory's attribute `TLSProtocolBase.makeConnection` builds the OpenSSL connection with.
-TLS_FACTORY_ATTRIBUTES = ("_creatorCallable",)
+#: The TLS factory's attribute `TLSProtocolBase.makeConnection` builds the OpenSSL connection with (one of them, by version).
+TLS_FACTORY_ATTRIBUTES = ("_creatorCallable", "_createConnection")
 for _name in _TLS_METHODS + _TLS_CLASS_ATTRIBUTES:
     _require(_tls.TLSMemoryBIOProtocol, _name)
 #: The attributes of an HTTP channel and of a WSGI resource read below (instance attributes,
@@ -93,7 +93,11 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         Twisted's: the protocol provides what the socket provides, registered once, the
         application connected.
         """
-        self._tlsConnection = self.factory._creatorCallable(self)
+        factory = self.factory
+        # Twisted 25 and later keep the creator as `_creatorCallable`; 24 has the method
+        # `_createConnection` (the floor CI tests).
+        create = getattr(factory, "_creatorCallable", None) or getattr(factory, "_createConnection")  # noqa: B009  # a name mypy's stubs (Twisted 26) lack
+        self._tlsConnection = create(self)
         self._appSendBuffer = []
         provided = providedBy(transport)
         if self._connectWrapped:
