@@ -31,8 +31,8 @@ class Dispatch:
     table: RuleTable
     policy: Policy | None
 
-    #: (body limit, hold limit) per (method, request target), bounded: see `limits_for`.
-    _limits_seen: dict[tuple[bytes, bytes], tuple[int, int | None]]
+    #: The body limit per (method, request target), bounded: see `limits_for`.
+    _limits_seen: dict[tuple[bytes, bytes], int]
 
     if TYPE_CHECKING:  # from the other parts of the port's factory (port.WebFactory: Dispatch, Actions, Responses)
         reactor: Any
@@ -62,32 +62,22 @@ class Dispatch:
             return None  # answered 400 once the request is served
         return self.table.resolve(method.decode("latin-1"), normal)
 
-    def limits_for(self, method: bytes, path: bytes) -> tuple[int, int | None]:
-        """(`body_limit`, `hold_limit` when the table asks for certificates, else None), remembered.
+    def limits_for(self, method: bytes, path: bytes) -> int:
+        """`body_limit`, remembered (a request held for a certificate is bound by the same).
 
-        Asked for every request before its body is read; keep-alive clients repeat their
-        request lines, so the answers are kept per (method, request target), a bounded number
-        (a reload builds a new factory, so they never outlive the rules they came from).
+        Asked for every request with a body before the body is read; keep-alive clients repeat
+        their request lines, so the answers are kept per (method, request target), a bounded
+        number (a reload builds a new factory, so they never outlive the rules they came from).
         """
         key = (method, path)
         found = self._limits_seen.get(key)
         if found is None:
-            found = (
-                self.body_limit(method, path),
-                self.hold_limit(method, path) if self.table.uses_client_cert else None,
-            )
+            found = self.body_limit(method, path)
             if len(path) <= 512:
                 if len(self._limits_seen) >= 4096:
                     self._limits_seen.clear()
                 self._limits_seen[key] = found
         return found
-
-    def hold_limit(self, method: bytes, path: bytes) -> int | None:
-        """The body bound for a request whose rule asks for a certificate mid-connection."""
-        res = self._resolve_raw(method, path)
-        if res is not None and res.action is not None and res.action.client_cert:
-            return res.action.body_limit(self.runtime.port.max_body)
-        return None
 
     def body_limit(self, method: bytes, path: bytes) -> int:
         """The largest body a request may carry: its rule's max_body, else the port's."""

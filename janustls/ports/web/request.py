@@ -52,7 +52,7 @@ class WebPortFactory(Protocol):
     runtime: PortRuntime
     table: RuleTable
 
-    def limits_for(self, method: bytes, path: bytes) -> tuple[int, int | None]: ...
+    def limits_for(self, method: bytes, path: bytes) -> int: ...
 
 
 class WebPortProtocol(Protocol):
@@ -165,7 +165,6 @@ class JanusRequest(Request):
     rule_parts: tuple[str, ...] = ()
     rule: Rule | None = None
     _body_size = 0
-    _hold_limit: int | None = None
     _body_limit: int | None = None
     over_limit = False
     gone = False
@@ -522,7 +521,7 @@ class JanusRequest(Request):
         proto = self.janus_protocol
         command, path = self.method, self.uri  # set by the channel from the request line
         if isinstance(command, bytes) and isinstance(path, bytes):
-            limit, self._hold_limit = proto.factory.limits_for(command, path)
+            limit = proto.factory.limits_for(command, path)
         else:
             limit = proto.factory.runtime.port.max_body
         self._body_limit = limit
