@@ -15,12 +15,16 @@ from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import _producer_helpers
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.main import CONNECTION_LOST
 from twisted.internet.protocol import Protocol
 from twisted.protocols import tls as _tls
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web import http, wsgi
 from zope.interface import directlyProvides, providedBy
+
+from janustls.tls import _sslio
 
 __all__ = [
     "TwistedChanged", "ProducerMembrane", "PullToPush", "WSGIResponse", "TLSProtocolBase", "HalfCloseTLSProtocol",
@@ -51,8 +55,11 @@ WSGIResponse: type = _require(wsgi, "_WSGIResponse")
 
 #: Private methods and attributes of TLSMemoryBIOProtocol used below (class-level ones are
 #: checked at import; the instance ones by the pinning test, on a live connection).
-_TLS_METHODS = ("_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS", "_checkHandshakeStatus")
-_TLS_CLASS_ATTRIBUTES = ("_lostTLSConnection", "_handshakeDone", "_producer", "_aborted")
+_TLS_METHODS = (
+    "_flushReceiveBIO", "_flushSendBIO", "_tlsShutdownFinished", "_shutdownTLS", "_checkHandshakeStatus",
+    "_unbufferPendingWrites", "_bufferedWrite", "_write",
+)  # fmt: skip
+_TLS_CLASS_ATTRIBUTES = ("_lostTLSConnection", "_handshakeDone", "_producer", "_aborted", "_reason")
 TLS_INSTANCE_ATTRIBUTES = ("_tlsConnection", "_appSendBuffer", "_connectWrapped")
 #: The TLS factory's attribute `TLSProtocolBase.makeConnection` builds the OpenSSL connection with (one of them, by version).
 TLS_FACTORY_ATTRIBUTES = ("_creatorCallable", "_createConnection")
@@ -78,6 +85,10 @@ PRIVATE_NAMES = (
 
 class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
     """Twisted's TLS protocol with its private state behind named properties."""
+
+    #: The socket's transport (a transport, a push producer and a consumer at once, which no one
+    #: Twisted interface says); None before makeConnection and after the connection is lost.
+    transport: Any
 
     #: The server end of the connection (janustls' ports): its handshake begins with the
     #: client's first bytes, not at connect.
@@ -117,6 +128,130 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         # handshake is not done), sparing a `do_handshake` and a send-BIO read, each ending
         # in a WantReadError, per connection.
 
+    # -- the memory-BIO traffic ------------------------------------------------------------------
+    #
+    # Twisted's methods of the same names, with the same branches, through `_sslio`: no 32 KiB
+    # buffer allocated per read and no WantReadError raised when OpenSSL has nothing to give,
+    # which is most reads (several per handshake and per exchange).  Errors still come as
+    # pyOpenSSL's exceptions.  The copy is guarded by the TLS tests (handshakes, refusals,
+    # close_notify, large and pipelined writes) and `tests/test_twisted_private.py`.
+
+    def dataReceived(self, data: bytes) -> None:
+        _sslio.feed(self._tlsConnection, data)
+        if not self._handshakeDone:
+            self._checkHandshakeStatus()
+            if not self._handshakeDone:
+                return
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        self._flushReceiveBIO()
+
+    def _checkHandshakeStatus(self) -> None:
+        if self._aborted:
+            return
+        connection = self._tlsConnection
+        result = _sslio.handshake_step(connection)
+        if result == 1:
+            self._handshakeDone = True
+            if IHandshakeListener.providedBy(self.wrappedProtocol):
+                self.wrappedProtocol.handshakeCompleted()
+            return
+        if _sslio.error_of(connection, result) == _sslio.WANT_READ:
+            self._flushSendBIO()
+            return
+        try:
+            _sslio.raise_for(connection, result)
+        except SSL.WantReadError:
+            self._flushSendBIO()
+        except SSL.Error:
+            self._tlsShutdownFinished(Failure())
+
+    def _flushSendBIO(self) -> None:
+        data = _sslio.take_output(self._tlsConnection)
+        if data:
+            self.transport.write(data)
+
+    #: The client ended its direction with close_notify and the connection stays open the
+    #: other way (`HalfCloseTLSProtocol`).
+    _read_closed = False
+
+    def _flushReceiveBIO(self) -> None:
+        self._read_records(None)
+
+    def _read_records(self, half_close: Any) -> None:
+        """Twisted's `_flushReceiveBIO` loop.  `half_close`: the protocol that hears the client's
+        close_notify as `readConnectionLost` (the client ended its direction only, a proxy
+        port's); None: answer it and close both ways, as Twisted does."""
+        connection = self._tlsConnection
+        while not self._lostTLSConnection:
+            got = _sslio.read(connection)
+            if type(got) is bytes:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, got)
+                continue
+            assert isinstance(got, int)
+            error = _sslio.error_of(connection, got)
+            if error == _sslio.WANT_READ:
+                break
+            if error != _sslio.ZERO_RETURN:
+                if _sslio.ended_without_close_notify(error):
+                    self._ended_without_close_notify()
+                    continue
+                try:
+                    _sslio.raise_for(connection, got)
+                except SSL.WantReadError:
+                    break
+                except SSL.ZeroReturnError:
+                    pass  # the close_notify, below
+                except SSL.Error:
+                    self._tlsShutdownFinished(Failure())
+                    continue
+            # The client's close_notify.
+            if half_close is not None:
+                self._read_closed = True
+                half_close.readConnectionLost()
+                break
+            self._shutdownTLS()  # answered, then closed (Twisted's branch)
+            self._tlsShutdownFinished(None)
+        self._flushSendBIO()
+
+    def _ended_without_close_notify(self) -> None:
+        """Twisted's `_tlsShutdownFinished` for a client that closed TCP without TLS's close_notify
+        (most clients do), without pyOpenSSL's SysCallError and a Failure of it: the
+        application hears ConnectionLost, as Twisted's `_representsEOF` makes it."""
+        if self._reason is None:
+            self._reason = Failure(CONNECTION_LOST)
+        self._lostTLSConnection = True
+        self._flushSendBIO()
+        self.transport.loseConnection()
+
+    def _write(self, data: bytes) -> None:
+        if self._lostTLSConnection:
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # a bytearray or memoryview: what SSL_write is given must not change under it
+        connection = self._tlsConnection
+        total = len(data)
+        done = 0
+        while done < total:
+            # One record's worth at a time (16 KiB), as Twisted sends it.
+            chunk = data if done == 0 and total <= 16384 else data[done : done + 16384]
+            result = _sslio.write(connection, chunk)
+            if result > 0:
+                done += result
+                self._flushSendBIO()
+                continue
+            if _sslio.error_of(connection, result) == _sslio.WANT_READ:
+                self._bufferedWrite(data[done:])
+                return
+            try:
+                _sslio.raise_for(connection, result)
+            except SSL.WantReadError:
+                self._bufferedWrite(data[done:])
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+            return
+
     @property
     def handshake_done(self) -> bool:
         return bool(self._handshakeDone)
@@ -147,7 +282,9 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         """Bytes the socket has not sent yet plus those waiting for the handshake (best effort)."""
         t = self.transport
         try:
-            unsent: int = len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._appSendBuffer))  # type: ignore[union-attr]  # a TCP transport's private buffers, checked by test_twisted_private
+            unsent: int = (
+                len(t.dataBuffer) - t.offset + t._tempDataLen + sum(map(len, self._appSendBuffer))
+            )  # a TCP transport's private buffers, checked by test_twisted_private
             return unsent
         except (AttributeError, TypeError):
             return 0
@@ -157,7 +294,7 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
         more than any mark for a transport that cannot say."""
         t = self.transport
         try:
-            buffered: int = len(t.dataBuffer) + t._tempDataLen  # type: ignore[union-attr]  # as above
+            buffered: int = len(t.dataBuffer) + t._tempDataLen  # as above
             return buffered
         except (AttributeError, TypeError):
             return 1 << 62
@@ -172,33 +309,17 @@ class HalfCloseTLSProtocol(TLSProtocolBase):
     take this read loop: it asks the hook on every read.
     """
 
-    _read_closed = False
-
     def half_close_target(self) -> Any:
         return None
 
     def _flushReceiveBIO(self) -> None:
-        """Twisted's `_flushReceiveBIO`, copied with its close_notify branch changed when
-        `half_close_target` names a protocol (the half-close test guards the copy)."""
+        """`TLSProtocolBase._read_records`, the client's close_notify ending its direction only
+        when `half_close_target` names a protocol (the half-close test guards it)."""
         wrapped = self.half_close_target()
-        if wrapped is None:
-            super()._flushReceiveBIO()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        if wrapped is not None and self._read_closed:
+            self._flushSendBIO()
             return
-        while not self._lostTLSConnection and not self._read_closed:
-            try:
-                data = self._tlsConnection.recv(2**15)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._read_closed = True
-                wrapped.readConnectionLost()
-                break
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
-            else:
-                if not self._aborted:
-                    ProtocolWrapper.dataReceived(self, data)
-        self._flushSendBIO()  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+        self._read_records(wrapped)
 
 
 def flush_send(tls_protocol: _tls.TLSMemoryBIOProtocol) -> None:

@@ -394,7 +394,7 @@ class PortTLSProtocol(TLSProtocolBase):
             self.flush_writes()  # written in an earlier turn: out before the client's bytes are read (a close_notify among them)
         self._receiving = True
         try:
-            super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's method is unannotated
+            super().dataReceived(data)
         finally:
             self._receiving = False
         if self._pending:
