@@ -418,11 +418,11 @@ class JanusChannel:
     # -- llhttp's callbacks ---------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # The header deadline starts in this same turn, when `_advance` finds the head still
+        # incomplete after this read; a request that came whole (most) never sets it.
         self._parsed = _Parsed()
         self._in_head = True
         self._head_seen = 0
-        if self._current is None and not self.requests:
-            self._enter("header")
 
     def on_url(self, url: bytes) -> None:
         parsed = self._parsed
@@ -512,7 +512,7 @@ class JanusChannel:
             if phase != "busy" and site.phase_step:  # busy: the next phase's deadline replaces the entry
                 site.deadlines.discard(self)
             return
-        deadlines = site.deadlines
+        deadlines = site._deadlines or site.deadlines
         self._deadline = deadline = deadlines.reactor.seconds() + seconds
         deadlines.set(self, deadline)
 
