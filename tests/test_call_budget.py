@@ -27,8 +27,9 @@ from tests.support import client_context, definitions, in_reactor, install_handl
 JANUSTLS = str(Path(janustls.__file__).parent)
 #: Calls into janustls code per connection (full handshake, one 64-byte echo, close), beside
 #: its TLS traffic (`_sslio` and the TLS protocol's read and write path, which replace
-#: Twisted's and pyOpenSSL's own: counted in the total below).
-BUDGET = 61
+#: Twisted's and pyOpenSSL's own: counted in the total below).  62 measured: 60, and a
+#: `_deliver` for each of the two reads that resume the handler (once copied in place).
+BUDGET = 63
 #: Python calls of any code (janustls, Twisted, pyOpenSSL, zope.interface) per connection
 #: (about 420-430 measured; the code before `_sslio` made 436-440).
 TOTAL_BUDGET = 450

@@ -296,12 +296,7 @@ class Connection:
             self._read_size = 0
             if self._progress:
                 self._protocol.progress()
-            runner = d.runner  # _deliver, in place
-            if runner is not None:
-                d.runner = None
-                runner._step(bytes(data), None)
-            else:
-                d.callback(bytes(data))
+            _deliver(d, bytes(data))
             return
         self._buffer += data
         self._wake()
@@ -321,12 +316,7 @@ class Connection:
             self._read_size = 0
             if self._progress:
                 self._protocol.progress()
-            runner = d.runner
-            if runner is not None:
-                d.runner = None
-                runner._step(b"", None)
-            else:
-                d.callback(b"")
+            _deliver(d, b"")
             return
         self._wake()
 
