@@ -4,13 +4,13 @@ pyOpenSSL allocates a fresh 32 KiB buffer for every `recv` and `bio_read`, and r
 "nothing there yet", the usual outcome of a read, by raising `WantReadError`: a Python
 exception each time.  A connection makes several such reads per handshake and per
 exchange.  These functions read into one buffer per process and return OpenSSL's result
-as a number.  The caller copies the bytes out before anything else runs, and all of this
-runs in the reactor thread.  Any outcome other than data or "want read" goes back to
-pyOpenSSL (`raise_for`), which raises the exception it always raised for it, so error
-handling is unchanged.
+as a number: the bytes are copied out before the function returns, and all of this runs
+in the reactor thread.  "Want read", the client's close_notify and a stream that ended
+without one are told apart here; any other outcome goes back to pyOpenSSL (`raise_for`),
+which raises the exception it always raised for it.
 
 pyOpenSSL's private names used here (`Connection._ssl`, `_into_ssl`, `_from_ssl`,
-`_raise_ssl_error`, `_handle_bio_errors`) are pinned by `tests/test_twisted_private.py`.
+`_raise_ssl_error`, `_handle_bio_errors`) are pinned by `tests/test_sslio.py`.
 """
 
 from __future__ import annotations

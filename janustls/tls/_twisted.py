@@ -132,9 +132,10 @@ class TLSProtocolBase(_tls.TLSMemoryBIOProtocol):
     #
     # Twisted's methods of the same names, with the same branches, through `_sslio`: no 32 KiB
     # buffer allocated per read and no WantReadError raised when OpenSSL has nothing to give,
-    # which is most reads (several per handshake and per exchange).  Errors still come as
-    # pyOpenSSL's exceptions.  The copy is guarded by the TLS tests (handshakes, refusals,
-    # close_notify, large and pipelined writes) and `tests/test_twisted_private.py`.
+    # which is most reads (several per handshake and per exchange), and no SysCallError for a
+    # client that leaves without close_notify.  Other errors still come as pyOpenSSL's
+    # exceptions.  Guarded by the TLS tests (handshakes, refusals, close_notify, large and
+    # pipelined writes), `tests/test_sslio.py` and `tests/test_twisted_private.py`.
 
     def dataReceived(self, data: bytes) -> None:
         _sslio.feed(self._tlsConnection, data)

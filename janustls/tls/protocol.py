@@ -133,9 +133,6 @@ class PortTLSProtocol(TLSProtocolBase):
     asked later.
     """
 
-    #: The socket's transport: a transport, a push producer and a consumer at once, which no one
-    #: Twisted interface says (None before makeConnection and after the connection is lost).
-    transport: Any
     refusal: Refusal | None = None
     #: The client certificate's DER, from the verify callback to `client_chain` (then dropped).
     leaf_der: bytes | None = None
