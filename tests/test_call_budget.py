@@ -30,9 +30,10 @@ JANUSTLS = str(Path(janustls.__file__).parent)
 #: Twisted's and pyOpenSSL's own: counted in the total below).  62 measured: 60, and a
 #: `_deliver` for each of the two reads that resume the handler (once copied in place).
 BUDGET = 63
-#: Python calls of any code (janustls, Twisted, pyOpenSSL, zope.interface) per connection
-#: (about 420-430 measured; the code before `_sslio` made 436-440).
-TOTAL_BUDGET = 450
+#: Python calls of any code (janustls, Twisted, pyOpenSSL, zope.interface) per connection:
+#: measured 425 with Twisted 26, 445 with Twisted 24.7 (the floor CI tests) and up to 451 there
+#: on a loaded machine (more reactor turns); the code before `_sslio` made 436-440 with 26.
+TOTAL_BUDGET = 470
 #: The TLS traffic path: janustls functions that stand in for Twisted's and pyOpenSSL's.
 TRAFFIC = ("_sslio.py:", "_twisted.py:dataReceived", "_twisted.py:_flushSendBIO", "_twisted.py:_flushReceiveBIO",
            "_twisted.py:_checkHandshakeStatus", "_twisted.py:_write", "_twisted.py:_ended_without_close_notify",
