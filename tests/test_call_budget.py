@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,16 +62,27 @@ def exchange(port: int, ctx: Any, close_notify: bool = False) -> None:
             s.unwrap()
 
 
-def count_calls(port: int, ctx: Any, n: int, everything: bool = False, close_notify: bool = False) -> Counter[str]:
-    """Calls into janustls code (`everything`: into any Python code) made in the reactor
-    thread over `n` connections."""
+def janustls_call(frame: Any) -> str | None:
+    code = frame.f_code
+    return f"{Path(code.co_filename).name}:{code.co_name}" if code.co_filename.startswith(JANUSTLS) else None
+
+
+def any_call(frame: Any) -> str | None:
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+
+
+def count_calls(
+    port: int, ctx: Any, n: int, key: Callable[[Any], str | None] = janustls_call, close_notify: bool = False
+) -> Counter[str]:
+    """Python calls made in the reactor thread over `n` connections, counted by `key(frame)`
+    (None: not counted); by default the calls into janustls code."""
     calls: Counter[str] = Counter()
 
     def profile(frame: Any, event: str, arg: Any) -> None:
         if event == "call":
-            code = frame.f_code
-            if everything or code.co_filename.startswith(JANUSTLS):
-                calls[f"{Path(code.co_filename).name}:{code.co_name}"] += 1
+            name = key(frame)
+            if name is not None:
+                calls[name] += 1
 
     in_reactor(sys.setprofile, profile)
     assert threading.current_thread().name != "reactor"
@@ -105,7 +117,7 @@ def test_python_calls_per_srvsock_connection_within_budget(echo_port, pki):
     for _ in range(3):
         exchange(port, ctx)
     n = 20
-    calls = count_calls(port, ctx, n, everything=True)
+    calls = count_calls(port, ctx, n, any_call)
     per_connection = sum(calls.values()) / n
     top = ", ".join(f"{name} {count / n:g}" for name, count in calls.most_common(12))
     assert per_connection <= TOTAL_BUDGET, f"{per_connection:g} Python calls per connection; most: {top}"
@@ -122,7 +134,7 @@ def test_tls_reads_raise_no_exception_when_openssl_has_nothing(echo_port, pki):
     exchange(port, ctx, close_notify=True)
     n = 10
     for close_notify in (True, False):
-        calls = count_calls(port, ctx, n, everything=True, close_notify=close_notify)
+        calls = count_calls(port, ctx, n, any_call, close_notify)
         raised = {
             name: count / n
             for name, count in calls.items()
@@ -162,20 +174,8 @@ def test_tls_protocol_takes_the_transport_interfaces_in_one_declaration(echo_por
     port = echo_port.port("BUDGET")
     ctx = client_context(pki, "alice", tls="1.3")
     exchange(port, ctx)
-    declared: Counter[str] = Counter()
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code.co_name == "directlyProvides":
-            declared["directlyProvides"] += 1
-
     n = 10
-    in_reactor(sys.setprofile, profile)
-    try:
-        for _ in range(n):
-            exchange(port, ctx)
-        time.sleep(0.5)
-    finally:
-        in_reactor(sys.setprofile, None)
+    declared = count_calls(port, ctx, n, lambda f: f.f_code.co_name if f.f_code.co_name == "directlyProvides" else None)
     assert declared["directlyProvides"] / n <= 1, f"{declared['directlyProvides'] / n:g} declarations per connection"
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
@@ -203,20 +203,11 @@ def test_server_handshake_begins_with_the_clients_first_bytes(echo_port, pki, ev
     port = echo_port.port("BUDGET")
     ctx = client_context(pki, "alice", tls="1.3")
     exchange(port, ctx)
-    steps: Counter[str] = Counter()
-
-    def profile(frame: Any, event: str, arg: Any) -> None:
-        if event == "call" and frame.f_code.co_name == "_checkHandshakeStatus":
-            steps[frame.f_back.f_code.co_name] += 1
-
     n = 10
-    in_reactor(sys.setprofile, profile)
-    try:
-        for _ in range(n):
-            exchange(port, ctx)
-        time.sleep(0.5)
-    finally:
-        in_reactor(sys.setprofile, None)
+    # Counted by the caller of each handshake step.
+    steps = count_calls(
+        port, ctx, n, lambda f: f.f_back.f_code.co_name if f.f_code.co_name == "_checkHandshakeStatus" else None
+    )
     assert steps["makeConnection"] == 0, dict(steps)
     assert steps["dataReceived"] == 2 * n, dict(steps)  # the ClientHello, the client's Finished
     mark = events.mark()
