@@ -198,3 +198,16 @@ def test_end_of_stream_without_close_notify_is_told_apart(pki):
     assert not _sslio.ended_without_close_notify(_sslio.error_of(other, failed))
     with pytest.raises(SSL.Error):
         _sslio.raise_for(other, failed)
+
+
+def test_buffers_other_than_bytes_are_taken(pki):
+    """pyOpenSSL's `bio_write` took any buffer; a caller handing the TLS protocol a bytearray or
+    a memoryview still gets its bytes through."""
+    server, client = _pair(pki)
+    _client_step(client)
+    hello = client.bio_read(1 << 20)
+    _sslio.feed(server, bytearray(hello[:10]))
+    _sslio.feed(server, memoryview(hello)[10:])
+    result = _sslio.handshake_step(server)
+    assert _sslio.error_of(server, result) == _sslio.WANT_READ  # the whole ClientHello arrived
+    assert _sslio.take_output(server)  # the server's flight

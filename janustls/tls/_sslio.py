@@ -59,6 +59,8 @@ _bio_buffer: Any = _ffi.new("char[]", _BIO_CHUNK)
 
 def feed(connection: SSL.Connection, data: bytes) -> None:
     """Give OpenSSL bytes received from the client (the connection's receive BIO)."""
+    if type(data) is not bytes:
+        data = bytes(data)  # a bytearray or memoryview (pyOpenSSL took any buffer): cffi takes bytes only
     result = _lib.BIO_write(connection._into_ssl, data, len(data))  # noqa: SLF001
     if result <= 0:  # out of memory, or not a memory BIO: pyOpenSSL's own error
         connection._handle_bio_errors(connection._into_ssl, result)  # noqa: SLF001
