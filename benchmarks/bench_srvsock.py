@@ -129,19 +129,6 @@ class SrvsockDriver(common.HandshakeDriver):
 # -- memory --------------------------------------------------------------------------------------
 
 
-def measure_memory(server: ServerProcess, pool: common.ClientPool, connections: int) -> tuple[float, int, int]:
-    """KiB of server RSS per idle connection, with the baseline and loaded RSS."""
-    pool.hold(server.port, 30)  # warm-up: a few complete connections
-    pool.release()
-    time.sleep(0.3)
-    base = common.rss_kib(server.pid)
-    pool.hold(server.port, connections)
-    time.sleep(0.5)
-    loaded = common.rss_kib(server.pid)
-    pool.release()
-    return (loaded - base) / connections, base, loaded
-
-
 # -- the profile -------------------------------------------------------------------------------------
 
 #: Per-handshake work janustls does and bare Twisted does not, by the functions that do it.
@@ -331,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                         server_args,
                         pin.servers,
                     )
-                    memory[kind] = measure_memory(servers[kind], pool, connections)
+                    memory[kind] = common.measure_memory(servers[kind], pool, connections)
                     servers.pop(kind).stop()
         finally:
             for s in servers.values():

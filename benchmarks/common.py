@@ -552,6 +552,19 @@ class ClientPool:
 # -- paired windows ----------------------------------------------------------------------------------
 
 
+def measure_memory(server: ServerProcess, pool: ClientPool, connections: int) -> tuple[float, int, int]:
+    """KiB of server RSS per idle connection, with the baseline and loaded RSS."""
+    pool.hold(server.port, 30)  # warm-up: a few complete connections
+    pool.release()
+    time.sleep(0.3)
+    base = rss_kib(server.pid)
+    pool.hold(server.port, connections)
+    time.sleep(0.5)
+    loaded = rss_kib(server.pid)
+    pool.release()
+    return (loaded - base) / connections, base, loaded
+
+
 def paired_window(
     pool: ClientPool,
     a: ServerProcess,

@@ -80,20 +80,13 @@ def rss_per_connection(connections: int, nginx: bool, only: set[str] | None = No
                 server = common.start_server(bench_web.__file__, kind, ["--dir", tmp, "--log", "discard"], pin.servers)
                 try:
                     _wait_listening(server.port)  # nginx prints its port before it listens
-                    pool.hold(server.port, 30)  # warm-up: a few complete connections
-                    pool.release()
-                    time.sleep(0.3)
-                    base = common.rss_kib(server.pid)
-                    pool.hold(server.port, connections)
-                    time.sleep(0.5)
-                    loaded = common.rss_kib(server.pid)
-                    pool.release()
+                    per_connection, base, loaded = common.measure_memory(server, pool, connections)
                 finally:
                     server.stop()
                 label = {"janustls": "janustls web", "line": "janustls line (srvsock)", "bare": "bare twisted.web"}.get(
                     kind, kind
                 )
-                lines.append(f"{label:<24} {(loaded - base) / connections:6.1f} KiB RSS per idle connection "
+                lines.append(f"{label:<24} {per_connection:6.1f} KiB RSS per idle connection "
                              f"(VmRSS {base} KiB after warm-up -> {loaded} KiB with {connections} connections)")  # fmt: skip
         finally:
             pool.close()
